@@ -1,0 +1,45 @@
+"""Model surgery: find, walk and replace submodules by their dotted names."""
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch import nn
+
+from torchslim.core.errors import TorchSlimError
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (``""`` is the model itself)."""
+    try:
+        return model.get_submodule(name) if name else model
+    except AttributeError:
+        raise TorchSlimError(f"{type(model).__name__} has no submodule '{name}'") from None
+
+
+def parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """``(parent module, attribute name)`` of the submodule ``name``."""
+    if not name:
+        raise TorchSlimError("the root module has no parent")
+    parent_name, _, attr = name.rpartition(".")
+    return get_module(model, parent_name), attr
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where ``name`` is and return the module that was there."""
+    parent, attr = parent_of(model, name)
+    old = getattr(parent, attr, None)
+    if old is None:
+        raise TorchSlimError(f"{type(model).__name__} has no submodule '{name}'")
+    setattr(parent, attr, new)
+    return old
+
+
+def walk(model: nn.Module, types: tuple[type, ...] | type | None = None) -> Iterator[tuple[str, nn.Module]]:
+    """Named submodules (root excluded), optionally only those of ``types``."""
+    for n, m in model.named_modules():
+        if n and (types is None or isinstance(m, types)):
+            yield n, m
+
+
+def module_names(model: nn.Module, types: tuple[type, ...] | type | None = None) -> list[str]:
+    return [n for n, _ in walk(model, types)]
