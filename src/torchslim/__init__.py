@@ -1,4 +1,43 @@
-"""torchslim: make trained PyTorch and Hugging Face models smaller and faster, measured."""
+"""torchslim: make trained PyTorch and Hugging Face models smaller and faster, with measured results.
+
+Verbs change a model in place, one per technique family::
+
+    import torchslim
+    loaded = torchslim.load_model("smollm2-135m")
+    torchslim.quantize_(loaded.model, torchslim.CastConfig(dtype=torch.bfloat16))
+    report = torchslim.evaluate(loaded.model, loaded.task)
+    torchslim.save(loaded.model, "out/smollm2-bf16")
+"""
 from torchslim.version import __version__
 
-__all__ = ["__version__"]
+# verbs
+from torchslim.api import prune_, quantize_
+from torchslim.core.registry import apply_
+
+# building blocks
+from torchslim.core.config import BaseConfig
+from torchslim.core.errors import ArtifactError, ConfigError, TorchSlimError
+from torchslim.core.select import Selector
+
+# artifacts and models
+from torchslim.artifact import load, save
+from torchslim.models import load_model
+
+# techniques (importing registers their handlers)
+from torchslim.quantization import CastConfig
+
+
+def evaluate(*args, **kwargs):
+    """Evaluate a model on a task; see :func:`torchslim.eval.evaluate`."""
+    from torchslim.eval import evaluate as _evaluate
+
+    return _evaluate(*args, **kwargs)
+
+
+__all__ = [
+    "__version__",
+    "apply_", "prune_", "quantize_",
+    "BaseConfig", "Selector", "ArtifactError", "ConfigError", "TorchSlimError",
+    "evaluate", "load", "load_model", "save",
+    "CastConfig",
+]

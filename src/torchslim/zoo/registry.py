@@ -36,6 +36,9 @@ class ZooEntry:
     loader: Callable[..., LoadedModel]     # loader(**kwargs) -> LoadedModel
     needs: str = ""                        # what must be installed for it, shown by `zoo list`
     test_only: bool = False                # tiny random models for unit tests
+    # Rebuilds the (untrained) architecture from a LoadedModel.source, for artifacts of models
+    # that are not transformers models (those are rebuilt from their config.json).
+    skeleton: Callable[[dict[str, Any]], nn.Module] | None = None
 
     def available(self) -> bool:
         return True

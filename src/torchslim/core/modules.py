@@ -1,0 +1,48 @@
+"""Registry of replacement modules that an artifact can rebuild.
+
+A technique's replacement module (a quantized linear, a pruned conv, ...) registers itself
+with :func:`register_module_format` and implements two methods:
+
+* ``torchslim_layer_info(self) -> dict`` with at least ``technique``, ``config`` (a config
+  dict) and ``storage`` (how its tensors are stored); the artifact manifest records it per
+  layer, and evaluation reports show it (plus ``kernel`` where one is chosen);
+* ``from_layer_info(cls, original: nn.Module, info: dict) -> nn.Module`` (classmethod):
+  an empty module with the right tensor shapes and dtypes, built in place of ``original``
+  when an artifact is loaded; its ``state_dict`` is then filled from the artifact.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from torchslim.core.errors import ArtifactError
+
+_MODULE_FORMATS: dict[str, type[nn.Module]] = {}
+
+
+def register_module_format(cls: type[nn.Module]) -> type[nn.Module]:
+    for method in ("torchslim_layer_info", "from_layer_info"):
+        if not callable(getattr(cls, method, None)):
+            raise TypeError(f"{cls.__name__} must define {method}() to be a module format")
+    _MODULE_FORMATS[cls.__name__] = cls
+    return cls
+
+
+def module_format(name: str) -> type[nn.Module]:
+    if name not in _MODULE_FORMATS:
+        raise ArtifactError(
+            f"artifact uses module format '{name}', which this torchslim does not know "
+            f"(known: {', '.join(sorted(_MODULE_FORMATS)) or 'none'})"
+        )
+    return _MODULE_FORMATS[name]
+
+
+def layer_infos(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """``{module name: layer info}`` for every replacement module in ``model``."""
+    out = {}
+    for name, m in model.named_modules():
+        info = getattr(m, "torchslim_layer_info", None)
+        if callable(info):
+            out[name] = {"module": type(m).__name__, **info()}
+    return out

@@ -1,0 +1,237 @@
+"""Typed evaluation results and their JSON form.
+
+Every section is a plain dataclass; :meth:`Report.to_dict` / :meth:`Report.from_dict` round-trip
+through JSON exactly (no tuples, no NaN: a missing figure is ``None``). Units are in the field names
+(``_ms``, ``_bytes``, ``_j``, ``_per_s``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchslim.core.errors import TorchSlimError
+from torchslim.core.io import atomic_file
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class QualityResult:
+    """The task's metrics on its evaluation split."""
+
+    metrics: dict[str, float]
+    primary: str                       # key of the primary metric in ``metrics``
+    higher_is_better: bool
+
+
+@dataclass
+class SizeResult:
+    """Storage and parameter figures (see :mod:`torchslim.eval.size` for definitions)."""
+
+    artifact_bytes: int | None         # bytes on disk of the saved artifact folder
+    artifact_note: str                 # how artifact_bytes was obtained, or why it is missing
+    parameters: int                    # logical parameter count (packed weights counted unpacked)
+    nonzero_parameters: int
+    weight_elements: int               # logical elements of the weight tensors (matrices, kernels, tables)
+    weight_bytes: int                  # real storage of those tensors (packed data + scales + zero points)
+    bits_per_weight: float | None      # 8 * weight_bytes / weight_elements
+    memory_bytes: int                  # in-memory bytes of all parameters and buffers
+
+
+@dataclass
+class LatencyStats:
+    """Wall-clock statistics of repeated calls, in milliseconds."""
+
+    iters: int
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    max_ms: float
+    std_ms: float
+
+
+@dataclass
+class ShapeSpeed:
+    """Latency and throughput of one forward at one input shape."""
+
+    batch: int
+    seq_len: int | None
+    latency: LatencyStats
+    samples_per_s: float               # batch / median latency
+    tokens_per_s: float | None         # batch * seq_len / median latency (sequence inputs only)
+
+
+@dataclass
+class DecodeResult:
+    """Autoregressive generation speed, from ``task.decode``."""
+
+    prompt_tokens: int
+    new_tokens: int
+    prefill_ms: float                  # prompt processing + first token
+    decode_tokens_per_s: float         # steady-state tokens/s after the first token
+
+
+@dataclass
+class SpeedResult:
+    shapes: list[ShapeSpeed]
+    decode: DecodeResult | None = None
+    decode_note: str = ""
+
+
+@dataclass
+class ComputeResult:
+    """FLOPs of one forward at one shape, counted by ``torch.utils.flop_counter``."""
+
+    batch: int
+    seq_len: int | None
+    flops: int | None
+    macs: int | None                   # flops / 2 (every counted op is a multiply-accumulate)
+    by_module: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class MemoryResult:
+    """Process memory while the timed forwards ran."""
+
+    rss_before_bytes: int
+    peak_rss_bytes: int
+    peak_rss_delta_bytes: int          # peak - before
+    samples: int
+    interval_ms: float
+    cuda_max_allocated_bytes: int | None = None
+
+
+@dataclass
+class ShapeEnergy:
+    batch: int
+    seq_len: int | None
+    forwards: int
+    seconds: float
+    joules: float
+    joules_per_forward: float
+    average_watts: float
+
+
+@dataclass
+class EnergyResult:
+    """Energy read from a hardware counter, or why none could be read."""
+
+    available: bool
+    source: str | None = None          # "intel-rapl" | "nvml"
+    domains: list[str] = field(default_factory=list)
+    shapes: list[ShapeEnergy] = field(default_factory=list)
+    reason: str | None = None          # set when not available
+    note: str = ""
+
+
+@dataclass
+class Report:
+    """Everything :func:`torchslim.eval.evaluate` measured about one model on one task."""
+
+    model: str
+    task: str
+    device: str
+    device_name: str
+    threads: int
+    torch_version: str
+    torchslim_version: str
+    timestamp: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    quality: QualityResult | None = None
+    size: SizeResult | None = None
+    speed: SpeedResult | None = None
+    compute: ComputeResult | None = None
+    memory: MemoryResult | None = None
+    energy: EnergyResult | None = None
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    schema: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        if not isinstance(data, dict):
+            raise TorchSlimError(f"an evaluation report must be a JSON object, got {type(data).__name__}")
+        if data.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise TorchSlimError(f"report schema {data['schema']} is newer than this torchslim reads ({SCHEMA_VERSION})")
+        return _build(cls, data, "report")
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TorchSlimError(f"not a JSON evaluation report: {e}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the report as JSON (atomically)."""
+        path = Path(path)
+        with atomic_file(path) as f:
+            f.write(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Report:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise TorchSlimError(f"cannot read report {path}: {e.strerror}") from None
+        return cls.from_json(text)
+
+
+def _dataclass_of(tp: Any) -> tuple[type | None, bool]:
+    """``(dataclass, is_list)`` if ``tp`` is a dataclass, ``X | None`` or ``list[X]`` of one."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _dataclass_of(args[0]) if len(args) == 1 else (None, False)
+    if origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        return (arg, True) if dataclasses.is_dataclass(arg) else (None, False)
+    return (tp, False) if dataclasses.is_dataclass(tp) else (None, False)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise TorchSlimError(f"report field '{where}' must be an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise TorchSlimError(f"report field '{where}.{f.name}' is missing")
+            continue
+        value = data[f.name]
+        sub, is_list = _dataclass_of(hints[f.name])
+        if sub is not None and value is not None:
+            path = f"{where}.{f.name}"
+            value = [_build(sub, v, f"{path}[{i}]") for i, v in enumerate(value)] if is_list else _build(sub, value, path)
+        kwargs[f.name] = value
+    return cls(**kwargs)  # unknown keys (from newer minor versions) are ignored
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and anything not JSON-native as its ``str``."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -1,0 +1,159 @@
+"""Size figures: artifact bytes on disk, parameter counts, bits per weight, in-memory bytes.
+
+Definitions (all derived from real tensors, never from dtype names):
+
+* **weight tensors** are the ``state_dict`` tensors with two or more dimensions (linear/conv
+  weights, embedding tables) -- the tensors compression targets. Biases and norm vectors are
+  excluded. A module that stores its weight packed (e.g. int4 nibbles in a ``uint8`` buffer plus
+  scales) declares it through ``torchslim_layer_info()`` returning, among others,
+  ``"weight_elements"`` (the logical number of weights) and optionally ``"weight_tensors"`` (names
+  of its own state-dict entries making up the packed weight: data, scales, zero points; default:
+  all of its own entries except ``bias``) and ``"weight_nonzero"``.
+* **weight bytes** is the sum of ``nbytes`` of those tensors, so packing and quantization
+  metadata count by their real storage. **bits per weight** = 8 * weight bytes / weight elements.
+* **parameters** is the logical parameter count: every ``nn.Parameter`` element, with a packed
+  weight counted as its ``weight_elements`` instead of its storage elements.
+* Tensors shared between names (tied embeddings) are counted once.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.core.errors import TorchSlimError
+from torchslim.eval.report import SizeResult
+
+
+@dataclass
+class _Packed:
+    elements: int
+    nonzero: int | None
+    tensors: set[str]  # leaf names of the module's own state-dict entries
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    try:
+        ptr = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without a plain storage
+        return (id(t),)
+    if ptr == 0:
+        return (id(t),)
+    return (t.device.type, ptr, t.storage_offset(), tuple(t.shape), t.dtype)
+
+
+def _packed_modules(model: nn.Module) -> dict[str, _Packed]:
+    """Modules that declare a packed weight via ``torchslim_layer_info()["weight_elements"]``."""
+    out: dict[str, _Packed] = {}
+    for name, module in model.named_modules():
+        info_fn = getattr(module, "torchslim_layer_info", None)
+        if not callable(info_fn):
+            continue
+        info = info_fn() or {}
+        if "weight_elements" not in info:
+            continue
+        own = set(module.state_dict(keep_vars=True).keys())
+        own = {k for k in own if "." not in k}
+        names = set(info.get("weight_tensors") or (own - {"bias"}))
+        nz = info.get("weight_nonzero")
+        out[name] = _Packed(int(info["weight_elements"]), None if nz is None else int(nz), names)
+    return out
+
+
+def _split(key: str) -> tuple[str, str]:
+    prefix, _, leaf = key.rpartition(".")
+    return prefix, leaf
+
+
+def weight_storage(model: nn.Module) -> tuple[int, int]:
+    """``(weight_bytes, weight_elements)`` as defined in the module docstring."""
+    packed = _packed_modules(model)
+    seen: set[tuple] = set()
+    nbytes = 0
+    elements = sum(p.elements for p in packed.values())
+    for key, t in model.state_dict(keep_vars=True).items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        prefix, leaf = _split(key)
+        is_packed = prefix in packed and leaf in packed[prefix].tensors
+        if not is_packed and t.dim() < 2:
+            continue
+        sk = _storage_key(t)
+        if sk in seen:
+            continue
+        seen.add(sk)
+        nbytes += t.nbytes
+        if not is_packed:
+            elements += t.numel()
+    return nbytes, elements
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(parameters, nonzero_parameters)``: logical counts, packed weights counted unpacked."""
+    packed = _packed_modules(model)
+    total = sum(p.elements for p in packed.values())
+    nonzero = sum(p.elements if p.nonzero is None else p.nonzero for p in packed.values())
+    for key, p in model.named_parameters():  # named_parameters() already skips tied duplicates
+        prefix, leaf = _split(key)
+        if prefix in packed and leaf in packed[prefix].tensors:
+            continue
+        total += p.numel()
+        with torch.no_grad():
+            nonzero += int(torch.count_nonzero(p.detach()).item()) if p.numel() else 0
+    return total, nonzero
+
+
+def memory_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers (persistent or not) as held in memory."""
+    seen: set[tuple] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        sk = _storage_key(t)
+        if sk not in seen:
+            seen.add(sk)
+            total += t.nbytes
+    return total
+
+
+def folder_bytes(path: str | os.PathLike) -> int:
+    """Sum of the sizes of the regular files under ``path`` (or the size of ``path`` if a file)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        raise TorchSlimError(f"artifact path {path} does not exist")
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def artifact_bytes(model: nn.Module, *, source: dict[str, Any] | None = None) -> tuple[int | None, str]:
+    """Save ``model`` with ``torchslim.artifact.save`` to a temporary folder and measure it."""
+    try:
+        from torchslim.artifact import save
+    except ImportError:
+        return None, "torchslim.artifact.save is not available; artifact size not measured"
+    with tempfile.TemporaryDirectory(prefix="torchslim-eval-") as tmp:
+        out = save(model, Path(tmp) / "artifact", source=source)
+        return folder_bytes(out), "saved with torchslim.artifact.save to a temporary folder"
+
+
+def measure_size(model: nn.Module, *, artifact_dir: str | os.PathLike | None = None,
+                 source: dict[str, Any] | None = None) -> SizeResult:
+    """All size figures; ``artifact_dir`` measures an existing artifact instead of saving one."""
+    if artifact_dir is not None:
+        disk: int | None = folder_bytes(artifact_dir)
+        note = f"existing artifact at {artifact_dir}"
+    else:
+        disk, note = artifact_bytes(model, source=source)
+    params, nonzero = count_parameters(model)
+    wbytes, welems = weight_storage(model)
+    return SizeResult(
+        artifact_bytes=disk, artifact_note=note, parameters=params, nonzero_parameters=nonzero,
+        weight_elements=welems, weight_bytes=wbytes,
+        bits_per_weight=(8.0 * wbytes / welems) if welems else None,
+        memory_bytes=memory_bytes(model),
+    )

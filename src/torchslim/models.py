@@ -1,0 +1,47 @@
+"""Resolve what a user names (zoo name, Hugging Face folder, artifact folder) into a LoadedModel."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torchslim.core.errors import UnknownModelError
+from torchslim.zoo.registry import LoadedModel, get_entry, list_entries
+
+
+def _task_for_source(source: dict[str, Any]) -> tuple[Any, Any]:
+    """The (task, tokenizer) of the model an artifact was made from, where that model is known."""
+    kind = source.get("kind")
+    if kind == "zoo":
+        base = get_entry(source["name"]).loader()
+    elif kind == "hf" and Path(source.get("path", "")).is_dir():
+        from torchslim.zoo.hf import load_hf_folder
+
+        base = load_hf_folder(source["path"])
+    else:
+        return None, None
+    return base.task, base.tokenizer
+
+
+def load_model(spec: str, **kwargs: Any) -> LoadedModel:
+    """Load ``spec``: an artifact folder, a Hugging Face model folder, or a zoo name."""
+    from torchslim.artifact.format import is_artifact, load
+
+    path = Path(spec).expanduser()
+    if path.is_dir() and is_artifact(path):
+        model = load(path)
+        task, tokenizer = _task_for_source(model._torchslim_source)
+        return LoadedModel(name=path.name, model=model, task=task, source=model._torchslim_source,
+                           tokenizer=tokenizer, extra={"artifact": str(path)})
+    if path.is_dir():
+        from torchslim.zoo.hf import load_hf_folder
+
+        loaded = load_hf_folder(path, **kwargs)
+    elif "/" in spec or spec.startswith("."):
+        raise UnknownModelError(f"{spec}: no such model folder or artifact")
+    else:
+        names = {e.name for e in list_entries()}
+        if spec not in names:
+            raise UnknownModelError(f"unknown model '{spec}': not a zoo name ({', '.join(sorted(names))}) nor a folder")
+        loaded = get_entry(spec).loader(**kwargs)
+    loaded.model._torchslim_source = loaded.source
+    return loaded

@@ -1,0 +1,114 @@
+"""The training config shared by every training-time technique (fine-tuning, distillation, QAT...)."""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from torchslim.core.config import BaseConfig
+from torchslim.core.errors import ConfigError
+
+
+class OptimizerKind(str, enum.Enum):
+    """Which optimizer the engine builds."""
+
+    ADAMW = "adamw"
+    SGD = "sgd"      # with (Nesterov-free) momentum ``TrainConfig.momentum``
+    LION = "lion"    # sign momentum (Chen et al. 2023), see :class:`torchslim.train.optim.Lion`
+
+
+class ScheduleKind(str, enum.Enum):
+    """Learning-rate shape after the linear warm-up."""
+
+    CONSTANT = "constant"
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+@dataclass
+class TrainConfig(BaseConfig):
+    """How to train: steps, batch, optimizer, schedule, precision, evaluation and checkpoints.
+
+    ``batch_size`` is the *global* batch of one optimizer step. It is split over
+    ``world_size`` processes and ``grad_accum`` micro-steps, so changing either leaves the
+    mathematics unchanged (for models without batch norm): each rank runs micro-batches of
+    ``batch_size // (world_size * grad_accum)`` samples.
+    """
+
+    steps: int = 100
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: OptimizerKind = OptimizerKind.ADAMW
+    betas: tuple[float, float] | None = None   # None: (0.9, 0.999) for AdamW, (0.9, 0.99) for Lion
+    momentum: float = 0.9                       # SGD only
+    schedule: ScheduleKind = ScheduleKind.COSINE
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0                   # final LR of linear/cosine, as a fraction of ``lr``
+    bf16: bool = False                          # bfloat16 autocast for forward + loss
+    max_grad_norm: float | None = None          # clip the global gradient norm; None: no clipping
+    eval_every: int = 0                         # evaluate every N steps (0: only at the end)
+    eval_at_end: bool = True
+    log_every: int = 10
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0                   # 0: only the final checkpoint (when checkpoint_dir is set)
+    keep_checkpoints: int = 2                   # newest checkpoints kept on disk
+    resume: bool = False                        # continue from the newest checkpoint in checkpoint_dir
+    seed: int = 0
+    progress: bool = True                       # progress bar on rank 0 (only when stderr is a terminal)
+
+    def validate(self) -> None:
+        _positive(self, "steps", "batch_size", "grad_accum")
+        _non_negative(self, "weight_decay", "warmup_steps", "eval_every", "checkpoint_every")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"
+            )
+        if self.warmup_steps >= self.steps and self.warmup_steps > 0:
+            raise ConfigError(f"TrainConfig.warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
+        if self.betas is not None:
+            if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+                raise ConfigError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(f"TrainConfig.max_grad_norm must be positive or null, got {self.max_grad_norm!r}")
+        if self.log_every < 1 or self.keep_checkpoints < 1:
+            raise ConfigError("TrainConfig.log_every and keep_checkpoints must be >= 1")
+        if self.resume and not self.checkpoint_dir:
+            raise ConfigError("TrainConfig.resume=True needs a checkpoint_dir")
+        self.optimizer = _as_enum(OptimizerKind, self.optimizer, "optimizer")
+        self.schedule = _as_enum(ScheduleKind, self.schedule, "schedule")
+
+    def resolved_betas(self) -> tuple[float, float]:
+        """``betas``, or the optimizer's usual default."""
+        if self.betas is not None:
+            return (float(self.betas[0]), float(self.betas[1]))
+        return (0.9, 0.99) if self.optimizer is OptimizerKind.LION else (0.9, 0.999)
+
+
+def _as_enum(kind: type[enum.Enum], v: object, name: str) -> enum.Enum:
+    """Accept the enum member or its string value (``"lion"``)."""
+    try:
+        return kind(v)
+    except ValueError:
+        raise ConfigError(f"TrainConfig.{name}: '{v}' is not one of {', '.join(m.value for m in kind)}") from None
+
+
+def _positive(cfg: TrainConfig, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"TrainConfig.{n} must be a positive integer, got {v!r}")
+
+
+def _non_negative(cfg: TrainConfig, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"TrainConfig.{n} must be >= 0, got {v!r}")
