@@ -1,0 +1,207 @@
+"""The ``torchslim`` command line. Strings are parsed here, once, into typed values."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from torchslim.core.errors import TorchSlimError
+
+app = typer.Typer(
+    help="torchslim: make trained models smaller and faster, with measured results.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+zoo_app = typer.Typer(help="The embedded model zoo.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def parse_shape(text: str) -> tuple[int, int | None]:
+    """``"8x128"`` -> ``(8, 128)``; ``"8"`` -> ``(8, None)``."""
+    parts = text.lower().split("x")
+    try:
+        if len(parts) == 1:
+            shape = (int(parts[0]), None)
+        elif len(parts) == 2:
+            shape = (int(parts[0]), int(parts[1]))
+        else:
+            raise ValueError
+    except ValueError:
+        raise TorchSlimError(f"bad shape '{text}': expected BATCH or BATCHxSEQ_LEN, e.g. 8x128") from None
+    if shape[0] < 1 or (shape[1] is not None and shape[1] < 1):
+        raise TorchSlimError(f"bad shape '{text}': sizes must be positive")
+    return shape
+
+
+@zoo_app.command("list")
+def zoo_list(all_: bool = typer.Option(False, "--all", help="Also list tiny random test models.")) -> None:
+    """List the models of the zoo."""
+    from rich.table import Table
+
+    from torchslim.zoo import list_entries
+
+    table = Table(title="torchslim zoo")
+    for col in ("name", "task", "description"):
+        table.add_column(col)
+    for e in list_entries(include_test=all_):
+        table.add_row(e.name, e.kind, e.summary + (" [test]" if e.test_only else ""))
+    _console().print(table)
+
+
+def _eval_spec(shapes: list[str], iters: int, warmup: int, threads: Optional[int], decode_tokens: int,
+               no_speed: bool):
+    from torchslim.eval import EvalSpec
+
+    kwargs = dict(iters=iters, warmup=warmup, decode_tokens=0 if no_speed else decode_tokens)
+    if shapes:
+        kwargs["shapes"] = tuple(parse_shape(s) for s in shapes)
+    if threads is not None:
+        if threads < 1:
+            raise TorchSlimError(f"--threads must be at least 1, got {threads}")
+        kwargs["threads"] = threads
+    if no_speed:
+        kwargs["measure_speed"] = False
+    return EvalSpec(**kwargs)
+
+
+def _load_with_task(model: str, task: Optional[str]):
+    from torchslim.models import load_model
+
+    loaded = load_model(model)
+    if task is not None and (loaded.task is None or loaded.task.name != task):
+        raise TorchSlimError(
+            f"{model}: task '{task}' is not available for this model"
+            + (f" (its task is '{loaded.task.name}')" if loaded.task is not None else "")
+        )
+    if loaded.task is None:
+        raise TorchSlimError(f"{model}: no task is known for this model; evaluate it from Python with a Task")
+    return loaded
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="Zoo name, Hugging Face model folder, or torchslim artifact folder."),
+    task: Optional[str] = typer.Option(None, help="Task name to check against the model's task."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    shape: list[str] = typer.Option([], "--shape", help="Latency shape BATCHxSEQ (repeatable)."),
+    iters: int = typer.Option(10, min=1, help="Timed iterations per shape."),
+    warmup: int = typer.Option(3, min=0, help="Warm-up iterations per shape."),
+    threads: Optional[int] = typer.Option(None, help="Torch intra-op threads (default: all cores)."),
+    decode_tokens: int = typer.Option(32, min=0, help="Tokens to generate for decode speed (causal LMs)."),
+    no_speed: bool = typer.Option(False, "--no-speed", help="Skip latency and decode measurements."),
+) -> None:
+    """Evaluate a model: quality, size, latency, FLOPs, memory and energy."""
+    from torchslim.eval import evaluate, render_table
+
+    spec = _eval_spec(shape, iters, warmup, threads, decode_tokens, no_speed)
+    console = _console()
+    with console.status(f"loading {model}"):
+        loaded = _load_with_task(model, task)
+    report = evaluate(loaded.model, loaded.task, spec, label=loaded.name, console=console)
+    console.print(render_table([report]))
+    if report.layers:
+        console.print(_layers_table(report.layers))
+    if json_out is not None:
+        from torchslim.core.io import atomic_file
+
+        with atomic_file(json_out) as f:
+            f.write(report.to_json())
+        console.print(f"report written to {json_out}")
+
+
+def _layers_table(layers: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="compressed layers")
+    for col in ("layer", "technique", "storage", "kernel"):
+        table.add_column(col)
+    for info in layers:
+        table.add_row(info.get("name", ""), str(info.get("technique", "")), str(info.get("storage", info.get("format", ""))),
+                      str(info.get("kernel", "")))
+    return table
+
+
+@app.command("quantize")
+def quantize_cmd(
+    model: str = typer.Argument(..., help="Zoo name, Hugging Face model folder, or torchslim artifact folder."),
+    config: Path = typer.Option(..., "--config", "-c", help="Quantization config (YAML or JSON)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Artifact folder to write."),
+) -> None:
+    """Quantize a model with a config file and save the artifact."""
+    from torchslim.api import quantize_
+    from torchslim.artifact import save
+    from torchslim.core.config import BaseConfig
+    from torchslim.models import load_model
+
+    cfg = BaseConfig.load(config)
+    console = _console()
+    with console.status(f"loading {model}"):
+        loaded = load_model(model)
+    with console.status(f"quantizing with {type(cfg).__name__}"):
+        quantize_(loaded.model, cfg, calibration=loaded.task)
+    save(loaded.model, out, source=loaded.source)
+    console.print(f"saved {out}")
+
+
+@app.command("demo")
+def demo_cmd(
+    model: str = typer.Option("smollm2-135m", help="Model to run the main job on."),
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Artifact folder to write."),
+    iters: int = typer.Option(5, min=1, help="Timed iterations per shape."),
+) -> None:
+    """Main job: evaluate a model, compress it, save + reload the artifact, and compare side by side."""
+    from torchslim.demo import run_demo
+
+    run_demo(model=model, out=out, spec=_eval_spec([], iters, 2, None, 32, False))
+
+
+@app.command("info")
+def info_cmd(artifact: Path = typer.Argument(..., help="torchslim artifact folder.")) -> None:
+    """Show an artifact's manifest: source, format, and each compressed layer."""
+    from torchslim.artifact import read_manifest
+
+    manifest = read_manifest(artifact)
+    console = _console()
+    w = manifest["weights"]
+    console.print(f"[bold]{artifact}[/bold]  format v{manifest['format_version']}  torchslim {manifest['torchslim_version']}")
+    console.print(f"source: {manifest['source']}   architecture: {manifest['architecture']}")
+    console.print(f"weights: {w['file']}  {w['bytes'] / 1e6:.2f} MB  sha256 {w['sha256'][:16]}...")
+    layers = [{"name": n, **info} for n, info in manifest["layers"].items()]
+    console.print(_layers_table(layers) if layers else "no compressed layers")
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2, never a traceback."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        app(standalone_mode=False)
+    except TorchSlimError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()
