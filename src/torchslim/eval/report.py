@@ -165,8 +165,11 @@ class Report:
     def from_dict(cls, data: dict[str, Any]) -> Report:
         if not isinstance(data, dict):
             raise TorchSlimError(f"an evaluation report must be a JSON object, got {type(data).__name__}")
-        if data.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
-            raise TorchSlimError(f"report schema {data['schema']} is newer than this torchslim reads ({SCHEMA_VERSION})")
+        schema = data.get("schema", SCHEMA_VERSION)
+        if not isinstance(schema, int):
+            raise TorchSlimError(f"report field 'schema' must be an integer, got {schema!r}")
+        if schema > SCHEMA_VERSION:
+            raise TorchSlimError(f"report schema {schema} is newer than this torchslim reads ({SCHEMA_VERSION})")
         return _build(cls, data, "report")
 
     @classmethod

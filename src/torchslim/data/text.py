@@ -1,0 +1,132 @@
+"""Real English text that is available offline: Debian's ``/usr/share/common-licenses``.
+
+The split is fixed and never changes between runs:
+
+* EVALUATION text: ``GPL-3`` only (:data:`EVAL_FILES`).
+* CALIBRATION / TRAINING text: ``Apache-2.0``, ``MPL-2.0``, ``Artistic``, ``BSD``, ``LGPL-2.1``,
+  ``CC0-1.0`` (:data:`CALIBRATION_FILES`), concatenated in that order.
+
+No file is in both splits. Texts are read as UTF-8 exactly as shipped (no normalisation), and
+files are joined with one blank line. :func:`sentences` cuts a split into sentences for the
+embedding task; calibration sentences that also occur in the evaluation text are dropped, so
+the two sentence sets are disjoint as well.
+
+Set ``TORCHSLIM_TEXT_DIR`` to read the same file names from another folder.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+
+from torchslim.core.errors import ConfigError, TorchSlimError
+
+DEFAULT_TEXT_DIR = Path("/usr/share/common-licenses")
+EVAL_FILES: tuple[str, ...] = ("GPL-3",)
+CALIBRATION_FILES: tuple[str, ...] = ("Apache-2.0", "MPL-2.0", "Artistic", "BSD", "LGPL-2.1", "CC0-1.0")
+SPLITS: dict[str, tuple[str, ...]] = {"eval": EVAL_FILES, "calibration": CALIBRATION_FILES}
+MIN_WORDS = 6
+MAX_WORDS = 40
+
+DATA_NOTE = (
+    f"Debian common-licenses texts: evaluation = {', '.join(EVAL_FILES)}; "
+    f"calibration/training = {', '.join(CALIBRATION_FILES)} (disjoint files)"
+)
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?[A-Z])")
+_PARAGRAPH = re.compile(r"\n\s*\n")
+
+
+def text_dir() -> Path:
+    """The folder holding the license texts (``$TORCHSLIM_TEXT_DIR`` or :data:`DEFAULT_TEXT_DIR`)."""
+    return Path(os.environ.get("TORCHSLIM_TEXT_DIR") or DEFAULT_TEXT_DIR)
+
+
+def _files(split: str) -> tuple[str, ...]:
+    if split not in SPLITS:
+        raise ConfigError(f"unknown text split '{split}'; use one of: {', '.join(SPLITS)}")
+    return SPLITS[split]
+
+
+@functools.lru_cache(maxsize=8)
+def _read(folder: Path, names: tuple[str, ...]) -> str:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise TorchSlimError(
+            f"text data not found: {', '.join(str(folder / n) for n in missing)} "
+            "(install Debian's base-files, or set TORCHSLIM_TEXT_DIR to a folder with these files)"
+        )
+    return "\n\n".join((folder / n).read_text(encoding="utf-8") for n in names)
+
+
+def split_text(split: str) -> str:
+    """The whole text of ``split`` (``"eval"`` or ``"calibration"``), files joined by a blank line."""
+    return _read(text_dir(), _files(split))
+
+
+def eval_text() -> str:
+    """The evaluation text (GPL-3)."""
+    return split_text("eval")
+
+
+def calibration_text() -> str:
+    """The calibration / training text (every file of :data:`CALIBRATION_FILES`)."""
+    return split_text("calibration")
+
+
+def _clean_sentence(s: str) -> str | None:
+    """``s`` if it looks like an English sentence of MIN_WORDS..MAX_WORDS words, else ``None``."""
+    words = s.split()
+    if not MIN_WORDS <= len(words) <= MAX_WORDS:
+        return None
+    if not re.match(r"[\"'(\[]?[A-Z]", s) or not re.search(r"[.!?][\"')\]]?$", s):
+        return None
+    if any(mark in s for mark in ("<", ">", "http", "@", "(C)")):
+        return None
+    letters = sum(ch.isalpha() for ch in s)
+    if letters < 0.7 * len(s.replace(" ", "")):
+        return None
+    return s
+
+
+def split_sentences(text: str) -> list[str]:
+    """Cut ``text`` into sentences: paragraphs (blank lines) first, then ``.``/``!``/``?`` followed by a capital.
+
+    Whitespace inside a sentence collapses to single spaces; only sentences of
+    :data:`MIN_WORDS` to :data:`MAX_WORDS` words that start with a capital, end with
+    punctuation, are mostly letters and hold no URL / e-mail / copyright mark are kept.
+    Duplicates are dropped; order is kept.
+    """
+    out: dict[str, None] = {}
+    for para in _PARAGRAPH.split(text):
+        flat = " ".join(para.split())
+        for piece in _SENTENCE_END.split(flat):
+            s = _clean_sentence(piece.strip())
+            if s is not None:
+                out.setdefault(s, None)
+    return list(out)
+
+
+@functools.lru_cache(maxsize=8)
+def _sentences_cached(folder: Path, split: str) -> tuple[str, ...]:
+    found = split_sentences(_read(folder, _files(split)))
+    if split != "eval":
+        held_out = set(split_sentences(_read(folder, EVAL_FILES)))
+        found = [s for s in found if s not in held_out]
+    return tuple(found)
+
+
+def sentences(split: str) -> list[str]:
+    """Real English sentences of ``split`` (deterministic order; disjoint between splits)."""
+    return list(_sentences_cached(text_dir(), split))
+
+
+def eval_sentences() -> list[str]:
+    """Sentences of the evaluation text (GPL-3)."""
+    return sentences("eval")
+
+
+def calibration_sentences() -> list[str]:
+    """Sentences of the calibration text, minus any that also occur in the evaluation text."""
+    return sentences("calibration")

@@ -1,0 +1,313 @@
+"""The one training loop every training-time technique uses (fine-tuning, distillation, QAT, pruning).
+
+Per optimizer step ``s`` (0-based) on every rank:
+
+1. set the learning rate from the schedule, reseed the RNG from ``(seed, s, rank)``;
+2. for each of ``grad_accum`` micro-batches: ``loss = task.loss(model, batch) + hook extra
+   losses``, backward of ``loss / grad_accum`` (DDP gradient sync only on the last one);
+3. clip, optimizer step, ``hook.on_step_end``; evaluation (rank 0, broadcast) and
+   checkpoints (rank 0 writes, all ranks wait) when due.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.tasks.base import Batch, Task
+from torchslim.train import checkpoint as ckpt
+from torchslim.train.config import TrainConfig
+from torchslim.train.distributed import (
+    DistContext, all_reduce_mean, barrier, broadcast_json, env_world_size, init_distributed, shutdown, wrap_ddp,
+)
+from torchslim.train.hooks import TrainHook
+from torchslim.train.optim import build_optimizer, set_lr
+
+log = logging.getLogger("torchslim.train")
+
+# A data source: an iterable of per-rank micro-batches, or a callable like Task.train_batches.
+TrainData = Iterable[Batch] | Callable[..., Iterator[Batch]]
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` did.
+
+    ``losses[i]`` is the mean training loss (task + hook losses, averaged over micro-batches
+    and ranks) of optimizer step ``i + 1``; ``evals`` holds ``{"step": s, **task.evaluate()}``.
+    """
+
+    final_step: int
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+    resumed_from: int | None = None
+    world_size: int = 1
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        return dict(self.evals[-1]) if self.evals else {}
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The RNG seed of optimizer step ``step`` on ``rank`` (resume needs no saved RNG state)."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
+
+
+def move_to(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor (in dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move_to(v, device) for v in obj)
+    return obj
+
+
+class Trainer:
+    """Train ``model`` on ``task`` (its ``loss`` and ``train_batches``) per ``config``.
+
+    Attributes available to hooks: ``model`` (unwrapped), ``wrapped`` (DDP or the model),
+    ``optimizer``, ``config``, ``task``, ``dist`` (rank/world/device), ``device``, ``step``
+    (completed optimizer steps) and ``last_output`` (model output of the current micro-batch).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        config: TrainConfig | None = None,
+        hooks: Sequence[TrainHook] = (),
+        train_data: TrainData | None = None,
+        *,
+        device: torch.device | str | None = None,
+        find_unused_parameters: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TorchSlimError(f"Trainer needs an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.task = task
+        self.config = config if config is not None else TrainConfig()
+        if not isinstance(self.config, TrainConfig):
+            raise ConfigError(f"Trainer needs a TrainConfig, got {type(self.config).__name__}")
+        self.hooks = list(hooks)
+        self.train_data = train_data
+        self._device_arg = device
+        self._find_unused = find_unused_parameters
+        self.wrapped: nn.Module = model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.dist = DistContext()
+        self.device = torch.device("cpu")
+        self.step = 0
+        self.last_output: Any = None
+        self._capture = False
+
+    # -- public --------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Run the training loop to ``config.steps`` and return the history."""
+        device = self._device_arg
+        if device is None and env_world_size() == 1 and not _dist_initialized():
+            device = self._model_device()      # single process: train where the model already is
+        self.dist = init_distributed(device)
+        self.device = self.dist.device
+        handle = self.model.register_forward_hook(self._capture_output)
+        try:
+            return self._fit()
+        finally:
+            handle.remove()
+            self.last_output = None
+            shutdown(self.dist)
+
+    # -- loop ----------------------------------------------------------------------------
+    def _fit(self) -> TrainResult:
+        cfg, t0 = self.config, time.perf_counter()
+        self.step = 0
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        losses, evals, hook_states, resumed = self._maybe_resume()
+        self.wrapped = wrap_ddp(self.model, self.dist, self._find_unused)
+        for h in self.hooks:
+            h.on_start(self)
+        for h, st in zip(self.hooks, hook_states):
+            h.restore_state(st)
+        self.model.train()
+        data = self._micro_batches(skip=self.step * cfg.grad_accum)
+        with self._progress() as bar:
+            while self.step < cfg.steps:
+                loss = self._train_step(data)
+                self.step += 1
+                losses.append(loss)
+                for h in self.hooks:
+                    h.on_step_end(self, self.step)
+                self._report(bar, loss)
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    evals.append(self._evaluate())
+                if self._checkpoint_due():
+                    self._save(losses, evals)
+        if cfg.eval_at_end and (not evals or evals[-1]["step"] != self.step):
+            evals.append(self._evaluate())
+        for h in self.hooks:
+            h.on_end(self)
+        return TrainResult(self.step, losses, evals, time.perf_counter() - t0, resumed, self.dist.world_size)
+
+    def _train_step(self, data: Iterator[Batch]) -> float:
+        cfg, opt = self.config, self.optimizer
+        assert opt is not None
+        set_lr(opt, self.step, cfg)
+        torch.manual_seed(step_seed(cfg.seed, self.step, self.dist.rank))
+        opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for i in range(cfg.grad_accum):
+            batch = move_to(next(data), self.device)
+            last = i == cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if last or self.wrapped is self.model else self.wrapped.no_sync()
+            with sync:
+                loss = self._loss(batch)
+                (loss / cfg.grad_accum).backward()
+            total += loss.detach().float()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
+        opt.step()
+        return all_reduce_mean(total / cfg.grad_accum, self.dist)
+
+    def _loss(self, batch: Batch) -> torch.Tensor:
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+        with autocast:
+            self._capture = True
+            try:
+                loss = self.task.loss(self.wrapped, batch)
+            finally:
+                self._capture = False
+            for h in self.hooks:
+                extra = h.extra_loss(self, batch)
+                if extra is not None:
+                    loss = loss + extra
+        self.last_output = None
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise TorchSlimError("task.loss and hook extra losses must be scalar tensors")
+        return loss.float().reshape(())
+
+    def _capture_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._capture:
+            self.last_output = output
+
+    def _evaluate(self) -> dict[str, float]:
+        metrics: dict[str, float] | None = None
+        if self.dist.is_main:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    metrics = {k: float(v) for k, v in self.task.evaluate(self.model).items()}
+            finally:
+                self.model.train(was_training)
+            log.info("step %d eval %s", self.step, _fmt(metrics))
+        metrics = {"step": self.step, **broadcast_json(metrics, self.dist)}
+        for h in self.hooks:
+            h.on_eval(self, self.step, metrics)
+        return metrics
+
+    # -- data ----------------------------------------------------------------------------
+    def _micro_batches(self, skip: int) -> Iterator[Batch]:
+        cfg, world = self.config, self.dist.world_size
+        micro_global = cfg.batch_size // cfg.grad_accum
+        if micro_global % world:
+            raise ConfigError(
+                f"batch_size / grad_accum = {micro_global} must be divisible by the number of processes ({world})"
+            )
+        per_rank = micro_global // world
+        src = self.train_data
+        if src is None:
+            stream = self.task.train_batches(per_rank, seed=cfg.seed, rank=self.dist.rank, world_size=world)
+        elif callable(src):
+            stream = src(per_rank, seed=cfg.seed, rank=self.dist.rank, world_size=world)
+        else:
+            stream = _cycle(src)
+        return itertools.islice(stream, skip, None)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _maybe_resume(self) -> tuple[list[float], list[dict[str, float]], list[dict[str, Any]], int | None]:
+        cfg = self.config
+        path = ckpt.latest_checkpoint(cfg.checkpoint_dir) if cfg.resume and cfg.checkpoint_dir else None
+        if path is None:
+            if cfg.resume:
+                log.info("resume: no checkpoint in %s, starting from step 0", cfg.checkpoint_dir)
+            return [], [], [{} for _ in self.hooks], None
+        doc = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        self.step = int(doc["step"])
+        hook_states = list(doc.get("hooks", []))
+        if len(hook_states) != len(self.hooks):
+            raise ConfigError(f"{path}: saved with {len(hook_states)} hook(s), resuming with {len(self.hooks)}")
+        log.info("resumed from %s (step %d)", path, self.step)
+        return list(doc.get("losses", [])), list(doc.get("evals", [])), hook_states, self.step
+
+    def _checkpoint_due(self) -> bool:
+        cfg = self.config
+        if not cfg.checkpoint_dir:
+            return False
+        return self.step == cfg.steps or bool(cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+
+    def _save(self, losses: list[float], evals: list[dict[str, float]]) -> None:
+        cfg = self.config
+        if self.dist.is_main:
+            assert cfg.checkpoint_dir is not None and self.optimizer is not None
+            state = {
+                "losses": losses,
+                "evals": evals,
+                "hooks": [h.checkpoint_state() for h in self.hooks],
+                "world_size": self.dist.world_size,
+                "config": cfg.to_dict(),
+            }
+            path = ckpt.save_checkpoint(cfg.checkpoint_dir, self.step, self.model, self.optimizer, state,
+                                        keep=cfg.keep_checkpoints)
+            log.info("checkpoint %s", path)
+        barrier(self.dist)
+
+    # -- progress ------------------------------------------------------------------------
+    def _progress(self) -> Any:
+        from tqdm.auto import tqdm
+
+        show = self.config.progress and self.dist.is_main
+        # disable=None: tqdm shows the bar only when stderr is a terminal.
+        return tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step",
+                    disable=None if show else True, dynamic_ncols=True, leave=False)
+
+    def _report(self, bar: Any, loss: float) -> None:
+        bar.update(1)
+        if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+            lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            if self.dist.is_main:
+                log.info("step %d/%d loss %.4f lr %.3g", self.step, self.config.steps, loss, lr)
+
+    def _model_device(self) -> torch.device:
+        p = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
+        return p.device if p is not None else torch.device("cpu")
+
+
+def _dist_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _cycle(data: Iterable[Batch]) -> Iterator[Batch]:
+    """Repeat a re-iterable source (list, DataLoader) epoch after epoch; a one-shot iterator must not run out."""
+    one_shot = iter(data) is data
+    while True:
+        n = 0
+        for b in data:
+            n += 1
+            yield b
+        if one_shot or n == 0:
+            raise TorchSlimError(f"train_data ran out after {n} batch(es); pass a re-iterable or an endless stream")
+
+
+def _fmt(metrics: dict[str, float] | None) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in (metrics or {}).items())

