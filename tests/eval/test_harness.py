@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -144,3 +145,24 @@ def test_model_label() -> None:
     assert model_label(m) == "Linear"
     m.config = type("Cfg", (), {"_name_or_path": "HuggingFaceTB/SmolLM2-135M"})()
     assert model_label(m) == "HuggingFaceTB/SmolLM2-135M"
+
+
+def test_console_progress_and_artifact_dir_kwarg(model: TinyClassifier, task: TinyClassification, tmp_path) -> None:
+    from rich.console import Console
+
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 100)
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    r = evaluate(model, task, EvalSpec(measure_quality=False, measure_energy=False, **FAST), artifact_dir=tmp_path,
+                 console=console)
+    assert r.size.artifact_bytes == 100
+    assert "timing 2 shape(s): 1 warm-up + 3 timed forwards each" in console.file.getvalue()
+
+
+def test_layer_format_falls_back_to_storage() -> None:
+    class Cast(nn.Linear):
+        def torchslim_layer_info(self) -> dict:
+            return {"technique": "cast", "storage": "bfloat16", "kernel": "aten.linear[bfloat16]"}
+
+    (entry,) = layer_info(nn.Sequential(Cast(2, 2)))
+    assert entry == {"name": "0", "type": "Cast", "format": "bfloat16", "kernel": "aten.linear[bfloat16]",
+                     "technique": "cast", "storage": "bfloat16"}

@@ -132,3 +132,10 @@ def test_plain_and_markdown_tables(base: Report, other: Report) -> None:
 
 def test_jsonable() -> None:
     assert jsonable({"a": (1, 2), 3: float("nan"), "o": object}) == {"a": [1, 2], "3": None, "o": str(object)}
+
+
+def test_single_report_table_has_no_ratios(base: Report) -> None:
+    base.quality.metrics["eval_tokens"] = 34816.0
+    text = format_table([base])
+    assert "fp32 (baseline)" not in text and "x)" not in text
+    assert "34,816" in text

@@ -93,6 +93,11 @@ def fmt_num(v: float) -> str:
     return f"{v:#.3g}"
 
 
+def fmt_metric(v: float) -> str:
+    """Quality metrics: 4 significant digits, large counts in full."""
+    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+
+
 def fmt_bytes(n: float) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= scale:
@@ -166,7 +171,7 @@ def _quality_rows(reports: list[Report], base: int) -> list[Row | None]:
         q = next(r.quality for r in reports if r.quality is not None and n in r.quality.metrics)
         label = f"{n} ({'higher' if q.higher_is_better else 'lower'} is better)" if n == q.primary else n
         rows.append(_metric_rows(reports, base, label, lambda r, n=n: (r.quality.metrics.get(n) if r.quality else None),
-                                 lambda v: f"{v:.4g}", delta=True))
+                                 fmt_metric, delta=True))
     return rows
 
 
@@ -228,10 +233,10 @@ def table_rows(reports: list[Report], baseline_index: int = 0) -> tuple[list[str
     rows += _shape_rows(reports, b, "energy", [
         ("Energy per forward", "joules_per_forward", lambda v: f"{fmt_num(v)} J"),
         ("Average power", "average_watts", lambda v: f"{fmt_num(v)} W")])
-    notes = ["Ratios in parentheses are this column / baseline; quality shows the difference."]
+    notes = ["Ratios in parentheses are this column / baseline; quality shows the difference."] if len(reports) > 1 else []
     reasons = {r.energy.reason: None for r in reports if r.energy is not None and not r.energy.available}
     notes += [f"Energy unavailable: {reason}" for reason in reasons]
-    headers = [f"{r.model} (baseline)" if i == b else r.model for i, r in enumerate(reports)]
+    headers = [f"{r.model} (baseline)" if i == b and len(reports) > 1 else r.model for i, r in enumerate(reports)]
     return headers, [r for r in rows if r is not None], notes
 
 

@@ -1,0 +1,150 @@
+"""``QuantLinear``: a linear layer whose weight is stored quantized and packed.
+
+Persistent state (what the artifact stores): ``packed`` (codes, bit-packed into uint8),
+``scale`` and, per format, ``offset`` (asymmetric ints) or ``levels`` (NF4, codebook,
+ternary, binary), plus ``bias``. Kernel buffers (torch's int4/int8 layouts) are derived from
+that on first use and are not saved, so the file stays portable across kernels and devices.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchslim.core.config import BaseConfig, config_from_dict
+from torchslim.core.modules import register_module_format
+from torchslim.quantization import kernels as K
+from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
+from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
+from torchslim.quantization.primitives import QTensor
+
+
+def _signed(fmt: Format) -> bool:
+    return isinstance(fmt, IntFormat) and fmt.symmetric
+
+
+@register_module_format
+class QuantLinear(nn.Module):
+    """Weight-quantized linear layer. Build with :meth:`from_qtensor`."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, fmt: Format, gran: Granularity,
+                 n_groups: int, kernel: K.Kernel = K.Kernel.AUTO, config: BaseConfig | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.fmt, self.gran, self.config = fmt, gran, config
+        bits = fmt.storage_bits
+        numel = in_features * out_features
+        rows = 1 if isinstance(gran, PerTensor) else out_features
+        self.register_buffer("packed", torch.zeros((numel * bits + 7) // 8, dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(rows, n_groups))
+        if isinstance(fmt, IntFormat) and not fmt.symmetric:
+            self.register_buffer("offset", torch.zeros(rows, n_groups))
+        else:
+            self.offset = None
+        n_levels = {"ternary": 3, "binary": 2, "nf4": 16}.get(fmt.name, 2**bits)
+        if not isinstance(fmt, IntFormat):
+            self.register_buffer("levels", torch.zeros(n_levels))
+        else:
+            self.levels = None
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.choice = K.choose(fmt, gran, in_features, "cpu", kernel)
+        self._cache: dict[str, Any] = {}
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def from_qtensor(cls, qt: QTensor, gran: Granularity, bias: torch.Tensor | None,
+                     kernel: K.Kernel = K.Kernel.AUTO, config: BaseConfig | None = None) -> QuantLinear:
+        out_f, in_f = qt.shape
+        m = cls(in_f, out_f, bias is not None, qt.fmt, gran, qt.scale.shape[1], kernel, config)
+        bits = qt.fmt.storage_bits
+        m.packed.copy_(pack_bits(to_unsigned(qt.codes.reshape(-1), bits, _signed(qt.fmt)), bits))
+        m.scale.copy_(qt.scale.reshape(m.scale.shape))
+        if m.offset is not None:
+            m.offset.copy_(qt.offset.reshape(m.offset.shape))
+        if m.levels is not None:
+            m.levels.copy_(qt.levels)
+        if bias is not None:
+            m.bias.data.copy_(bias.detach().float())
+        return m
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked codes ``[out, in]`` (int8 for symmetric ints, uint8 otherwise)."""
+        bits = self.fmt.storage_bits
+        u = unpack_bits(self.packed, bits, self.in_features * self.out_features)
+        return from_unsigned(u, bits, _signed(self.fmt)).reshape(self.out_features, self.in_features)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dense weight this layer computes with, ``[out, in]``."""
+        c = self.codes()
+        vals = self.levels[c.long()] if self.levels is not None else c.float()
+        groups = self.scale.shape[1]
+        vals = vals.reshape(self.scale.shape[0], groups, -1)
+        w = vals * self.scale.unsqueeze(-1)
+        if self.offset is not None:
+            w = w + self.offset.unsqueeze(-1)
+        return w.reshape(self.out_features, self.in_features).to(dtype)
+
+    # -- execution ---------------------------------------------------------------------
+    def _prepared(self) -> dict[str, Any]:
+        if not self._cache:
+            kernel = self.choice.kernel
+            if kernel is K.Kernel.INT8PACK_MM:
+                self._cache = {"w": self.codes().contiguous(), "s": self.scale.reshape(-1).to(torch.bfloat16)}
+            elif kernel is K.Kernel.INT4PACK_MM:
+                packed, sz = K.int4pack_prepare(self.codes(), self.scale, self.offset)
+                self._cache = {"w": packed, "sz": sz}
+            else:
+                self._cache = {"none": None}
+        return self._cache
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        kernel = self.choice.kernel
+        if kernel is K.Kernel.DEQUANT or x2.shape[0] > K.LARGE_M or x.device.type != "cpu":
+            dt = torch.bfloat16 if kernel is not K.Kernel.DEQUANT else x.dtype
+            y = F.linear(x2.to(dt), self.dequantize(dt))
+        elif kernel is K.Kernel.INT8PACK_MM:
+            c = self._prepared()
+            y = K.int8pack_mm(x2, c["w"], c["s"])
+        else:
+            c = self._prepared()
+            y = K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])
+        y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _apply(self, fn, recurse=True):  # .to()/.cuda(): drop derived kernel buffers
+        self._cache = {}
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        g = f"g{self.gran.size}" if isinstance(self.gran, PerGroup) else type(self.gran).__name__
+        return f"{self.in_features}->{self.out_features}, {self.fmt.name} {g}, kernel={self.choice.kernel.value}"
+
+    # -- artifact ----------------------------------------------------------------------
+    def torchslim_layer_info(self) -> dict[str, Any]:
+        return {
+            "technique": getattr(self.config, "technique", type(self.config).__name__ if self.config else "quantize"),
+            "config": self.config.to_dict() if self.config is not None else None,
+            "storage": f"{self.fmt.name} {self.gran.to_dict()['_type']}"
+                       + (f"({self.gran.size})" if isinstance(self.gran, PerGroup) else ""),
+            "format": self.fmt.to_dict(),
+            "granularity": self.gran.to_dict(),
+            "kernel": self.choice.kernel.value,
+            "kernel_note": self.choice.reason,
+            "slower_than_fp32": self.choice.slower_than_fp32,
+            "shape": [self.out_features, self.in_features],
+        }
+
+    @classmethod
+    def from_layer_info(cls, original: nn.Module, info: dict[str, Any]) -> QuantLinear:
+        fmt = config_from_dict(info["format"])
+        gran = config_from_dict(info["granularity"])
+        out_f, in_f = info["shape"]
+        config = config_from_dict(info["config"]) if info.get("config") else None
+        n_groups = in_f // gran.size if isinstance(gran, PerGroup) else 1
+        bias = getattr(original, "bias", None) is not None
+        return cls(in_f, out_f, bias, fmt, gran, n_groups, K.Kernel(info["kernel"]), config)

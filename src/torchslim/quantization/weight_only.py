@@ -1,0 +1,92 @@
+"""Weight-only post-training quantization by round-to-nearest (RTN).
+
+``WeightOnlyConfig`` also serves as the base scheme that GPTQ and AWQ refine: they reuse its
+format, granularity, observer, kernel and selector.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.core.config import BaseConfig
+from torchslim.core.errors import ConfigError
+from torchslim.core.progress import track
+from torchslim.core.registry import register_handler
+from torchslim.core.select import Selector
+from torchslim.core.surgery import replace_module
+from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup
+from torchslim.quantization.kernels import Kernel, choose
+from torchslim.quantization.observers import MinMax, Observer, group_range
+from torchslim.quantization.primitives import QTensor, quantize_groups, to_groups
+from torchslim.quantization.qlinear import QuantLinear
+
+log = logging.getLogger("torchslim.quantization")
+
+
+@dataclass
+class WeightOnlyConfig(BaseConfig):
+    """Quantize the weights of the selected linear layers; activations stay in floating point."""
+
+    family = "quantization"
+    technique = "rtn"
+    format: Format = IntFormat(4, symmetric=False)
+    granularity: Granularity = PerGroup(128)
+    observer: Observer = MinMax()
+    kernel: Kernel = Kernel.AUTO
+    selector: Selector = field(default_factory=Selector)
+
+    def validate(self) -> None:
+        if isinstance(self.format, IntFormat) and self.format.symmetric is False and self.format.bits == 8 \
+                and self.kernel is Kernel.INT8PACK_MM:
+            raise ConfigError("the int8pack_mm kernel needs symmetric int8 weights")
+
+
+def quantize_weight(w: torch.Tensor, config: WeightOnlyConfig) -> QTensor:
+    """RTN-quantize one weight matrix with ``config``'s format, granularity and observer."""
+    g = to_groups(w.detach().float(), config.granularity)
+    lo, hi = group_range(g, config.observer, config.format)
+    return quantize_groups(g, config.format, lo, hi, w.shape)
+
+
+def selected_linears(model: nn.Module, config: BaseConfig) -> list[tuple[str, nn.Linear, Any]]:
+    """``(name, linear, per-layer config)`` for every layer ``config.selector`` picks (linears only)."""
+    out = []
+    for name, module, layer_cfg in config.selector.resolve(model, config):
+        if type(module) is not nn.Linear:
+            raise ConfigError(f"{type(config).__name__} applies to nn.Linear layers; '{name}' is a {type(module).__name__}")
+        out.append((name, module, layer_cfg))
+    if not out:
+        raise ConfigError(f"{type(config).__name__}: the selector matched no linear layer")
+    return out
+
+
+def plan(model: nn.Module, config: WeightOnlyConfig) -> list[dict[str, Any]]:
+    """What quantizing would do, before doing it: per layer, its format and kernel (and any slowdown)."""
+    rows = []
+    for name, lin, cfg in selected_linears(model, config):
+        choice = choose(cfg.format, cfg.granularity, lin.in_features, lin.weight.device.type, cfg.kernel)
+        rows.append({"name": name, "format": cfg.format.name, "kernel": choice.kernel.value,
+                     "slower_than_fp32": choice.slower_than_fp32, "note": choice.reason})
+    return rows
+
+
+def warn_slow_layers(rows: list[dict[str, Any]], when: str) -> None:
+    slow = [r for r in rows if r["slower_than_fp32"]]
+    if slow:
+        log.warning("%s: %d of %d layers have no fast kernel and will run slower than fp32 (e.g. %s: %s)",
+                    when, len(slow), len(rows), slow[0]["name"], slow[0]["note"])
+
+
+@register_handler(WeightOnlyConfig)
+def _weight_only(model: nn.Module, config: WeightOnlyConfig, **_: Any) -> nn.Module:
+    warn_slow_layers(plan(model, config), "before quantizing")
+    for name, lin, cfg in track(selected_linears(model, config), "RTN"):
+        qt = quantize_weight(lin.weight, cfg)
+        replace_module(model, name, QuantLinear.from_qtensor(qt, cfg.granularity, lin.bias, cfg.kernel, cfg))
+    warn_slow_layers([{"name": n, "slower_than_fp32": m.choice.slower_than_fp32, "note": m.choice.reason}
+                      for n, m in model.named_modules() if isinstance(m, QuantLinear)], "after quantizing")
+    return model
