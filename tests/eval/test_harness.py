@@ -166,3 +166,12 @@ def test_layer_format_falls_back_to_storage() -> None:
     (entry,) = layer_info(nn.Sequential(Cast(2, 2)))
     assert entry == {"name": "0", "type": "Cast", "format": "bfloat16", "kernel": "aten.linear[bfloat16]",
                      "technique": "cast", "storage": "bfloat16"}
+
+
+def test_structured_format_is_kept_as_format_config() -> None:
+    class Q(nn.Linear):
+        def torchslim_layer_info(self) -> dict:
+            return {"format": {"bits": 4}, "storage": "int4 g128", "kernel": "int4pack_mm"}
+
+    (entry,) = layer_info(nn.Sequential(Q(2, 2)))
+    assert entry["format"] == "int4 g128" and entry["format_config"] == {"bits": 4}

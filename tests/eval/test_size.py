@@ -98,3 +98,30 @@ def test_artifact_bytes_without_artifact_module(monkeypatch) -> None:
     monkeypatch.delattr(torchslim.artifact, "save", raising=False)
     n, note = artifact_bytes(nn.Linear(2, 2))
     assert n is None and "not available" in note
+
+
+def test_packed_weight_elements_from_shape() -> None:
+    class ShapeOnly(PackedInt4Linear):
+        def torchslim_layer_info(self) -> dict:
+            return {"storage": "int4", "shape": [self.out_features, self.in_features]}
+
+    layer = ShapeOnly()
+    nbytes, elems = weight_storage(layer)
+    assert elems == 64 * 32 and nbytes == 32 * 32 + 32 * 2     # default weight tensors: all but bias
+    assert count_parameters(layer)[0] == 64 * 32 + 32
+
+
+def test_real_quantlinear_bits_per_weight() -> None:
+    """The project's own packed layer: int4 asym, groups of 128, fp32 scale + offset -> 4 + 64/128 bits."""
+    wo = pytest.importorskip("torchslim.quantization.weight_only")
+    from torchslim.api import quantize_
+
+    model = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 64))
+    quantize_(model, wo.WeightOnlyConfig())
+    size = measure_size(model, artifact_dir=None) if hasattr(torchslim.artifact, "save") else None
+    nbytes, elems = weight_storage(model)
+    assert elems == 256 * 128 + 128 * 64
+    assert 8 * nbytes / elems == 4.5
+    assert count_parameters(model)[0] == elems + 128 + 64
+    if size is not None:
+        assert size.bits_per_weight == 4.5 and size.artifact_bytes > nbytes

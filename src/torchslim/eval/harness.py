@@ -107,7 +107,8 @@ def device_name(device: torch.device) -> str:
 def layer_info(model: nn.Module) -> list[dict[str, Any]]:
     """One entry per module defining ``torchslim_layer_info()``: name, type, format, kernel, then its other keys.
 
-    ``format`` is the info's ``format``, else its ``storage`` (the key replacement modules use).
+    ``format`` is the info's ``format`` when it is a string, else its ``storage`` (a readable
+    description replacement modules give); a structured ``format`` is kept as ``format_config``.
     """
     layers = []
     for name, module in model.named_modules():
@@ -115,8 +116,12 @@ def layer_info(model: nn.Module) -> list[dict[str, Any]]:
         if not callable(fn):
             continue
         info = dict(fn() or {})
-        entry = {"name": name, "type": type(module).__name__,
-                 "format": info.get("format", info.get("storage")), "kernel": info.get("kernel")}
+        fmt = info.get("format")
+        if not isinstance(fmt, str):
+            if fmt is not None:
+                info["format_config"] = fmt
+            fmt = info.get("storage")
+        entry = {"name": name, "type": type(module).__name__, "format": fmt, "kernel": info.get("kernel")}
         entry.update((k, v) for k, v in info.items() if k not in entry)
         layers.append(jsonable(entry))
     return layers

@@ -6,7 +6,8 @@ Definitions (all derived from real tensors, never from dtype names):
   weights, embedding tables) -- the tensors compression targets. Biases and norm vectors are
   excluded. A module that stores its weight packed (e.g. int4 nibbles in a ``uint8`` buffer plus
   scales) declares it through ``torchslim_layer_info()`` returning, among others,
-  ``"weight_elements"`` (the logical number of weights) and optionally ``"weight_tensors"`` (names
+  ``"weight_elements"`` (the logical number of weights; if absent, the product of its ``"shape"``,
+  e.g. ``[out, in]``) and optionally ``"weight_tensors"`` (names
   of its own state-dict entries making up the packed weight: data, scales, zero points; default:
   all of its own entries except ``bias``) and ``"weight_nonzero"``.
 * **weight bytes** is the sum of ``nbytes`` of those tensors, so packing and quantization
@@ -17,6 +18,7 @@ Definitions (all derived from real tensors, never from dtype names):
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -55,14 +57,25 @@ def _packed_modules(model: nn.Module) -> dict[str, _Packed]:
         if not callable(info_fn):
             continue
         info = info_fn() or {}
-        if "weight_elements" not in info:
+        elements = _logical_elements(info)
+        if elements is None:
             continue
         own = set(module.state_dict(keep_vars=True).keys())
         own = {k for k in own if "." not in k}
         names = set(info.get("weight_tensors") or (own - {"bias"}))
         nz = info.get("weight_nonzero")
-        out[name] = _Packed(int(info["weight_elements"]), None if nz is None else int(nz), names)
+        out[name] = _Packed(elements, None if nz is None else int(nz), names)
     return out
+
+
+def _logical_elements(info: dict[str, Any]) -> int | None:
+    """Declared logical weight count: ``weight_elements``, else the product of ``shape``."""
+    if "weight_elements" in info:
+        return int(info["weight_elements"])
+    shape = info.get("shape")
+    if isinstance(shape, (list, tuple)) and shape and all(isinstance(d, int) for d in shape):
+        return math.prod(shape)
+    return None
 
 
 def _split(key: str) -> tuple[str, str]:

@@ -1,0 +1,134 @@
+"""Calibration, written once for every method.
+
+A method gives *what to measure* (a statistics object per layer with ``add_batch(x)`` fed the
+layer's input) and *what to do* once a group of layers has been measured (``solve``). The
+runner decides how to feed the data:
+
+* :func:`run_sequential` for transformer models: the inputs of the first block are caught
+  once, then blocks are processed one at a time. Each block is measured on its cached inputs,
+  solved (e.g. quantized), and re-run to give the next block its inputs, so error from earlier
+  blocks is seen by later ones and memory stays at one block plus its inputs.
+* :func:`run_basic` for everything else (and for layers outside the blocks, such as ``lm_head``):
+  forward the whole model over the batches with hooks on the target layers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+from torch import nn
+
+from torchslim.core.archs import find_blocks
+from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.core.progress import track
+
+
+class Stats(Protocol):
+    def add_batch(self, x: torch.Tensor) -> None: ...
+
+
+StatsFactory = Callable[[str, nn.Module], Stats]
+Solver = Callable[[dict[str, tuple[nn.Module, Stats]]], None]
+Forward = Callable[[nn.Module, dict[str, Any]], Any]
+
+
+def calibration_batches(calibration: Any, n_samples: int, batch_size: int = 1) -> tuple[list[dict], Forward]:
+    """Batches and the forward function from a Task or a list of batches (dicts of model kwargs)."""
+    if calibration is None:
+        raise ConfigError("this method needs calibration data: pass calibration=<Task or list of batches>")
+    if hasattr(calibration, "calibration_batches"):
+        return calibration.calibration_batches(n_samples, batch_size), calibration.forward
+    batches = list(calibration)
+    if not batches or not all(isinstance(b, dict) for b in batches):
+        raise ConfigError("calibration must be a Task or a non-empty list of dicts of model inputs")
+    return batches[:n_samples], lambda model, b: model(**b)
+
+
+def _hook_stats(targets: dict[str, nn.Module], factory: StatsFactory) -> tuple[dict[str, Stats], list]:
+    stats, handles = {}, []
+    for name, mod in targets.items():
+        s = stats[name] = factory(name, mod)
+        handles.append(mod.register_forward_pre_hook(lambda _m, args, s=s: s.add_batch(args[0])))
+    return stats, handles
+
+
+@torch.no_grad()
+def run_basic(model: nn.Module, targets: dict[str, nn.Module], batches: list[dict], forward: Forward,
+              factory: StatsFactory, solve: Solver, desc: str = "calibrating") -> None:
+    """Measure ``targets`` over full-model forwards, then ``solve`` them all at once."""
+    if not targets:
+        return
+    stats, handles = _hook_stats(targets, factory)
+    try:
+        for b in track(batches, desc):
+            forward(model, b)
+    finally:
+        for h in handles:
+            h.remove()
+    solve({n: (targets[n], stats[n]) for n in targets})
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def catch_block_inputs(model: nn.Module, first_block: nn.Module, batches: list[dict], forward: Forward) -> list[tuple]:
+    """``(args, kwargs)`` of ``first_block`` for each batch, without running the rest of the model."""
+    caught: list[tuple] = []
+
+    def hook(_m, args, kwargs):
+        caught.append((args, kwargs))
+        raise _Stop
+
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for b in batches:
+            try:
+                forward(model, b)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    if len(caught) != len(batches):
+        raise TorchSlimError("calibration: the first transformer block was not reached by every batch")
+    return caught
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: list[dict], forward: Forward,
+                   factory: StatsFactory, solve: Solver, desc: str = "calibrating") -> None:
+    """Block-by-block calibration of ``targets`` (layers outside blocks go through :func:`run_basic`)."""
+    try:
+        blocks = find_blocks(model)
+    except TorchSlimError:
+        return run_basic(model, targets, batches, forward, factory, solve, desc)
+    cache = catch_block_inputs(model, blocks[0][1], batches, forward)
+    done: set[str] = set()
+    for bname, block in track(blocks, desc):
+        inside = {n: m for n, m in targets.items() if n.startswith(bname + ".")}
+        if inside:
+            stats, handles = _hook_stats(inside, factory)
+            try:
+                for args, kwargs in cache:
+                    block(*args, **kwargs)
+            finally:
+                for h in handles:
+                    h.remove()
+            solve({n: (inside[n], stats[n]) for n in inside})
+            done |= set(inside)
+        cache = [((_first(block(*args, **kwargs)),) + tuple(args[1:]), kwargs) for args, kwargs in cache]
+    rest = {n: m for n, m in targets.items() if n not in done}
+    run_basic(model, rest, batches, forward, factory, solve, desc + " (outside blocks)")
+
+
+def pick_runner(sequential: bool) -> Callable[..., None]:
+    return run_sequential if sequential else run_basic
+
+
+def iter_named(targets: Iterable[tuple[str, nn.Module, Any]]) -> dict[str, nn.Module]:
+    return {n: m for n, m, _ in targets}

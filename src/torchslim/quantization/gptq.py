@@ -1,0 +1,61 @@
+"""GPTQ post-training quantization: model flow around :mod:`torchslim.quantization.gptq_math`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from torchslim.calibration.pipeline import calibration_batches, pick_runner
+from torchslim.core.config import BaseConfig
+from torchslim.core.errors import ConfigError
+from torchslim.core.registry import register_handler
+from torchslim.core.surgery import replace_module
+from torchslim.quantization.gptq_math import HessianAccumulator, gptq_quantize
+from torchslim.quantization.qlinear import QuantLinear
+from torchslim.quantization.weight_only import WeightOnlyConfig, plan, selected_linears, warn_slow_layers
+
+
+@dataclass
+class GPTQConfig(BaseConfig):
+    """GPTQ on top of a weight-only scheme (``weight`` gives format, groups, observer, kernel, selector)."""
+
+    family = "quantization"
+    technique = "gptq"
+    weight: WeightOnlyConfig = field(default_factory=WeightOnlyConfig)
+    act_order: bool = True
+    block_size: int = 128
+    damp: float = 0.01
+    n_samples: int = 128
+    sequential: bool = True
+
+    def validate(self) -> None:
+        if not 0 < self.damp < 1:
+            raise ConfigError(f"GPTQConfig.damp must be in (0, 1), got {self.damp}")
+        if self.n_samples < 1 or self.block_size < 1:
+            raise ConfigError("GPTQConfig.n_samples and block_size must be positive")
+
+    @property
+    def selector(self):
+        return self.weight.selector
+
+
+@register_handler(GPTQConfig)
+def _gptq(model: nn.Module, config: GPTQConfig, *, calibration: Any = None, **_: Any) -> nn.Module:
+    layers = {n: (m, c) for n, m, c in selected_linears(model, config.weight)}
+    warn_slow_layers(plan(model, config.weight), "before GPTQ")
+    batches, forward = calibration_batches(calibration, config.n_samples)
+
+    def solve(measured: dict) -> None:
+        for name, (lin, acc) in measured.items():
+            wcfg = layers[name][1]
+            wcfg = wcfg.weight if isinstance(wcfg, GPTQConfig) else wcfg
+            qt = gptq_quantize(lin.weight, acc.H, wcfg.format, wcfg.granularity, wcfg.observer,
+                               config.block_size, config.damp, config.act_order)
+            replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, config))
+            del acc.H
+
+    runner = pick_runner(config.sequential)
+    runner(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
+           lambda _n, mod: HessianAccumulator(mod.in_features), solve, "GPTQ")
+    return model

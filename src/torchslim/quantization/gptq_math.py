@@ -1,0 +1,117 @@
+"""GPTQ (Frantar et al., 2023) as a pure function: weight + Hessian in, quantized weight out.
+
+Columns are quantized one at a time; each column's rounding error is spread over the
+not-yet-quantized columns through the inverse Hessian's Cholesky factor, in blocks of
+``block_size`` columns (lazy batch updates). With ``act_order`` columns are visited by
+decreasing Hessian diagonal; with groups and ``act_order`` the group parameters are fixed up
+front from the original weight ("static groups"), so groups stay contiguous for the kernels.
+"""
+from __future__ import annotations
+
+import torch
+
+from torchslim.core.errors import ConfigError
+from torchslim.quantization.formats import Format, Granularity, IntFormat, PerChannel, PerGroup, PerTensor
+from torchslim.quantization.observers import Observer, group_range
+from torchslim.quantization.primitives import QTensor
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n * sum(x x^T)`` over the rows of a layer's inputs."""
+
+    def __init__(self, in_features: int):
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.n = 0
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        self.H.mul_(self.n / (self.n + m))
+        self.n += m
+        x = x * (2.0 / self.n) ** 0.5
+        self.H.addmm_(x.T, x)
+
+
+def _params(cols: torch.Tensor, fmt: IntFormat, obs: Observer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(scale, offset) ``[rows, 1]`` for a slab of columns ``[rows, k]``."""
+    lo, hi = group_range(cols.unsqueeze(1), obs, fmt)
+    lo, hi = lo.squeeze(-1), hi.squeeze(-1)
+    if fmt.symmetric:
+        return (torch.maximum(lo.abs(), hi.abs()) / fmt.qmax).clamp_min(1e-12), None
+    return ((hi - lo) / fmt.qmax).clamp_min(1e-12), lo
+
+
+def _q_col(w: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, fmt: IntFormat):
+    s = scale.squeeze(-1)
+    if offset is None:
+        q = torch.clamp(torch.round(w / s), fmt.qmin, fmt.qmax)
+        return q, q * s
+    o = offset.squeeze(-1)
+    q = torch.clamp(torch.round((w - o) / s), 0, fmt.qmax)
+    return q, q * s + o
+
+
+def _inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
+    H = H.clone()
+    H.diagonal().add_(damp * H.diagonal().mean().clamp_min(1e-8))
+    for _ in range(5):
+        try:
+            L = torch.linalg.cholesky(H)
+            return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+        except torch.linalg.LinAlgError:
+            H.diagonal().add_(damp * H.diagonal().mean())
+    raise ConfigError("GPTQ: the Hessian is not positive definite even after dampening; use more calibration data")
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, fmt: Format, gran: Granularity, obs: Observer,
+                  block_size: int = 128, damp: float = 0.01, act_order: bool = True) -> QTensor:
+    """Quantize ``W [rows, cols]`` given the input Hessian ``H [cols, cols]``."""
+    if not isinstance(fmt, IntFormat):
+        raise ConfigError(f"GPTQ supports integer formats; got {fmt.name}")
+    W = W.detach().float().clone()
+    rows, cols = W.shape
+    gsize = gran.size if isinstance(gran, PerGroup) else cols
+    if cols % gsize:
+        raise ConfigError(f"group size {gsize} does not divide {cols} input features")
+    n_groups = cols // gsize
+    H = H.clone().float()
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    scales = torch.zeros(rows, n_groups)
+    offsets = None if fmt.symmetric else torch.zeros(rows, n_groups)
+    if isinstance(gran, PerTensor):
+        raise ConfigError("GPTQ needs per-channel or per-group granularity")
+    static = act_order or isinstance(gran, PerChannel)
+    if static:  # all group parameters from the original weight
+        for g in range(n_groups):
+            s, o = _params(W[:, g * gsize:(g + 1) * gsize], fmt, obs)
+            scales[:, g] = s.squeeze(-1)
+            if offsets is not None:
+                offsets[:, g] = o.squeeze(-1)
+    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(cols)
+    W, H = W[:, perm], H[perm][:, perm]
+    Hinv = _inverse_hessian_factor(H, damp)
+    codes = torch.zeros(rows, cols)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = int(perm[i1 + i])
+            g = col // gsize
+            if not static and col % gsize == 0:
+                s, o = _params(torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :gsize], fmt, obs)
+                scales[:, g] = s.squeeze(-1)
+                if offsets is not None:
+                    offsets[:, g] = o.squeeze(-1)
+            q, deq = _q_col(W1[:, i], scales[:, g:g + 1], None if offsets is None else offsets[:, g:g + 1], fmt)
+            codes[:, i1 + i] = q
+            err = (W1[:, i] - deq) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    codes = codes[:, torch.argsort(perm)]
+    dtype = torch.int8 if fmt.symmetric else torch.uint8
+    return QTensor(codes.reshape(rows, n_groups, gsize).to(dtype), scales.unsqueeze(-1),
+                   None if offsets is None else offsets.unsqueeze(-1), None, fmt, torch.Size((rows, cols)))
