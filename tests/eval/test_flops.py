@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from torch import nn
 
 from torchslim.eval.flops import count_flops, measure_flops
@@ -38,3 +39,32 @@ def test_counter_failure_is_reported_not_raised() -> None:
     res = measure_flops(Broken(), TinyClassification(), {"x": None}, 1, None)
     assert res.flops is None and res.macs is None
     assert res.note == "FLOP counting failed: RuntimeError: custom kernel"
+
+
+def test_packed_int8_matmul_is_counted_like_a_linear() -> None:
+    import torch
+
+    class Int8WeightOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("w", torch.randint(-127, 127, (32, 64), dtype=torch.int8))
+            self.register_buffer("s", torch.ones(32, dtype=torch.bfloat16))
+
+        def forward(self, x):
+            return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.s)
+
+    total, _ = count_flops(Int8WeightOnly(), torch.randn(8, 64))
+    assert total == 2 * 8 * 64 * 32
+
+
+def test_real_quantlinear_flops_match_float() -> None:
+    import torch
+
+    wo = pytest.importorskip("torchslim.quantization.weight_only")
+    from torchslim.api import quantize_
+
+    model = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 64))
+    x = torch.randn(8, 256)
+    before, _ = count_flops(model, x)
+    quantize_(model, wo.WeightOnlyConfig())
+    assert count_flops(model, x)[0] == before == 2 * 8 * (256 * 128 + 128 * 64)

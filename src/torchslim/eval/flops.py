@@ -4,11 +4,15 @@ The counter has formulas for matrix multiplies, convolutions and attention
 (``mm``/``addmm``/``bmm``/``conv``/``scaled_dot_product_attention`` ...), counting
 ``2 * M * N * K`` per matmul. Element-wise ops (activations, norms, softmax) are not counted:
 they are a small share of transformer and CNN compute. Every counted op is a sequence of
-multiply-accumulates, so **MACs = FLOPs / 2**. Ops without a formula (e.g. a custom quantized
-kernel) count as zero; such a model's figure is a lower bound, noted in the result.
+multiply-accumulates, so **MACs = FLOPs / 2**. Weight-only packed matmuls
+(``_weight_int4pack_mm[_for_cpu]``, ``_weight_int8pack_mm``) and ``quantized::linear[_dynamic]``
+are added here with the same ``2 * M * K * N`` rule (N read from the output), so a quantized
+model's FLOPs match its float original. Other ops without a formula count as zero; a model with
+custom layers gets a note that its figure may be a lower bound.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -18,11 +22,32 @@ from torchslim.eval.report import ComputeResult
 from torchslim.tasks.base import Task
 
 
+_PACKED_MM = (("aten", "_weight_int4pack_mm"), ("aten", "_weight_int4pack_mm_for_cpu"),
+              ("aten", "_weight_int4pack_mm_with_scales_and_zeros"), ("aten", "_weight_int8pack_mm"),
+              ("quantized", "linear_dynamic"), ("quantized", "linear"))
+
+
+def _linear_like_flop(x_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """``2 * M * K * N`` for ``x [..., K] -> out [..., N]`` with a packed weight."""
+    return 2 * math.prod(x_shape) * int(out_shape[-1])
+
+
+def _custom_mapping() -> dict[Any, Any]:
+    mapping = {}
+    for namespace, name in _PACKED_MM:
+        try:
+            op = getattr(getattr(torch.ops, namespace), name)
+        except (AttributeError, RuntimeError):
+            continue
+        mapping[op] = _linear_like_flop
+    return mapping
+
+
 def count_flops(fn: Any, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
     """``(total FLOPs, FLOPs per module name)`` of one call ``fn(*args, **kwargs)``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_custom_mapping())
     with counter, torch.inference_mode():
         fn(*args, **kwargs)
     per_module = {
