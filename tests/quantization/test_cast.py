@@ -35,5 +35,25 @@ def test_bad_configs():
     with pytest.raises(ConfigError, match="bfloat16 or float16"):
         CastConfig(dtype=torch.int8)
     m = nn.Sequential(nn.Conv2d(1, 1, 1))
-    with pytest.raises(ConfigError, match="applies to nn.Linear"):
+    with pytest.raises(ConfigError, match="applies to nn.Linear and nn.Embedding"):
         torchslim.quantize_(m, CastConfig(selector=torchslim.Selector(include=(nn.Conv2d,))))
+
+
+def test_tied_embeddings_stay_tied_and_round_trip(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)).eval()
+    n_params = sum(p.numel() for p in m.parameters())
+    ids = torch.randint(0, 64, (1, 6))
+    ref = m(ids).logits
+    torchslim.quantize_(m, CastConfig())
+    assert m.lm_head.weight is m.model.embed_tokens.weight and m.lm_head.weight.dtype == torch.bfloat16
+    assert sum(p.numel() for p in m.parameters()) == n_params
+    out = m(ids).logits
+    assert out.dtype == torch.float32 and (out - ref).norm() / ref.norm() < 0.05
+    torchslim.save(m, tmp_path / "t")
+    m2 = torchslim.load(tmp_path / "t")
+    assert m2.lm_head.weight is m2.model.embed_tokens.weight
+    assert torch.equal(m2(ids).logits, out)

@@ -94,7 +94,7 @@ def eval_cmd(
     task: Optional[str] = typer.Option(None, help="Task name to check against the model's task."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     shape: list[str] = typer.Option([], "--shape", help="Latency shape BATCHxSEQ (repeatable)."),
-    iters: int = typer.Option(10, min=1, help="Timed iterations per shape."),
+    iters: int = typer.Option(10, min=3, help="Timed iterations per shape (>= 3 for a median and p90)."),
     warmup: int = typer.Option(3, min=0, help="Warm-up iterations per shape."),
     threads: Optional[int] = typer.Option(None, help="Torch intra-op threads (default: all cores)."),
     decode_tokens: int = typer.Option(32, min=0, help="Tokens to generate for decode speed (causal LMs)."),
@@ -157,7 +157,7 @@ def quantize_cmd(
 def demo_cmd(
     model: str = typer.Option("smollm2-135m", help="Model to run the main job on."),
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Artifact folder to write."),
-    iters: int = typer.Option(5, min=1, help="Timed iterations per shape."),
+    iters: int = typer.Option(5, min=3, help="Timed iterations per shape (>= 3)."),
 ) -> None:
     """Main job: evaluate a model, compress it, save + reload the artifact, and compare side by side."""
     from torchslim.demo import run_demo
