@@ -30,6 +30,7 @@ def test_perplexity_matches_an_independent_computation(lm):
     assert got["eval_tokens"] == 5 * 63 and got["eval_windows"] == 5
     assert got["nll"] == pytest.approx(math.log(got["perplexity"]))
     assert 200 < got["perplexity"] < 320                      # random init: about the vocab size (257)
+    assert "GPL-3" in task.data_note and "LGPL-2.1" in task.data_note and "64-token" in task.data_note
 
 
 def test_windows_are_non_overlapping_and_tail_is_dropped(lm):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from torchslim.core.errors import TorchSlimError
+from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.data import text
 from torchslim.tasks.embedding import SentenceEmbeddingTask, embed, embedding_metrics
 from torchslim.zoo.tiny import build_tiny_bert, tiny_bert
@@ -77,6 +77,9 @@ def test_reference_as_tensor_or_missing(bert):
     assert task.evaluate(bert.model)["min_cosine"] == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(TorchSlimError, match="set_reference"):
         SentenceEmbeddingTask(bert.tokenizer).evaluate(bert.model)
+    with pytest.raises(ConfigError, match="max_eval_sentences"):
+        SentenceEmbeddingTask(bert.tokenizer, max_eval_sentences=2)
+    assert "GPL-3" in SentenceEmbeddingTask(bert.tokenizer).data_note and "user-supplied" in task.data_note
     with pytest.raises(TorchSlimError, match="set_reference"):
         next(task.train_batches(2))                    # a tensor covers eval sentences only
     task.set_reference(bert.model)

@@ -131,6 +131,8 @@ class SentenceEmbeddingTask(Task):
     ) -> None:
         if batch_size < 1 or max_length < 2:
             raise ConfigError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size} and {max_length}")
+        if max_eval_sentences is not None and max_eval_sentences < 3:
+            raise ConfigError(f"max_eval_sentences must be at least 3 (or None), got {max_eval_sentences}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size

@@ -108,7 +108,10 @@ def load_smollm2(**task_kwargs: Any) -> LoadedModel:
         model, tokenizer = load_gguf(gguf)
         folder = None
     else:
-        model, tokenizer = load_pretrained(folder, causal=True), load_tokenizer(folder)
+        try:
+            model, tokenizer = load_pretrained(folder, causal=True), load_tokenizer(folder)
+        except UnknownModelError as e:
+            raise UnknownModelError(f"the cached {NAME} in {folder} is unreadable; delete that folder to rebuild it ({e})") from e
     return LoadedModel(
         name=NAME,
         model=model,

@@ -12,7 +12,7 @@ and ``save_pretrained`` of model + tokenizer gives a folder that :func:`load_hf_
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -71,7 +71,7 @@ def byte_tokenizer(specials: tuple[str, ...], bert: bool = False) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=EOS, eos_token=EOS, pad_token=EOS, model_max_length=4096)
 
 
-def _seeded(seed: int, build: Any) -> Any:
+def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     """``build()`` under ``torch.manual_seed(seed)`` without disturbing the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
