@@ -12,7 +12,7 @@ def _task_for_source(source: dict[str, Any]) -> tuple[Any, Any]:
     """The (task, tokenizer) of the model an artifact was made from, where that model is known."""
     kind = source.get("kind")
     if kind == "zoo":
-        base = get_entry(source["name"]).loader()
+        base = get_entry(source["name"]).loader(**source.get("kwargs", {}))
     elif kind == "hf" and Path(source.get("path", "")).is_dir():
         from torchslim.zoo.hf import load_hf_folder
 

@@ -72,3 +72,19 @@ def test_gptq_needs_calibration_and_valid_config():
             weight=WeightOnlyConfig(granularity=PerGroup(32))))
     with pytest.raises(ConfigError, match="damp"):
         GPTQConfig(damp=2.0)
+
+
+def test_block_inputs_are_replayable_without_kv_cache():
+    from torchslim.calibration.pipeline import catch_block_inputs
+    from torchslim.core.archs import find_blocks
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2)).eval()
+    ids = torch.randint(0, 64, (1, 8))
+    block = find_blocks(m)[0][1]
+    (args, kwargs), = catch_block_inputs(m, block, [{"input_ids": ids}], lambda mod, b: mod(**b))
+    assert "past_key_values" not in kwargs
+    with torch.no_grad():
+        first, again = block(*args, **kwargs), block(*args, **kwargs)
+    assert torch.equal(first, again)

@@ -78,7 +78,7 @@ def catch_block_inputs(model: nn.Module, first_block: nn.Module, batches: list[d
     caught: list[tuple] = []
 
     def hook(_m, args, kwargs):
-        caught.append((args, kwargs))
+        caught.append((args, _without_cache(kwargs)))
         raise _Stop
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
@@ -93,6 +93,17 @@ def catch_block_inputs(model: nn.Module, first_block: nn.Module, batches: list[d
     if len(caught) != len(batches):
         raise TorchSlimError("calibration: the first transformer block was not reached by every batch")
     return caught
+
+
+_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
+
+
+def _without_cache(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Block kwargs safe to replay many times: no KV cache object (it would grow on every run)."""
+    kw = {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS}
+    if "use_cache" in kw:
+        kw["use_cache"] = False
+    return kw
 
 
 def _first(out: Any) -> torch.Tensor:

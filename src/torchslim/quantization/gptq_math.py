@@ -26,6 +26,8 @@ class HessianAccumulator:
     def add_batch(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
         m = x.shape[0]
+        if m == 0:
+            return
         self.H.mul_(self.n / (self.n + m))
         self.n += m
         x = x * (2.0 / self.n) ** 0.5
