@@ -1,0 +1,135 @@
+"""W8A8 linear layers: int8 weights (per output channel) and int8 activations.
+
+* :class:`Int8DynamicLinear`: activations quantized at run time **per token**. torch's
+  ``quantized::linear_dynamic`` (fbgemm/oneDNN, VNNI/AMX) quantizes its input per tensor, so
+  each row is first divided by its absmax and the output rows multiplied back: exact for a
+  linear map, and it gives per-token precision with the fast per-tensor kernel.
+* :class:`Int8StaticLinear`: activations quantized with a range fixed by calibration
+  (full-integer W8A8), run by oneDNN's ``qlinear_pointwise`` with float output.
+
+Both can carry SmoothQuant factors: the input is multiplied by ``smooth`` (= 1/s) and the
+weight columns were multiplied by ``s`` before quantization.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.core.config import BaseConfig, config_from_dict
+from torchslim.core.modules import register_module_format
+
+
+def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric int8: ``(codes [N, K] int8, scale [N])``."""
+    scale = (w.detach().abs().amax(dim=1) / 127).clamp_min(1e-12).float()
+    q = torch.clamp(torch.round(w.detach() / scale[:, None]), -128, 127).to(torch.int8)
+    return q, scale
+
+
+class _Int8Base(nn.Module):
+    kernel = ""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: BaseConfig | None):
+        super().__init__()
+        self.in_features, self.out_features, self.config = in_features, out_features, config
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("smooth", torch.ones(in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.use_smooth = getattr(config, "smooth_alpha", None) is not None
+        self._packed: Any = None
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, config: BaseConfig | None, smooth: torch.Tensor | None = None, **kw):
+        """Quantize ``lin``; with ``smooth`` (= 1/s), weight columns are scaled by ``s`` first."""
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None, config, **kw)
+        w = lin.weight.detach().float()
+        if smooth is not None:
+            w = w / smooth[None, :]
+            m.smooth.copy_(smooth)
+        q, s = quantize_weight_int8(w)
+        m.weight_int8.copy_(q)
+        m.weight_scale.copy_(s)
+        if lin.bias is not None:
+            m.bias.data.copy_(lin.bias.detach().float())
+        return m
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def _apply(self, fn, recurse=True):
+        self._packed = None
+        return super()._apply(fn, recurse)
+
+    def _smoothed(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).float()
+        return x2 * self.smooth if self.use_smooth else x2
+
+    def torchslim_layer_info(self) -> dict[str, Any]:
+        return {"technique": getattr(self.config, "technique", "w8a8"),
+                "config": self.config.to_dict() if self.config is not None else None,
+                "storage": "int8 PerChannel", "kernel": self.kernel, "shape": [self.out_features, self.in_features],
+                "slower_than_fp32": False}
+
+    @classmethod
+    def from_layer_info(cls, original: nn.Module, info: dict[str, Any]):
+        out_f, in_f = info["shape"]
+        config = config_from_dict(info["config"]) if info.get("config") else None
+        return cls(in_f, out_f, getattr(original, "bias", None) is not None, config)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}->{self.out_features}, kernel={self.kernel}"
+
+
+@register_module_format
+class Int8DynamicLinear(_Int8Base):
+    kernel = "quantized::linear_dynamic (per-token rows)"
+
+    def _prepack(self) -> Any:
+        if self._packed is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                qw = torch.quantize_per_channel(self.weight_int8.float() * self.weight_scale[:, None],
+                                                self.weight_scale.double(), torch.zeros(self.out_features, dtype=torch.long),
+                                                0, torch.qint8)
+                self._packed = torch.ops.quantized.linear_prepack(qw, None)
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._smoothed(x)
+        r = x2.abs().amax(dim=1, keepdim=True).clamp_min(1e-8)
+        y = torch.ops.quantized.linear_dynamic(x2 / r, self._prepack(), False) * r
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+@register_module_format
+class Int8StaticLinear(_Int8Base):
+    kernel = "onednn::qlinear_pointwise (static u8 x s8)"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: BaseConfig | None):
+        super().__init__(in_features, out_features, bias, config)
+        self.register_buffer("act_scale", torch.ones(()))
+        self.register_buffer("act_zero", torch.zeros((), dtype=torch.int32))
+
+    def set_range(self, lo: float, hi: float) -> None:
+        """Asymmetric uint8 activation range (always containing 0)."""
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = max(hi - lo, 1e-8) / 255
+        self.act_scale.fill_(scale)
+        self.act_zero.fill_(int(round(-lo / scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._smoothed(x)
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, [x2.shape[0], self.in_features])
+        scale, zp = float(self.act_scale), int(self.act_zero)
+        qx = torch.clamp(torch.round(x2 / scale) + zp, 0, 255).to(torch.uint8)
+        y = torch.ops.onednn.qlinear_pointwise(
+            qx, scale, zp, self._packed, self.weight_scale, torch.zeros(self.out_features, dtype=torch.long),
+            self.bias, 1.0, 0, torch.float32, "none", [None], "")
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)

@@ -1,0 +1,123 @@
+"""W8A8 post-training quantization: dynamic (per-token, no calibration needed) or static
+(calibrated activation ranges), optionally preceded by SmoothQuant (Xiao et al., 2023).
+
+SmoothQuant migrates activation outliers into the weights: for each input channel j,
+``s_j = max|X_j|**alpha / max|W_j|**(1 - alpha)``; the layer computes ``(X / s) @ (W * s)^T``.
+Here ``1/s`` is applied to the input inside the quantized layer (one multiply per element),
+which works for every linear without knowing which norm precedes it.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.calibration.pipeline import calibration_batches, pick_runner
+from torchslim.core.config import BaseConfig
+from torchslim.core.errors import ConfigError
+from torchslim.core.progress import track
+from torchslim.core.registry import register_handler
+from torchslim.core.select import Selector
+from torchslim.core.surgery import replace_module
+from torchslim.quantization.formats import IntFormat
+from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
+from torchslim.quantization.observers import MinMax, Observer, group_range
+from torchslim.quantization.weight_only import selected_linears
+
+
+class ActMode(str, enum.Enum):
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+
+
+@dataclass
+class W8A8Config(BaseConfig):
+    """Int8 weights (per channel) and int8 activations, ``dynamic`` per token or ``static`` calibrated."""
+
+    family = "quantization"
+    technique = "w8a8"
+    mode: ActMode = ActMode.DYNAMIC
+    smooth_alpha: float | None = None
+    observer: Observer = MinMax()
+    n_samples: int = 128
+    sequential: bool = True
+    selector: Selector = field(default_factory=Selector)
+
+    def validate(self) -> None:
+        if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
+            raise ConfigError(f"W8A8Config.smooth_alpha must be in [0, 1], got {self.smooth_alpha}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.mode is ActMode.STATIC or self.smooth_alpha is not None
+
+
+class ChannelStats:
+    """Per-input-channel min/max/absmax of a layer's inputs, plus a strided sample of rows."""
+
+    def __init__(self, in_features: int, max_rows: int = 4096):
+        self.lo = torch.full((in_features,), float("inf"))
+        self.hi = torch.full((in_features,), float("-inf"))
+        self.rows: list[torch.Tensor] = []
+        self.max_rows = max_rows
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        if x.shape[0] == 0:
+            return
+        self.lo = torch.minimum(self.lo, x.amin(0))
+        self.hi = torch.maximum(self.hi, x.amax(0))
+        self.rows.append(x[:: max(1, x.shape[0] // 64)].clone())
+        if sum(r.shape[0] for r in self.rows) > self.max_rows:
+            self.rows = [torch.cat(self.rows)[::2]]
+
+    @property
+    def absmax(self) -> torch.Tensor:
+        return torch.maximum(self.lo.abs(), self.hi.abs())
+
+
+def smooth_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``1 / s`` per input channel (pure function of the statistics)."""
+    w_absmax = weight.detach().abs().amax(dim=0).float().clamp_min(1e-5)
+    s = (act_absmax.clamp_min(1e-5) ** alpha) / (w_absmax ** (1 - alpha))
+    return 1.0 / s.clamp_min(1e-5)
+
+
+def static_range(stats: ChannelStats, smooth: torch.Tensor | None, observer: Observer) -> tuple[float, float]:
+    """Activation range of the (smoothed) input: exact for min-max, from sampled rows otherwise."""
+    inv = smooth if smooth is not None else torch.ones_like(stats.lo)
+    if isinstance(observer, MinMax):  # min/max of x_j * inv_j over all rows, from per-channel extremes
+        return float(torch.minimum(stats.lo * inv, stats.hi * inv).min()), float(torch.maximum(stats.lo * inv, stats.hi * inv).max())
+    sample = (torch.cat(stats.rows) * inv).reshape(1, 1, -1)
+    lo, hi = group_range(sample, observer, IntFormat(8, symmetric=False))
+    return float(lo), float(hi)
+
+
+def _convert(lin: nn.Linear, cfg: W8A8Config, stats: ChannelStats | None) -> nn.Module:
+    smooth = smooth_factors(stats.absmax, lin.weight, cfg.smooth_alpha) if cfg.smooth_alpha is not None else None
+    if cfg.mode is ActMode.DYNAMIC:
+        return Int8DynamicLinear.from_linear(lin, cfg, smooth)
+    m = Int8StaticLinear.from_linear(lin, cfg, smooth)
+    m.set_range(*static_range(stats, smooth, cfg.observer))
+    return m
+
+
+@register_handler(W8A8Config)
+def _w8a8(model: nn.Module, config: W8A8Config, *, calibration: Any = None, **_: Any) -> nn.Module:
+    layers = {n: (m, c) for n, m, c in selected_linears(model, config)}
+    if not config.needs_calibration:
+        for name, (lin, cfg) in track(list(layers.items()), "W8A8"):
+            replace_module(model, name, _convert(lin, cfg, None))
+        return model
+    batches, forward = calibration_batches(calibration, config.n_samples)
+
+    def solve(measured: dict) -> None:
+        for name, (lin, stats) in measured.items():
+            replace_module(model, name, _convert(lin, layers[name][1], stats))
+
+    pick_runner(config.sequential)(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
+                                   lambda _n, mod: ChannelStats(mod.in_features), solve, "W8A8 calibration")
+    return model
