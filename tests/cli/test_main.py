@@ -1,0 +1,90 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchslim
+from torchslim.cli.main import parse_shape
+from torchslim.core.errors import TorchSlimError
+
+EXE = str(Path(sys.executable).with_name("torchslim"))
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "TORCHSLIM_PROGRESS": "0"}
+    return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def assert_user_error(res, fragment):
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    lines = [line for line in res.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], res.stderr
+
+
+def test_parse_shape():
+    assert parse_shape("8x128") == (8, 128) and parse_shape("4") == (4, None)
+    for bad in ("x", "8x", "0x3", "1x2x3"):
+        with pytest.raises(TorchSlimError):
+            parse_shape(bad)
+
+
+def test_help_everywhere():
+    for args in ([], ["zoo"], ["eval", "--help"], ["quantize", "--help"], ["info", "--help"], ["demo", "--help"]):
+        res = run(*args, "--help") if args == [] else run(*args) if args[-1] == "--help" else run(*args, "--help")
+        assert res.returncode == 0 and "Usage" in res.stdout, (args, res.stderr)
+
+
+def test_zoo_list():
+    res = run("zoo", "list")
+    assert res.returncode == 0
+    for name in ("minilm", "smollm2-135m", "digits-cnn"):
+        assert name in res.stdout
+    assert "tiny-llama" not in res.stdout
+    assert "tiny-llama" in run("zoo", "list", "--all").stdout
+
+
+def test_eval_tiny_model_prints_table_and_json(tmp_path):
+    out = tmp_path / "r.json"
+    res = run("eval", "tiny-llama", "--iters", "3", "--warmup", "1", "--decode-tokens", "4", "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    for metric in ("perplexity", "Artifact size", "Latency median", "Decode speed", "FLOPs", "Peak RSS"):
+        assert metric in res.stdout, metric
+    report = json.loads(out.read_text())
+    assert report["quality"]["metrics"]["perplexity"] > 1
+    assert report["compute"]["flops"] > 0
+
+
+def test_user_errors_are_one_line(tmp_path):
+    assert_user_error(run("eval", "no-such-model"), "unknown model 'no-such-model'")
+    assert_user_error(run("eval", str(tmp_path / "missing")), "no such model folder")
+    assert_user_error(run("eval", "tiny-llama", "--shape", "8y"), "bad shape")
+    bad_cfg = tmp_path / "c.yaml"
+    bad_cfg.write_text("_type: CastConfig\n_data:\n  dtyp: bfloat16\n")
+    assert_user_error(run("quantize", "tiny-llama", "-c", str(bad_cfg), "-o", str(tmp_path / "o")),
+                      "unknown key 'dtyp'")
+    assert_user_error(run("quantize", "tiny-llama", "-c", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "o")),
+                      "config file not found")
+    res = run("eval")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_quantize_then_info_then_eval_artifact_and_corrupt_refused(tmp_path):
+    cfg = tmp_path / "bf16.yaml"
+    torchslim.CastConfig(dtype=torch.bfloat16).save(cfg)
+    art = tmp_path / "art"
+    res = run("quantize", "tiny-llama", "-c", str(cfg), "-o", str(art))
+    assert res.returncode == 0, res.stderr
+    info = run("info", str(art))
+    assert info.returncode == 0 and "CastConfig" not in info.stderr and "bfloat16" in info.stdout
+    ev = run("eval", str(art), "--iters", "3", "--warmup", "1", "--decode-tokens", "0", "--no-speed")
+    assert ev.returncode == 0, ev.stderr
+    assert "Bits per weight" in ev.stdout and "compressed layers" in ev.stdout
+    w = art / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    assert_user_error(run("eval", str(art)), "truncated")
+    assert_user_error(run("info", str(tmp_path)), "not a torchslim artifact")
