@@ -1,4 +1,23 @@
 """Quantization techniques. Importing this package registers their handlers and module formats."""
-from torchslim.quantization.cast import CastConfig, CastLinear
+from torchslim.quantization.cast import CastConfig, CastEmbedding, CastLinear
+from torchslim.quantization.formats import (NF4, Binary, Codebook, IntFormat, PerChannel, PerGroup, PerTensor,
+                                            Ternary)
+from torchslim.quantization.gptq import GPTQConfig
+from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
+from torchslim.quantization.kernels import Kernel
+from torchslim.quantization.observers import KL, MSE, MinMax, Percentile, compare_observers
+from torchslim.quantization.qlinear import QuantLinear
+from torchslim.quantization.w8a8 import ActMode, W8A8Config
+from torchslim.quantization.weight_only import WeightOnlyConfig, plan
 
-__all__ = ["CastConfig", "CastLinear"]
+__all__ = [
+    # configs
+    "CastConfig", "GPTQConfig", "W8A8Config", "WeightOnlyConfig", "ActMode",
+    # formats, granularities, observers, kernels
+    "IntFormat", "NF4", "Binary", "Ternary", "Codebook", "PerTensor", "PerChannel", "PerGroup",
+    "MinMax", "Percentile", "MSE", "KL", "Kernel",
+    # modules
+    "CastEmbedding", "CastLinear", "Int8DynamicLinear", "Int8StaticLinear", "QuantLinear",
+    # tools
+    "compare_observers", "plan",
+]
