@@ -48,6 +48,19 @@ def test_gptq_beats_rtn_on_layer_output_error(gran, act_order, bits):
     assert int(qt.codes.max()) <= fmt.qmax
 
 
+def test_gptq_with_ragged_groups():
+    x = correlated_inputs(1024, 96)
+    w = torch.randn(32, 96, generator=torch.Generator().manual_seed(2))
+    acc = HessianAccumulator(96)
+    acc.add_batch(x)
+    fmt, gran = IntFormat(4, False), PerGroup(64)
+    qt = gptq_quantize(w, acc.H, fmt, gran, MinMax())
+    y = x @ w.T
+    err_gptq = (x @ qt.dequantize().T - y).norm() / y.norm()
+    err_rtn = (x @ fake_quantize(w, fmt, gran).T - y).norm() / y.norm()
+    assert qt.dequantize().shape == (32, 96) and err_gptq < err_rtn
+
+
 def test_gptq_on_tiny_llama_sequentially_beats_rtn():
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,

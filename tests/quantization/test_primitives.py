@@ -15,8 +15,14 @@ def test_to_groups_shapes():
     assert to_groups(w, PerTensor()).shape == (1, 1, 64 * 256)
     assert to_groups(w, PerChannel()).shape == (64, 1, 256)
     assert to_groups(w, PerGroup(32)).shape == (64, 8, 32)
-    with pytest.raises(ConfigError, match="does not divide"):
-        to_groups(w, PerGroup(100))
+    ragged = to_groups(w, PerGroup(100))  # 256 inputs -> 3 groups of 100, zero padded
+    assert ragged.shape == (64, 3, 100) and torch.equal(ragged.reshape(64, 300)[:, 256:], torch.zeros(64, 44))
+
+
+def test_ragged_groups_dequantize_to_the_original_shape():
+    w = weight(16, 96)
+    out = fake_quantize(w, IntFormat(4, False), PerGroup(64))
+    assert out.shape == w.shape and sqnr_db(w, out) > 15
 
 
 @pytest.mark.parametrize("bits", [8, 4, 3, 2])

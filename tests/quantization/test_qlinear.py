@@ -55,6 +55,21 @@ def test_kernel_matches_dequantized_reference_and_round_trips(fmt, gran, kernel,
     assert m2[0].choice.kernel is kernel
 
 
+def test_ragged_groups_use_the_int4_kernel_with_padded_inputs(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(576, 96))  # 576 = 4.5 groups of 128, like SmolLM2's hidden size
+    torchslim.quantize_(m, WeightOnlyConfig(format=IntFormat(4, False), granularity=PerGroup(128)))
+    q = m[0]
+    assert q.choice.kernel is Kernel.INT4PACK_MM and q.padded_in == 640 and q.scale.shape == (96, 5)
+    x = torch.randn(2, 576)
+    ref = F.linear(x, q.dequantize(), q.bias)
+    assert q.dequantize().shape == (96, 576)
+    assert (q(x) - ref).norm() / ref.norm() < 1.5e-2
+    torchslim.save(m, tmp_path / "r")
+    m2 = torchslim.load(tmp_path / "r", model=nn.Sequential(nn.Linear(576, 96)))
+    assert torch.equal(m2(x), m(x))
+
+
 def test_int8_and_int4_errors_are_small_and_ordered():
     errs = {}
     x = torch.randn(16, 256)

@@ -13,7 +13,7 @@ import torch
 from torchslim.core.errors import ConfigError
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerChannel, PerGroup, PerTensor
 from torchslim.quantization.observers import Observer, group_range
-from torchslim.quantization.primitives import QTensor
+from torchslim.quantization.primitives import QTensor, padded_cols
 
 
 class HessianAccumulator:
@@ -71,12 +71,14 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, fmt: Format, gran: Granulari
     if not isinstance(fmt, IntFormat):
         raise ConfigError(f"GPTQ supports integer formats; got {fmt.name}")
     W = W.detach().float().clone()
-    rows, cols = W.shape
-    gsize = gran.size if isinstance(gran, PerGroup) else cols
-    if cols % gsize:
-        raise ConfigError(f"group size {gsize} does not divide {cols} input features")
-    n_groups = cols // gsize
+    rows, true_cols = W.shape
+    cols = padded_cols(true_cols, gran)
     H = H.clone().float()
+    if cols > true_cols:  # ragged last group: zero columns with zero Hessian (treated as dead inputs)
+        W = torch.cat([W, W.new_zeros(rows, cols - true_cols)], 1)
+        H = torch.nn.functional.pad(H, (0, cols - true_cols, 0, cols - true_cols))
+    gsize = gran.size if isinstance(gran, PerGroup) else cols
+    n_groups = cols // gsize
     dead = H.diagonal() == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -116,4 +118,4 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, fmt: Format, gran: Granulari
     codes = codes[:, torch.argsort(perm)]
     dtype = torch.int8 if fmt.symmetric else torch.uint8
     return QTensor(codes.reshape(rows, n_groups, gsize).to(dtype), scales.unsqueeze(-1),
-                   None if offsets is None else offsets.unsqueeze(-1), None, fmt, torch.Size((rows, cols)))
+                   None if offsets is None else offsets.unsqueeze(-1), None, fmt, torch.Size((rows, true_cols)))

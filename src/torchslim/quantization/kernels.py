@@ -42,7 +42,7 @@ class KernelChoice:
 
 def _int4_ok(fmt: Format, gran: Granularity, in_features: int) -> bool:
     return (isinstance(fmt, IntFormat) and fmt.bits == 4 and not fmt.symmetric and isinstance(gran, PerGroup)
-            and gran.size in (32, 64, 128, 256) and in_features % gran.size == 0)
+            and gran.size in (32, 64, 128, 256))
 
 
 def _int8_ok(fmt: Format, gran: Granularity) -> bool:

@@ -22,8 +22,17 @@ from torchslim.quantization.formats import (
 _EPS = 1e-12
 
 
+def padded_cols(cols: int, gran: Granularity) -> int:
+    """Input width after padding to whole groups (e.g. 576 -> 640 for groups of 128)."""
+    return -(-cols // gran.size) * gran.size if isinstance(gran, PerGroup) else cols
+
+
 def to_groups(w: torch.Tensor, gran: Granularity) -> torch.Tensor:
-    """View ``w`` (any shape; dim 0 = output channels) as ``[rows, n_groups, group]``."""
+    """View ``w`` (any shape; dim 0 = output channels) as ``[rows, n_groups, group]``.
+
+    When the group size does not divide the input width, the last group is padded with
+    zero columns (the layer's input is padded with zeros to match, so outputs are exact).
+    """
     w2 = w.reshape(w.shape[0], -1) if w.dim() > 1 else w.reshape(1, -1)
     rows, cols = w2.shape
     if isinstance(gran, PerTensor):
@@ -31,9 +40,10 @@ def to_groups(w: torch.Tensor, gran: Granularity) -> torch.Tensor:
     if isinstance(gran, PerChannel):
         return w2.reshape(rows, 1, cols)
     if isinstance(gran, PerGroup):
-        if cols % gran.size:
-            raise ConfigError(f"group size {gran.size} does not divide the {cols} input features of a {tuple(w.shape)} weight")
-        return w2.reshape(rows, cols // gran.size, gran.size)
+        pad = padded_cols(cols, gran) - cols
+        if pad:
+            w2 = torch.cat([w2, w2.new_zeros(rows, pad)], dim=1)
+        return w2.reshape(rows, -1, gran.size)
     raise ConfigError(f"unknown granularity {gran!r}")
 
 
@@ -58,6 +68,8 @@ class QTensor:
         w = self.values() * self.scale
         if self.offset is not None:
             w = w + self.offset
+        rows = self.shape[0] if len(self.shape) > 1 else 1
+        w = w.reshape(rows, -1)[:, : self.shape.numel() // rows]  # drop group padding
         return w.reshape(self.shape).to(dtype)
 
 

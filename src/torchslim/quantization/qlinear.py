@@ -18,7 +18,7 @@ from torchslim.core.modules import register_module_format
 from torchslim.quantization import kernels as K
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
 from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
-from torchslim.quantization.primitives import QTensor
+from torchslim.quantization.primitives import QTensor, padded_cols
 
 
 def _signed(fmt: Format) -> bool:
@@ -35,7 +35,8 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.fmt, self.gran, self.config = fmt, gran, config
         bits = fmt.storage_bits
-        numel = in_features * out_features
+        self.padded_in = padded_cols(in_features, gran)  # inputs padded with zeros to whole groups
+        numel = self.padded_in * out_features
         rows = 1 if isinstance(gran, PerTensor) else out_features
         self.register_buffer("packed", torch.zeros((numel * bits + 7) // 8, dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(rows, n_groups))
@@ -70,10 +71,10 @@ class QuantLinear(nn.Module):
         return m
 
     def codes(self) -> torch.Tensor:
-        """Unpacked codes ``[out, in]`` (int8 for symmetric ints, uint8 otherwise)."""
+        """Unpacked codes ``[out, padded in]`` (int8 for symmetric ints, uint8 otherwise)."""
         bits = self.fmt.storage_bits
-        u = unpack_bits(self.packed, bits, self.in_features * self.out_features)
-        return from_unsigned(u, bits, _signed(self.fmt)).reshape(self.out_features, self.in_features)
+        u = unpack_bits(self.packed, bits, self.padded_in * self.out_features)
+        return from_unsigned(u, bits, _signed(self.fmt)).reshape(self.out_features, self.padded_in)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense weight this layer computes with, ``[out, in]``."""
@@ -84,7 +85,7 @@ class QuantLinear(nn.Module):
         w = vals * self.scale.unsqueeze(-1)
         if self.offset is not None:
             w = w + self.offset.unsqueeze(-1)
-        return w.reshape(self.out_features, self.in_features).to(dtype)
+        return w.reshape(self.out_features, self.padded_in)[:, : self.in_features].to(dtype)
 
     # -- execution ---------------------------------------------------------------------
     def _prepared(self) -> dict[str, Any]:
@@ -110,6 +111,8 @@ class QuantLinear(nn.Module):
             y = K.int8pack_mm(x2, c["w"], c["s"])
         else:
             c = self._prepared()
+            if self.padded_in != self.in_features:
+                x2 = F.pad(x2, (0, self.padded_in - self.in_features))
             y = K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])
         y = y.to(x.dtype)
         if self.bias is not None:
@@ -145,6 +148,6 @@ class QuantLinear(nn.Module):
         gran = config_from_dict(info["granularity"])
         out_f, in_f = info["shape"]
         config = config_from_dict(info["config"]) if info.get("config") else None
-        n_groups = in_f // gran.size if isinstance(gran, PerGroup) else 1
+        n_groups = padded_cols(in_f, gran) // gran.size if isinstance(gran, PerGroup) else 1
         bias = getattr(original, "bias", None) is not None
         return cls(in_f, out_f, bias, fmt, gran, n_groups, K.Kernel(info["kernel"]), config)
