@@ -1,11 +1,15 @@
 """Fixtures of the training-engine tests."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import torch
+
+# Test modules here import the shared helpers in _train_helpers.py (also a torchrun script).
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -32,7 +32,8 @@ class TrainConfig(BaseConfig):
     ``batch_size`` is the *global* batch of one optimizer step. It is split over
     ``world_size`` processes and ``grad_accum`` micro-steps, so changing either leaves the
     mathematics unchanged (for models without batch norm): each rank runs micro-batches of
-    ``batch_size // (world_size * grad_accum)`` samples.
+    ``batch_size // (world_size * grad_accum)`` samples. Batch-norm layers see only a
+    micro-batch, so BN models match closely rather than exactly across those settings.
     """
 
     steps: int = 100

@@ -12,6 +12,7 @@ match the 1-process run closely in accuracy, not bit for bit.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
-    owns_group: bool = False      # True when init_distributed started the process group
+    owns_group: bool = False      # True when this process's torchslim started the process group
 
     @property
     def is_main(self) -> bool:
@@ -76,15 +77,18 @@ def init_distributed(device: torch.device | str | None = None) -> DistContext:
     if owns:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+        atexit.register(shutdown_distributed)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev, owns_group=owns)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Destroy the process group if :func:`init_distributed` created it."""
-    if ctx.owns_group and dist.is_initialized():
-        dist.barrier()
+def shutdown_distributed() -> None:
+    """Destroy the default process group (registered at exit when torchslim started it).
+
+    The group stays up between :meth:`Trainer.fit` calls: re-creating it under ``torchrun``
+    after destroying it can hang, so a script may fit several times in one launch.
+    """
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-        ctx.owns_group = False
 
 
 def barrier(ctx: DistContext) -> None:

@@ -24,8 +24,9 @@ from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.tasks.base import Batch, Task
 from torchslim.train import checkpoint as ckpt
 from torchslim.train.config import TrainConfig
+from torchslim.train.data import cycle_batches, move_to
 from torchslim.train.distributed import (
-    DistContext, all_reduce_mean, barrier, broadcast_json, env_world_size, init_distributed, shutdown, wrap_ddp,
+    DistContext, all_reduce_mean, barrier, broadcast_json, env_world_size, init_distributed, wrap_ddp,
 )
 from torchslim.train.hooks import TrainHook
 from torchslim.train.optim import build_optimizer, set_lr
@@ -61,19 +62,14 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
 
 
-def move_to(obj: Any, device: torch.device) -> Any:
-    """``obj`` with every tensor (in dicts, lists, tuples) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: move_to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(move_to(v, device) for v in obj)
-    return obj
-
-
 class Trainer:
     """Train ``model`` on ``task`` (its ``loss`` and ``train_batches``) per ``config``.
+
+    ``train_data`` replaces ``task.train_batches``: a callable with the same signature, or an
+    iterable of this rank's micro-batches (re-iterated each epoch). The global torch RNG is
+    reseeded every step (from ``config.seed``, the step and the rank), which is what makes
+    resumed runs (dropout included) identical to uninterrupted ones. ``fit`` moves the model to
+    the training device and leaves it there, in training mode.
 
     Attributes available to hooks: ``model`` (unwrapped), ``wrapped`` (DDP or the model),
     ``optimizer``, ``config``, ``task``, ``dist`` (rank/world/device), ``device``, ``step``
@@ -124,7 +120,6 @@ class Trainer:
         finally:
             handle.remove()
             self.last_output = None
-            shutdown(self.dist)
 
     # -- loop ----------------------------------------------------------------------------
     def _fit(self) -> TrainResult:
@@ -162,7 +157,7 @@ class Trainer:
         cfg, opt = self.config, self.optimizer
         assert opt is not None
         set_lr(opt, self.step, cfg)
-        torch.manual_seed(step_seed(cfg.seed, self.step, self.dist.rank))
+        _reseed(step_seed(cfg.seed, self.step, self.dist.rank), self.device)
         opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for i in range(cfg.grad_accum):
@@ -200,17 +195,25 @@ class Trainer:
             self.last_output = output
 
     def _evaluate(self) -> dict[str, float]:
-        metrics: dict[str, float] | None = None
+        metrics: dict[str, Any] | None = None
+        error: BaseException | None = None
         if self.dist.is_main:
             was_training = self.model.training
             self.model.eval()
             try:
                 with torch.no_grad():
                     metrics = {k: float(v) for k, v in self.task.evaluate(self.model).items()}
+                log.info("step %d eval %s", self.step, _fmt(metrics))
+            except Exception as e:  # noqa: BLE001 - tell the other ranks before raising
+                error, metrics = e, {"__error__": f"{type(e).__name__}: {e}"}
             finally:
                 self.model.train(was_training)
-            log.info("step %d eval %s", self.step, _fmt(metrics))
-        metrics = {"step": self.step, **broadcast_json(metrics, self.dist)}
+        metrics = broadcast_json(metrics, self.dist)
+        if error is not None:
+            raise error
+        if "__error__" in metrics:
+            raise TorchSlimError(f"evaluation failed on rank 0: {metrics['__error__']}")
+        metrics = {"step": self.step, **metrics}
         for h in self.hooks:
             h.on_eval(self, self.step, metrics)
         return metrics
@@ -230,7 +233,7 @@ class Trainer:
         elif callable(src):
             stream = src(per_rank, seed=cfg.seed, rank=self.dist.rank, world_size=world)
         else:
-            stream = _cycle(src)
+            stream = cycle_batches(src)
         return itertools.islice(stream, skip, None)
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -240,12 +243,17 @@ class Trainer:
         if path is None:
             if cfg.resume:
                 log.info("resume: no checkpoint in %s, starting from step 0", cfg.checkpoint_dir)
+            elif cfg.checkpoint_dir and ckpt.list_checkpoints(cfg.checkpoint_dir):
+                raise ConfigError(f"checkpoint_dir {cfg.checkpoint_dir} already holds checkpoints; "
+                                  "set resume=True to continue them or use an empty folder")
             return [], [], [{} for _ in self.hooks], None
         doc = ckpt.load_checkpoint(path, self.model, self.optimizer)
         self.step = int(doc["step"])
         hook_states = list(doc.get("hooks", []))
         if len(hook_states) != len(self.hooks):
-            raise ConfigError(f"{path}: saved with {len(hook_states)} hook(s), resuming with {len(self.hooks)}")
+            if any(hook_states):
+                raise ConfigError(f"{path}: saved with {len(hook_states)} hook(s), resuming with {len(self.hooks)}")
+            hook_states = [{} for _ in self.hooks]       # stateless hooks may come and go
         log.info("resumed from %s (step %d)", path, self.step)
         return list(doc.get("losses", [])), list(doc.get("evals", [])), hook_states, self.step
 
@@ -293,20 +301,15 @@ class Trainer:
         return p.device if p is not None else torch.device("cpu")
 
 
+def _reseed(seed: int, device: torch.device) -> None:
+    """Seed the CPU generator (and this CUDA device's); cheaper than ``torch.manual_seed`` per step."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
 def _dist_initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _cycle(data: Iterable[Batch]) -> Iterator[Batch]:
-    """Repeat a re-iterable source (list, DataLoader) epoch after epoch; a one-shot iterator must not run out."""
-    one_shot = iter(data) is data
-    while True:
-        n = 0
-        for b in data:
-            n += 1
-            yield b
-        if one_shot or n == 0:
-            raise TorchSlimError(f"train_data ran out after {n} batch(es); pass a re-iterable or an endless stream")
 
 
 def _fmt(metrics: dict[str, float] | None) -> str:

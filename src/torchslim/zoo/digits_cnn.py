@@ -156,7 +156,7 @@ def cache_dir_for(arch: DigitsCNNArch, root: str | Path | None = None) -> Path:
 
 def load_digits_cnn(
     arch: dict[str, Any] | None = None, *, cache_dir: str | Path | None = None, retrain: bool = False,
-    progress: bool = False,
+    progress: bool = True,
 ) -> LoadedModel:
     """The trained digits CNN with its task; trains and caches it on first use.
 
@@ -170,7 +170,8 @@ def load_digits_cnn(
         model, meta = _train(spec, task, progress)
         _write_cache(folder, model, meta)
     model.eval()
-    source = {"kind": "zoo", "name": NAME, "arch": spec.to_dict()}
+    # "arch" rebuilds the skeleton (ZooEntry.skeleton); "kwargs" reloads this base model and its task.
+    source = {"kind": "zoo", "name": NAME, "arch": spec.to_dict(), "kwargs": {"arch": spec.to_dict()}}
     return LoadedModel(name=NAME, model=model, task=task, source=source,
                        extra={"cache_path": str(folder), "train_metrics": meta.get("metrics", {})})
 
@@ -242,10 +243,16 @@ def _read_cache(folder: Path, spec: DigitsCNNArch) -> tuple[nn.Module | None, di
         return None, None
 
 
+def skeleton_from_source(source: dict[str, Any]) -> nn.Module:
+    """The untrained architecture recorded in a ``LoadedModel.source`` (for artifact loading)."""
+    return build_digits_cnn(source.get("arch") or source.get("kwargs", {}).get("arch"))
+
+
 register_zoo(ZooEntry(
     name=NAME,
     summary="residual CNN for scikit-learn 8x8 digits (10 classes), trained locally on first use (~98% top-1)",
     kind="image-classification",
     loader=load_digits_cnn,
     needs="scikit-learn",
+    skeleton=skeleton_from_source,
 ))
