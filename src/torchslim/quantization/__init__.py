@@ -1,4 +1,5 @@
 """Quantization techniques. Importing this package registers their handlers and module formats."""
+from torchslim.quantization.awq import AWQConfig
 from torchslim.quantization.cast import CastConfig, CastEmbedding, CastLinear
 from torchslim.quantization.formats import (NF4, Binary, Codebook, IntFormat, PerChannel, PerGroup, PerTensor,
                                             Ternary)
@@ -12,7 +13,7 @@ from torchslim.quantization.weight_only import WeightOnlyConfig, plan
 
 __all__ = [
     # configs
-    "CastConfig", "GPTQConfig", "W8A8Config", "WeightOnlyConfig", "ActMode",
+    "AWQConfig", "CastConfig", "GPTQConfig", "W8A8Config", "WeightOnlyConfig", "ActMode",
     # formats, granularities, observers, kernels
     "IntFormat", "NF4", "Binary", "Ternary", "Codebook", "PerTensor", "PerChannel", "PerGroup",
     "MinMax", "Percentile", "MSE", "KL", "Kernel",

@@ -30,7 +30,8 @@ class QuantLinear(nn.Module):
     """Weight-quantized linear layer. Build with :meth:`from_qtensor`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, fmt: Format, gran: Granularity,
-                 n_groups: int, kernel: K.Kernel = K.Kernel.AUTO, config: BaseConfig | None = None):
+                 n_groups: int, kernel: K.Kernel = K.Kernel.AUTO, config: BaseConfig | None = None,
+                 input_scaled: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.fmt, self.gran, self.config = fmt, gran, config
@@ -50,15 +51,23 @@ class QuantLinear(nn.Module):
         else:
             self.levels = None
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        # Equivalence scaling (AWQ): the stored weight is W * s and inputs are multiplied by 1/s.
+        if input_scaled:
+            self.register_buffer("input_scale", torch.ones(in_features))
+        else:
+            self.input_scale = None
         self.choice = K.choose(fmt, gran, in_features, "cpu", kernel)
         self._cache: dict[str, Any] = {}
 
     # -- construction ------------------------------------------------------------------
     @classmethod
     def from_qtensor(cls, qt: QTensor, gran: Granularity, bias: torch.Tensor | None,
-                     kernel: K.Kernel = K.Kernel.AUTO, config: BaseConfig | None = None) -> QuantLinear:
+                     kernel: K.Kernel = K.Kernel.AUTO, config: BaseConfig | None = None,
+                     input_scale: torch.Tensor | None = None) -> QuantLinear:
         out_f, in_f = qt.shape
-        m = cls(in_f, out_f, bias is not None, qt.fmt, gran, qt.scale.shape[1], kernel, config)
+        m = cls(in_f, out_f, bias is not None, qt.fmt, gran, qt.scale.shape[1], kernel, config, input_scale is not None)
+        if input_scale is not None:
+            m.input_scale.copy_(input_scale)
         bits = qt.fmt.storage_bits
         m.packed.copy_(pack_bits(to_unsigned(qt.codes.reshape(-1), bits, _signed(qt.fmt)), bits))
         m.scale.copy_(qt.scale.reshape(m.scale.shape))
@@ -102,6 +111,8 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
+        if self.input_scale is not None:
+            x2 = x2 * self.input_scale.to(x2.dtype)
         kernel = self.choice.kernel
         if kernel is K.Kernel.DEQUANT or x2.shape[0] > K.LARGE_M or x.device.type != "cpu":
             dt = torch.bfloat16 if kernel is not K.Kernel.DEQUANT else x.dtype
@@ -140,6 +151,7 @@ class QuantLinear(nn.Module):
             "kernel_note": self.choice.reason,
             "slower_than_fp32": self.choice.slower_than_fp32,
             "shape": [self.out_features, self.in_features],
+            "input_scaled": self.input_scale is not None,
         }
 
     @classmethod
@@ -150,4 +162,5 @@ class QuantLinear(nn.Module):
         config = config_from_dict(info["config"]) if info.get("config") else None
         n_groups = padded_cols(in_f, gran) // gran.size if isinstance(gran, PerGroup) else 1
         bias = getattr(original, "bias", None) is not None
-        return cls(in_f, out_f, bias, fmt, gran, n_groups, K.Kernel(info["kernel"]), config)
+        return cls(in_f, out_f, bias, fmt, gran, n_groups, K.Kernel(info["kernel"]), config,
+                   bool(info.get("input_scaled", False)))

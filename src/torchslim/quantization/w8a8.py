@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from torchslim.calibration.pipeline import calibration_batches, pick_runner
+from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig
 from torchslim.core.errors import ConfigError
 from torchslim.core.progress import track
@@ -55,30 +56,6 @@ class W8A8Config(BaseConfig):
         return self.mode is ActMode.STATIC or self.smooth_alpha is not None
 
 
-class ChannelStats:
-    """Per-input-channel min/max/absmax of a layer's inputs, plus a strided sample of rows."""
-
-    def __init__(self, in_features: int, max_rows: int = 4096):
-        self.lo = torch.full((in_features,), float("inf"))
-        self.hi = torch.full((in_features,), float("-inf"))
-        self.rows: list[torch.Tensor] = []
-        self.max_rows = max_rows
-
-    def add_batch(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        if x.shape[0] == 0:
-            return
-        self.lo = torch.minimum(self.lo, x.amin(0))
-        self.hi = torch.maximum(self.hi, x.amax(0))
-        self.rows.append(x[:: max(1, x.shape[0] // 64)].clone())
-        if sum(r.shape[0] for r in self.rows) > self.max_rows:
-            self.rows = [torch.cat(self.rows)[::2]]
-
-    @property
-    def absmax(self) -> torch.Tensor:
-        return torch.maximum(self.lo.abs(), self.hi.abs())
-
-
 def smooth_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
     """``1 / s`` per input channel (pure function of the statistics)."""
     w_absmax = weight.detach().abs().amax(dim=0).float().clamp_min(1e-5)
@@ -91,7 +68,7 @@ def static_range(stats: ChannelStats, smooth: torch.Tensor | None, observer: Obs
     inv = smooth if smooth is not None else torch.ones_like(stats.lo)
     if isinstance(observer, MinMax):  # min/max of x_j * inv_j over all rows, from per-channel extremes
         return float(torch.minimum(stats.lo * inv, stats.hi * inv).min()), float(torch.maximum(stats.lo * inv, stats.hi * inv).max())
-    sample = (torch.cat(stats.rows) * inv).reshape(1, 1, -1)
+    sample = (stats.sample() * inv).reshape(1, 1, -1)
     lo, hi = group_range(sample, observer, IntFormat(8, symmetric=False))
     return float(lo), float(hi)
 

@@ -1,0 +1,43 @@
+"""Statistics accumulators fed a layer's inputs during calibration (``add_batch(x)``)."""
+from __future__ import annotations
+
+import torch
+
+
+class ChannelStats:
+    """Per-input-channel min, max and mean |x| of a layer's inputs, plus a strided sample of rows.
+
+    SmoothQuant needs the per-channel absmax, AWQ the per-channel mean magnitude and sample rows
+    to score candidate scalings, static quantization the range of (scaled) inputs.
+    """
+
+    def __init__(self, in_features: int, max_rows: int = 4096):
+        self.lo = torch.full((in_features,), float("inf"))
+        self.hi = torch.full((in_features,), float("-inf"))
+        self.abs_sum = torch.zeros(in_features, dtype=torch.float64)
+        self.count = 0
+        self.rows: list[torch.Tensor] = []
+        self.max_rows = max_rows
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        if x.shape[0] == 0:
+            return
+        self.lo = torch.minimum(self.lo, x.amin(0))
+        self.hi = torch.maximum(self.hi, x.amax(0))
+        self.abs_sum += x.abs().sum(0, dtype=torch.float64)
+        self.count += x.shape[0]
+        self.rows.append(x[:: max(1, x.shape[0] // 64)].clone())
+        if sum(r.shape[0] for r in self.rows) > self.max_rows:
+            self.rows = [torch.cat(self.rows)[::2]]
+
+    @property
+    def absmax(self) -> torch.Tensor:
+        return torch.maximum(self.lo.abs(), self.hi.abs())
+
+    @property
+    def absmean(self) -> torch.Tensor:
+        return (self.abs_sum / max(self.count, 1)).float()
+
+    def sample(self) -> torch.Tensor:
+        return torch.cat(self.rows)

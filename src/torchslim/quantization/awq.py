@@ -1,0 +1,82 @@
+"""AWQ: activation-aware weight quantization (Lin et al., 2024).
+
+Salient input channels (large mean |x|) are protected by scaling them up before quantization:
+the layer stores ``Q(W * s)`` and multiplies its input by ``1/s``, with ``s = mean|x|**alpha``
+(normalized). ``alpha`` is searched on a grid to minimize the layer's output error on sampled
+calibration rows. The scaling is kept inside the quantized layer (one multiply per input
+element) instead of being folded into the previous norm, so it applies to every linear and
+each layer gets its own best ``alpha``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.calibration.pipeline import calibration_batches, pick_runner
+from torchslim.calibration.stats import ChannelStats
+from torchslim.core.config import BaseConfig
+from torchslim.core.errors import ConfigError
+from torchslim.core.registry import register_handler
+from torchslim.core.surgery import replace_module
+from torchslim.quantization.qlinear import QuantLinear
+from torchslim.quantization.weight_only import WeightOnlyConfig, plan, quantize_weight, selected_linears, warn_slow_layers
+
+
+@dataclass
+class AWQConfig(BaseConfig):
+    """AWQ scaling search on top of a weight-only scheme (``weight``)."""
+
+    family = "quantization"
+    technique = "awq"
+    weight: WeightOnlyConfig = field(default_factory=WeightOnlyConfig)
+    grid: int = 20
+    n_samples: int = 128
+    sequential: bool = True
+
+    def validate(self) -> None:
+        if self.grid < 2 or self.n_samples < 1:
+            raise ConfigError("AWQConfig needs grid >= 2 and n_samples >= 1")
+
+    @property
+    def selector(self):
+        return self.weight.selector
+
+
+def awq_search(w: torch.Tensor, x: torch.Tensor, absmean: torch.Tensor, wcfg: WeightOnlyConfig,
+               grid: int) -> tuple[torch.Tensor, float]:
+    """Best input scaling ``s`` (per channel) and its alpha, for weight ``w`` and sample inputs ``x``."""
+    w = w.detach().float()
+    ref = x @ w.T
+    best_err, best_s, best_a = float("inf"), torch.ones_like(absmean), 0.0
+    for i in range(grid):
+        a = i / grid
+        s = absmean.clamp_min(1e-4) ** a
+        s = s / (s.max() * s.min()).sqrt()
+        deq = quantize_weight(w * s, wcfg).dequantize() / s
+        err = float((x @ deq.T - ref).pow(2).mean())
+        if err < best_err:
+            best_err, best_s, best_a = err, s, a
+    return best_s, best_a
+
+
+@register_handler(AWQConfig)
+def _awq(model: nn.Module, config: AWQConfig, *, calibration: Any = None, **_: Any) -> nn.Module:
+    layers = {n: (m, c) for n, m, c in selected_linears(model, config.weight)}
+    warn_slow_layers(plan(model, config.weight), "before AWQ")
+    batches, forward = calibration_batches(calibration, config.n_samples)
+
+    def solve(measured: dict) -> None:
+        for name, (lin, stats) in measured.items():
+            wcfg = layers[name][1]
+            wcfg = wcfg.weight if isinstance(wcfg, AWQConfig) else wcfg
+            s, _ = awq_search(lin.weight, stats.sample(), stats.absmean, wcfg, config.grid)
+            qt = quantize_weight(lin.weight.detach().float() * s, wcfg)
+            replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, config,
+                                                                 input_scale=1.0 / s))
+
+    pick_runner(config.sequential)(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
+                                   lambda _n, mod: ChannelStats(mod.in_features), solve, "AWQ")
+    return model
