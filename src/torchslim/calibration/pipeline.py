@@ -112,8 +112,14 @@ def _first(out: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: list[dict], forward: Forward,
-                   factory: StatsFactory, solve: Solver, desc: str = "calibrating") -> None:
-    """Block-by-block calibration of ``targets`` (layers outside blocks go through :func:`run_basic`)."""
+                   factory: StatsFactory, solve: Solver, desc: str = "calibrating",
+                   propagate_solved: bool = True) -> None:
+    """Block-by-block calibration of ``targets`` (layers outside blocks go through :func:`run_basic`).
+
+    With ``propagate_solved`` each block is run twice: once to measure, once after solving so the
+    next block sees the compressed block's outputs. Without it, one run does both (the next block
+    sees the original outputs): half the compute.
+    """
     try:
         blocks = find_blocks(model)
     except TorchSlimError:
@@ -122,23 +128,28 @@ def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: lis
     done: set[str] = set()
     for bname, block in track(blocks, desc):
         inside = {n: m for n, m in targets.items() if n.startswith(bname + ".")}
+        outputs = None
         if inside:
             stats, handles = _hook_stats(inside, factory)
             try:
-                for args, kwargs in cache:
-                    block(*args, **kwargs)
+                outputs = [_first(block(*args, **kwargs)) for args, kwargs in cache]
             finally:
                 for h in handles:
                     h.remove()
             solve({n: (inside[n], stats[n]) for n in inside})
             done |= set(inside)
-        cache = [((_first(block(*args, **kwargs)),) + tuple(args[1:]), kwargs) for args, kwargs in cache]
+        if outputs is None or propagate_solved:
+            outputs = [_first(block(*args, **kwargs)) for args, kwargs in cache]
+        cache = [((out,) + tuple(args[1:]), kwargs) for out, (args, kwargs) in zip(outputs, cache)]
     rest = {n: m for n, m in targets.items() if n not in done}
     run_basic(model, rest, batches, forward, factory, solve, desc + " (outside blocks)")
 
 
-def pick_runner(sequential: bool) -> Callable[..., None]:
-    return run_sequential if sequential else run_basic
+def pick_runner(sequential: bool, propagate_solved: bool = True) -> Callable[..., None]:
+    """The runner for a method: block-by-block (``sequential``) or whole-model forwards."""
+    if not sequential:
+        return run_basic
+    return lambda *a, **k: run_sequential(*a, propagate_solved=propagate_solved, **k)
 
 
 def iter_named(targets: Iterable[tuple[str, nn.Module, Any]]) -> dict[str, nn.Module]:

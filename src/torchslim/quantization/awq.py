@@ -35,6 +35,7 @@ class AWQConfig(BaseConfig):
     grid: int = 20
     n_samples: int = 128
     sequential: bool = True
+    propagate_quantized: bool = True
 
     def validate(self) -> None:
         if self.grid < 2 or self.n_samples < 1:
@@ -77,6 +78,6 @@ def _awq(model: nn.Module, config: AWQConfig, *, calibration: Any = None, **_: A
             replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, config,
                                                                  input_scale=1.0 / s))
 
-    pick_runner(config.sequential)(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
+    pick_runner(config.sequential, config.propagate_quantized)(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
                                    lambda _n, mod: ChannelStats(mod.in_features), solve, "AWQ")
     return model

@@ -28,6 +28,7 @@ class GPTQConfig(BaseConfig):
     damp: float = 0.01
     n_samples: int = 128
     sequential: bool = True
+    propagate_quantized: bool = True   # next block sees quantized outputs (2 passes per block)
 
     def validate(self) -> None:
         if not 0 < self.damp < 1:
@@ -55,7 +56,7 @@ def _gptq(model: nn.Module, config: GPTQConfig, *, calibration: Any = None, **_:
             replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, config))
             del acc.H
 
-    runner = pick_runner(config.sequential)
+    runner = pick_runner(config.sequential, config.propagate_quantized)
     runner(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
            lambda _n, mod: HessianAccumulator(mod.in_features), solve, "GPTQ")
     return model

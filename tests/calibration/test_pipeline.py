@@ -1,0 +1,61 @@
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from torchslim.calibration.pipeline import calibration_batches, run_basic, run_sequential
+from torchslim.calibration.stats import ChannelStats
+from torchslim.core.archs import find_blocks
+from torchslim.core.errors import ConfigError
+
+
+def tiny():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2)).eval()
+
+
+def batches(n=4):
+    g = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(0, 64, (1, 10), generator=g)} for _ in range(n)]
+
+
+def fwd(m, b):
+    return m(**b)
+
+
+@pytest.mark.parametrize("propagate,expected_runs", [(True, 2), (False, 1)])
+def test_sequential_runs_each_block_once_or_twice_and_sees_every_target(propagate, expected_runs):
+    m = tiny()
+    calls = {}
+    for name, blk in find_blocks(m):
+        blk.register_forward_hook(lambda *_a, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    targets = {f"model.layers.{i}.mlp.down_proj": m.model.layers[i].mlp.down_proj for i in range(3)}
+    targets["lm_head"] = m.lm_head
+    solved = []
+    run_sequential(m, targets, batches(), fwd, lambda n, mod: ChannelStats(mod.in_features),
+                   lambda measured: solved.extend((n, s.count) for n, (_, s) in measured.items()),
+                   propagate_solved=propagate)
+    assert dict(solved) == {n: 40 for n in targets}  # 4 batches x 10 tokens, each layer measured once
+    # blocks 0 and 1 run per batch: measure (+ re-run when propagating); lm_head needs one more full pass
+    assert calls["model.layers.0"] == 4 * expected_runs + 4
+
+
+def test_sequential_stats_equal_basic_stats_for_the_first_block():
+    m = tiny()
+    name = "model.layers.0.self_attn.q_proj"
+    got = {}
+    for runner in (run_basic, run_sequential):
+        runner(m, {name: m.get_submodule(name)}, batches(), fwd, lambda n, mod: ChannelStats(mod.in_features),
+               lambda measured, r=runner: got.__setitem__(r.__name__, measured[name][1]))
+    assert torch.allclose(got["run_basic"].absmean, got["run_sequential"].absmean, atol=1e-6)
+
+
+def test_calibration_batches_errors():
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        calibration_batches(None, 8)
+    with pytest.raises(ConfigError, match="non-empty list"):
+        calibration_batches([], 8)
+    got, f = calibration_batches([{"x": torch.ones(1)}] * 5, 3)
+    assert len(got) == 3
+    assert f(nn.Identity(), {"input": torch.ones(2)}).shape == (2,)
