@@ -88,3 +88,13 @@ def test_quantize_then_info_then_eval_artifact_and_corrupt_refused(tmp_path):
     w.write_bytes(w.read_bytes()[:100])
     assert_user_error(run("eval", str(art)), "truncated")
     assert_user_error(run("info", str(tmp_path)), "not a torchslim artifact")
+
+
+def test_finetune_digits_cnn_writes_metrics_and_artifact(tmp_path):
+    res = run("finetune", "digits-cnn", "--steps", "3", "--json", str(tmp_path / "m.json"), "-o", str(tmp_path / "ft"))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "m.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == 3 and summary["metrics"]["top1"] > 95
+    reloaded = torchslim.load_model(str(tmp_path / "ft"))
+    assert reloaded.task.evaluate(reloaded.model)["top1"] == summary["metrics"]["top1"]
+    assert_user_error(run("finetune", "digits-cnn", "--optimizer", "adam"), "adam")

@@ -165,6 +165,46 @@ def demo_cmd(
     run_demo(model=model, out=out, spec=_eval_spec([], iters, 2, None, 32, False))
 
 
+@app.command("finetune")
+def finetune_cmd(
+    model: str = typer.Argument(..., help="Zoo name, Hugging Face model folder, or torchslim artifact folder."),
+    steps: int = typer.Option(100, min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(64, min=1, help="Global batch size (split across torchrun processes)."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate."),
+    optimizer: str = typer.Option("adamw", help="adamw, sgd or lion."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A TrainConfig file (overrides the options)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the fine-tuned model as an artifact here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write final metrics and losses as JSON here."),
+) -> None:
+    """Fine-tune a model on its task with the training engine. Runs unchanged under
+    `torchrun --nproc-per-node N`, which splits the global batch across processes."""
+    import json
+
+    from torchslim.artifact import save
+    from torchslim.core.config import BaseConfig
+    from torchslim.core.io import atomic_file
+    from torchslim.models import load_model
+    from torchslim.train import TrainConfig, Trainer
+
+    cfg = BaseConfig.load(config) if config else TrainConfig(steps=steps, batch_size=batch_size, lr=lr,
+                                                             optimizer=optimizer)
+    if not isinstance(cfg, TrainConfig):
+        raise TorchSlimError(f"{config}: expected a TrainConfig, got {type(cfg).__name__}")
+    loaded = _load_with_task(model, None)
+    trainer = Trainer(loaded.model, loaded.task, cfg)
+    result = trainer.fit()
+    if not trainer.dist.is_main:
+        return
+    summary = {"world_size": result.world_size, "steps": result.final_step, "final_loss": result.losses[-1],
+               "metrics": result.final_metrics, "wall_s": result.wall_s}
+    _console().print(f"fine-tuned {model} on {result.world_size} process(es): {summary['metrics']}")
+    if out is not None:
+        save(loaded.model, out, source=loaded.source)
+    if json_out is not None:
+        with atomic_file(json_out) as f:
+            f.write(json.dumps(summary, indent=2))
+
+
 @app.command("info")
 def info_cmd(artifact: Path = typer.Argument(..., help="torchslim artifact folder.")) -> None:
     """Show an artifact's manifest: source, format, and each compressed layer."""
