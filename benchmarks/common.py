@@ -1,0 +1,79 @@
+"""Shared benchmark helpers: variants measured side by side in one process, interleaved, as ratios."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Row:
+    name: str
+    note: str = ""
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), cpu)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{time.strftime('%Y-%m-%d')}")
+
+
+def artifact_bytes(model: torch.nn.Module, source: dict | None = None) -> int:
+    import torchslim
+
+    with tempfile.TemporaryDirectory() as d:
+        path = torchslim.save(model, Path(d) / "a", source=source)
+        return sum(p.stat().st_size for p in path.iterdir())
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 5) -> dict[str, float]:
+    """Median seconds per call of each function, calling them round-robin ``rounds`` times."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def write_table(path: Path, title: str, intro: str, columns: list[str], rows: list[Row], notes: list[str]) -> None:
+    lines = [f"# {title}", "", intro, "", f"Machine: {machine_line()}", "",
+             "| variant | " + " | ".join(columns) + " | notes |", "|" + "---|" * (len(columns) + 2)]
+    for r in rows:
+        cells = [_fmt(r.values.get(c)) for c in columns]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {r.note} |")
+    lines += [""] + [f"- {n}" for n in notes] + [""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    json_path = path.with_suffix(".json")
+    json_path.write_text(json.dumps([{"name": r.name, "note": r.note, **r.values} for r in rows], indent=1, default=str))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
