@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-all bench clean
+.PHONY: install install-bench demo test test-slow test-all bench bench-quant clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,21 @@ test-slow: install
 
 test-all: install
 	$(BIN)/pytest -q -m "slow or not slow"
+
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/pip install -q -c constraints.txt -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+install-bench: $(BENCH_STAMP)
+
+# Benchmarks regenerate the tables under docs/results/ (slow: tens of minutes on 2 cores).
+bench-quant: install-bench
+	$(BIN)/python benchmarks/quantization/smollm2.py
+	$(BIN)/python benchmarks/quantization/minilm.py
+	$(BIN)/python benchmarks/quantization/digits.py
+
+bench: bench-quant
 
 clean:
 	rm -rf $(VENV) .pytest_cache
