@@ -37,8 +37,9 @@ def test_sequential_runs_each_block_once_or_twice_and_sees_every_target(propagat
                    lambda measured: solved.extend((n, s.count) for n, (_, s) in measured.items()),
                    propagate_solved=propagate)
     assert dict(solved) == {n: 40 for n in targets}  # 4 batches x 10 tokens, each layer measured once
-    # blocks 0 and 1 run per batch: measure (+ re-run when propagating); lm_head needs one more full pass
-    assert calls["model.layers.0"] == 4 * expected_runs + 4
+    # per batch: measure (+ re-run when propagating); lm_head needs one more full pass; plus one probe
+    # run of the block and one of the whole model to find layers that share an input
+    assert calls["model.layers.0"] == 4 * expected_runs + 4 + 2
 
 
 def test_sequential_stats_equal_basic_stats_for_the_first_block():
@@ -59,3 +60,20 @@ def test_calibration_batches_errors():
     got, f = calibration_batches([{"x": torch.ones(1)}] * 5, 3)
     assert len(got) == 3
     assert f(nn.Identity(), {"input": torch.ones(2)}).shape == (2,)
+
+
+def test_layers_sharing_an_input_share_one_statistics_object():
+    from torchslim.calibration.pipeline import shared_input_groups
+
+    m = tiny()
+    blk = m.model.layers[0]
+    targets = {n: blk.get_submodule(n) for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                 "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    groups = shared_input_groups(targets, lambda: m(**batches(1)[0]))
+    assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                      ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+    seen = {}
+    run_sequential(m, {f"model.layers.0.{n}": mod for n, mod in targets.items()}, batches(), fwd,
+                   lambda n, mod: ChannelStats(mod.in_features), lambda measured: seen.update(measured))
+    q, k = seen["model.layers.0.self_attn.q_proj"][1], seen["model.layers.0.self_attn.k_proj"][1]
+    assert q is k and q.count == 40

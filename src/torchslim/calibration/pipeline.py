@@ -32,8 +32,9 @@ Solver = Callable[[dict[str, tuple[nn.Module, Stats]]], None]
 Forward = Callable[[nn.Module, dict[str, Any]], Any]
 
 
-def calibration_batches(calibration: Any, n_samples: int, batch_size: int = 1) -> tuple[list[dict], Forward]:
-    """Batches and the forward function from a Task or a list of batches (dicts of model kwargs)."""
+def calibration_batches(calibration: Any, n_samples: int, batch_size: int = 8) -> tuple[list[dict], Forward]:
+    """Batches and the forward function from a Task (``n_samples`` samples in batches of ``batch_size``)
+    or from a list of batches (dicts of model kwargs, used as given)."""
     if calibration is None:
         raise ConfigError("this method needs calibration data: pass calibration=<Task or list of batches>")
     if hasattr(calibration, "calibration_batches"):
@@ -44,11 +45,37 @@ def calibration_batches(calibration: Any, n_samples: int, batch_size: int = 1) -
     return batches[:n_samples], lambda model, b: model(**b)
 
 
-def _hook_stats(targets: dict[str, nn.Module], factory: StatsFactory) -> tuple[dict[str, Stats], list]:
+def shared_input_groups(targets: dict[str, nn.Module], run_once: Callable[[], Any]) -> list[list[str]]:
+    """Group target layers that receive the very same input tensor (q/k/v, gate/up), with one probe run."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda _m, args, n=n: seen.setdefault(n, args[0]))
+               for n, m in targets.items()]
+    try:
+        run_once()
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[list[str]] = []
+    for name in targets:
+        x = seen.get(name)
+        for g in groups:
+            if x is not None and seen.get(g[0]) is x:
+                g.append(name)
+                break
+        else:
+            groups.append([name])
+    return groups
+
+
+def _hook_stats(targets: dict[str, nn.Module], factory: StatsFactory,
+                groups: list[list[str]] | None = None) -> tuple[dict[str, Stats], list]:
+    """One statistics object per group of layers sharing an input (fed once), hooked on the group's first layer."""
     stats, handles = {}, []
-    for name, mod in targets.items():
-        s = stats[name] = factory(name, mod)
-        handles.append(mod.register_forward_pre_hook(lambda _m, args, s=s: s.add_batch(args[0])))
+    for group in groups or [[n] for n in targets]:
+        s = factory(group[0], targets[group[0]])
+        for n in group:
+            stats[n] = s
+        handles.append(targets[group[0]].register_forward_pre_hook(lambda _m, args, s=s: s.add_batch(args[0])))
     return stats, handles
 
 
@@ -58,7 +85,8 @@ def run_basic(model: nn.Module, targets: dict[str, nn.Module], batches: list[dic
     """Measure ``targets`` over full-model forwards, then ``solve`` them all at once."""
     if not targets:
         return
-    stats, handles = _hook_stats(targets, factory)
+    groups = shared_input_groups(targets, lambda: forward(model, batches[0]))
+    stats, handles = _hook_stats(targets, factory, groups)
     try:
         for b in track(batches, desc):
             forward(model, b)
@@ -130,7 +158,9 @@ def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: lis
         inside = {n: m for n, m in targets.items() if n.startswith(bname + ".")}
         outputs = None
         if inside:
-            stats, handles = _hook_stats(inside, factory)
+            args0, kwargs0 = cache[0]
+            groups = shared_input_groups(inside, lambda: block(*args0, **kwargs0))
+            stats, handles = _hook_stats(inside, factory, groups)
             try:
                 outputs = [_first(block(*args, **kwargs)) for args, kwargs in cache]
             finally:

@@ -54,7 +54,6 @@ def _gptq(model: nn.Module, config: GPTQConfig, *, calibration: Any = None, **_:
             qt = gptq_quantize(lin.weight, acc.H, wcfg.format, wcfg.granularity, wcfg.observer,
                                config.block_size, config.damp, config.act_order)
             replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, config))
-            del acc.H
 
     runner = pick_runner(config.sequential, config.propagate_quantized)
     runner(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
