@@ -8,11 +8,14 @@ from torchslim.core.config import BaseConfig
 
 
 def default_config() -> BaseConfig:
-    import torch
+    """int4 (asymmetric, groups of 128) GPTQ for every linear, with lm_head kept at int8 per channel."""
+    from torchslim.core.select import Selector
+    from torchslim.quantization import GPTQConfig, IntFormat, PerChannel, PerGroup, WeightOnlyConfig
 
-    from torchslim.quantization import CastConfig
-
-    return CastConfig(dtype=torch.bfloat16)
+    head = WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel())
+    weight = WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(128),
+                              selector=Selector(overrides={"lm_head": head}))
+    return GPTQConfig(weight=weight)
 
 
 def run_demo(model: str = "smollm2-135m", out: Path = Path("out/demo"), config: BaseConfig | None = None,
@@ -46,5 +49,10 @@ def run_demo(model: str = "smollm2-135m", out: Path = Path("out/demo"), config: 
 
 
 def _describe(config: BaseConfig) -> str:
+    weight = getattr(config, "weight", config)
+    fmt, gran = getattr(weight, "format", None), getattr(weight, "granularity", None)
+    if fmt is not None:
+        size = f" g{gran.size}" if getattr(gran, "size", None) else ""
+        return f"{getattr(config, 'technique', type(config).__name__)} {fmt.name}{size}"
     dtype = getattr(config, "dtype", None)
     return f"{type(config).__name__} {str(dtype).removeprefix('torch.')}" if dtype is not None else type(config).__name__

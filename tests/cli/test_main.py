@@ -15,7 +15,7 @@ EXE = str(Path(sys.executable).with_name("torchslim"))
 
 
 def run(*args, cwd=None):
-    env = {**os.environ, "TORCHSLIM_PROGRESS": "0"}
+    env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": "240"}
     return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
@@ -98,3 +98,13 @@ def test_finetune_digits_cnn_writes_metrics_and_artifact(tmp_path):
     reloaded = torchslim.load_model(str(tmp_path / "ft"))
     assert reloaded.task.evaluate(reloaded.model)["top1"] == summary["metrics"]["top1"]
     assert_user_error(run("finetune", "digits-cnn", "--optimizer", "adam"), "adam")
+
+
+def test_demo_compresses_to_int4_gptq_and_compares(tmp_path):
+    res = run("demo", "--model", "tiny-llama", "--out", str(tmp_path / "d"), "--iters", "3")
+    assert res.returncode == 0, res.stderr
+    assert "(original)" in res.stdout and "gptq int4-asym g128" in res.stdout
+    assert "Bits per weight" in res.stdout and "perplexity" in res.stdout
+    layers = json.loads((tmp_path / "d" / "manifest.json").read_text())["layers"]
+    assert layers["model.layers.0.mlp.down_proj"]["kernel"] == "int4pack_mm"
+    assert layers["lm_head"]["storage"].startswith("int8")
