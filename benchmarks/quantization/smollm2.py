@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from common import ROOT, Row, artifact_bytes, write_table  # noqa: E402
+from quantization import peers  # noqa: E402
 
 import torchslim  # noqa: E402
 from torchslim.quantization import (NF4, ActMode, AWQConfig, CastConfig, GPTQConfig, IntFormat, PerChannel,  # noqa: E402
@@ -65,6 +67,7 @@ def build(base, task, cfg) -> tuple[torch.nn.Module, float]:
 
 
 def decode_rounds(models: dict, task, rounds: int, tokens: int) -> dict[str, dict[str, float]]:
+    models = {k: m for k, m in models.items() if hasattr(m, "generate")}
     tps: dict[str, list[float]] = {k: [] for k in models}
     pre: dict[str, list[float]] = {k: [] for k in models}
     for m in models.values():
@@ -109,17 +112,33 @@ def main() -> None:
         print(f"{name}: ppl {ppl:.3f}, {size / 1e6:.1f} MB, compress {secs:.1f}s", flush=True)
         models[name] = m
         rows.append(Row(name, note, {"perplexity": ppl, "compress s": secs, "artifact MB": size / 1e6}))
+    for name, build_peer in (("torchao int4 g64 (peer)", lambda: peers.torchao_int4(base, 64)),
+                             ("ONNX Runtime int4 g128 (peer)", lambda: peers.ort_int4(base, 128))):
+        if args.only and name not in args.only:
+            continue
+        try:
+            m, note = build_peer()
+            ppl = eval_task.evaluate(m)["perplexity"]
+            models[name] = m
+            rows.append(Row(name, note, {"perplexity": ppl}))
+        except Exception as e:  # noqa: BLE001 - a failing peer is a result, reported as such
+            rows.append(Row(name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", {}))
+        print(rows[-1].name, rows[-1].values, rows[-1].note, flush=True)
     dec = decode_rounds(models, task, rounds=3, tokens=32)
     pre = prefill_512(models, task, rounds=3)
     base_row = rows[0].values
     for r in rows:
         v = r.values
-        v["ppl vs fp32"] = f"{100 * (v['perplexity'] / base_row['perplexity'] - 1):+.1f}%"
-        v["size ratio"] = round(v["artifact MB"] / base_row["artifact MB"], 3)
-        v["decode tok/s"] = dec[r.name]["tok_s"]
-        v["decode speedup"] = f"{dec[r.name]['tok_s'] / dec['fp32']['tok_s']:.2f}x"
-        v["prefill 512 ms"] = pre[r.name]
-        v["prefill speedup"] = f"{pre['fp32'] / pre[r.name]:.2f}x"
+        if "perplexity" in v:
+            v["ppl vs fp32"] = f"{100 * (v['perplexity'] / base_row['perplexity'] - 1):+.1f}%"
+        if "artifact MB" in v:
+            v["size ratio"] = round(v["artifact MB"] / base_row["artifact MB"], 3)
+        if r.name in dec:
+            v["decode tok/s"] = dec[r.name]["tok_s"]
+            v["decode speedup"] = f"{dec[r.name]['tok_s'] / dec['fp32']['tok_s']:.2f}x"
+        if r.name in pre:
+            v["prefill 512 ms"] = pre[r.name]
+            v["prefill speedup"] = f"{pre['fp32'] / pre[r.name]:.2f}x"
     cols = ["perplexity", "ppl vs fp32", "artifact MB", "size ratio", "decode tok/s", "decode speedup",
             "prefill 512 ms", "prefill speedup", "compress s"]
     write_table(ROOT / "docs/results/quantization_smollm2.md", "Quantization: SmolLM2-135M",
