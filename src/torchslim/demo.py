@@ -36,9 +36,9 @@ def run_demo(model: str = "smollm2-135m", out: Path = Path("out/demo"), config: 
     with console.status(f"loading {model}"):
         loaded = load_model(model)
     base = evaluate(loaded.model, loaded.task, spec, label=f"{model} (original)", console=console)
-    with console.status(f"compressing with {type(config).__name__}"):
-        quantize_(loaded.model, config, calibration=loaded.task)
-        save(loaded.model, out, source=loaded.source)
+    console.print(f"compressing with {_describe(config)}")
+    quantize_(loaded.model, config, calibration=loaded.task)
+    save(loaded.model, out, source=loaded.source)
     del loaded.model
     reloaded = load(out)
     slim = evaluate(reloaded, loaded.task, spec, label=f"{model} ({_describe(config)}, from {out})",

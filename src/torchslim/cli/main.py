@@ -119,6 +119,18 @@ def eval_cmd(
         console.print(f"report written to {json_out}")
 
 
+def _print_plan(console, model) -> None:
+    """Per-layer format and kernel of the compressed model, flagging layers slower than fp32."""
+    from torchslim.core.modules import layer_infos
+
+    infos = layer_infos(model)
+    slow = [n for n, i in infos.items() if i.get("slower_than_fp32")]
+    console.print(_layers_table([{"name": n, **i} for n, i in infos.items()]))
+    if slow:
+        console.print(f"[yellow]warning:[/yellow] {len(slow)} of {len(infos)} layers have no fast kernel on this "
+                      f"machine and will run slower than fp32 (e.g. {slow[0]})")
+
+
 def _layers_table(layers: list[dict]):
     from rich.table import Table
 
@@ -147,10 +159,11 @@ def quantize_cmd(
     console = _console()
     with console.status(f"loading {model}"):
         loaded = load_model(model)
-    with console.status(f"quantizing with {type(cfg).__name__}"):
-        quantize_(loaded.model, cfg, calibration=loaded.task)
+    console.print(f"quantizing with {type(cfg).__name__} (progress per layer)")
+    quantize_(loaded.model, cfg, calibration=loaded.task)
     save(loaded.model, out, source=loaded.source)
     console.print(f"saved {out}")
+    _print_plan(console, loaded.model)
 
 
 @app.command("demo")
