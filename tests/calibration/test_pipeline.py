@@ -37,9 +37,19 @@ def test_sequential_runs_each_block_once_or_twice_and_sees_every_target(propagat
                    lambda measured: solved.extend((n, s.count) for n, (_, s) in measured.items()),
                    propagate_solved=propagate)
     assert dict(solved) == {n: 40 for n in targets}  # 4 batches x 10 tokens, each layer measured once
-    # per batch: measure (+ re-run when propagating); lm_head needs one more full pass; plus one probe
-    # run of the block and one of the whole model to find layers that share an input
-    assert calls["model.layers.0"] == 4 * expected_runs + 4 + 2
+    # per batch: measure (+ re-run when propagating), plus one probe run to find layers sharing an input;
+    # lm_head is measured from the last block's outputs, without another whole-model pass
+    assert calls["model.layers.0"] == 4 * expected_runs + 1
+
+
+def test_head_measured_from_cache_equals_whole_model_pass():
+    m = tiny()
+    got = {}
+    for runner in (run_basic, run_sequential):
+        runner(m, {"lm_head": m.lm_head}, batches(), fwd, lambda n, mod: ChannelStats(mod.in_features),
+               lambda measured, r=runner: got.__setitem__(r.__name__, measured["lm_head"][1]))
+    assert got["run_sequential"].count == got["run_basic"].count == 40
+    assert torch.allclose(got["run_basic"].absmean, got["run_sequential"].absmean, atol=1e-5)
 
 
 def test_sequential_stats_equal_basic_stats_for_the_first_block():

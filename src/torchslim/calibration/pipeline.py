@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Protocol
 import torch
 from torch import nn
 
-from torchslim.core.archs import find_blocks
+from torchslim.core.archs import arch_of, find_blocks
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.progress import track
 
@@ -138,6 +138,21 @@ def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _head_from_cache(model: nn.Module, rest: dict[str, nn.Module], cache: list[tuple], factory: StatsFactory,
+                     solve: Solver) -> dict[str, nn.Module]:
+    """Measure the output head from the last block's cached outputs (``final_norm`` then ``head`` in the
+    architecture table), instead of another whole-model pass. Returns the targets still left."""
+    spec = arch_of(model)
+    if spec is None or spec.head not in rest or spec.final_norm is None:
+        return rest
+    norm, head = model.get_submodule(spec.final_norm), rest[spec.head]
+    stats = factory(spec.head, head)
+    for args, _ in cache:
+        stats.add_batch(norm(args[0]))
+    solve({spec.head: (head, stats)})
+    return {n: m for n, m in rest.items() if n != spec.head}
+
+
 @torch.no_grad()
 def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: list[dict], forward: Forward,
                    factory: StatsFactory, solve: Solver, desc: str = "calibrating",
@@ -171,7 +186,7 @@ def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: lis
         if outputs is None or propagate_solved:
             outputs = [_first(block(*args, **kwargs)) for args, kwargs in cache]
         cache = [((out,) + tuple(args[1:]), kwargs) for out, (args, kwargs) in zip(outputs, cache)]
-    rest = {n: m for n, m in targets.items() if n not in done}
+    rest = _head_from_cache(model, {n: m for n, m in targets.items() if n not in done}, cache, factory, solve)
     run_basic(model, rest, batches, forward, factory, solve, desc + " (outside blocks)")
 
 
