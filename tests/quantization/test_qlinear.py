@@ -97,3 +97,17 @@ def test_requested_kernel_must_fit():
     m = model()
     torchslim.quantize_(m, WeightOnlyConfig(format=IntFormat(4, False), granularity=PerGroup(128), kernel=Kernel.DEQUANT))
     assert m[0].choice.kernel is Kernel.DEQUANT and m[0].torchslim_layer_info()["slower_than_fp32"]
+
+
+def test_quantized_models_deepcopy_after_running():
+    import copy
+
+    from torchslim.quantization.w8a8 import ActMode, W8A8Config
+
+    x = torch.randn(4, 256)
+    for cfg in (WeightOnlyConfig(format=IntFormat(4, False), granularity=PerGroup(128)),
+                W8A8Config(), W8A8Config(mode=ActMode.STATIC)):
+        m = model()
+        torchslim.quantize_(m, cfg, calibration=[{"input": x}])
+        y = m(x)  # builds kernel buffers
+        assert torch.equal(copy.deepcopy(m)(x), y)

@@ -4,7 +4,9 @@ from torchslim.quantization.cast import CastConfig, CastEmbedding, CastLinear
 from torchslim.quantization.formats import (NF4, Binary, Codebook, IntFormat, PerChannel, PerGroup, PerTensor,
                                             Ternary)
 from torchslim.quantization.gptq import GPTQConfig
+from torchslim.quantization.int8_conv import Int8StaticConv2d, convert_conv
 from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
+from torchslim.quantization.qconv import QuantConv2d, quantize_conv_weight_only
 from torchslim.quantization.kernels import Kernel
 from torchslim.quantization.observers import KL, MSE, MinMax, Percentile, compare_observers
 from torchslim.quantization.qlinear import QuantLinear
@@ -18,7 +20,8 @@ __all__ = [
     "IntFormat", "NF4", "Binary", "Ternary", "Codebook", "PerTensor", "PerChannel", "PerGroup",
     "MinMax", "Percentile", "MSE", "KL", "Kernel",
     # modules
-    "CastEmbedding", "CastLinear", "Int8DynamicLinear", "Int8StaticLinear", "QuantLinear",
+    "CastEmbedding", "CastLinear", "Int8DynamicLinear", "Int8StaticConv2d", "Int8StaticLinear", "QuantConv2d",
+    "QuantLinear", "convert_conv", "quantize_conv_weight_only",
     # tools
     "compare_observers", "plan",
 ]

@@ -57,6 +57,9 @@ class _Int8Base(nn.Module):
             m.bias.data.copy_(lin.bias.detach().float())
         return m
 
+    def __getstate__(self) -> dict[str, Any]:  # prepacked oneDNN/fbgemm weights cannot be copied
+        return {**self.__dict__, "_packed": None}
+
     def dequantized_weight(self) -> torch.Tensor:
         return self.weight_int8.float() * self.weight_scale[:, None]
 

@@ -24,6 +24,7 @@ from torchslim.core.registry import register_handler
 from torchslim.core.select import Selector
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.formats import IntFormat
+from torchslim.quantization.int8_conv import conv_input_stats, convert_conv
 from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
 from torchslim.quantization.observers import MinMax, Observer, group_range
 from torchslim.quantization.weight_only import selected_linears
@@ -73,7 +74,9 @@ def static_range(stats: ChannelStats, smooth: torch.Tensor | None, observer: Obs
     return float(lo), float(hi)
 
 
-def _convert(lin: nn.Linear, cfg: W8A8Config, stats: ChannelStats | None) -> nn.Module:
+def _convert(lin: nn.Module, cfg: W8A8Config, stats: ChannelStats | None) -> nn.Module:
+    if isinstance(lin, nn.Conv2d):
+        return convert_conv(lin, cfg, stats)
     smooth = smooth_factors(stats.absmax, lin.weight, cfg.smooth_alpha) if cfg.smooth_alpha is not None else None
     if cfg.mode is ActMode.DYNAMIC:
         return Int8DynamicLinear.from_linear(lin, cfg, smooth)
@@ -82,9 +85,13 @@ def _convert(lin: nn.Linear, cfg: W8A8Config, stats: ChannelStats | None) -> nn.
     return m
 
 
+def _stats_for(_name: str, mod: nn.Module) -> ChannelStats:
+    return conv_input_stats(mod) if isinstance(mod, nn.Conv2d) else ChannelStats(mod.in_features)
+
+
 @register_handler(W8A8Config)
 def _w8a8(model: nn.Module, config: W8A8Config, *, calibration: Any = None, **_: Any) -> nn.Module:
-    layers = {n: (m, c) for n, m, c in selected_linears(model, config)}
+    layers = {n: (m, c) for n, m, c in selected_linears(model, config, convs=True)}
     if not config.needs_calibration:
         for name, (lin, cfg) in track(list(layers.items()), "W8A8"):
             replace_module(model, name, _convert(lin, cfg, None))
@@ -96,5 +103,5 @@ def _w8a8(model: nn.Module, config: W8A8Config, *, calibration: Any = None, **_:
             replace_module(model, name, _convert(lin, layers[name][1], stats))
 
     pick_runner(config.sequential)(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
-                                   lambda _n, mod: ChannelStats(mod.in_features), solve, "W8A8 calibration")
+                                   _stats_for, solve, "W8A8 calibration")
     return model

@@ -22,6 +22,7 @@ from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGr
 from torchslim.quantization.kernels import Kernel, choose
 from torchslim.quantization.observers import MinMax, Observer, group_range
 from torchslim.quantization.primitives import QTensor, quantize_groups, to_groups
+from torchslim.quantization.qconv import QuantConv2d, quantize_conv_weight_only
 from torchslim.quantization.qlinear import QuantLinear
 
 log = logging.getLogger("torchslim.quantization")
@@ -52,22 +53,27 @@ def quantize_weight(w: torch.Tensor, config: WeightOnlyConfig) -> QTensor:
     return quantize_groups(g, config.format, lo, hi, w.shape)
 
 
-def selected_linears(model: nn.Module, config: BaseConfig) -> list[tuple[str, nn.Linear, Any]]:
-    """``(name, linear, per-layer config)`` for every layer ``config.selector`` picks (linears only)."""
+def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = False) -> list[tuple[str, nn.Module, Any]]:
+    """``(name, layer, per-layer config)`` for every layer ``config.selector`` picks (linears, plus Conv2d if ``convs``)."""
     out = []
     for name, module, layer_cfg in config.selector.resolve(model, config):
-        if type(module) is not nn.Linear:
-            raise ConfigError(f"{type(config).__name__} applies to nn.Linear layers; '{name}' is a {type(module).__name__}")
+        if not (type(module) is nn.Linear or (convs and isinstance(module, nn.Conv2d))):
+            kinds = "nn.Linear and nn.Conv2d" if convs else "nn.Linear"
+            raise ConfigError(f"{type(config).__name__} applies to {kinds} layers; '{name}' is a {type(module).__name__}")
         out.append((name, module, layer_cfg))
     if not out:
-        raise ConfigError(f"{type(config).__name__}: the selector matched no linear layer")
+        raise ConfigError(f"{type(config).__name__}: the selector matched no {'linear or conv' if convs else 'linear'} layer")
     return out
 
 
 def plan(model: nn.Module, config: WeightOnlyConfig) -> list[dict[str, Any]]:
     """What quantizing would do, before doing it: per layer, its format and kernel (and any slowdown)."""
     rows = []
-    for name, lin, cfg in selected_linears(model, config):
+    for name, lin, cfg in selected_linears(model, config, convs=True):
+        if isinstance(lin, nn.Conv2d):
+            rows.append({"name": name, "format": cfg.format.name, "kernel": QuantConv2d.kernel, "slower_than_fp32": True,
+                         "note": "Conv2d: the weight is dequantized on every call (no fast kernel)"})
+            continue
         choice = choose(cfg.format, cfg.granularity, lin.in_features, lin.weight.device.type, cfg.kernel)
         rows.append({"name": name, "format": cfg.format.name, "kernel": choice.kernel.value,
                      "slower_than_fp32": choice.slower_than_fp32, "note": choice.reason})
@@ -84,9 +90,14 @@ def warn_slow_layers(rows: list[dict[str, Any]], when: str) -> None:
 @register_handler(WeightOnlyConfig)
 def _weight_only(model: nn.Module, config: WeightOnlyConfig, **_: Any) -> nn.Module:
     warn_slow_layers(plan(model, config), "before quantizing")
-    for name, lin, cfg in track(selected_linears(model, config), "RTN"):
+    for name, lin, cfg in track(selected_linears(model, config, convs=True), "RTN"):
+        if isinstance(lin, nn.Conv2d):
+            replace_module(model, name, quantize_conv_weight_only(lin, cfg))
+            continue
         qt = quantize_weight(lin.weight, cfg)
         replace_module(model, name, QuantLinear.from_qtensor(qt, cfg.granularity, lin.bias, cfg.kernel, cfg))
     warn_slow_layers([{"name": n, "slower_than_fp32": m.choice.slower_than_fp32, "note": m.choice.reason}
-                      for n, m in model.named_modules() if isinstance(m, QuantLinear)], "after quantizing")
+                      for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+                     + [{"name": n, "slower_than_fp32": True, "note": "Conv2d: dequantized on every call"}
+                        for n, m in model.named_modules() if isinstance(m, QuantConv2d)], "after quantizing")
     return model
