@@ -136,3 +136,29 @@ def test_refuses_to_overwrite_foreign_folder(tmp_path):
     with pytest.raises(TorchSlimError, match="refusing to overwrite"):
         torchslim.save(mlp(), tmp_path / "docs")
     assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
+
+
+def test_model_level_settings_are_saved_and_reapplied(tmp_path):
+    from dataclasses import dataclass
+
+    from torchslim.core.config import BaseConfig
+    from torchslim.core.modules import model_settings, record_setting
+    from torchslim.core.registry import register_handler
+
+    @dataclass
+    class GreetingCfg(BaseConfig):
+        family = "quantization"
+        word: str = "hi"
+
+    @register_handler(GreetingCfg)
+    def _greet(model, config, **_):
+        model.greeting = config.word
+        record_setting(model, config)
+        return model
+
+    m = mlp()
+    torchslim.quantize_(m, GreetingCfg(word="hello"))
+    torchslim.save(m, tmp_path / "s")
+    assert fmt.read_manifest(tmp_path / "s")["settings"][0]["_data"] == {"word": "hello"}
+    m2 = torchslim.load(tmp_path / "s", model=mlp())
+    assert m2.greeting == "hello" and model_settings(m2) == [GreetingCfg(word="hello")]

@@ -23,7 +23,7 @@ from torch import nn
 
 from torchslim.core.errors import ArtifactError, TorchSlimError
 from torchslim.core.io import atomic_dir
-from torchslim.core.modules import layer_infos, module_format
+from torchslim.core.modules import layer_infos, model_settings, module_format
 from torchslim.core.surgery import get_module, replace_module
 from torchslim.version import __version__
 
@@ -60,6 +60,7 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
             "weights": {"file": WEIGHTS, "bytes": (tmp / WEIGHTS).stat().st_size, "sha256": _sha256(tmp / WEIGHTS)},
             "aliases": aliases,
             "layers": layer_infos(model),
+            "settings": [c.to_dict() for c in model_settings(model)],
             "metadata": metadata or {},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
@@ -188,6 +189,19 @@ def _apply_layer_formats(model: nn.Module, layers: dict[str, dict[str, Any]]) ->
         replace_module(model, name, cls.from_layer_info(original, info))
 
 
+def _apply_settings(model: nn.Module, settings: list[dict[str, Any]], path: Path) -> None:
+    """Re-apply model-level settings (recorded configs) through their registered handlers."""
+    from torchslim.core.config import config_from_dict
+    from torchslim.core.registry import apply_
+
+    for d in settings:
+        try:
+            config = config_from_dict(d)
+        except TorchSlimError as e:
+            raise ArtifactError(f"{path}: cannot restore model setting: {e}") from None
+        apply_(model, config)
+
+
 def load(path: str | Path, model: nn.Module | None = None, *, verify: bool = True) -> nn.Module:
     """Load the artifact at ``path``. ``model`` supplies the architecture for plain ``nn.Module`` artifacts."""
     path = Path(path)
@@ -205,6 +219,7 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify: bool = Tru
     model.load_state_dict(tensors, strict=True, assign=True)
     if manifest.get("aliases") and callable(getattr(model, "tie_weights", None)):
         model.tie_weights()  # restore shared Parameter objects (tied embeddings)
+    _apply_settings(model, manifest.get("settings", []), path)
     model.eval()
     model._torchslim_source = manifest["source"]
     model._torchslim_manifest = manifest

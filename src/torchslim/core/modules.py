@@ -38,6 +38,19 @@ def module_format(name: str) -> type[nn.Module]:
     return _MODULE_FORMATS[name]
 
 
+def record_setting(model: nn.Module, config: Any) -> None:
+    """Record a model-level setting (a config applied to the whole model rather than by swapping
+    layers, e.g. a KV-cache scheme) so artifacts save it and re-apply it on load. One per config type."""
+    settings = dict(getattr(model, "_torchslim_settings", {}))
+    settings[type(config).__name__] = config
+    model._torchslim_settings = settings
+
+
+def model_settings(model: nn.Module) -> list[Any]:
+    """The model-level settings recorded on ``model``, in the order they were first applied."""
+    return list(getattr(model, "_torchslim_settings", {}).values())
+
+
 def layer_infos(model: nn.Module) -> dict[str, dict[str, Any]]:
     """``{module name: layer info}`` for every replacement module in ``model``."""
     out = {}
