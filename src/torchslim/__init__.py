@@ -24,7 +24,7 @@ from torchslim.artifact import load, save
 from torchslim.models import load_model
 
 # techniques (importing registers their handlers)
-from torchslim.quantization import CastConfig, GPTQConfig, W8A8Config, WeightOnlyConfig
+from torchslim.quantization import AWQConfig, CastConfig, GPTQConfig, KVCacheConfig, W8A8Config, WeightOnlyConfig
 
 
 def evaluate(*args, **kwargs):
@@ -39,5 +39,5 @@ __all__ = [
     "apply_", "prune_", "quantize_",
     "BaseConfig", "Selector", "ArtifactError", "ConfigError", "TorchSlimError",
     "evaluate", "load", "load_model", "save",
-    "CastConfig", "GPTQConfig", "W8A8Config", "WeightOnlyConfig",
+    "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig",
 ]

@@ -46,6 +46,13 @@ def record_setting(model: nn.Module, config: Any) -> None:
     model._torchslim_settings = settings
 
 
+def drop_setting(model: nn.Module, config_type: type) -> None:
+    """Forget the recorded model-level setting of ``config_type`` (when a technique is removed)."""
+    settings = dict(getattr(model, "_torchslim_settings", {}))
+    settings.pop(config_type.__name__, None)
+    model._torchslim_settings = settings
+
+
 def model_settings(model: nn.Module) -> list[Any]:
     """The model-level settings recorded on ``model``, in the order they were first applied."""
     return list(getattr(model, "_torchslim_settings", {}).values())

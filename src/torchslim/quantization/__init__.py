@@ -8,6 +8,8 @@ from torchslim.quantization.int8_conv import Int8StaticConv2d, convert_conv
 from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
 from torchslim.quantization.qconv import QuantConv2d, quantize_conv_weight_only
 from torchslim.quantization.kernels import Kernel
+from torchslim.quantization.kv_cache import (KVCacheConfig, QuantizedKVCache, apply_kv_cache, cache_nbytes,
+                                             kv_cache_config, remove_kv_cache)
 from torchslim.quantization.observers import KL, MSE, MinMax, Percentile, compare_observers
 from torchslim.quantization.qlinear import QuantLinear
 from torchslim.quantization.w8a8 import ActMode, W8A8Config
@@ -15,7 +17,7 @@ from torchslim.quantization.weight_only import WeightOnlyConfig, plan
 
 __all__ = [
     # configs
-    "AWQConfig", "CastConfig", "GPTQConfig", "W8A8Config", "WeightOnlyConfig", "ActMode",
+    "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig", "ActMode",
     # formats, granularities, observers, kernels
     "IntFormat", "NF4", "Binary", "Ternary", "Codebook", "PerTensor", "PerChannel", "PerGroup",
     "MinMax", "Percentile", "MSE", "KL", "Kernel",
@@ -23,5 +25,6 @@ __all__ = [
     "CastEmbedding", "CastLinear", "Int8DynamicLinear", "Int8StaticConv2d", "Int8StaticLinear", "QuantConv2d",
     "QuantLinear", "convert_conv", "quantize_conv_weight_only",
     # tools
-    "compare_observers", "plan",
+    "compare_observers", "plan", "QuantizedKVCache", "apply_kv_cache", "cache_nbytes", "kv_cache_config",
+    "remove_kv_cache",
 ]
