@@ -101,3 +101,20 @@ def test_block_inputs_are_replayable_without_kv_cache():
     with torch.no_grad():
         first, again = block(*args, **kwargs), block(*args, **kwargs)
     assert torch.equal(first, again)
+
+
+def test_layers_overridden_with_weight_only_config_use_rtn():
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2)).eval()
+    head = WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel())
+    weight = WeightOnlyConfig(format=IntFormat(4, False), granularity=PerGroup(32),
+                              selector=torchslim.Selector(overrides={"lm_head": head}))
+    expected_head = QuantLinear.from_qtensor(
+        __import__("torchslim.quantization.weight_only", fromlist=["x"]).quantize_weight(m.lm_head.weight, head),
+        head.granularity, None)
+    calib = [{"input_ids": torch.randint(0, 64, (1, 16))} for _ in range(4)]
+    torchslim.quantize_(m, GPTQConfig(weight=weight, calibration_dtype=torch.bfloat16), calibration=calib)
+    assert torch.equal(m.lm_head.packed, expected_head.packed)  # RTN, exactly
+    assert m.lm_head.torchslim_layer_info()["technique"] == "rtn"
+    assert m.model.layers[0].mlp.down_proj.torchslim_layer_info()["technique"] == "gptq"

@@ -190,11 +190,21 @@ def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: lis
     run_basic(model, rest, batches, forward, factory, solve, desc + " (outside blocks)")
 
 
-def pick_runner(sequential: bool, propagate_solved: bool = True) -> Callable[..., None]:
-    """The runner for a method: block-by-block (``sequential``) or whole-model forwards."""
-    if not sequential:
-        return run_basic
-    return lambda *a, **k: run_sequential(*a, propagate_solved=propagate_solved, **k)
+def pick_runner(sequential: bool, propagate_solved: bool = True,
+                autocast_dtype: torch.dtype | None = None) -> Callable[..., None]:
+    """The runner for a method: block-by-block (``sequential``) or whole-model forwards, optionally
+    with the forwards under ``torch.autocast`` (e.g. bf16: faster, statistics from bf16 activations)."""
+    runner = run_basic if not sequential else (
+        lambda *a, **k: run_sequential(*a, propagate_solved=propagate_solved, **k))
+    if autocast_dtype is None:
+        return runner
+
+    def autocast_runner(model: nn.Module, *a: Any, **k: Any) -> None:
+        device = next(model.parameters()).device.type
+        with torch.autocast(device, dtype=autocast_dtype):
+            runner(model, *a, **k)
+
+    return autocast_runner
 
 
 def iter_named(targets: Iterable[tuple[str, nn.Module, Any]]) -> dict[str, nn.Module]:

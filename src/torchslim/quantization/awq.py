@@ -36,6 +36,7 @@ class AWQConfig(BaseConfig):
     n_samples: int = 128
     sequential: bool = True
     propagate_quantized: bool = True
+    calibration_dtype: torch.dtype | None = None   # e.g. torch.bfloat16: autocast calibration forwards
 
     def validate(self) -> None:
         if self.grid < 2 or self.n_samples < 1:
@@ -65,19 +66,26 @@ def awq_search(w: torch.Tensor, x: torch.Tensor, absmean: torch.Tensor, wcfg: We
 
 @register_handler(AWQConfig)
 def _awq(model: nn.Module, config: AWQConfig, *, calibration: Any = None, **_: Any) -> nn.Module:
-    layers = {n: (m, c) for n, m, c in selected_linears(model, config.weight)}
+    layers = {n: (m, c) for n, m, c in selected_linears(model, config)}  # default per-layer value: config
     warn_slow_layers(plan(model, config.weight), "before AWQ")
+    for name, (lin, cfg) in list(layers.items()):  # plain WeightOnlyConfig overrides: round-to-nearest
+        if isinstance(cfg, WeightOnlyConfig):
+            replace_module(model, name, QuantLinear.from_qtensor(quantize_weight(lin.weight, cfg), cfg.granularity,
+                                                                 lin.bias, cfg.kernel, cfg))
+            del layers[name]
+    if not layers:
+        return model
     batches, forward = calibration_batches(calibration, config.n_samples)
 
     def solve(measured: dict) -> None:
         for name, (lin, stats) in measured.items():
-            wcfg = layers[name][1]
-            wcfg = wcfg.weight if isinstance(wcfg, AWQConfig) else wcfg
-            s, _ = awq_search(lin.weight, stats.sample(), stats.absmean, wcfg, config.grid)
+            acfg = layers[name][1]
+            wcfg = acfg.weight
+            s, _ = awq_search(lin.weight, stats.sample(), stats.absmean, wcfg, acfg.grid)
             qt = quantize_weight(lin.weight.detach().float() * s, wcfg)
-            replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, config,
+            replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, acfg,
                                                                  input_scale=1.0 / s))
 
-    pick_runner(config.sequential, config.propagate_quantized)(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
+    pick_runner(config.sequential, config.propagate_quantized, config.calibration_dtype)(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
                                    lambda _n, mod: ChannelStats(mod.in_features), solve, "AWQ")
     return model

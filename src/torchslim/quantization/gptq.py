@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from torchslim.calibration.pipeline import calibration_batches, pick_runner
@@ -13,7 +14,8 @@ from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.gptq_math import HessianAccumulator, gptq_quantize
 from torchslim.quantization.qlinear import QuantLinear
-from torchslim.quantization.weight_only import WeightOnlyConfig, plan, selected_linears, warn_slow_layers
+from torchslim.quantization.weight_only import (WeightOnlyConfig, plan, quantize_weight, selected_linears,
+                                                warn_slow_layers)
 
 
 @dataclass
@@ -29,6 +31,7 @@ class GPTQConfig(BaseConfig):
     n_samples: int = 128
     sequential: bool = True
     propagate_quantized: bool = True   # next block sees quantized outputs (2 passes per block)
+    calibration_dtype: torch.dtype | None = None   # e.g. torch.bfloat16: autocast calibration forwards
 
     def validate(self) -> None:
         if not 0 < self.damp < 1:
@@ -43,19 +46,28 @@ class GPTQConfig(BaseConfig):
 
 @register_handler(GPTQConfig)
 def _gptq(model: nn.Module, config: GPTQConfig, *, calibration: Any = None, **_: Any) -> nn.Module:
-    layers = {n: (m, c) for n, m, c in selected_linears(model, config.weight)}
+    """GPTQ for layers whose (per-layer) config is a GPTQConfig; layers overridden with a plain
+    WeightOnlyConfig are quantized by round-to-nearest, as that config says."""
+    layers = {n: (m, c) for n, m, c in selected_linears(model, config)}  # default per-layer value: config
     warn_slow_layers(plan(model, config.weight), "before GPTQ")
+    for name, (lin, cfg) in list(layers.items()):
+        if isinstance(cfg, WeightOnlyConfig):
+            qt = quantize_weight(lin.weight, cfg)
+            replace_module(model, name, QuantLinear.from_qtensor(qt, cfg.granularity, lin.bias, cfg.kernel, cfg))
+            del layers[name]
+    if not layers:
+        return model
     batches, forward = calibration_batches(calibration, config.n_samples)
 
     def solve(measured: dict) -> None:
         for name, (lin, acc) in measured.items():
-            wcfg = layers[name][1]
-            wcfg = wcfg.weight if isinstance(wcfg, GPTQConfig) else wcfg
+            gcfg = layers[name][1]
+            wcfg = gcfg.weight if isinstance(gcfg, GPTQConfig) else config.weight
             qt = gptq_quantize(lin.weight, acc.H, wcfg.format, wcfg.granularity, wcfg.observer,
-                               config.block_size, config.damp, config.act_order)
-            replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, config))
+                               gcfg.block_size, gcfg.damp, gcfg.act_order)
+            replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, gcfg))
 
-    runner = pick_runner(config.sequential, config.propagate_quantized)
+    runner = pick_runner(config.sequential, config.propagate_quantized, config.calibration_dtype)
     runner(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
            lambda _n, mod: HessianAccumulator(mod.in_features), solve, "GPTQ")
     return model
