@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import torch
 from torch import nn
 
 from torchslim.core.errors import TorchSlimError
@@ -43,3 +44,12 @@ def walk(model: nn.Module, types: tuple[type, ...] | type | None = None) -> Iter
 
 def module_names(model: nn.Module, types: tuple[type, ...] | type | None = None) -> list[str]:
     return [n for n, _ in walk(model, types)]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (or buffer); CPU for a model without tensors."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from torchslim.core.surgery import model_device
 from torchslim.core.errors import ConfigError
 from torchslim.eval.report import DecodeResult, LatencyStats, ShapeSpeed
 from torchslim.tasks.base import Batch, Task
@@ -86,13 +87,6 @@ def measure_interleaved(fns: Mapping[str, Callable[[], Any]], warmup: int = 3, i
     return {name: latency_stats(t) for name, t in times.items()}
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for a tensorless model)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def to_device(value: Any, device: torch.device) -> Any:

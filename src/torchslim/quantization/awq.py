@@ -22,7 +22,8 @@ from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.qlinear import QuantLinear
-from torchslim.quantization.weight_only import WeightOnlyConfig, plan, quantize_weight, selected_linears, warn_slow_layers
+from torchslim.quantization.weight_only import (WeightOnlyConfig, plan, quantize_weight, rtn_overrides_,
+                                                selected_linears, warn_slow_layers)
 
 
 @dataclass
@@ -68,11 +69,7 @@ def awq_search(w: torch.Tensor, x: torch.Tensor, absmean: torch.Tensor, wcfg: We
 def _awq(model: nn.Module, config: AWQConfig, *, calibration: Any = None, **_: Any) -> nn.Module:
     layers = {n: (m, c) for n, m, c in selected_linears(model, config)}  # default per-layer value: config
     warn_slow_layers(plan(model, config.weight), "before AWQ")
-    for name, (lin, cfg) in list(layers.items()):  # plain WeightOnlyConfig overrides: round-to-nearest
-        if isinstance(cfg, WeightOnlyConfig):
-            replace_module(model, name, QuantLinear.from_qtensor(quantize_weight(lin.weight, cfg), cfg.granularity,
-                                                                 lin.bias, cfg.kernel, cfg))
-            del layers[name]
+    layers = rtn_overrides_(model, layers)
     if not layers:
         return model
     batches, forward = calibration_batches(calibration, config.n_samples)

@@ -14,7 +14,7 @@ from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.gptq_math import HessianAccumulator, gptq_quantize
 from torchslim.quantization.qlinear import QuantLinear
-from torchslim.quantization.weight_only import (WeightOnlyConfig, plan, quantize_weight, selected_linears,
+from torchslim.quantization.weight_only import (WeightOnlyConfig, plan, rtn_overrides_, selected_linears,
                                                 warn_slow_layers)
 
 
@@ -50,11 +50,7 @@ def _gptq(model: nn.Module, config: GPTQConfig, *, calibration: Any = None, **_:
     WeightOnlyConfig are quantized by round-to-nearest, as that config says."""
     layers = {n: (m, c) for n, m, c in selected_linears(model, config)}  # default per-layer value: config
     warn_slow_layers(plan(model, config.weight), "before GPTQ")
-    for name, (lin, cfg) in list(layers.items()):
-        if isinstance(cfg, WeightOnlyConfig):
-            qt = quantize_weight(lin.weight, cfg)
-            replace_module(model, name, QuantLinear.from_qtensor(qt, cfg.granularity, lin.bias, cfg.kernel, cfg))
-            del layers[name]
+    layers = rtn_overrides_(model, layers)
     if not layers:
         return model
     batches, forward = calibration_batches(calibration, config.n_samples)

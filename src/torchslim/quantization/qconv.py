@@ -21,8 +21,9 @@ from torchslim.core.errors import ConfigError
 from torchslim.core.modules import register_module_format
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
 from torchslim.quantization.observers import group_range
-from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
+from torchslim.quantization.packing import from_unsigned, unpack_bits
 from torchslim.quantization.primitives import padded_cols, quantize_groups, to_groups
+from torchslim.quantization.qlinear import _signed, fill_packed
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,6 @@ class ConvGeometry:
 
     def conv_args(self) -> tuple[list[int], list[int], list[int], int]:
         return list(self.stride), list(self.padding), list(self.dilation), self.groups
-
-
-def _signed(fmt: Format) -> bool:
-    return isinstance(fmt, IntFormat) and fmt.symmetric
 
 
 @register_module_format
@@ -147,13 +144,7 @@ def quantize_conv_weight_only(conv: nn.Conv2d, config: Any) -> QuantConv2d:
     lo, hi = group_range(g, config.observer, config.format)
     qt = quantize_groups(g, config.format, lo, hi, w.shape)
     m = QuantConv2d(geometry, conv.bias is not None, config.format, config.granularity, config)
-    bits = config.format.storage_bits
-    m.packed.copy_(pack_bits(to_unsigned(qt.codes.reshape(-1), bits, _signed(config.format)), bits))
-    m.scale.copy_(qt.scale.reshape(m.scale.shape))
-    if m.offset is not None:
-        m.offset.copy_(qt.offset.reshape(m.offset.shape))
-    if m.levels is not None:
-        m.levels.copy_(qt.levels)
+    fill_packed(m, qt)
     if conv.bias is not None:
         m.bias.data.copy_(conv.bias.detach().float())
     return m.to(conv.weight.device)

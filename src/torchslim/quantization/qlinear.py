@@ -21,8 +21,19 @@ from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned
 from torchslim.quantization.primitives import QTensor, padded_cols
 
 
-def _signed(fmt: Format) -> bool:
+def _signed(fmt: Format) -> bool:  # noqa: used by qconv too
     return isinstance(fmt, IntFormat) and fmt.symmetric
+
+
+def fill_packed(m: nn.Module, qt: QTensor) -> None:
+    """Copy a QTensor's codes (bit-packed), scales, offsets and levels into a packed module's buffers."""
+    bits = qt.fmt.storage_bits
+    m.packed.copy_(pack_bits(to_unsigned(qt.codes.reshape(-1), bits, _signed(qt.fmt)), bits))
+    m.scale.copy_(qt.scale.reshape(m.scale.shape))
+    if m.offset is not None:
+        m.offset.copy_(qt.offset.reshape(m.offset.shape))
+    if m.levels is not None:
+        m.levels.copy_(qt.levels)
 
 
 @register_module_format
@@ -68,13 +79,7 @@ class QuantLinear(nn.Module):
         m = cls(in_f, out_f, bias is not None, qt.fmt, gran, qt.scale.shape[1], kernel, config, input_scale is not None)
         if input_scale is not None:
             m.input_scale.copy_(input_scale)
-        bits = qt.fmt.storage_bits
-        m.packed.copy_(pack_bits(to_unsigned(qt.codes.reshape(-1), bits, _signed(qt.fmt)), bits))
-        m.scale.copy_(qt.scale.reshape(m.scale.shape))
-        if m.offset is not None:
-            m.offset.copy_(qt.offset.reshape(m.offset.shape))
-        if m.levels is not None:
-            m.levels.copy_(qt.levels)
+        fill_packed(m, qt)
         if bias is not None:
             m.bias.data.copy_(bias.detach().float())
         return m

@@ -101,3 +101,16 @@ def _weight_only(model: nn.Module, config: WeightOnlyConfig, **_: Any) -> nn.Mod
                      + [{"name": n, "slower_than_fp32": True, "note": "Conv2d: dequantized on every call"}
                         for n, m in model.named_modules() if isinstance(m, QuantConv2d)], "after quantizing")
     return model
+
+
+def rtn_overrides_(model: nn.Module, layers: dict[str, tuple[nn.Linear, Any]]) -> dict[str, tuple[nn.Linear, Any]]:
+    """Round-to-nearest the layers whose per-layer config is a plain WeightOnlyConfig (an override inside a
+    calibrated method such as GPTQ or AWQ); return the layers left for the method itself."""
+    left = {}
+    for name, (lin, cfg) in layers.items():
+        if isinstance(cfg, WeightOnlyConfig):
+            replace_module(model, name, QuantLinear.from_qtensor(quantize_weight(lin.weight, cfg), cfg.granularity,
+                                                                 lin.bias, cfg.kernel, cfg))
+        else:
+            left[name] = (lin, cfg)
+    return left

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.core.surgery import model_device
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.data import text as text_data
 from torchslim.tasks.base import Batch, DecodeStats, Task
@@ -34,13 +35,6 @@ DECODE_PROMPT = "The capital of France is"
 CALIBRATION_SEED = 0
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (or buffer); CPU for a model without tensors."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 @contextlib.contextmanager
