@@ -39,6 +39,8 @@ bench-quant: install-bench
 	$(BIN)/python benchmarks/quantization/smollm2.py
 	$(BIN)/python benchmarks/quantization/minilm.py
 	$(BIN)/python benchmarks/quantization/digits.py
+	$(BIN)/python benchmarks/quantization/kv_cache.py
+	$(BIN)/python benchmarks/quantization/targets.py
 
 bench: bench-quant
 
