@@ -23,7 +23,7 @@ from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGr
 from torchslim.quantization.observers import group_range
 from torchslim.quantization.packing import from_unsigned, unpack_bits
 from torchslim.quantization.primitives import padded_cols, quantize_groups, to_groups
-from torchslim.quantization.qlinear import _signed, fill_packed
+from torchslim.quantization.qlinear import fill_packed, signed_codes
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class QuantConv2d(nn.Module):
         """Unpacked codes ``[out, padded cols]`` (int8 for symmetric ints, uint8 otherwise)."""
         bits = self.fmt.storage_bits
         u = unpack_bits(self.packed, bits, self.geometry.out_channels * self.padded)
-        return from_unsigned(u, bits, _signed(self.fmt)).reshape(self.geometry.out_channels, self.padded)
+        return from_unsigned(u, bits, signed_codes(self.fmt)).reshape(self.geometry.out_channels, self.padded)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense weight this layer computes with, ``[out, in/groups, kh, kw]``."""

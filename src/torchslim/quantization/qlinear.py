@@ -21,14 +21,15 @@ from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned
 from torchslim.quantization.primitives import QTensor, padded_cols
 
 
-def _signed(fmt: Format) -> bool:  # noqa: used by qconv too
+def signed_codes(fmt: Format) -> bool:
+    """Whether codes of ``fmt`` are stored signed (symmetric integers)."""
     return isinstance(fmt, IntFormat) and fmt.symmetric
 
 
 def fill_packed(m: nn.Module, qt: QTensor) -> None:
     """Copy a QTensor's codes (bit-packed), scales, offsets and levels into a packed module's buffers."""
     bits = qt.fmt.storage_bits
-    m.packed.copy_(pack_bits(to_unsigned(qt.codes.reshape(-1), bits, _signed(qt.fmt)), bits))
+    m.packed.copy_(pack_bits(to_unsigned(qt.codes.reshape(-1), bits, signed_codes(qt.fmt)), bits))
     m.scale.copy_(qt.scale.reshape(m.scale.shape))
     if m.offset is not None:
         m.offset.copy_(qt.offset.reshape(m.offset.shape))
@@ -88,7 +89,7 @@ class QuantLinear(nn.Module):
         """Unpacked codes ``[out, padded in]`` (int8 for symmetric ints, uint8 otherwise)."""
         bits = self.fmt.storage_bits
         u = unpack_bits(self.packed, bits, self.padded_in * self.out_features)
-        return from_unsigned(u, bits, _signed(self.fmt)).reshape(self.out_features, self.padded_in)
+        return from_unsigned(u, bits, signed_codes(self.fmt)).reshape(self.out_features, self.padded_in)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense weight this layer computes with, ``[out, in]``."""
