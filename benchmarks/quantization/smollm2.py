@@ -53,12 +53,15 @@ def variants(quick: bool) -> dict[str, tuple[object | None, str]]:
         "W8A8 static + SmoothQuant": (W8A8Config(mode=ActMode.STATIC, smooth_alpha=0.8, n_samples=n, selector=no_head),
                                       "calibrated per-tensor activations, alpha 0.8; lm_head fp32"),
         "int4 g128 RTN": ([wo(4, 128), EMB_BF16], "asymmetric; lm_head int8, embedding bf16"),
-        "int4 g128 GPTQ": ([GPTQConfig(weight=wo(4, 128), n_samples=n), EMB_BF16], "act-order; lm_head int8 (RTN), embedding bf16"),
+        "int4 g128 GPTQ": ([GPTQConfig(weight=wo(4, 128), n_samples=n, propagate_quantized=True), EMB_BF16],
+                           "act-order, 2 passes per block; lm_head int8 (RTN), embedding bf16"),
         "int4 g128 GPTQ single-pass": ([GPTQConfig(weight=wo(4, 128), n_samples=n, propagate_quantized=False), EMB_BF16],
                                        "next block sees fp32 outputs: half the forwards"),
         "int4 g128 AWQ": ([AWQConfig(weight=wo(4, 128), n_samples=n), EMB_BF16], "lm_head int8, embedding bf16"),
-        "int3 g128 GPTQ": ([GPTQConfig(weight=wo(3, 128), n_samples=n), EMB_BF16], "lm_head int8, embedding bf16"),
-        "int2 g64 GPTQ": ([GPTQConfig(weight=wo(2, 64), n_samples=n), EMB_BF16], "lm_head int8, embedding bf16"),
+        "int3 g128 GPTQ": ([GPTQConfig(weight=wo(3, 128), n_samples=n, propagate_quantized=True), EMB_BF16],
+                           "2 passes per block; lm_head int8, embedding bf16"),
+        "int2 g64 GPTQ": ([GPTQConfig(weight=wo(2, 64), n_samples=n, propagate_quantized=True), EMB_BF16],
+                          "2 passes per block; lm_head int8, embedding bf16"),
         "NF4 g64": ([wo(4, 64, fmt=NF4()), EMB_BF16], "RTN; lm_head int8, embedding bf16"),
     }
 

@@ -30,7 +30,9 @@ class GPTQConfig(BaseConfig):
     damp: float = 0.01
     n_samples: int = 128
     sequential: bool = True
-    propagate_quantized: bool = True   # next block sees quantized outputs (2 passes per block)
+    # True: each block is re-run after quantizing so the next block sees quantized outputs (2 passes per block).
+    # Default False (1 pass): on SmolLM2-135M int4 g128 it measured 27.21 ppl in 175 s vs 27.30 in 310 s.
+    propagate_quantized: bool = False
     calibration_dtype: torch.dtype | None = None   # e.g. torch.bfloat16: autocast calibration forwards
 
     def validate(self) -> None:
