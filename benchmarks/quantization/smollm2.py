@@ -150,7 +150,7 @@ def main() -> None:
     for r in rows:
         v = r.values
         if "perplexity" in v:
-            v["ppl vs fp32"] = f"{100 * (v['perplexity'] / base_row['perplexity'] - 1):+.1f}%"
+            v["ppl vs fp32"] = f"{100 * (v['perplexity'] / base_row['perplexity'] - 1):+.2f}%"
         if "artifact MB" in v:
             v["size ratio"] = round(v["artifact MB"] / base_row["artifact MB"], 3)
         if r.name in dec:
