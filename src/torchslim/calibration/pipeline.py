@@ -13,7 +13,7 @@ runner decides how to feed the data:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -206,6 +206,3 @@ def pick_runner(sequential: bool, propagate_solved: bool = True,
 
     return autocast_runner
 
-
-def iter_named(targets: Iterable[tuple[str, nn.Module, Any]]) -> dict[str, nn.Module]:
-    return {n: m for n, m, _ in targets}

@@ -15,15 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.calibration.pipeline import calibration_batches, pick_runner
+from torchslim.calibration.pipeline import pick_runner
 from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig
 from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.qlinear import QuantLinear
-from torchslim.quantization.weight_only import (WeightOnlyConfig, plan, quantize_weight, rtn_overrides_,
-                                                selected_linears, warn_slow_layers)
+from torchslim.quantization.weight_only import WeightOnlyConfig, calibrated_layers, quantize_weight
 
 
 @dataclass
@@ -67,12 +66,10 @@ def awq_search(w: torch.Tensor, x: torch.Tensor, absmean: torch.Tensor, wcfg: We
 
 @register_handler(AWQConfig)
 def _awq(model: nn.Module, config: AWQConfig, *, calibration: Any = None, **_: Any) -> nn.Module:
-    layers = {n: (m, c) for n, m, c in selected_linears(model, config)}  # default per-layer value: config
-    warn_slow_layers(plan(model, config.weight), "before AWQ")
-    layers = rtn_overrides_(model, layers)
-    if not layers:
+    prepared = calibrated_layers(model, config, calibration, "AWQ")
+    if prepared is None:
         return model
-    batches, forward = calibration_batches(calibration, config.n_samples)
+    layers, batches, forward = prepared
 
     def solve(measured: dict) -> None:
         for name, (lin, stats) in measured.items():

@@ -7,15 +7,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.calibration.pipeline import calibration_batches, pick_runner
+from torchslim.calibration.pipeline import pick_runner
 from torchslim.core.config import BaseConfig
 from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.gptq_math import HessianAccumulator, gptq_quantize
 from torchslim.quantization.qlinear import QuantLinear
-from torchslim.quantization.weight_only import (WeightOnlyConfig, plan, rtn_overrides_, selected_linears,
-                                                warn_slow_layers)
+from torchslim.quantization.weight_only import WeightOnlyConfig, calibrated_layers
 
 
 @dataclass
@@ -50,17 +49,15 @@ class GPTQConfig(BaseConfig):
 def _gptq(model: nn.Module, config: GPTQConfig, *, calibration: Any = None, **_: Any) -> nn.Module:
     """GPTQ for layers whose (per-layer) config is a GPTQConfig; layers overridden with a plain
     WeightOnlyConfig are quantized by round-to-nearest, as that config says."""
-    layers = {n: (m, c) for n, m, c in selected_linears(model, config)}  # default per-layer value: config
-    warn_slow_layers(plan(model, config.weight), "before GPTQ")
-    layers = rtn_overrides_(model, layers)
-    if not layers:
+    prepared = calibrated_layers(model, config, calibration, "GPTQ")
+    if prepared is None:
         return model
-    batches, forward = calibration_batches(calibration, config.n_samples)
+    layers, batches, forward = prepared
 
     def solve(measured: dict) -> None:
         for name, (lin, acc) in measured.items():
             gcfg = layers[name][1]
-            wcfg = gcfg.weight if isinstance(gcfg, GPTQConfig) else config.weight
+            wcfg = gcfg.weight
             qt = gptq_quantize(lin.weight, acc.H, wcfg.format, wcfg.granularity, wcfg.observer,
                                gcfg.block_size, gcfg.damp, gcfg.act_order)
             replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, gcfg))

@@ -114,3 +114,18 @@ def rtn_overrides_(model: nn.Module, layers: dict[str, tuple[nn.Linear, Any]]) -
         else:
             left[name] = (lin, cfg)
     return left
+
+
+def calibrated_layers(model: nn.Module, config: Any, calibration: Any, label: str) -> tuple[dict, list, Any] | None:
+    """Common start of a calibrated method (GPTQ, AWQ): select its layers (per-layer value: ``config``),
+    warn about slow kernels, round-to-nearest plain WeightOnlyConfig overrides, and fetch calibration
+    batches. Returns ``(layers, batches, forward)``, or ``None`` when no layer is left for the method."""
+    from torchslim.calibration.pipeline import calibration_batches
+
+    layers = {n: (m, c) for n, m, c in selected_linears(model, config)}
+    warn_slow_layers(plan(model, config.weight), f"before {label}")
+    layers = rtn_overrides_(model, layers)
+    if not layers:
+        return None
+    batches, forward = calibration_batches(calibration, config.n_samples)
+    return layers, batches, forward

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -75,11 +75,3 @@ class Task(ABC):
         """Run the model on inputs from :meth:`example_inputs` (override if the call is not ``model(**inputs)``)."""
         return model(**inputs)
 
-
-def first_n(batches: Iterable[Batch], n: int) -> list[Batch]:
-    out = []
-    for b in batches:
-        if len(out) >= n:
-            break
-        out.append(b)
-    return out
