@@ -24,6 +24,7 @@ from torch import nn
 from torchslim.core.errors import ArtifactError, TorchSlimError
 from torchslim.core.io import atomic_dir
 from torchslim.core.modules import layer_infos, model_settings, module_format
+from torchslim.core.resize import apply_resize_spec, resize_spec
 from torchslim.core.surgery import get_module, replace_module
 from torchslim.version import __version__
 
@@ -59,6 +60,7 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
             "architecture": arch,
             "weights": {"file": WEIGHTS, "bytes": (tmp / WEIGHTS).stat().st_size, "sha256": _sha256(tmp / WEIGHTS)},
             "aliases": aliases,
+            "resized": resize_spec(model),
             "layers": layer_infos(model),
             "settings": [c.to_dict() for c in model_settings(model)],
             "metadata": metadata or {},
@@ -208,6 +210,7 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify: bool = Tru
     manifest = read_manifest(path)
     tensors = _read_weights(path, manifest, verify)
     model = model if model is not None else _build_skeleton(path, manifest)
+    apply_resize_spec(model, manifest.get("resized", {}))
     _apply_layer_formats(model, manifest["layers"])
     for alias, canonical in manifest.get("aliases", {}).items():
         tensors[alias] = tensors[canonical]
