@@ -25,6 +25,7 @@ from torchslim.models import load_model
 
 # techniques (importing registers their handlers)
 from torchslim.quantization import AWQConfig, CastConfig, GPTQConfig, KVCacheConfig, W8A8Config, WeightOnlyConfig
+from torchslim.pruning import StructuredConfig, UnstructuredConfig
 
 
 def evaluate(*args, **kwargs):
@@ -40,4 +41,5 @@ __all__ = [
     "BaseConfig", "Selector", "ArtifactError", "ConfigError", "TorchSlimError",
     "evaluate", "load", "load_model", "save",
     "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig",
+    "StructuredConfig", "UnstructuredConfig",
 ]

@@ -79,7 +79,8 @@ def _check_target(path: Path) -> None:
 def _architecture(model: nn.Module) -> dict[str, Any]:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string") and type(model).__module__.startswith("transformers"):
-        return {"kind": "transformers", "class": type(model).__name__}
+        # top-level submodules present: a model built without some (BertModel(add_pooling_layer=False)) reloads so
+        return {"kind": "transformers", "class": type(model).__name__, "children": [n for n, _ in model.named_children()]}
     return {"kind": "source", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
 
@@ -167,7 +168,11 @@ def _build_skeleton(path: Path, manifest: dict[str, Any]) -> nn.Module:
         if cls is None:
             raise ArtifactError(f"{path}: transformers has no model class {arch.get('class')!r}")
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-        return cls(config)
+        model = cls(config)
+        if "children" in arch:
+            for name in [n for n, _ in model.named_children() if n not in arch["children"]]:
+                setattr(model, name, None)
+        return model
     source = manifest["source"]
     if source.get("kind") == "zoo":
         from torchslim.zoo import get_entry

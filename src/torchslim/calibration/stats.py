@@ -41,3 +41,38 @@ class ChannelStats:
 
     def sample(self) -> torch.Tensor:
         return torch.cat(self.rows)
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n * sum(x x^T)`` over the rows of a layer's inputs."""
+
+    def __init__(self, in_features: int):
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.n = 0
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        if m == 0:
+            return
+        self.H.mul_(self.n / (self.n + m))
+        self.n += m
+        x = x * (2.0 / self.n) ** 0.5
+        self.H.addmm_(x.T, x)
+
+
+class InputNormStats:
+    """Per-input-channel sum of squares of a layer's inputs: ``norm`` is ``||x_j||_2`` over all rows (Wanda)."""
+
+    def __init__(self, in_features: int):
+        self.sumsq = torch.zeros(in_features, dtype=torch.float64)
+        self.count = 0
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        self.sumsq += x.pow(2).sum(0, dtype=torch.float64)
+        self.count += x.shape[0]
+
+    @property
+    def norm(self) -> torch.Tensor:
+        return self.sumsq.sqrt().float()

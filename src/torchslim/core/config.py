@@ -39,7 +39,16 @@ class BaseConfig:
         _CONFIG_TYPES[cls.__name__] = cls
 
     def __post_init__(self) -> None:
+        self._coerce_enums()
         self.validate()
+
+    def _coerce_enums(self) -> None:
+        """Accept an enum field's value as its string (``importance="wanda"``), as the edges do."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            hint, value = hints.get(f.name), getattr(self, f.name)
+            if isinstance(value, str) and isinstance(hint, type) and issubclass(hint, enum.Enum):
+                setattr(self, f.name, _decode_scalar(value, hint, f"{type(self).__name__}.{f.name}"))
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on an invalid value. Override in subclasses."""

@@ -10,28 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from torchslim.calibration.stats import HessianAccumulator  # noqa: F401 - re-exported
 from torchslim.core.errors import ConfigError
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerChannel, PerGroup, PerTensor
 from torchslim.quantization.observers import Observer, group_range
 from torchslim.quantization.primitives import QTensor, padded_cols
-
-
-class HessianAccumulator:
-    """Running ``H = 2/n * sum(x x^T)`` over the rows of a layer's inputs."""
-
-    def __init__(self, in_features: int):
-        self.H = torch.zeros(in_features, in_features, dtype=torch.float32)
-        self.n = 0
-
-    def add_batch(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        m = x.shape[0]
-        if m == 0:
-            return
-        self.H.mul_(self.n / (self.n + m))
-        self.n += m
-        x = x * (2.0 / self.n) ** 0.5
-        self.H.addmm_(x.T, x)
 
 
 def _params(cols: torch.Tensor, fmt: IntFormat, obs: Observer) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,0 +1,111 @@
+"""``prune_`` handler of :class:`StructuredConfig`: dispatch to the dependency graph (conv nets,
+``channels``) or to the architecture tables (transformer heads, neurons, blocks), then record
+the new sizes in the Hugging Face config so the model reloads at its new shape."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.calibration.pipeline import calibration_batches, run_basic
+from torchslim.calibration.stats import InputNormStats
+from torchslim.core.archs import arch_of, find_blocks
+from torchslim.core.errors import ConfigError
+from torchslim.core.registry import register_handler
+from torchslim.pruning.config import StructuredConfig, Target
+from torchslim.pruning.importance import Importance
+
+log = logging.getLogger("torchslim.pruning")
+
+
+def gradients(model: nn.Module, calibration: Any, n_samples: int) -> dict[str, torch.Tensor]:
+    """Task-loss gradients summed over calibration batches (Taylor importance)."""
+    from torchslim.pruning.channels import accumulate_grads
+
+    if calibration is None or not hasattr(calibration, "loss"):
+        raise ConfigError("Taylor importance needs a task with a loss: pass calibration=<task>")
+    batches, _ = calibration_batches(calibration, n_samples)
+    return accumulate_grads(model, calibration, batches)
+
+
+def input_norms(model: nn.Module, names: list[str], calibration: Any, n_samples: int) -> dict[str, torch.Tensor]:
+    """``||x_j||`` of the inputs of layers ``names`` (Wanda-style structured importance)."""
+    batches, forward = calibration_batches(calibration, n_samples)
+    norms: dict[str, torch.Tensor] = {}
+    run_basic(model, {n: model.get_submodule(n) for n in names}, batches, forward,
+              lambda _n, m: InputNormStats(m.in_features),
+              lambda measured: norms.update({n: s.norm for n, (_, s) in measured.items()}), "activation norms")
+    return norms
+
+
+def record_layer_sizes(model: nn.Module, infos: list) -> None:
+    """Write the per-layer sizes into the HF config; uniform sizes also go to the standard fields
+    (then ``from_pretrained`` rebuilds the pruned shapes by itself where the architecture allows)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return
+    sizes = [{"num_attention_heads": i.heads, "num_key_value_heads": i.kv_heads, "intermediate_size": i.neurons}
+             for i in infos]
+    cfg.torchslim_layer_sizes = sizes
+    if len({s["intermediate_size"] for s in sizes}) == 1 and hasattr(cfg, "intermediate_size"):
+        cfg.intermediate_size = sizes[0]["intermediate_size"]
+    uniform_heads = len({(s["num_attention_heads"], s["num_key_value_heads"]) for s in sizes}) == 1
+    if uniform_heads and hasattr(cfg, "num_key_value_heads") and hasattr(cfg, "head_dim"):
+        cfg.head_dim = infos[0].head_dim       # explicit: no longer hidden_size // heads
+        cfg.num_attention_heads = sizes[0]["num_attention_heads"]
+        cfg.num_key_value_heads = sizes[0]["num_key_value_heads"]
+
+
+def _transformer(model: nn.Module, config: StructuredConfig, calibration: Any) -> None:
+    from torchslim.pruning import depth, transformer
+
+    spec = arch_of(model)
+    if spec is None:
+        raise ConfigError(f"cannot find attention/MLP blocks in {type(model).__name__}: "
+                          "use targets=['channels'] (dependency graph) for other models")
+    if Target.LAYERS in config.targets:
+        depth.drop_blocks_(model, depth.blocks_to_drop(model, config, calibration))
+    heads, neurons = Target.HEADS in config.targets, Target.NEURONS in config.targets
+    if not (heads or neurons):
+        return
+    blocks = [(n, b) for n, b in find_blocks(model) if config.selector.matches(n, b)]
+    if not blocks:
+        raise ConfigError("StructuredConfig: the selector matched no transformer block")
+    grads = norms = None
+    if config.importance is Importance.TAYLOR:
+        grads = gradients(model, calibration, config.n_samples)
+    if config.importance is Importance.WANDA:
+        if calibration is None:
+            raise ConfigError("wanda importance needs calibration data: pass calibration=<task>")
+        names = [f"{n}.{p}" for n, _ in blocks for p in (spec.o, spec.mlp_out)]
+        norms = input_norms(model, names, calibration, config.n_samples)
+    transformer.prune_blocks_mlp_attn(model, spec, blocks, config, heads, neurons, grads, norms)
+    record_layer_sizes(model, [transformer.block_info(model, spec, n, b) for n, b in find_blocks(model)])
+
+
+def _channels(model: nn.Module, config: StructuredConfig, calibration: Any,
+              example_inputs: dict | None) -> None:
+    from torchslim.pruning.channels import prune_channels_
+
+    if example_inputs is None:
+        if calibration is None:
+            raise ConfigError("channel pruning traces the model: pass calibration=<task> or example_inputs={...}")
+        batches, _ = calibration_batches(calibration, 1)
+        example_inputs = batches[0]
+    grads = gradients(model, calibration, config.n_samples) if config.importance is Importance.TAYLOR else None
+    model._torchslim_prune_summary = prune_channels_(model, config, example_inputs, grads)
+
+
+@register_handler(StructuredConfig)
+def _structured(model: nn.Module, config: StructuredConfig, *, calibration: Any = None,
+                example_inputs: dict | None = None, **_: Any) -> nn.Module:
+    before = sum(p.numel() for p in model.parameters())
+    if config.targets == (Target.CHANNELS,):
+        _channels(model, config, calibration, example_inputs)
+    else:
+        _transformer(model, config, calibration)
+    after = sum(p.numel() for p in model.parameters())
+    log.info("structured pruning: %d -> %d parameters (%.1f%%)", before, after, 100 * after / max(before, 1))
+    return model
