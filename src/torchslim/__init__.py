@@ -25,7 +25,7 @@ from torchslim.models import load_model
 
 # techniques (importing registers their handlers)
 from torchslim.quantization import AWQConfig, CastConfig, GPTQConfig, KVCacheConfig, W8A8Config, WeightOnlyConfig
-from torchslim.pruning import StructuredConfig, UnstructuredConfig
+from torchslim.pruning import GradualConfig, IterativeConfig, LotteryConfig, StructuredConfig, UnstructuredConfig
 
 
 def evaluate(*args, **kwargs):
@@ -41,5 +41,5 @@ __all__ = [
     "BaseConfig", "Selector", "ArtifactError", "ConfigError", "TorchSlimError",
     "evaluate", "load", "load_model", "save",
     "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig",
-    "StructuredConfig", "UnstructuredConfig",
+    "GradualConfig", "IterativeConfig", "LotteryConfig", "StructuredConfig", "UnstructuredConfig",
 ]

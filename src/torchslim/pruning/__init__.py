@@ -1,4 +1,5 @@
-"""Pruning: unstructured, N:M and structured (channels, neurons, heads, layers).
+"""Pruning: unstructured, N:M and structured (channels, neurons, heads, layers), one-shot or on a
+training schedule (gradual, iterative, lottery ticket).
 
 Layers: ``importance``/``masks``/``sparsegpt_math`` are pure math; ``sparse_linear`` and
 ``surgery`` are the representation (compressed storage, sparse kernels, smaller modules); the
@@ -7,5 +8,9 @@ rest is model flow. Importing this package registers the ``prune_`` handlers.
 from torchslim.pruning import structured, unstructured  # noqa: F401 - register handlers
 from torchslim.pruning.config import Scope, SparseKernel, Storage, StructuredConfig, Target, UnstructuredConfig
 from torchslim.pruning.importance import Importance
+from torchslim.pruning.lottery import IterativeConfig, LotteryConfig, iterative_prune, lottery_ticket
+from torchslim.pruning.schedules import GradualConfig, GradualPruningHook, MaskHook, convert, cubic_sparsity, prepare
 
-__all__ = ["Importance", "Scope", "SparseKernel", "Storage", "StructuredConfig", "Target", "UnstructuredConfig"]
+__all__ = ["GradualConfig", "GradualPruningHook", "Importance", "IterativeConfig", "LotteryConfig", "MaskHook",
+           "Scope", "SparseKernel", "Storage", "StructuredConfig", "Target", "UnstructuredConfig", "convert",
+           "cubic_sparsity", "iterative_prune", "lottery_ticket", "prepare"]

@@ -20,13 +20,15 @@ from torchslim.pruning.importance import Importance
 log = logging.getLogger("torchslim.pruning")
 
 
-def gradients(model: nn.Module, calibration: Any, n_samples: int) -> dict[str, torch.Tensor]:
-    """Task-loss gradients summed over calibration batches (Taylor importance)."""
+def gradients(model: nn.Module, calibration: Any, n_samples: int, batch_size: int = 4) -> dict[str, torch.Tensor]:
+    """Task-loss gradients summed over about ``n_samples`` training samples (Taylor importance)."""
+    import itertools
+
     from torchslim.pruning.channels import accumulate_grads
 
-    if calibration is None or not hasattr(calibration, "loss"):
+    if calibration is None or not hasattr(calibration, "loss") or not hasattr(calibration, "train_batches"):
         raise ConfigError("Taylor importance needs a task with a loss: pass calibration=<task>")
-    batches, _ = calibration_batches(calibration, n_samples)
+    batches = list(itertools.islice(calibration.train_batches(batch_size), max(1, -(-n_samples // batch_size))))
     return accumulate_grads(model, calibration, batches)
 
 
