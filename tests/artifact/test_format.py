@@ -33,7 +33,8 @@ def test_hf_model_round_trip_bit_exact_with_tied_weights(tmp_path):
     m = tiny_llama(tie=True)
     torchslim.save(m, tmp_path / "a", source={"kind": "test"})
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest["architecture"] == {"kind": "transformers", "class": "LlamaForCausalLM"}
+    assert manifest["architecture"] == {"kind": "transformers", "class": "LlamaForCausalLM",
+                                        "children": ["model", "lm_head"]}
     assert manifest["aliases"] == {"lm_head.weight": "model.embed_tokens.weight"}
     assert manifest["source"] == {"kind": "test"} and manifest["format_version"] == fmt.FORMAT_VERSION
     m2 = torchslim.load(tmp_path / "a")

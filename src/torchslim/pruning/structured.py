@@ -94,7 +94,7 @@ def _channels(model: nn.Module, config: StructuredConfig, calibration: Any,
     if example_inputs is None:
         if calibration is None:
             raise ConfigError("channel pruning traces the model: pass calibration=<task> or example_inputs={...}")
-        batches, _ = calibration_batches(calibration, 1)
+        batches, _ = calibration_batches(calibration, 2, batch_size=2)  # batch > 1: unambiguous shapes
         example_inputs = batches[0]
     grads = gradients(model, calibration, config.n_samples) if config.importance is Importance.TAYLOR else None
     model._torchslim_prune_summary = prune_channels_(model, config, example_inputs, grads)
