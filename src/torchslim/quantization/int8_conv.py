@@ -23,6 +23,7 @@ from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.errors import ConfigError
 from torchslim.core.modules import register_module_format
+from torchslim.quantization.kernels import act_qmax
 from torchslim.quantization.observers import MinMax
 from torchslim.quantization.qconv import ConvGeometry, QuantConv2d, quantize_conv_weight_only
 
@@ -60,9 +61,10 @@ def quantize_u8(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
 
 def act_qparams(lo: float, hi: float) -> tuple[float, int]:
     """Asymmetric uint8 ``(scale, zero point)`` for the range ``[lo, hi]`` (widened to contain 0)."""
+    qmax = act_qmax()
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max(hi - lo, 1e-8) / 255
-    return scale, int(min(255, max(0, round(-lo / scale))))
+    scale = max(hi - lo, 1e-8) / qmax
+    return scale, int(min(qmax, max(0, round(-lo / scale))))
 
 
 @register_module_format

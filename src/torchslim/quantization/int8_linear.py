@@ -20,6 +20,7 @@ from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.modules import register_module_format
+from torchslim.quantization.kernels import act_qmax
 
 
 def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +123,7 @@ class Int8StaticLinear(_Int8Base):
     def set_range(self, lo: float, hi: float) -> None:
         """Asymmetric uint8 activation range (always containing 0)."""
         lo, hi = min(lo, 0.0), max(hi, 0.0)
-        scale = max(hi - lo, 1e-8) / 255
+        scale = max(hi - lo, 1e-8) / act_qmax()
         self.act_scale.fill_(scale)
         self.act_zero.fill_(int(round(-lo / scale)))
 
@@ -131,7 +132,7 @@ class Int8StaticLinear(_Int8Base):
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, [x2.shape[0], self.in_features])
         scale, zp = float(self.act_scale), int(self.act_zero)
-        qx = torch.clamp(torch.round(x2 / scale) + zp, 0, 255).to(torch.uint8)
+        qx = torch.clamp(torch.round(x2 / scale) + zp, 0, act_qmax()).to(torch.uint8)
         y = torch.ops.onednn.qlinear_pointwise(
             qx, scale, zp, self._packed, self.weight_scale, torch.zeros(self.out_features, dtype=torch.long),
             self.bias, 1.0, 0, torch.float32, "none", [None], "")

@@ -99,3 +99,10 @@ def int4pack_prepare(codes_u4: torch.Tensor, scale: torch.Tensor, offset: torch.
 
 def int4pack_mm(x: torch.Tensor, packed: torch.Tensor, group: int, scales_zeros: torch.Tensor) -> torch.Tensor:
     return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), packed, group, scales_zeros)
+
+
+def act_qmax() -> int:
+    """Largest uint8 activation code for oneDNN's static int8 kernels. Without AVX512 (e.g. AVX2 CPUs, no
+    VNNI) oneDNN multiplies u8 x s8 pairs into int16 with saturation (vpmaddubsw), which corrupts results
+    unless activations use 7 bits ("reduce range", as fbgemm does)."""
+    return 255 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 127
