@@ -59,7 +59,9 @@ def rule_matches(rule: Rule, name: str, module: nn.Module) -> bool:
     if isinstance(rule, str):
         return re.fullmatch(rule[3:], name) is not None if rule.startswith("re:") else rule == name
     if isinstance(rule, type):
-        return isinstance(module, rule)
+        # a replacement module that stands in for a type (a pruned SparseLinear for nn.Linear) matches it too
+        stands_for = getattr(module, "stands_for", None)
+        return isinstance(module, rule) or (isinstance(stands_for, type) and issubclass(stands_for, rule))
     return bool(rule(name, module))
 
 

@@ -53,10 +53,23 @@ def quantize_weight(w: torch.Tensor, config: WeightOnlyConfig) -> QTensor:
     return quantize_groups(g, config.format, lo, hi, w.shape)
 
 
-def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = False) -> list[tuple[str, nn.Module, Any]]:
-    """``(name, layer, per-layer config)`` for every layer ``config.selector`` picks (linears, plus Conv2d if ``convs``)."""
+def is_sparse(module: nn.Module) -> bool:
+    """A pruned layer that quantizes itself (keeping its zeros): it has ``quantize_values(config)``."""
+    return callable(getattr(module, "quantize_values", None))
+
+
+def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = False,
+                     sparse: bool = False) -> list[tuple[str, nn.Module, Any]]:
+    """``(name, layer, per-layer config)`` for every layer ``config.selector`` picks (linears, plus Conv2d if
+    ``convs``, plus pruned sparse layers if ``sparse``)."""
     out = []
     for name, module, layer_cfg in config.selector.resolve(model, config):
+        if is_sparse(module):
+            if not sparse:
+                raise ConfigError(f"'{name}' is pruned: {type(config).__name__} would fill its pruned weights; "
+                                  "quantize pruned layers with WeightOnlyConfig (int8/int4 per-channel, symmetric)")
+            out.append((name, module, layer_cfg))
+            continue
         if not (type(module) is nn.Linear or (convs and isinstance(module, nn.Conv2d))):
             kinds = "nn.Linear and nn.Conv2d" if convs else "nn.Linear"
             raise ConfigError(f"{type(config).__name__} applies to {kinds} layers; '{name}' is a {type(module).__name__}")
@@ -69,7 +82,11 @@ def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = Fals
 def plan(model: nn.Module, config: WeightOnlyConfig) -> list[dict[str, Any]]:
     """What quantizing would do, before doing it: per layer, its format and kernel (and any slowdown)."""
     rows = []
-    for name, lin, cfg in selected_linears(model, config, convs=True):
+    for name, lin, cfg in selected_linears(model, config, convs=True, sparse=True):
+        if is_sparse(lin):
+            rows.append({"name": name, "format": cfg.format.name, "kernel": "sparse+quantized",
+                         "slower_than_fp32": False, "note": "kept weights quantized under the pruning mask"})
+            continue
         if isinstance(lin, nn.Conv2d):
             rows.append({"name": name, "format": cfg.format.name, "kernel": QuantConv2d.kernel, "slower_than_fp32": True,
                          "note": "Conv2d: the weight is dequantized on every call (no fast kernel)"})
@@ -90,7 +107,10 @@ def warn_slow_layers(rows: list[dict[str, Any]], when: str) -> None:
 @register_handler(WeightOnlyConfig)
 def _weight_only(model: nn.Module, config: WeightOnlyConfig, **_: Any) -> nn.Module:
     warn_slow_layers(plan(model, config), "before quantizing")
-    for name, lin, cfg in track(selected_linears(model, config, convs=True), "RTN"):
+    for name, lin, cfg in track(selected_linears(model, config, convs=True, sparse=True), "RTN"):
+        if is_sparse(lin):
+            replace_module(model, name, lin.quantize_values(cfg))
+            continue
         if isinstance(lin, nn.Conv2d):
             replace_module(model, name, quantize_conv_weight_only(lin, cfg))
             continue
