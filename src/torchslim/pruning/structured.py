@@ -111,3 +111,31 @@ def _structured(model: nn.Module, config: StructuredConfig, *, calibration: Any 
     after = sum(p.numel() for p in model.parameters())
     log.info("structured pruning: %d -> %d parameters (%.1f%%)", before, after, 100 * after / max(before, 1))
     return model
+
+
+def block_params(model: nn.Module) -> int:
+    """Parameters inside the transformer blocks."""
+    return sum(p.numel() for _, b in find_blocks(model) for p in b.parameters())
+
+
+def prune_block_fraction_(model: nn.Module, fraction: float, *, importance: Importance | str = Importance.TAYLOR,
+                          calibration: Any = None, n_samples: int = 32) -> nn.Module:
+    """Remove ``fraction`` of the transformer blocks' parameters: attention heads at ``fraction`` (as
+    near as GQA groups allow), then as many MLP neurons as the rest needs, in every block."""
+    from torchslim.api import prune_
+
+    spec = arch_of(model)
+    if spec is None or not spec.mlp_in:
+        raise ConfigError(f"prune_block_fraction_ needs a transformer in the architecture tables, "
+                          f"not {type(model).__name__}")
+    total = block_params(model)
+    mlp = sum(model.get_submodule(f"{n}.{p}").weight.numel() for n, _ in find_blocks(model)
+              for p in (*spec.mlp_in, spec.mlp_out))
+    prune_(model, StructuredConfig(targets=(Target.HEADS,), ratio=fraction, importance=importance,
+                                   n_samples=n_samples), calibration=calibration)
+    need = fraction * total - (total - block_params(model))
+    ratio = min(max(need / mlp, 0.0), 0.95)
+    if ratio > 0:
+        prune_(model, StructuredConfig(targets=(Target.NEURONS,), ratio=ratio, importance=importance,
+                                       n_samples=n_samples), calibration=calibration)
+    return model
