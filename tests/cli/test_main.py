@@ -34,7 +34,8 @@ def test_parse_shape():
 
 
 def test_help_everywhere():
-    for args in ([], ["zoo"], ["eval", "--help"], ["quantize", "--help"], ["info", "--help"], ["demo", "--help"]):
+    for args in ([], ["zoo"], ["eval", "--help"], ["quantize", "--help"], ["prune", "--help"], ["info", "--help"],
+                 ["demo", "--help"]):
         res = run(*args, "--help") if args == [] else run(*args) if args[-1] == "--help" else run(*args, "--help")
         assert res.returncode == 0 and "Usage" in res.stdout, (args, res.stderr)
 
