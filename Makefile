@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-slow test-all bench bench-quant clean
+.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,7 +42,16 @@ bench-quant: install-bench
 	$(BIN)/python benchmarks/quantization/kv_cache.py
 	$(BIN)/python benchmarks/quantization/targets.py
 
-bench: bench-quant
+# Pruning tables (docs/results/pruning_*.md) and the issue-4 target check.
+bench-prune: install-bench
+	$(BIN)/python benchmarks/pruning/digits.py
+	$(BIN)/python benchmarks/pruning/csr_kernel.py
+	$(BIN)/python benchmarks/pruning/llm_unstructured.py
+	$(BIN)/python benchmarks/pruning/llm_structured.py
+	$(BIN)/python benchmarks/pruning/minilm.py
+	$(BIN)/python benchmarks/pruning/targets.py
+
+bench: bench-quant bench-prune
 
 clean:
 	rm -rf $(VENV) .pytest_cache
