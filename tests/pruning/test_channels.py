@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +18,7 @@ from torchslim.pruning.importance import Importance
 from torchslim.tasks.classification import ClassificationTask
 from torchslim.zoo.digits_cnn import build_digits_cnn
 
-sys.path.insert(0, str(Path(__file__).parent))   # the test models live next door
-from test_depgraph import IMAGES, CatAddNet, CatNet, DepthwiseNet, SqueezeExcite, TokenMixer, mlp  # noqa: E402
+from _pruning_helpers import IMAGES, CatAddNet, CatNet, DepthwiseNet, SqueezeExcite, TokenMixer, mlp  # noqa: E402
 
 DIGITS = {"x": torch.randn(4, 1, 8, 8)}
 

@@ -12,19 +12,9 @@ from torchslim.pruning.lottery import (
     IterativeConfig, LotteryConfig, LotteryTicket, iterative_prune, round_sparsity,
 )
 from torchslim.pruning.schedules import MASK
-from torchslim.tasks.classification import ClassificationTask
 from torchslim.train import TrainConfig
 
-
-def _task(dim: int = 16, classes: int = 4) -> ClassificationTask:
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(classes, dim, generator=g) * 2.0
-
-    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.randint(0, classes, (n,), generator=g)
-        return centers[y] + torch.randn(n, dim, generator=g), y
-
-    return ClassificationTask(*split(256), *split(128))
+from _pruning_helpers import blob_task  # noqa: E402
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:
@@ -51,7 +41,7 @@ def test_round_sparsity_prunes_the_same_fraction_of_what_remains() -> None:
 def test_iterative_reaches_each_round_target_and_the_final_sparsity(importance: str) -> None:
     model = _mlp()
     cfg = IterativeConfig(sparsity=0.8, rounds=3, importance=importance, score_steps=2, selector=_HIDDEN)
-    hook, history = iterative_prune(model, cfg, _task(), _train(4))
+    hook, history = iterative_prune(model, cfg, blob_task(), _train(4))
     assert [h["round"] for h in history] == [0, 1, 2, 3]
     assert history[0]["sparsity"] == 0.0 and "top1" in history[0]
     for h in history[1:]:
@@ -65,13 +55,13 @@ def test_iterative_reaches_each_round_target_and_the_final_sparsity(importance: 
 def test_iterative_score_steps_must_leave_training() -> None:
     cfg = IterativeConfig(sparsity=0.5, rounds=1, importance="movement", score_steps=4)
     with pytest.raises(ConfigError, match="below train.steps"):
-        iterative_prune(_mlp(), cfg, _task(), _train(4))
+        iterative_prune(_mlp(), cfg, blob_task(), _train(4))
 
 
 def test_lottery_rewinds_survivors_to_the_early_weights() -> None:
     model = _mlp(1)
     cfg = LotteryConfig(sparsity=0.75, rounds=2, rewind_step=2, selector=_HIDDEN)
-    ticket = LotteryTicket(model, cfg, _task(), _train(6))
+    ticket = LotteryTicket(model, cfg, blob_task(), _train(6))
     ticket.train(0)
     early = ticket.early
     assert early is not None and not any(k.endswith(MASK) for k in early)
@@ -95,7 +85,7 @@ def test_lottery_rewinds_survivors_to_the_early_weights() -> None:
 def test_lottery_run_ends_at_the_target_with_history() -> None:
     model = _mlp(2)
     cfg = LotteryConfig(sparsity=0.75, rounds=2, rewind_step=1, selector=_HIDDEN)
-    ticket = LotteryTicket(model, cfg, _task(), _train(5))
+    ticket = LotteryTicket(model, cfg, blob_task(), _train(5))
     history = ticket.run()
     assert [h["round"] for h in history] == [0, 1, 2]
     assert [h["sparsity"] for h in history] == pytest.approx([0.0, 0.5, 0.75], abs=1e-3)
@@ -107,9 +97,9 @@ def test_lottery_run_ends_at_the_target_with_history() -> None:
 
 def test_lottery_config_errors() -> None:
     with pytest.raises(ConfigError, match="rewind_step"):
-        LotteryTicket(_mlp(), LotteryConfig(rewind_step=6), _task(), _train(6))
+        LotteryTicket(_mlp(), LotteryConfig(rewind_step=6), blob_task(), _train(6))
     with pytest.raises(ConfigError, match="resume"):
-        LotteryTicket(_mlp(), LotteryConfig(), _task(), _train(6, checkpoint_dir="/tmp/x", resume=True))
+        LotteryTicket(_mlp(), LotteryConfig(), blob_task(), _train(6, checkpoint_dir="/tmp/x", resume=True))
     with pytest.raises(ConfigError, match="rounds"):
         LotteryConfig(rounds=0)
     with pytest.raises(ConfigError, match="one-shot"):
@@ -123,7 +113,7 @@ def test_prune_dispatches_iterative_and_lottery() -> None:
                 LotteryConfig(sparsity=0.5, rounds=2, rewind_step=1, selector=_HIDDEN)):
         model = _mlp(3)
         x = torch.randn(3, 16)
-        out = torchslim.prune_(model, cfg, task=_task(), train=_train(3))
+        out = torchslim.prune_(model, cfg, task=blob_task(), train=_train(3))
         assert isinstance(out[0], SparseLinear) and isinstance(out[2], SparseLinear)
         assert type(out[4]) is nn.Linear
         assert [h["round"] for h in out.pruning_history] == [0, 1, 2]

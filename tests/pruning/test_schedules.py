@@ -14,20 +14,10 @@ from torchslim.pruning.importance import Importance
 from torchslim.pruning.schedules import (
     MASK, SCORE, GradualConfig, MaskHook, convert, cubic_sparsity, prepare, select_prunable,
 )
-from torchslim.tasks.classification import ClassificationTask
 from torchslim.train import LambdaHook, TrainConfig, Trainer, TrainHook
 from torchslim.train.checkpoint import list_checkpoints
 
-
-def _task(dim: int = 16, classes: int = 4, seed: int = 0) -> ClassificationTask:
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, dim, generator=g) * 2.0
-
-    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.randint(0, classes, (n,), generator=g)
-        return centers[y] + torch.randn(n, dim, generator=g), y
-
-    return ClassificationTask(*split(256), *split(128))
+from _pruning_helpers import blob_task  # noqa: E402
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:
@@ -73,7 +63,7 @@ def test_gradual_reaches_target_and_pruned_weights_stay_zero() -> None:
             assert torch.all(trainer.optimizer.state[m.weight]["exp_avg"][~mask] == 0)
         checked.append(step)
 
-    Trainer(model, _task(), _train(12), hooks=[hook, LambdaHook(on_step_end=check)]).fit()
+    Trainer(model, blob_task(), _train(12), hooks=[hook, LambdaHook(on_step_end=check)]).fit()
     assert checked == list(range(1, 13))
     assert [h["step"] for h in hook.history] == [3, 6, 9]
     assert [h["target"] for h in hook.history] == pytest.approx([cubic_sparsity(s, 0, 0.75, 0, 9) for s in (3, 6, 9)])
@@ -86,12 +76,12 @@ def test_gradual_reaches_target_and_pruned_weights_stay_zero() -> None:
 def test_end_step_defaults_to_the_last_step_and_must_fit_in_training() -> None:
     model = _mlp()
     hook = prepare(model, GradualConfig(sparsity=0.5, frequency=4, selector=_all_layers()))
-    Trainer(model, _task(), _train(6), hooks=[hook]).fit()
+    Trainer(model, blob_task(), _train(6), hooks=[hook]).fit()
     assert [h["step"] for h in hook.history] == [4, 6]
     assert hook.sparsity() == pytest.approx(0.5, abs=1e-3)
     with pytest.raises(ConfigError, match="after the last training step"):
         other = _mlp()
-        Trainer(other, _task(), _train(4), hooks=[prepare(other, GradualConfig(end_step=8))]).fit()
+        Trainer(other, blob_task(), _train(4), hooks=[prepare(other, GradualConfig(end_step=8))]).fit()
 
 
 @pytest.mark.parametrize("importance", [Importance.MOVEMENT, Importance.TAYLOR])
@@ -100,7 +90,7 @@ def test_gradient_scores_use_pre_step_weights_and_final_gradients(importance: Im
     model = _mlp(1)
     hook = MaskHook(select_prunable(model, _all_layers()), importance)
     before = {n: m.weight.detach().clone() for n, m in hook.modules.items()}
-    Trainer(model, _task(), _train(1, optimizer="sgd", momentum=0.0, grad_accum=2), hooks=[hook]).fit()
+    Trainer(model, blob_task(), _train(1, optimizer="sgd", momentum=0.0, grad_accum=2), hooks=[hook]).fit()
     for n, m in hook.modules.items():
         wg = before[n] * m.weight.grad                     # the engine leaves the last step's gradients
         expected = -wg if importance is Importance.MOVEMENT else wg.abs()
@@ -114,7 +104,7 @@ def _final_masks(importance: str, **kw) -> tuple[dict[str, torch.Tensor], MaskHo
     cfg = GradualConfig(sparsity=0.6, start_step=2, end_step=6, frequency=2, importance=importance,
                         selector=_all_layers(), **kw)
     hook = prepare(model, cfg)
-    Trainer(model, _task(), _train(8), hooks=[hook]).fit()
+    Trainer(model, blob_task(), _train(8), hooks=[hook]).fit()
     return {n: m.clone() for n, m in hook.masks().items()}, hook
 
 
@@ -140,7 +130,7 @@ def test_global_scope_gives_different_layer_sparsities_with_exact_total() -> Non
 def test_nm_pattern_gives_exact_n_of_m_at_the_end() -> None:
     model = _mlp(3)
     hook = prepare(model, GradualConfig(pattern="2:4", frequency=2, selector=Selector(include=("0", "2"))))
-    Trainer(model, _task(), _train(6), hooks=[hook]).fit()
+    Trainer(model, blob_task(), _train(6), hooks=[hook]).fit()
     assert hook.gradual.sparsity == 0.5
     for m in hook.modules.values():
         groups = (m.weight != 0).reshape(-1, 4).sum(1)
@@ -174,7 +164,7 @@ def test_convert_gives_sparse_linear_with_the_masked_outputs() -> None:
     model = _mlp(4)
     hook = prepare(model, GradualConfig(sparsity=0.7, frequency=2, importance="movement", start_step=1,
                                         selector=_all_layers()))
-    Trainer(model, _task(), _train(6), hooks=[hook]).fit()
+    Trainer(model, blob_task(), _train(6), hooks=[hook]).fit()
     x = torch.randn(5, 16)
     model.eval()
     with torch.no_grad():
@@ -190,13 +180,13 @@ def test_prune_dispatches_gradual_config_and_records_history() -> None:
     from torchslim.pruning.sparse_linear import SparseLinear
 
     model = _mlp(5)
-    out = torchslim.prune_(model, GradualConfig(sparsity=0.5, frequency=2), task=_task(), train=_train(4))
+    out = torchslim.prune_(model, GradualConfig(sparsity=0.5, frequency=2), task=blob_task(), train=_train(4))
     assert out is model
     assert [type(m) for m in model] == [SparseLinear, nn.ReLU, SparseLinear, nn.ReLU, SparseLinear]
     assert model.pruning_history[-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert "top1" in model.pruning_history[-1]
     model2 = _mlp(5)
-    torchslim.prune_(model2, GradualConfig(sparsity=0.5, frequency=2), calibration=_task(), train=_train(4))
+    torchslim.prune_(model2, GradualConfig(sparsity=0.5, frequency=2), calibration=blob_task(), train=_train(4))
     assert isinstance(model2[0], SparseLinear)
 
 
@@ -204,7 +194,7 @@ def test_handler_and_config_errors_are_one_line() -> None:
     with pytest.raises(ConfigError, match="task="):
         torchslim.prune_(_mlp(), GradualConfig(), train=_train(2))
     with pytest.raises(ConfigError, match="unexpected argument 'lr'"):
-        torchslim.prune_(_mlp(), GradualConfig(), task=_task(), lr=0.1)
+        torchslim.prune_(_mlp(), GradualConfig(), task=blob_task(), lr=0.1)
     with pytest.raises(ConfigError, match="one-shot"):
         GradualConfig(importance="wanda")
     with pytest.raises(ConfigError, match="exceeds"):
@@ -234,18 +224,18 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path: Path) -> None:
     kw = dict(checkpoint_every=2, keep_checkpoints=1)
     full = _mlp(6)
     full_hook = prepare(full, cfg)
-    Trainer(full, _task(), _train(7), hooks=[full_hook, _Crash(-1)]).fit()
+    Trainer(full, blob_task(), _train(7), hooks=[full_hook, _Crash(-1)]).fit()
 
     ck = tmp_path / "ck"
     with pytest.raises(KeyboardInterrupt):
         crashed = _mlp(6)
         hooks = [prepare(crashed, cfg), _Crash(5)]
-        Trainer(crashed, _task(), _train(7, checkpoint_dir=str(ck), **kw), hooks=hooks).fit()
+        Trainer(crashed, blob_task(), _train(7, checkpoint_dir=str(ck), **kw), hooks=hooks).fit()
     assert [s for s, _ in list_checkpoints(ck)] == [4]
     resumed = _mlp(99)
     hook = prepare(resumed, cfg)
     train = _train(7, checkpoint_dir=str(ck), resume=True, **kw)
-    res = Trainer(resumed, _task(), train, hooks=[hook, _Crash(-1)]).fit()
+    res = Trainer(resumed, blob_task(), train, hooks=[hook, _Crash(-1)]).fit()
     assert res.resumed_from == 4
     for k, v in full.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k

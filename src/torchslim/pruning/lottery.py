@@ -30,7 +30,7 @@ from torchslim.pruning import masks as M
 from torchslim.pruning.config import Scope, SparseKernel, Storage, default_selector
 from torchslim.pruning.importance import Importance
 from torchslim.pruning.schedules import (
-    MASK, SCORE, MaskHook, as_enum, check_importance, convert, select_prunable, training_args,
+    MASK, SCORE, MaskHook, as_enum, check_importance, run_and_convert, select_prunable,
 )
 from torchslim.train.hooks import TrainHook
 
@@ -172,11 +172,7 @@ def iterative_prune(model: nn.Module, config: IterativeConfig, task: Task, train
 
 @register_handler(IterativeConfig)
 def _iterative(model: nn.Module, config: IterativeConfig, **kwargs: Any) -> nn.Module:
-    task, train, hooks, trainer_kwargs = training_args("iterative", kwargs)
-    hook, history = iterative_prune(model, config, task, train, hooks, **trainer_kwargs)
-    out = convert(model, hook)
-    out.pruning_history = history
-    return out
+    return run_and_convert("iterative", iterative_prune, model, config, kwargs)
 
 
 # -- lottery ticket -------------------------------------------------------------------------
@@ -264,8 +260,4 @@ def lottery_ticket(model: nn.Module, config: LotteryConfig, task: Task, train: T
 
 @register_handler(LotteryConfig)
 def _lottery(model: nn.Module, config: LotteryConfig, **kwargs: Any) -> nn.Module:
-    task, train, hooks, trainer_kwargs = training_args("lottery", kwargs)
-    hook, history = lottery_ticket(model, config, task, train, hooks, **trainer_kwargs)
-    out = convert(model, hook)
-    out.pruning_history = history
-    return out
+    return run_and_convert("lottery", lottery_ticket, model, config, kwargs)

@@ -402,10 +402,15 @@ def run_gradual(model: nn.Module, config: GradualConfig, task: Task, train: Trai
     return hook, [*hook.history, final]
 
 
-@register_handler(GradualConfig)
-def _gradual(model: nn.Module, config: GradualConfig, **kwargs: Any) -> nn.Module:
-    task, train, hooks, trainer_kwargs = training_args("gradual", kwargs)
-    hook, history = run_gradual(model, config, task, train, hooks, **trainer_kwargs)
+def run_and_convert(kind: str, runner: Any, model: nn.Module, config: BaseConfig, kwargs: dict) -> nn.Module:
+    """The ``prune_`` handler of a schedule: run it on the Trainer, convert masked layers, attach the history."""
+    task, train, hooks, trainer_kwargs = training_args(kind, kwargs)
+    hook, history = runner(model, config, task, train, hooks, **trainer_kwargs)
     out = convert(model, hook)
     out.pruning_history = history
     return out
+
+
+@register_handler(GradualConfig)
+def _gradual(model: nn.Module, config: GradualConfig, **kwargs: Any) -> nn.Module:
+    return run_and_convert("gradual", run_gradual, model, config, kwargs)
