@@ -56,3 +56,16 @@ def test_unsupported_schemes_on_pruned_layers_are_clear_errors():
         torchslim.quantize_(_pruned(), WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32)))
     with pytest.raises(ConfigError, match="pruned"):
         torchslim.quantize_(_pruned(), GPTQConfig(), calibration=[{"input_ids": IDS}])
+
+
+def test_structured_pruned_then_int4_quantized_round_trips(tmp_path):
+    """Structured pruning leaves ordinary smaller linears, which every quantization method accepts."""
+    m = build_tiny_llama().eval()
+    torchslim.prune_(m, torchslim.StructuredConfig(targets=("heads", "neurons"), ratio=0.5))
+    torchslim.quantize_(m, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32),
+                                            selector=torchslim.Selector(exclude=("lm_head",))))
+    expected = m(input_ids=IDS).logits
+    torchslim.save(m, tmp_path / "sq")
+    loaded = torchslim.load(tmp_path / "sq")
+    assert loaded.model.layers[0].mlp.down_proj.in_features == 64
+    assert torch.allclose(loaded(input_ids=IDS).logits, expected, atol=1e-4)
