@@ -66,41 +66,47 @@ def load(name: str, pretrain_steps: int):
     return m, ev, train, lm
 
 
+def recipes(name: str) -> list[tuple[str, float, float, str, bool]]:
+    """``(label, fraction, head share, importance, recover)``: neurons only, and heads + neurons."""
+    out = []
+    for frac in (0.25, 0.5):
+        pct = int(frac * 100)
+        for imp in ("wanda", "taylor", "magnitude_l2"):
+            out.append((f"{pct}% neurons only, {imp}", frac, 0.0, imp, imp == "wanda"))
+        out.append((f"{pct}% heads+neurons, wanda", frac, 1.0, "wanda", True))
+    return out
+
+
 def run_model(name: str, args) -> list[Row]:
     base, ev, train, lm = load(name, 600 if not args.quick else 100)
     steps = args.steps if name == "smollm2-135m" else 300
-    lr = 5e-5 if name == "smollm2-135m" else 1e-3
+    lr = args.lr if name == "smollm2-135m" else 1e-3
     base_ppl = ev.evaluate(base)["perplexity"]
     prompt = lm.task.example_inputs(1, 16)["input_ids"]
     rows = [Row("unpruned", "", {"params": n_params(base), "ppl": base_ppl})]
     models = {"unpruned": base}
-    imps = ("magnitude_l2", "wanda", "taylor") if name == "smollm2-135m" else ("magnitude_l2", "taylor")
-    for ratio in (0.25, 0.5):
-        for imp in imps:
-            m = copy.deepcopy(base)
-            t = time.perf_counter()
-            prune_block_fraction_(m, ratio, importance=imp, calibration=train)
-            secs = time.perf_counter() - t
-            ppl0 = ev.evaluate(m)["perplexity"]
-            label = f"heads+neurons {int(ratio * 100)}% {imp}"
-            v = {"params": n_params(m), "block params removed": f"{1 - block_params(m) / block_params(base):.0%}",
-                 "ppl": ppl0, "prune s": secs}
-            print(label, v, flush=True)
-            if imp == args.recover_with:
-                rows.append(Row(label, "one-shot, no recovery", v))
-                m2 = m
-                fit_s = recover(m2, train, steps, lr)
-                v2 = dict(v, ppl=ev.evaluate(m2)["perplexity"], **{"recovery s": fit_s})
-                label2 = f"{label} + {steps}-step recovery"
-                rows.append(Row(label2, reload_check(m2, prompt), v2))
-                models[label2] = m2
-                print(label2, v2, flush=True)
-            else:
-                rows.append(Row(label, "one-shot, no recovery", v))
+    for label, frac, share, imp, rec in recipes(name):
+        m = copy.deepcopy(base)
+        t = time.perf_counter()
+        prune_block_fraction_(m, frac, importance=imp, calibration=train, head_share=share)
+        secs = time.perf_counter() - t
+        heads = m.config.torchslim_layer_sizes[0]["num_attention_heads"] if hasattr(m.config, "torchslim_layer_sizes") \
+            else m.config.num_attention_heads
+        v = {"params": n_params(m), "block params removed": f"{1 - block_params(m) / block_params(base):.0%}",
+             "heads": heads, "ppl": ppl_of(ev, m), "prune s": secs}
+        rows.append(Row(label, "one-shot, no recovery", v))
+        print(label, v, flush=True)
+        if rec:
+            fit_s = recover(m, train, steps, lr)
+            v2 = dict(v, ppl=ppl_of(ev, m), **{"recovery s": fit_s})
+            label2 = f"{label} + {steps}-step recovery"
+            rows.append(Row(label2, reload_check(m, prompt), v2))
+            models[label2] = m
+            print(label2, v2, flush=True)
     control = copy.deepcopy(base)     # the same fine-tuning without pruning: what recovery alone buys
     fit_s = recover(control, train, steps, lr)
     rows.insert(1, Row(f"unpruned + {steps}-step fine-tuning (control)", "same recipe as recovery, no pruning",
-                       {"params": n_params(control), "ppl": ev.evaluate(control)["perplexity"], "recovery s": fit_s}))
+                       {"params": n_params(control), "ppl": ppl_of(ev, control), "recovery s": fit_s}))
     dec = decode_rounds(models, lm.task, rounds=3, tokens=32)
     for r in rows:
         r.values["ppl vs unpruned"] = f"{100 * (r.values['ppl'] / base_ppl - 1):+.1f}%"
@@ -112,25 +118,30 @@ def run_model(name: str, args) -> list[Row]:
     return rows
 
 
+def ppl_of(ev: CausalLMTask, m: torch.nn.Module) -> float:
+    return ev.evaluate(m)["perplexity"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", nargs="*", default=["tiny-llama", "smollm2-135m"])
-    ap.add_argument("--steps", type=int, default=60, help="recovery steps for SmolLM2 (batch 4 x 128 tokens)")
-    ap.add_argument("--recover-with", default="taylor", help="importance whose pruned model gets recovery")
+    ap.add_argument("--steps", type=int, default=80, help="recovery steps for SmolLM2 (batch 4 x 128 tokens)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="recovery learning rate for SmolLM2")
     args = ap.parse_args()
     rows: list[Row] = []
     for name in args.models:
         rows += run_model(name, args)
-    cols = ["params", "params ratio", "block params removed", "ppl", "ppl vs unpruned", "decode tok/s",
+    cols = ["params", "params ratio", "block params removed", "heads", "ppl", "ppl vs unpruned", "decode tok/s",
             "decode speedup", "prune s", "recovery s"]
     write_table(ROOT / "docs/results/pruning_llm_structured.md", "Structured pruning: SmolLM2-135M and tiny GQA Llama",
-                "25% / 50% of every block's parameters removed: attention heads first (GQA-aware: query heads "
-                "pruned by the same count in every key/value group, or whole groups; as near the target as the "
-                "groups allow), then as many MLP neurons as the rest needs, leaving ordinary smaller nn.Linear "
-                "layers. Perplexity on Debian's GPL-3 text (SmolLM2: 512-token windows; tiny Llama: 128). "
+                "25% / 50% of every block's parameters removed, leaving ordinary smaller nn.Linear layers: "
+                "'neurons only' takes MLP neurons alone; 'heads+neurons' first removes attention heads at the same "
+                "ratio (GQA-aware: query heads pruned by the same count in every key/value group, or whole groups, "
+                "as near the target as the groups allow; 'heads' = query heads left per block) and then as many "
+                "neurons as the rest needs. Perplexity on Debian's GPL-3 text (SmolLM2: 512-token windows; tiny Llama: 128). "
                 "Recovery = fine-tuning with the training engine on the other license texts (batch 4 x 128 tokens, "
-                "AdamW, cosine). Decode = greedy 32 tokens at batch 1, interleaved rounds, ratio to the unpruned "
+                "AdamW, cosine; SmolLM2 lr 1e-4, tiny Llama 1e-3). Decode = greedy 32 tokens at batch 1, interleaved rounds, ratio to the unpruned "
                 "model in the same run. The tiny Llama is random-initialized, so it is first trained on the text "
                 "(600 steps) and that model is the unpruned baseline. "
                 "Regenerate: `python benchmarks/pruning/llm_structured.py`.",

@@ -118,10 +118,10 @@ def block_params(model: nn.Module) -> int:
     return sum(p.numel() for _, b in find_blocks(model) for p in b.parameters())
 
 
-def prune_block_fraction_(model: nn.Module, fraction: float, *, importance: Importance | str = Importance.TAYLOR,
-                          calibration: Any = None, n_samples: int = 32) -> nn.Module:
-    """Remove ``fraction`` of the transformer blocks' parameters: attention heads at ``fraction`` (as
-    near as GQA groups allow), then as many MLP neurons as the rest needs, in every block."""
+def prune_block_fraction_(model: nn.Module, fraction: float, *, importance: Importance | str = Importance.WANDA,
+                          calibration: Any = None, n_samples: int = 32, head_share: float = 1.0) -> nn.Module:
+    """Remove ``fraction`` of the transformer blocks' parameters: attention heads at ``fraction * head_share``
+    (as near as GQA groups allow; 0 keeps every head), then as many MLP neurons as the rest needs."""
     from torchslim.api import prune_
 
     spec = arch_of(model)
@@ -131,8 +131,9 @@ def prune_block_fraction_(model: nn.Module, fraction: float, *, importance: Impo
     total = block_params(model)
     mlp = sum(model.get_submodule(f"{n}.{p}").weight.numel() for n, _ in find_blocks(model)
               for p in (*spec.mlp_in, spec.mlp_out))
-    prune_(model, StructuredConfig(targets=(Target.HEADS,), ratio=fraction, importance=importance,
-                                   n_samples=n_samples), calibration=calibration)
+    if fraction * head_share > 0:
+        prune_(model, StructuredConfig(targets=(Target.HEADS,), ratio=fraction * head_share, importance=importance,
+                                       n_samples=n_samples), calibration=calibration)
     need = fraction * total - (total - block_params(model))
     ratio = min(max(need / mlp, 0.0), 0.95)
     if ratio > 0:
