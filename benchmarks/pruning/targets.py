@@ -89,16 +89,17 @@ def structured_checks(s: dict[str, dict]) -> list[Check]:
         if not rows:
             out += missing(f"{model} structured", "llm_structured.py")
             continue
-        for frac in ("25%", "50%"):
-            rec = next((v for k, v in rows.items() if k.startswith(f"heads+neurons {frac}") and "recovery" in k), None)
-            one = next((v for k, v in rows.items() if k.startswith(f"heads+neurons {frac}") and "recovery" not in k
-                        and v["name"].endswith(rec["name"].split(" + ")[0].split(" ")[-1])), None) if rec else None
-            if not rec:
+        control = next((v for k, v in rows.items() if "control" in k), None)
+        for label, rec in rows.items():
+            one = rows.get(label.split(" + ")[0])
+            if "recovery" not in label or one is None:
                 continue
             ok = "same greedy tokens" in rec.get("note", "") and rec.get("decode speedup") not in (None, "–")
-            out.append((f"{model} structured {frac}: ppl before/after recovery, reload + generate, decode speed",
-                        f"ppl {one['ppl']:.4g} -> {rec['ppl']:.4g} (unpruned {rows['unpruned']['ppl']:.4g}); "
-                        f"{rec.get('note', '')}; decode {rec.get('decode speedup')}", ok, ""))
+            ref = f"unpruned {rows['unpruned']['ppl']:.4g}" + (f", fine-tuned control {control['ppl']:.4g}"
+                                                                if control else "")
+            out.append((f"{model} structured: ppl before/after recovery, reload + generate, decode speed",
+                        f"{label}: ppl {one['ppl']:.4g} -> {rec['ppl']:.4g} ({ref}); {rec.get('note', '')}; "
+                        f"decode {rec.get('decode speedup')}", ok, ""))
     return out
 
 

@@ -138,8 +138,10 @@ def _layers_table(layers: list[dict]):
     for col in ("layer", "technique", "storage", "kernel"):
         table.add_column(col)
     for info in layers:
-        table.add_row(info.get("name", ""), str(info.get("technique", "")), str(info.get("storage", info.get("format", ""))),
-                      str(info.get("kernel", "")))
+        storage = str(info.get("storage", info.get("format", "")))
+        if isinstance(info.get("sparsity"), (int, float)):
+            storage += f", {info['sparsity']:.0%} sparse"
+        table.add_row(info.get("name", ""), str(info.get("technique", "")), storage, str(info.get("kernel", "")))
     return table
 
 
