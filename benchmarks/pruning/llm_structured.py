@@ -68,10 +68,11 @@ def load(name: str, pretrain_steps: int):
 
 def recipes(name: str) -> list[tuple[str, float, float, str, bool]]:
     """``(label, fraction, head share, importance, recover)``: neurons only, and heads + neurons."""
+    imps = ("wanda", "taylor", "magnitude_l2") if name == "tiny-llama" else ("wanda", "magnitude_l2")
     out = []
     for frac in (0.25, 0.5):
         pct = int(frac * 100)
-        for imp in ("wanda", "taylor", "magnitude_l2"):
+        for imp in imps:
             out.append((f"{pct}% neurons only, {imp}", frac, 0.0, imp, imp == "wanda"))
         out.append((f"{pct}% heads+neurons, wanda", frac, 1.0, "wanda", True))
     return out
@@ -126,7 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", nargs="*", default=["tiny-llama", "smollm2-135m"])
-    ap.add_argument("--steps", type=int, default=80, help="recovery steps for SmolLM2 (batch 4 x 128 tokens)")
+    ap.add_argument("--steps", type=int, default=60, help="recovery steps for SmolLM2 (batch 4 x 128 tokens)")
     ap.add_argument("--lr", type=float, default=1e-4, help="recovery learning rate for SmolLM2")
     args = ap.parse_args()
     rows: list[Row] = []
