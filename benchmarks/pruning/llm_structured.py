@@ -87,6 +87,8 @@ def run_model(name: str, args) -> list[Row]:
     rows = [Row("unpruned", "", {"params": n_params(base), "ppl": base_ppl})]
     models = {"unpruned": base}
     for label, frac, share, imp, rec in recipes(name):
+        if args.recipes and not any(r in label for r in args.recipes):
+            continue
         m = copy.deepcopy(base)
         t = time.perf_counter()
         prune_block_fraction_(m, frac, importance=imp, calibration=train, head_share=share)
@@ -104,10 +106,11 @@ def run_model(name: str, args) -> list[Row]:
             rows.append(Row(label2, reload_check(m, prompt), v2))
             models[label2] = m
             print(label2, v2, flush=True)
-    control = copy.deepcopy(base)     # the same fine-tuning without pruning: what recovery alone buys
-    fit_s = recover(control, train, steps, lr)
-    rows.insert(1, Row(f"unpruned + {steps}-step fine-tuning (control)", "same recipe as recovery, no pruning",
-                       {"params": n_params(control), "ppl": ppl_of(ev, control), "recovery s": fit_s}))
+    if not args.recipes:
+        control = copy.deepcopy(base)     # the same fine-tuning without pruning: what recovery alone buys
+        fit_s = recover(control, train, steps, lr)
+        rows.insert(1, Row(f"unpruned + {steps}-step fine-tuning (control)", "same recipe as recovery, no pruning",
+                           {"params": n_params(control), "ppl": ppl_of(ev, control), "recovery s": fit_s}))
     dec = decode_rounds(models, lm.task, rounds=3, tokens=32)
     for r in rows:
         r.values["ppl vs unpruned"] = f"{100 * (r.values['ppl'] / base_ppl - 1):+.1f}%"
@@ -123,16 +126,34 @@ def ppl_of(ev: CausalLMTask, m: torch.nn.Module) -> float:
     return ev.evaluate(m)["perplexity"]
 
 
+def keep_other_rows(path: Path, rows: list[Row], rerun_models: set[str]) -> list[Row]:
+    """Rows of the existing table that this run did not replace (other models, other recipes), then the new ones
+    in place of same-named old ones."""
+    import json
+
+    old = json.loads(path.read_text()) if path.exists() else []
+    new = {r.name: r for r in rows}
+    out = [new.pop(d["name"], None) or Row(d["name"], d.get("note", ""),
+                                            {k: v for k, v in d.items() if k not in ("name", "note")})
+           for d in old if d["name"].split(": ", 1)[0] not in rerun_models]
+    return out + [r for r in rows if r.name in new]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", nargs="*", default=["tiny-llama", "smollm2-135m"])
     ap.add_argument("--steps", type=int, default=60, help="recovery steps for SmolLM2 (batch 4 x 128 tokens)")
     ap.add_argument("--lr", type=float, default=1e-4, help="recovery learning rate for SmolLM2")
+    ap.add_argument("--recipes", nargs="*", help="only recipes whose label contains one of these (rows merge into "
+                                                    "the existing table; no control row)")
     args = ap.parse_args()
     rows: list[Row] = []
     for name in args.models:
         rows += run_model(name, args)
+    if args.recipes or set(args.models) != {"tiny-llama", "smollm2-135m"}:   # keep the rows not re-run
+        rows = keep_other_rows(ROOT / "docs/results/pruning_llm_structured.json", rows,
+                               set() if args.recipes else set(args.models))
     cols = ["params", "params ratio", "block params removed", "heads", "ppl", "ppl vs unpruned", "decode tok/s",
             "decode speedup", "prune s", "recovery s"]
     write_table(ROOT / "docs/results/pruning_llm_structured.md", "Structured pruning: SmolLM2-135M and tiny GQA Llama",

@@ -47,6 +47,7 @@ def variants(n: int) -> dict[str, tuple[list, str]]:
         "90% magnitude": ([U(0.9)], "size point"),
         "50% SparseGPT + int8": ([U(0.5, importance="sparsegpt", n_samples=n), int8],
                                  "sparse + quantized: int8 per-channel values under the bitmask"),
+        "50% magnitude + int8": ([U(0.5), int8], "sparse + quantized (size point): int8 codes of kept weights"),
         "50% SparseGPT + 80-step masked recovery": ([U(0.5, importance="sparsegpt", n_samples=n), RECOVER],
                                                     "fine-tuned with the mask held (batch 4 x 128, lr 1e-4); "
                                                     "compare the fine-tuned dense control in the structured table"),
@@ -94,7 +95,7 @@ def main() -> None:
         rows.append(Row(name, note, v))
         models[name] = m
     speed = {k: models[k] for k in ("dense fp32", "50% SparseGPT", "2:4 SparseGPT", "90% magnitude",
-                                    "50% SparseGPT + int8") if k in models}
+                                    "50% SparseGPT + int8", "50% magnitude + int8") if k in models}
     dec = decode_rounds(speed, task, rounds=3, tokens=32)
     base_v = rows[0].values
     for r in rows:
