@@ -23,7 +23,7 @@ from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.errors import ConfigError
 from torchslim.core.modules import register_module_format
-from torchslim.quantization.kernels import act_qmax
+from torchslim.quantization.kernels import act_qmax, act_qparams
 from torchslim.quantization.observers import MinMax
 from torchslim.quantization.qconv import ConvGeometry, QuantConv2d, quantize_conv_weight_only
 
@@ -57,14 +57,6 @@ def quantize_u8(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
         return q
     except (AttributeError, RuntimeError):  # quantized dtypes gone in a future torch
         return torch.mul(x, 1.0 / scale).round_().add_(zero).clamp_(0, 255).to(torch.uint8)
-
-
-def act_qparams(lo: float, hi: float) -> tuple[float, int]:
-    """Asymmetric uint8 ``(scale, zero point)`` for the range ``[lo, hi]`` (widened to contain 0)."""
-    qmax = act_qmax()
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max(hi - lo, 1e-8) / qmax
-    return scale, int(min(qmax, max(0, round(-lo / scale))))
 
 
 @register_module_format
@@ -132,7 +124,8 @@ class Int8StaticConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self._prepared()
         x_scale, x_zero = c["x"]
-        qx = x if x.dtype == torch.uint8 else quantize_u8(x, x_scale, x_zero)
+        # float input: codes above act_qmax() (inputs beyond the calibrated range) would saturate without VNNI
+        qx = x if x.dtype == torch.uint8 else quantize_u8(x, x_scale, x_zero).clamp_(max=act_qmax())
         stride, pad, dil, groups = self.geometry.conv_args()
         y = torch.ops.onednn.qconv2d_pointwise(
             qx, x_scale, x_zero, c["w"], self.weight_scale, c["w_zero"], self.bias, stride, pad, dil, groups,

@@ -20,7 +20,7 @@ from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.modules import register_module_format
-from torchslim.quantization.kernels import act_qmax
+from torchslim.quantization.kernels import act_qmax, act_qparams
 
 
 def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,10 +122,9 @@ class Int8StaticLinear(_Int8Base):
 
     def set_range(self, lo: float, hi: float) -> None:
         """Asymmetric uint8 activation range (always containing 0)."""
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        scale = max(hi - lo, 1e-8) / act_qmax()
+        scale, zero = act_qparams(lo, hi)
         self.act_scale.fill_(scale)
-        self.act_zero.fill_(int(round(-lo / scale)))
+        self.act_zero.fill_(zero)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self._smoothed(x)

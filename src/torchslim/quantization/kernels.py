@@ -16,6 +16,7 @@ choice is visible in logs and reports and can be overridden with ``kernel=Kernel
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -101,8 +102,17 @@ def int4pack_mm(x: torch.Tensor, packed: torch.Tensor, group: int, scales_zeros:
     return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), packed, group, scales_zeros)
 
 
+@functools.cache
 def act_qmax() -> int:
     """Largest uint8 activation code for oneDNN's static int8 kernels. Without AVX512 (e.g. AVX2 CPUs, no
     VNNI) oneDNN multiplies u8 x s8 pairs into int16 with saturation (vpmaddubsw), which corrupts results
-    unless activations use 7 bits ("reduce range", as fbgemm does)."""
+    unless activations use 7 bits ("reduce range", as fbgemm does). Cached: it is read on every forward."""
     return 255 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 127
+
+
+def act_qparams(lo: float, hi: float) -> tuple[float, int]:
+    """Asymmetric uint8 ``(scale, zero point)`` for the range ``[lo, hi]`` (widened to contain 0)."""
+    qmax = act_qmax()
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-8) / qmax
+    return scale, int(min(qmax, max(0, round(-lo / scale))))
