@@ -30,7 +30,7 @@ from torchslim.pruning import masks as M
 from torchslim.pruning.config import Scope, SparseKernel, Storage, default_selector
 from torchslim.pruning.importance import Importance
 from torchslim.pruning.schedules import (
-    MASK, SCORE, MaskHook, as_enum, check_importance, run_and_convert, select_prunable,
+    MASK, SCORE, MaskHook, check_importance, run_and_convert, select_prunable,
 )
 from torchslim.train.hooks import TrainHook
 
@@ -49,9 +49,6 @@ def _check_rounds(cfg: Any, name: str) -> None:
     M.check_sparsity(cfg.sparsity)
     if not isinstance(cfg.rounds, int) or cfg.rounds < 1:
         raise ConfigError(f"{name}.rounds must be a positive integer, got {cfg.rounds!r}")
-    cfg.scope = as_enum(Scope, cfg.scope, f"{name}.scope")
-    cfg.storage = as_enum(Storage, cfg.storage, f"{name}.storage")
-    cfg.kernel = as_enum(SparseKernel, cfg.kernel, f"{name}.kernel")
 
 
 @dataclass
@@ -76,7 +73,7 @@ class IterativeConfig(BaseConfig):
 
     def validate(self) -> None:
         _check_rounds(self, "IterativeConfig")
-        self.importance = check_importance(self.importance, "IterativeConfig")
+        check_importance(self.importance, "IterativeConfig")
         if self.score_steps < 1:
             raise ConfigError(f"IterativeConfig.score_steps must be >= 1, got {self.score_steps}")
 

@@ -18,7 +18,6 @@ Iterative pruning and lottery tickets (several Trainer runs) live in :mod:`torch
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -58,21 +57,11 @@ def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int
     return float(final + (initial - final) * (1.0 - frac) ** 3)
 
 
-def as_enum(kind: type[enum.Enum], value: Any, where: str) -> Any:
-    """``value`` as a member of ``kind`` (accepts the member or its string value)."""
-    try:
-        return kind(value)
-    except ValueError:
-        raise ConfigError(f"{where}: '{value}' is not one of {', '.join(str(m.value) for m in kind)}") from None
-
-
-def check_importance(importance: Any, where: str) -> Importance:
-    """The importance as an enum member, if a training schedule can use it."""
-    imp = as_enum(Importance, importance, f"{where}.importance")
+def check_importance(imp: Importance, where: str) -> None:
+    """Raise unless a training schedule can use ``imp`` (enum fields are coerced by BaseConfig)."""
     if imp not in TRAINING_IMPORTANCE:
         allowed = ", ".join(i.value for i in TRAINING_IMPORTANCE)
         raise ConfigError(f"{where}: {imp.value} importance is one-shot (use UnstructuredConfig); choose {allowed}")
-    return imp
 
 
 @dataclass
@@ -102,10 +91,7 @@ class GradualConfig(BaseConfig):
     selector: Selector = field(default_factory=default_selector)
 
     def validate(self) -> None:
-        self.importance = check_importance(self.importance, "GradualConfig")
-        self.scope = as_enum(Scope, self.scope, "GradualConfig.scope")
-        self.storage = as_enum(Storage, self.storage, "GradualConfig.storage")
-        self.kernel = as_enum(SparseKernel, self.kernel, "GradualConfig.kernel")
+        check_importance(self.importance, "GradualConfig")
         M.check_sparsity(self.sparsity)
         M.check_sparsity(self.initial_sparsity)
         if self.pattern is not None:
