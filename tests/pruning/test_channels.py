@@ -10,7 +10,7 @@ from torch import nn
 from torchslim.artifact.format import load, read_manifest, save
 from torchslim.core.errors import ConfigError
 from torchslim.core.select import Selector
-from torchslim.pruning.channels import (accumulate_grads, choose_channels, count_params, group_scores, kept_count,
+from torchslim.pruning.channels import (accumulate_grads, choose_channels, count_params, group_scores,
                                         prune_channels_)
 from torchslim.pruning.config import Scope, StructuredConfig, Target
 from torchslim.pruning.depgraph import channel_groups
@@ -102,8 +102,6 @@ def test_layer_scope_keeps_the_ratio_in_every_group_and_rounds() -> None:
     summary = prune_channels_(model, config(ratio=0.3, round_to=8), DIGITS)
     assert [g["kept"] for g in summary["groups"]] == [24, 24, 48, 48]
     assert model.stages[1][0].conv1.weight.shape == (48, 24, 3, 3)
-    assert kept_count(10, 3, round_to=8) == 8 and kept_count(6, 2, round_to=8) == 2
-    assert kept_count(64, 0, min_keep=4) == 4 and kept_count(64, 0) == 1
 
 
 def test_global_scope_gives_different_per_group_ratios() -> None:

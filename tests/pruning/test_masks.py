@@ -67,3 +67,8 @@ def test_importance_scores():
     with pytest.raises(ConfigError, match="gradients"):
         scores(w, Importance.TAYLOR)
     assert reduce_scores(torch.ones(4, 3, 2, 2), 0).tolist() == [12.0] * 4
+
+
+def test_kept_count_rounds_to_multiples_within_bounds():
+    assert M.kept_count(10, 3, round_to=8) == 8 and M.kept_count(6, 2, round_to=8) == 2
+    assert M.kept_count(64, 0, min_keep=4) == 4 and M.kept_count(64, 0) == 1

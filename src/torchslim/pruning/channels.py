@@ -21,7 +21,7 @@ from torchslim.core.surgery import get_module, replace_module
 from torchslim.pruning.config import Scope, StructuredConfig, Target
 from torchslim.pruning.depgraph import ChannelGroup, build_groups, eval_mode, example_args
 from torchslim.pruning.importance import Importance, reduce_scores, scores
-from torchslim.pruning.masks import keep_indices, n_pruned
+from torchslim.pruning.masks import keep_indices, kept_count, n_pruned
 from torchslim.transforms.graph import trace
 
 CHANNEL_IMPORTANCE = (Importance.MAGNITUDE, Importance.MAGNITUDE_L2, Importance.TAYLOR, Importance.RANDOM)
@@ -96,13 +96,6 @@ def accumulate_grads(model: nn.Module, task: Any, batches: Iterable[dict[str, An
         for n, p in params.items():
             p.grad = saved[n]
     return sums
-
-
-def kept_count(size: int, n_keep: int, round_to: int = 1, min_keep: int = 1) -> int:
-    """``n_keep`` rounded to a multiple of ``round_to`` (nearest), within ``[min_keep, size]``, at least 1."""
-    if round_to > 1 and size > round_to:
-        n_keep = max(round_to, int(math.floor(n_keep / round_to + 0.5)) * round_to)
-    return max(1, min(size, max(min_keep, n_keep)))
 
 
 def choose_channels(groups: list[ChannelGroup], group_score: list[torch.Tensor | None],

@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from torchslim.core.errors import ConfigError
@@ -86,6 +88,13 @@ def keep_indices(group_scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     n = group_scores.numel()
     n_keep = max(1, min(n, int(n_keep)))
     return torch.topk(group_scores.float(), n_keep).indices.sort().values
+
+
+def kept_count(size: int, n_keep: int, round_to: int = 1, min_keep: int = 1) -> int:
+    """``n_keep`` rounded to a multiple of ``round_to`` (nearest), within ``[min_keep, size]``, at least 1."""
+    if round_to > 1 and size > round_to:
+        n_keep = max(round_to, int(math.floor(n_keep / round_to + 0.5)) * round_to)
+    return max(1, min(size, max(min_keep, n_keep)))
 
 
 def sparsity_of(t: torch.Tensor) -> float:

@@ -9,6 +9,7 @@ head), and whole key/value groups can go too; the per-layer head counts are reco
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,7 @@ from torchslim.core.errors import ConfigError
 from torchslim.core.resize import record_attribute
 from torchslim.pruning.config import Scope, StructuredConfig
 from torchslim.pruning.importance import Importance, scores
-from torchslim.pruning.masks import keep_indices
+from torchslim.pruning.masks import keep_indices, kept_count
 from torchslim.pruning.surgery import slice_linear_, unit_rows
 
 
@@ -64,7 +65,8 @@ def _elem(w: torch.Tensor, name: str, config: StructuredConfig, grads: dict | No
         if not consumer:
             return torch.zeros(w.shape)   # activation x weight scores the consuming projection only
         return scores(w, imp, input_norm=norms[name])
-    return scores(w, imp, generator=torch.Generator().manual_seed(hash(name) % 2**31)) \
+    # crc32, not hash(): str hashes change per process, random scores must not
+    return scores(w, imp, generator=torch.Generator().manual_seed(zlib.crc32(name.encode()))) \
         if imp is Importance.RANDOM else scores(w, imp)
 
 
@@ -78,13 +80,6 @@ def unit_scores(model: nn.Module, rows: list[str], cols: list[str], width: int, 
             per = s.sum(1 - dim).reshape(-1, width).sum(1)
             total = per if total is None else total + per
     return total
-
-
-def _rounded(n: int, ratio: float, round_to: int, min_keep: int) -> int:
-    keep = n - int(round(n * ratio))
-    if round_to > 1:
-        keep = max(round_to, int(round(keep / round_to)) * round_to)
-    return max(min(n, keep), min(min_keep, n))
 
 
 # -- heads ------------------------------------------------------------------------------
@@ -119,9 +114,8 @@ def prune_heads_(model: nn.Module, spec: ArchSpec, info: BlockInfo, q_score: tor
             record_attribute(model, attn, attr, len(kept_q))
     if hasattr(module, "all_head_size"):
         record_attribute(model, attn, "all_head_size", len(kept_q) * hd)
-    for attr in ("num_key_value_heads",):
-        if hasattr(module, attr):
-            record_attribute(model, attn, attr, len(groups))
+    if hasattr(module, "num_key_value_heads"):
+        record_attribute(model, attn, "num_key_value_heads", len(groups))
 
 
 def head_scores(model: nn.Module, spec: ArchSpec, info: BlockInfo, config: StructuredConfig,
@@ -164,7 +158,8 @@ def prune_blocks_mlp_attn(model: nn.Module, spec: ArchSpec, blocks: list[tuple[s
     if neurons:
         ns = {i.name: neuron_scores(model, spec, i, config, grads, norms) for i in infos}
         counts = global_keep_counts(ns, config.ratio, config.min_keep) if config.scope is Scope.GLOBAL else \
-            {i.name: _rounded(i.neurons, config.ratio, config.round_to, config.min_keep) for i in infos}
+            {i.name: kept_count(i.neurons, i.neurons - int(round(i.neurons * config.ratio)), config.round_to,
+                                config.min_keep) for i in infos}
         for i in infos:
             prune_neurons_(model, spec, i, keep_indices(ns[i.name], counts[i.name]))
     if heads:
