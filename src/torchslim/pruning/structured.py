@@ -22,14 +22,11 @@ log = logging.getLogger("torchslim.pruning")
 
 def gradients(model: nn.Module, calibration: Any, n_samples: int, batch_size: int = 4) -> dict[str, torch.Tensor]:
     """Task-loss gradients summed over about ``n_samples`` training samples (Taylor importance)."""
-    import itertools
-
     from torchslim.pruning.channels import accumulate_grads
 
     if calibration is None or not hasattr(calibration, "loss") or not hasattr(calibration, "train_batches"):
         raise ConfigError("Taylor importance needs a task with a loss: pass calibration=<task>")
-    batches = list(itertools.islice(calibration.train_batches(batch_size), max(1, -(-n_samples // batch_size))))
-    return accumulate_grads(model, calibration, batches)
+    return accumulate_grads(model, calibration, None, n_samples=n_samples, batch_size=batch_size)
 
 
 def input_norms(model: nn.Module, names: list[str], calibration: Any, n_samples: int) -> dict[str, torch.Tensor]:
