@@ -11,21 +11,24 @@ Verbs change a model in place, one per technique family::
 from torchslim.version import __version__
 
 # verbs
-from torchslim.api import prune_, quantize_
+from torchslim.api import finetune_, prune_, quantize_
 from torchslim.core.registry import apply_
 
 # building blocks
 from torchslim.core.config import BaseConfig
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ArtifactError, ConfigError, TorchSlimError
 from torchslim.core.select import Selector
 
 # artifacts and models
 from torchslim.artifact import load, save
 from torchslim.models import load_model
+import torchslim.zoo.hf  # noqa: F401,E402 - registers the transformers skeleton builder
 
 # techniques (importing registers their handlers)
 from torchslim.quantization import AWQConfig, CastConfig, GPTQConfig, KVCacheConfig, W8A8Config, WeightOnlyConfig
 from torchslim.pruning import GradualConfig, IterativeConfig, LotteryConfig, StructuredConfig, UnstructuredConfig
+from torchslim.train import FinetuneConfig, TrainConfig
 
 
 def evaluate(*args, **kwargs):
@@ -37,8 +40,8 @@ def evaluate(*args, **kwargs):
 
 __all__ = [
     "__version__",
-    "apply_", "prune_", "quantize_",
-    "BaseConfig", "Selector", "ArtifactError", "ConfigError", "TorchSlimError",
+    "apply_", "finetune_", "prune_", "quantize_",
+    "ApplyContext", "BaseConfig", "Selector", "TrainConfig", "FinetuneConfig", "ArtifactError", "ConfigError", "TorchSlimError",
     "evaluate", "load", "load_model", "save",
     "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig",
     "GradualConfig", "IterativeConfig", "LotteryConfig", "StructuredConfig", "UnstructuredConfig",

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from torchslim.core.errors import UnknownModelError
+from torchslim.core.state import state_of
 from torchslim.zoo.registry import LoadedModel, get_entry, list_entries
 
 
@@ -29,8 +30,9 @@ def load_model(spec: str, **kwargs: Any) -> LoadedModel:
     path = Path(spec).expanduser()
     if path.is_dir() and is_artifact(path):
         model = load(path)
-        task, tokenizer = _task_for_source(model._torchslim_source)
-        return LoadedModel(name=path.name, model=model, task=task, source=model._torchslim_source,
+        source = state_of(model).source or {}
+        task, tokenizer = _task_for_source(source)
+        return LoadedModel(name=path.name, model=model, task=task, source=source,
                            tokenizer=tokenizer, extra={"artifact": str(path)})
     if path.is_dir():
         from torchslim.zoo.hf import load_hf_folder
@@ -43,5 +45,5 @@ def load_model(spec: str, **kwargs: Any) -> LoadedModel:
         if spec not in names:
             raise UnknownModelError(f"unknown model '{spec}': not a zoo name ({', '.join(sorted(names))}) nor a folder")
         loaded = get_entry(spec).loader(**kwargs)
-    loaded.model._torchslim_source = loaded.source
+    state_of(loaded.model).source = loaded.source
     return loaded

@@ -151,8 +151,8 @@ def test_model_level_settings_are_saved_and_reapplied(tmp_path):
         family = "quantization"
         word: str = "hi"
 
-    @register_handler(GreetingCfg)
-    def _greet(model, config, **_):
+    @register_handler(GreetingCfg, modifies="settings")
+    def _greet(model, config, ctx):
         model.greeting = config.word
         record_setting(model, config)
         return model

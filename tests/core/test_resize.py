@@ -38,9 +38,9 @@ def test_rename_and_errors():
     record_resized(m, "a")
     rename_prefix(m, "a", "b")
     assert list(resize_spec(m)["modules"]) == []  # 'b' does not exist in the model: dropped on refresh
-    m.gelu = nn.GELU()
+    m.prelu = nn.PReLU()
     with pytest.raises(TorchSlimError, match="cannot record"):
-        record_resized(m, "gelu")
+        record_resized(m, "prelu")
     with pytest.raises(ArtifactError, match="lacks"):
         apply_resize_spec(Net(), {"modules": {"missing": {"kind": "Linear", "in_features": 1, "out_features": 1,
                                                           "bias": True}}})

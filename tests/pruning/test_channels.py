@@ -19,6 +19,7 @@ from torchslim.tasks.classification import ClassificationTask
 from torchslim.zoo.digits_cnn import build_digits_cnn
 
 from _pruning_helpers import IMAGES, CatAddNet, CatNet, DepthwiseNet, SqueezeExcite, TokenMixer, mlp  # noqa: E402
+from torchslim.core.state import state_of
 
 DIGITS = {"x": torch.randn(4, 1, 8, 8)}
 
@@ -136,7 +137,7 @@ def test_pruned_modules_are_plain_recorded_and_keep_their_state() -> None:
     prune_channels_(model, config(ratio=0.5), DIGITS)
     assert type(model.stem[0]) is nn.Conv2d and type(model.stem[1]) is nn.BatchNorm2d
     assert model.stem[1].training and not model.stem[1].weight.requires_grad and model.stem[0].weight.requires_grad
-    recorded = model._torchslim_resized["modules"]
+    recorded = state_of(model).resized["modules"]
     assert recorded["head"] == {"kind": "Linear", "in_features": 32, "out_features": 10, "bias": True}
     assert recorded["stem.1"]["num_features"] == 16 and "stages.0.0.conv1" in recorded
 

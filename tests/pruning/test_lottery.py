@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import torchslim
+from torchslim.core.state import state_of
 from torchslim.core.errors import ConfigError
 from torchslim.core.select import Selector
 from torchslim.pruning.lottery import (
@@ -116,6 +117,10 @@ def test_prune_dispatches_iterative_and_lottery() -> None:
         out = torchslim.prune_(model, cfg, task=blob_task(), train=_train(3))
         assert isinstance(out[0], SparseLinear) and isinstance(out[2], SparseLinear)
         assert type(out[4]) is nn.Linear
-        assert [h["round"] for h in out.pruning_history] == [0, 1, 2]
-        assert out.pruning_history[-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        entry = state_of(out).history[-1]
+        assert entry.kind == "pruning" and entry.name == type(cfg).__name__ and entry.config == cfg.to_dict()
+        records = entry.details["records"]
+        assert [h["round"] for h in records] == [0, 1, 2]
+        assert records[-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        assert entry.touched["by_type"] == {"SparseLinear": 2} and "top1" in entry.metrics
         assert out(x).shape == (3, 4)

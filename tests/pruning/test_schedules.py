@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import torchslim
+from torchslim.core.state import state_of
 from torchslim.core.errors import ConfigError
 from torchslim.core.select import Selector
 from torchslim.pruning.importance import Importance
@@ -183,8 +184,10 @@ def test_prune_dispatches_gradual_config_and_records_history() -> None:
     out = torchslim.prune_(model, GradualConfig(sparsity=0.5, frequency=2), task=blob_task(), train=_train(4))
     assert out is model
     assert [type(m) for m in model] == [SparseLinear, nn.ReLU, SparseLinear, nn.ReLU, SparseLinear]
-    assert model.pruning_history[-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    assert "top1" in model.pruning_history[-1]
+    entry = state_of(model).history[-1]
+    assert entry.details["records"][-1]["final_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert "top1" in entry.metrics and entry.details["steps"] == 4
+    assert set(entry.details["final_loss_terms"]) == {"task"}
     model2 = _mlp(5)
     torchslim.prune_(model2, GradualConfig(sparsity=0.5, frequency=2), calibration=blob_task(), train=_train(4))
     assert isinstance(model2[0], SparseLinear)

@@ -8,6 +8,7 @@ from torchslim.pruning import UnstructuredConfig
 from torchslim.pruning.sparse_quant import SparseQuantLinear
 from torchslim.quantization import GPTQConfig, IntFormat, PerChannel, PerGroup, WeightOnlyConfig
 from torchslim.zoo.tiny import build_tiny_llama
+from torchslim.core.state import state_of
 
 IDS = torch.randint(1, 200, (1, 16), generator=torch.Generator().manual_seed(0))
 
@@ -35,7 +36,7 @@ def test_pruned_then_quantized_keeps_zeros_and_round_trips(tmp_path, bits):
     torchslim.save(m, tmp_path / "sq")
     loaded = torchslim.load(tmp_path / "sq")
     assert torch.allclose(loaded(input_ids=IDS).logits, expected, atol=1e-4)
-    info = loaded._torchslim_manifest["layers"]["model.layers.0.mlp.up_proj"]
+    info = state_of(loaded).manifest["layers"]["model.layers.0.mlp.up_proj"]
     assert info["technique"] == "unstructured+rtn" and info["prune_config"]["_type"] == "UnstructuredConfig"
 
 

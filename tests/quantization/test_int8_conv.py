@@ -20,6 +20,7 @@ from torchslim.quantization.int8_conv import (Int8StaticConv2d, conv_input_stats
                                               quantize_conv_weight_only)
 from torchslim.transforms import FoldedAway, fold_bn_, fuse_int8_relu_
 from torchslim.zoo.digits_cnn import build_digits_cnn, load_digits_cnn
+from torchslim.core.state import state_of
 
 STATIC = W8A8Config(mode=ActMode.STATIC)
 
@@ -146,7 +147,7 @@ def test_artifact_round_trip_is_exact(tmp_path) -> None:
         assert k == k2 and a.dtype == b.dtype and torch.equal(a, b), k
     assert torch.equal(again(x), model(x))
     assert torch.equal(copy.deepcopy(again)(x), model(x))   # the packed oneDNN weight is rebuilt, not copied
-    layers = again._torchslim_manifest["layers"]
+    layers = state_of(again).manifest["layers"]
     assert layers["0"]["kernel"].startswith("onednn::qconv2d_pointwise") and layers["0"]["output"] == "uint8"
     assert layers["5"]["storage"] == "ternary PerChannel" and layers["1"]["technique"] == "fold_bn"
 

@@ -9,6 +9,7 @@ import torchslim
 from torchslim.core.errors import TorchSlimError
 from torchslim.transforms import FoldedAway, FoldedConv2d, fold_bn_, fold_conv_bn_weights
 from torchslim.zoo.digits_cnn import build_digits_cnn, load_digits_cnn
+from torchslim.core.state import state_of
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_trained_digits_cnn_folds_exactly_and_round_trips(digits, tmp_path) -> N
     path = torchslim.save(folded, tmp_path / "folded", source=digits.source)
     again = torchslim.load(path)
     assert isinstance(again.stem[0], FoldedConv2d) and isinstance(again.stem[1], FoldedAway)
-    assert again._torchslim_manifest["layers"]["stem.1"]["technique"] == "fold_bn"
+    assert state_of(again).manifest["layers"]["stem.1"]["technique"] == "fold_bn"
     with torch.no_grad():
         assert torch.equal(again(x), folded(x))
 

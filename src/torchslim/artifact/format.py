@@ -2,78 +2,107 @@
 
 * ``model.safetensors``: every tensor of the model's ``state_dict`` in its stored dtype
   (shared tensors, such as tied embeddings, are stored once and listed as aliases);
-* ``manifest.json``: format version, torchslim version, the source model, how to rebuild
-  the architecture, and for every compressed layer its technique, config and storage format;
+* ``manifest.json``: format version, torchslim version, the source model, how to rebuild the
+  architecture, the ordered history of stages that made the model (each config stored once),
+  modules resized or added by a technique, and for every compressed layer its format, kernel
+  and the history entry that produced it;
 * ``config.json``: the Hugging Face config, for transformers models.
 
-Saving writes a temporary folder and renames it into place, so an interrupted save never
-replaces a good artifact with a broken one. Loading checks the weights file's size and
-SHA-256 before reading it and never unpickles anything.
+Saving stages the new files inside the folder and renames them into place, manifest last, so an
+interrupted save never leaves a manifest describing files that are not there, and files the
+artifact did not write (a user's notes, a recipe run's state) are never touched. Loading checks
+that every file the manifest names lies inside the folder, checks the weights file's size and
+SHA-256 before reading it, and never unpickles anything.
+
+Format versions: 1 (torchslim 0.1: per-layer configs inline, no history) still loads.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from torchslim.artifact import checks
+from torchslim.core import io
 from torchslim.core.errors import ArtifactError, TorchSlimError
-from torchslim.core.io import atomic_dir
 from torchslim.core.modules import layer_infos, model_settings, module_format
-from torchslim.core.resize import apply_resize_spec, resize_spec
+from torchslim.core.resize import added_spec, apply_added_spec, apply_resize_spec, resize_spec
+from torchslim.core.skeletons import build_skeleton
+from torchslim.core.state import HistoryEntry, state_of
 from torchslim.core.surgery import get_module, replace_module
 from torchslim.version import __version__
 
-FORMAT_NAME = "torchslim-artifact"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+FORMAT_NAME = checks.FORMAT_NAME
+FORMAT_VERSION = checks.FORMAT_VERSION
+MANIFEST = checks.MANIFEST
 WEIGHTS = "model.safetensors"
 HF_CONFIG = "config.json"
+_V1_FILES = (WEIGHTS, HF_CONFIG)
 
 
 # -- save --------------------------------------------------------------------------------
 def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = None,
          metadata: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` as an artifact folder at ``path`` (atomically) and return the path."""
+    """Save ``model`` as an artifact folder at ``path`` and return the path."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    _check_target(path)
-    source = source or getattr(model, "_torchslim_source", None) or {"kind": "module"}
+    old = checks.check_target(path)
+    state = state_of(model)
+    source = source or state.source or {"kind": "module"}
     tensors, aliases = _dedup(model.state_dict())
-    with atomic_dir(path) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT_NAME})
-        arch = _architecture(model)
+    arch = _architecture(model)
+    history = [h.to_dict() for h in state.history]
+    with io.staged_files(path, MANIFEST, stale=_stale_files(old)) as stage:
+        save_file(tensors, str(stage / WEIGHTS), metadata={"format": FORMAT_NAME})
+        files = [WEIGHTS]
         if arch["kind"] == "transformers":
-            (tmp / HF_CONFIG).write_text(model.config.to_json_string())
+            (stage / HF_CONFIG).write_text(model.config.to_json_string())
+            files.append(HF_CONFIG)
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "torchslim_version": __version__,
             "torch_version": torch.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": io.utc_now(),
             "source": source,
             "architecture": arch,
-            "weights": {"file": WEIGHTS, "bytes": (tmp / WEIGHTS).stat().st_size, "sha256": _sha256(tmp / WEIGHTS)},
+            "files": [*files, MANIFEST],
+            "weights": {"file": WEIGHTS, "bytes": (stage / WEIGHTS).stat().st_size, "sha256": io.sha256(stage / WEIGHTS)},
             "aliases": aliases,
+            "history": history,
             "resized": resize_spec(model),
-            "layers": layer_infos(model),
+            "added": added_spec(model),
+            "layers": _compact_layers(layer_infos(model), history),
             "settings": [c.to_dict() for c in model_settings(model)],
             "metadata": metadata or {},
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
     return path
 
 
-def _check_target(path: Path) -> None:
-    if path.is_file():
-        raise TorchSlimError(f"cannot save an artifact to {path}: it is a file")
-    if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).is_file():
-        raise TorchSlimError(f"refusing to overwrite {path}: it is a non-empty folder that is not a torchslim artifact")
+def _stale_files(old: dict[str, Any] | None) -> list[str]:
+    """Files a previous artifact in the folder wrote (to remove if the new one does not write them)."""
+    if old is None:
+        return []
+    files = old.get("files")
+    if isinstance(files, list):
+        return [f for f in files if isinstance(f, str) and checks.is_plain_name(f)]
+    if old.get("architecture", {}).get("kind") == "transformers":
+        return list(_V1_FILES)
+    return [WEIGHTS]
+
+
+def _compact_layers(layers: dict[str, dict[str, Any]], history: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Drop a layer's config where it is its history entry's config (stored once there)."""
+    for info in layers.values():
+        stage = info.get("stage")
+        if isinstance(stage, int) and 0 <= stage < len(history) and info.get("config") == history[stage].get("config"):
+            del info["config"]
+    return layers
 
 
 def _architecture(model: nn.Module) -> dict[str, Any]:
@@ -104,100 +133,54 @@ def _dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dic
     return tensors, aliases
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # -- load --------------------------------------------------------------------------------
 def is_artifact(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of the artifact at ``path``, checked for format and version."""
-    path = Path(path)
-    mpath = path / MANIFEST
-    if not path.exists():
-        raise ArtifactError(f"{path}: no such artifact folder")
-    if not mpath.is_file():
-        raise ArtifactError(f"{path}: not a torchslim artifact (no {MANIFEST})")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{mpath}: corrupted manifest, not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise ArtifactError(f"{mpath}: not a torchslim manifest (format field is {manifest.get('format')!r})"
-                            if isinstance(manifest, dict) else f"{mpath}: not a torchslim manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ArtifactError(f"{mpath}: format version {version!r} is not supported (this torchslim reads <= {FORMAT_VERSION})")
-    for key in ("weights", "source", "architecture", "layers"):
-        if key not in manifest:
-            raise ArtifactError(f"{mpath}: manifest is missing the '{key}' field")
-    return manifest
+    """The manifest of the artifact at ``path``, checked for format, version and structure."""
+    return checks.read_manifest(Path(path))
 
 
 def _read_weights(path: Path, manifest: dict[str, Any], verify: bool) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     info = manifest["weights"]
-    wpath = path / info["file"]
+    wpath = checks.inside(path, info["file"])
     if not wpath.is_file():
         raise ArtifactError(f"{wpath}: weights file is missing")
     size = wpath.stat().st_size
     if size != info["bytes"]:
         raise ArtifactError(f"{wpath}: truncated or altered: {size} bytes on disk, the manifest says {info['bytes']}")
-    if verify and _sha256(wpath) != info["sha256"]:
+    if verify and io.sha256(wpath) != info["sha256"]:
         raise ArtifactError(f"{wpath}: corrupted: SHA-256 does not match the manifest")
     try:
         return load_file(str(wpath))
     except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
-        raise ArtifactError(f"{wpath}: unreadable safetensors file ({str(e).splitlines()[0]})") from None
+        raise ArtifactError(f"{wpath}: unreadable safetensors file ({str(e).splitlines()[0][:160]})") from None
 
 
-def _build_skeleton(path: Path, manifest: dict[str, Any]) -> nn.Module:
-    arch = manifest["architecture"]
-    if arch.get("kind") == "transformers":
-        import transformers
-
-        cls = getattr(transformers, arch.get("class", ""), None)
-        if cls is None:
-            raise ArtifactError(f"{path}: transformers has no model class {arch.get('class')!r}")
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-        model = cls(config)
-        if "children" in arch:
-            for name in [n for n, _ in model.named_children() if n not in arch["children"]]:
-                setattr(model, name, None)
-        return model
-    source = manifest["source"]
-    if source.get("kind") == "zoo":
-        from torchslim.zoo import get_entry
-
-        entry = get_entry(source["name"])
-        if entry.skeleton is not None:
-            return entry.skeleton(source)
-    raise ArtifactError(
-        f"{path}: the artifact holds a plain {arch.get('class', 'nn.Module')}; "
-        "pass its architecture as torchslim.load(path, model=...)"
-    )
-
-
-def _apply_layer_formats(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+def _apply_layer_formats(model: nn.Module, layers: dict[str, dict[str, Any]], history: list[dict[str, Any]]) -> None:
     for name, info in layers.items():
-        cls = module_format(info["module"])
+        cls = module_format(info.get("module"))
+        stage = info.get("stage")
+        if "config" not in info and isinstance(stage, int) and 0 <= stage < len(history):
+            info = {**info, "config": history[stage].get("config")}
         try:
             original = get_module(model, name)
         except TorchSlimError:
             raise ArtifactError(f"artifact layer '{name}' does not exist in the rebuilt {type(model).__name__}") from None
-        replace_module(model, name, cls.from_layer_info(original, info))
+        try:
+            replace_module(model, name, cls.from_layer_info(original, info))
+        except TorchSlimError as e:
+            raise ArtifactError(f"artifact layer '{name}': {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ArtifactError(f"artifact layer '{name}' has a bad {info.get('module')} record ({str(e)[:120]})") from None
 
 
 def _apply_settings(model: nn.Module, settings: list[dict[str, Any]], path: Path) -> None:
-    """Re-apply model-level settings (recorded configs) through their registered handlers."""
+    """Re-apply model-level settings (recorded configs) through their registered handlers (not a new stage)."""
     from torchslim.core.config import config_from_dict
     from torchslim.core.registry import apply_
 
@@ -206,7 +189,7 @@ def _apply_settings(model: nn.Module, settings: list[dict[str, Any]], path: Path
             config = config_from_dict(d)
         except TorchSlimError as e:
             raise ArtifactError(f"{path}: cannot restore model setting: {e}") from None
-        apply_(model, config)
+        apply_(model, config, record=False)
 
 
 def load(path: str | Path, model: nn.Module | None = None, *, verify: bool = True) -> nn.Module:
@@ -214,21 +197,23 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify: bool = Tru
     path = Path(path)
     manifest = read_manifest(path)
     tensors = _read_weights(path, manifest, verify)
-    model = model if model is not None else _build_skeleton(path, manifest)
+    model = model if model is not None else build_skeleton(manifest, path)
     apply_resize_spec(model, manifest.get("resized", {}))
-    _apply_layer_formats(model, manifest["layers"])
+    apply_added_spec(model, manifest.get("added", {}))
+    history = manifest.get("history", [])
+    _apply_layer_formats(model, manifest["layers"], history)
     for alias, canonical in manifest.get("aliases", {}).items():
+        if canonical not in tensors:
+            raise ArtifactError(f"{path}: alias '{alias}' points to '{canonical}', which the weights file lacks")
         tensors[alias] = tensors[canonical]
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ArtifactError(f"{path}: weights do not match the architecture ({what})")
+    checks.match_state(path, model.state_dict(), tensors)
     model.load_state_dict(tensors, strict=True, assign=True)
     if manifest.get("aliases") and callable(getattr(model, "tie_weights", None)):
         model.tie_weights()  # restore shared Parameter objects (tied embeddings)
     _apply_settings(model, manifest.get("settings", []), path)
     model.eval()
-    model._torchslim_source = manifest["source"]
-    model._torchslim_manifest = manifest
+    state = state_of(model)
+    state.source, state.manifest = manifest["source"], manifest
+    state.history = [HistoryEntry.from_dict(h) for h in history]
+    state.layer_stage = {n: i["stage"] for n, i in manifest["layers"].items() if isinstance(i.get("stage"), int)}
     return model

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from torchslim.core.codec import decode, decode_scalar, encode, shown
 from torchslim.core.errors import ConfigError
 from torchslim.core.io import atomic_file
 
@@ -47,8 +47,12 @@ class BaseConfig:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             hint, value = hints.get(f.name), getattr(self, f.name)
+            where = f"{type(self).__name__}.{f.name}"
             if isinstance(value, str) and isinstance(hint, type) and issubclass(hint, enum.Enum):
-                setattr(self, f.name, _decode_scalar(value, hint, f"{type(self).__name__}.{f.name}"))
+                object.__setattr__(self, f.name, decode_scalar(value, hint, where))
+            elif isinstance(value, (str, list, tuple)) and _enum_tuple(hint) is not None:
+                items = (value,) if isinstance(value, str) else value
+                object.__setattr__(self, f.name, tuple(decode_scalar(v, _enum_tuple(hint), where) for v in items))
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on an invalid value. Override in subclasses."""
@@ -60,7 +64,7 @@ class BaseConfig:
 
     # -- serialization -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        data = {f.name: encode(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         return {"_type": type(self).__name__, "_version": self.VERSION, "_data": data}
 
     @classmethod
@@ -85,6 +89,15 @@ class BaseConfig:
     def load(path: str | Path) -> BaseConfig:
         """Read a config from a JSON or YAML file."""
         return config_from_dict(read_mapping(path))
+
+
+def _enum_tuple(hint: Any) -> type[enum.Enum] | None:
+    """``E`` when ``hint`` is ``tuple[E, ...]`` of an enum ``E``, else ``None``."""
+    if typing.get_origin(hint) is tuple:
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], enum.Enum):
+            return args[0]
+    return None
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
@@ -112,113 +125,44 @@ def config_types() -> dict[str, type[BaseConfig]]:
     return dict(_CONFIG_TYPES)
 
 
-def config_from_dict(d: dict[str, Any], expected: type[BaseConfig] | None = None) -> BaseConfig:
+def config_from_dict(d: Any, expected: type[BaseConfig] | None = None, where: str | None = None) -> BaseConfig:
     """Build a config from ``{"_type": ..., "_version": ..., "_data": {...}}``.
 
-    A plain mapping without ``_type`` is accepted when ``expected`` names the class.
+    A plain mapping without ``_type`` is accepted when ``expected`` names the class. ``where``
+    (a field path such as ``GPTQConfig.weight``) prefixes error messages of nested configs.
     """
+    label = where or (expected.__name__ if expected else "config")
     if not isinstance(d, dict):
-        raise ConfigError(f"a config must be a mapping, got {type(d).__name__}")
+        raise ConfigError(f"{label}: a config must be a mapping, got {shown(d)}")
     name = d.get("_type", expected.__name__ if expected else None)
     if name is None:
-        raise ConfigError("config has no '_type' key; known types: " + ", ".join(sorted(_CONFIG_TYPES)))
+        raise ConfigError(f"{label}: config has no '_type' key; known types: " + ", ".join(sorted(_CONFIG_TYPES)))
+    if not isinstance(name, str):
+        raise ConfigError(f"{label}: '_type' must be a config class name, got {shown(name)}")
     cls = _CONFIG_TYPES.get(name)
     if cls is None:
-        raise ConfigError(f"unknown config type '{name}'; known types: " + ", ".join(sorted(_CONFIG_TYPES)))
+        raise ConfigError(f"{label}: unknown config type {shown(name)}; known types: " + ", ".join(sorted(_CONFIG_TYPES)))
     if expected is not None and not issubclass(cls, expected):
-        raise ConfigError(f"expected a {expected.__name__}, got {name}")
-    version = int(d.get("_version", cls.VERSION))
+        raise ConfigError(f"{label}: expected a {expected.__name__}, got {name}")
+    version = d.get("_version", cls.VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{label}: '_version' must be a positive integer, got {shown(version)}")
     if version > cls.VERSION:
         raise ConfigError(f"{name} version {version} is newer than this torchslim understands ({cls.VERSION})")
-    data = d["_data"] if "_data" in d else {k: v for k, v in d.items() if not k.startswith("_")}
+    data = d["_data"] if "_data" in d else {k: v for k, v in d.items() if not str(k).startswith("_")}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: '_data' must be a mapping, got {shown(data)}")
     data = cls.migrate(dict(data), version) if version < cls.VERSION else dict(data)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"unknown key '{unknown[0]}' for {name}; valid keys: {', '.join(fields)}")
+        raise ConfigError(f"unknown key {shown(unknown[0])} for {where or name}; valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _decode(v, hints.get(k, Any), f"{name}.{k}") for k, v in data.items()}
+    prefix = where or name
+    kwargs = {k: decode(v, hints.get(k, Any), f"{prefix}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"{name}: {e}") from None
-
-
-# -- value encoding --------------------------------------------------------------------
-def _encode(v: Any) -> Any:
-    if isinstance(v, BaseConfig):
-        return v.to_dict()
-    if hasattr(v, "to_dict") and callable(v.to_dict):
-        return v.to_dict()
-    if isinstance(v, enum.Enum):
-        return v.value
-    if isinstance(v, torch.dtype):
-        return str(v).removeprefix("torch.")
-    if isinstance(v, (list, tuple)):
-        return [_encode(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _encode(x) for k, x in v.items()}
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    raise ConfigError(f"cannot serialize a value of type {type(v).__name__}: {v!r}")
-
-
-def _decode(v: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if v is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _decode(v, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {v!r}")
-    if hint is Any or v is None:
-        return v
-    if origin in (list, tuple):
-        args = typing.get_args(hint)
-        inner = args[0] if args else Any
-        if not isinstance(v, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {v!r}")
-        out = [_decode(x, inner, where) for x in v]
-        return tuple(out) if origin is tuple else out
-    if origin is dict:
-        args = typing.get_args(hint)
-        inner = args[1] if len(args) == 2 else Any
-        if not isinstance(v, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {v!r}")
-        return {k: _decode(x, inner, where) for k, x in v.items()}
-    if isinstance(hint, type):
-        return _decode_scalar(v, hint, where)
-    return v
-
-
-def _decode_scalar(v: Any, hint: type, where: str) -> Any:
-    if issubclass(hint, enum.Enum):
-        if isinstance(v, hint):
-            return v
-        try:
-            return hint(v)
-        except ValueError:
-            raise ConfigError(f"{where}: '{v}' is not one of {', '.join(str(m.value) for m in hint)}") from None
-    if issubclass(hint, BaseConfig):
-        return v if isinstance(v, BaseConfig) else config_from_dict(v, expected=hint)
-    if hint is torch.dtype:
-        if isinstance(v, torch.dtype):
-            return v
-        dt = getattr(torch, str(v).removeprefix("torch."), None)
-        if not isinstance(dt, torch.dtype):
-            raise ConfigError(f"{where}: '{v}' is not a torch dtype")
-        return dt
-    if hasattr(hint, "from_dict") and isinstance(v, dict):
-        return hint.from_dict(v)
-    if hint is float and isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if hint in (int, float, str, bool) and not isinstance(v, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {v!r}")
-    return v
+        raise ConfigError(f"{prefix}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where and not str(e).startswith(where) else str(e)) from None

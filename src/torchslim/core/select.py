@@ -112,28 +112,56 @@ class Selector:
 
     # -- edges ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        from torchslim.core.config import _encode
+        from torchslim.core.codec import encode
 
         return {
             "include": [_rule_to_str(r) for r in self.include],
             "exclude": [_rule_to_str(r) for r in self.exclude],
-            "overrides": {_rule_to_str(k): _encode(v) for k, v in self.overrides.items()},
+            "overrides": {_rule_to_str(k): encode(v) for k, v in self.overrides.items()},
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Selector:
-        from torchslim.core.config import config_from_dict
+    def from_dict(cls, d: Any) -> Selector:
+        from torchslim.core.codec import shown
+        from torchslim.core.config import BaseConfig, config_from_dict
 
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a selector must be a mapping with include/exclude/overrides, got {shown(d)}")
         unknown = set(d) - {"include", "exclude", "overrides"}
         if unknown:
-            raise ConfigError(f"unknown selector key '{sorted(unknown)[0]}'; valid keys: include, exclude, overrides")
+            raise ConfigError(f"unknown selector key {shown(sorted(map(str, unknown))[0])}; "
+                              "valid keys: include, exclude, overrides")
+        overrides = d.get("overrides") or {}
+        if not isinstance(overrides, Mapping):
+            raise ConfigError(f"selector overrides must map rules to configs (or null), got {shown(overrides)}")
 
-        def value(v: Any) -> Any:
-            return config_from_dict(v) if isinstance(v, dict) and "_type" in v else v
+        def value(rule: Any, v: Any) -> Any:
+            if v is None or isinstance(v, BaseConfig):
+                return v
+            if isinstance(v, dict):
+                return config_from_dict(v, where=f"selector override {shown(rule)}")
+            raise ConfigError(f"selector override {shown(rule)} must be a config mapping or null, got {shown(v)}")
 
-        include = d.get("include", ["type:Linear"])
         return cls(
-            include=tuple([include] if isinstance(include, str) else include),
-            exclude=tuple([d["exclude"]] if isinstance(d.get("exclude"), str) else d.get("exclude", ())),
-            overrides={k: value(v) for k, v in dict(d.get("overrides") or {}).items()},
+            include=_rules(d.get("include", ["type:Linear"]), "include"),
+            exclude=_rules(d.get("exclude", ()), "exclude"),
+            overrides={_rule_key(k): value(k, v) for k, v in overrides.items()},
         )
+
+
+def _rules(value: Any, key: str) -> tuple[str, ...]:
+    """Rules of a selector field from YAML/JSON: a string or a list of strings."""
+    from torchslim.core.codec import shown
+
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(r, str) for r in items):
+        raise ConfigError(f"selector {key} must be a rule or a list of rules (strings), got {shown(value)}")
+    return tuple(items)
+
+
+def _rule_key(rule: Any) -> str:
+    from torchslim.core.codec import shown
+
+    if not isinstance(rule, str):
+        raise ConfigError(f"a selector override rule must be a string, got {shown(rule)}")
+    return rule

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchslim.core.codec import jsonable
 from torchslim.core.errors import TorchSlimError
 from torchslim.core.io import atomic_file
 
@@ -196,45 +194,13 @@ class Report:
         return cls.from_json(text)
 
 
-def _dataclass_of(tp: Any) -> tuple[type | None, bool]:
-    """``(dataclass, is_list)`` if ``tp`` is a dataclass, ``X | None`` or ``list[X]`` of one."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _dataclass_of(args[0]) if len(args) == 1 else (None, False)
-    if origin is list:
-        (arg,) = typing.get_args(tp) or (Any,)
-        return (arg, True) if dataclasses.is_dataclass(arg) else (None, False)
-    return (tp, False) if dataclasses.is_dataclass(tp) else (None, False)
-
-
 def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise TorchSlimError(f"report field '{where}' must be an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise TorchSlimError(f"report field '{where}.{f.name}' is missing")
-            continue
-        value = data[f.name]
-        sub, is_list = _dataclass_of(hints[f.name])
-        if sub is not None and value is not None:
-            path = f"{where}.{f.name}"
-            value = [_build(sub, v, f"{path}[{i}]") for i, v in enumerate(value)] if is_list else _build(sub, value, path)
-        kwargs[f.name] = value
-    return cls(**kwargs)  # unknown keys (from newer minor versions) are ignored
+    """A report dataclass from JSON; unknown keys (written by newer minor versions) are ignored."""
+    from torchslim.core.codec import decode_dataclass
+    from torchslim.core.errors import ConfigError
 
+    try:
+        return decode_dataclass(cls, data, where, lenient=True)
+    except ConfigError as e:
+        raise TorchSlimError(f"report field {e}") from None
 
-def jsonable(value: Any) -> Any:
-    """``value`` with tuples as lists and anything not JSON-native as its ``str``."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from torchslim.core import kinds
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.resize import record_resized
 from torchslim.core.surgery import get_module, replace_module
@@ -171,87 +172,19 @@ def removals(groups: list[ChannelGroup], keeps: list[torch.Tensor | None]) -> di
 
 
 def shrink_module(module: nn.Module, removed: dict[str, torch.Tensor]) -> nn.Module:
-    """A new module of the same kind without the ``removed`` positions (per member kind)."""
-    kind = type(module)
-    if kind is nn.Conv2d:
-        new = _shrink_conv(module, removed)
-    elif kind is nn.Linear:
-        new = _shrink_linear(module, removed)
-    elif kind in (nn.BatchNorm1d, nn.BatchNorm2d):
-        new = _shrink_bn(module, _kept(module.num_features, removed.get("bn")))
-    elif kind is nn.LayerNorm:
-        new = _shrink_ln(module, _kept(module.normalized_shape[0], removed.get("ln")))
-    else:
-        raise TorchSlimError(f"channel pruning cannot shrink a {kind.__name__}")
-    return new.train(module.training)
+    """A new module of the same kind without the ``removed`` positions (per member kind), from the
+    module-kind table: producers' ``out``/``dw`` and norms' ``bn``/``ln`` positions are its output axis."""
+    sizes = kinds.axis_sizes(module)
+    out = next((removed[k] for k in ("out", "dw", "bn", "ln") if k in removed), None)
+    keep = {axis: _kept(sizes[axis], r) for axis, r in (("out", out), ("in", removed.get("in")))
+            if r is not None and axis in sizes}
+    return kinds.slice_module(module, keep)
 
 
-def _kept(n: int, removed: torch.Tensor | None) -> torch.Tensor:
+def _kept(n: int, removed: torch.Tensor) -> torch.Tensor:
     keep = torch.ones(n, dtype=torch.bool)
-    if removed is not None:
-        keep[removed] = False
+    keep[removed] = False
     return keep.nonzero().flatten()
-
-
-def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
-    return nn.Parameter(t.detach().clone(), requires_grad=like.requires_grad)
-
-
-def _shrink_conv(m: nn.Conv2d, removed: dict[str, torch.Tensor]) -> nn.Conv2d:
-    dev = m.weight.device
-    out_keep = _kept(m.out_channels, removed.get("dw", removed.get("out"))).to(dev)
-    if 1 < m.groups != m.in_channels:
-        raise TorchSlimError(f"channel pruning cannot shrink a grouped conv ({m.groups} groups)")
-    if m.groups > 1:                       # depthwise: one group per kept input channel
-        groups = in_ch = out_keep.numel() // (m.out_channels // m.in_channels)
-        weight = m.weight[out_keep]
-    else:
-        in_keep = _kept(m.in_channels, removed.get("in")).to(dev)
-        groups, in_ch = 1, in_keep.numel()
-        weight = m.weight[out_keep][:, in_keep]
-    new = nn.Conv2d(in_ch, out_keep.numel(), m.kernel_size, m.stride, m.padding, m.dilation, groups,
-                    m.bias is not None, m.padding_mode, device=dev, dtype=m.weight.dtype)
-    new.weight = _param(weight, m.weight)
-    if m.bias is not None:
-        new.bias = _param(m.bias[out_keep], m.bias)
-    return new
-
-
-def _shrink_linear(m: nn.Linear, removed: dict[str, torch.Tensor]) -> nn.Linear:
-    dev = m.weight.device
-    out_keep = _kept(m.out_features, removed.get("out")).to(dev)
-    in_keep = _kept(m.in_features, removed.get("in")).to(dev)
-    new = nn.Linear(in_keep.numel(), out_keep.numel(), m.bias is not None, device=dev, dtype=m.weight.dtype)
-    new.weight = _param(m.weight[out_keep][:, in_keep], m.weight)
-    if m.bias is not None:
-        new.bias = _param(m.bias[out_keep], m.bias)
-    return new
-
-
-def _shrink_bn(m: nn.BatchNorm1d | nn.BatchNorm2d, keep: torch.Tensor) -> nn.Module:
-    ref = m.weight if m.affine else m.running_mean
-    dev = ref.device if ref is not None else torch.device("cpu")
-    keep = keep.to(dev)
-    new = type(m)(keep.numel(), m.eps, m.momentum, m.affine, m.track_running_stats, device=dev,
-                  dtype=ref.dtype if ref is not None else None)
-    if m.affine:
-        new.weight = _param(m.weight[keep], m.weight)
-        new.bias = _param(m.bias[keep], m.bias)
-    if m.track_running_stats and m.running_mean is not None:
-        new.running_mean.copy_(m.running_mean[keep])
-        new.running_var.copy_(m.running_var[keep])
-        new.num_batches_tracked.copy_(m.num_batches_tracked)
-    return new
-
-
-def _shrink_ln(m: nn.LayerNorm, keep: torch.Tensor) -> nn.LayerNorm:
-    new = nn.LayerNorm(keep.numel(), m.eps, m.elementwise_affine, bias=m.bias is not None)
-    if m.weight is not None:
-        keep = keep.to(m.weight.device)
-        new.weight = _param(m.weight[keep], m.weight)
-    if m.bias is not None:
-        new.bias = _param(m.bias[keep], m.bias)
-    return new
 
 
 def _check_forward(model: nn.Module, args: list[Any]) -> None:

@@ -23,6 +23,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from torchslim.core import kinds
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.transforms.graph import trace
 
@@ -260,14 +261,14 @@ class _Builder:
     def module(self, node: fx.Node) -> _Chan | None:
         name = str(node.target)
         m = self.modules[name]
-        kind = type(m)
-        if kind is nn.Conv2d:
+        kind, role = type(m), kinds.channel_role(m)     # how channels flow through it: the module-kind table
+        if role == "conv":
             return self.conv(node, name, m)
-        if kind is nn.Linear:
+        if role == "linear":
             return self.linear(node, name, m)
-        if kind in (nn.BatchNorm1d, nn.BatchNorm2d):
+        if role == "batchnorm":
             return self.channelwise(node, name, "bn", 1)
-        if kind is nn.LayerNorm:
+        if role == "layernorm":
             return self.layer_norm(node, name, m)
         if isinstance(m, _ELEMENTWISE_MODULES) or (kind is nn.PReLU and m.num_parameters == 1):
             return self.elementwise(node)

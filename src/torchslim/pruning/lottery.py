@@ -8,31 +8,29 @@
   survivors to those early weights and retrain (Frankle & Carbin 2019; rewinding to an early
   step rather than initialization: Frankle et al. 2019, "Stabilizing the Lottery Ticket Hypothesis").
 
-Both return a history (one dict per round: target and reached sparsity, task metrics); the
-``prune_`` handlers then :func:`~torchslim.pruning.schedules.convert` and attach it to the
-model as ``model.pruning_history``.
+Both are training transforms (:mod:`torchslim.train.transform`): ``prepare`` returns the
+rounds, the shared ``fit`` runs them on the Trainer and ``convert`` bakes the masks. Each round
+adds a record (target and reached sparsity, task metrics) to the stage's entry in the model's
+history (``details["records"]``).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from torchslim.core.config import BaseConfig
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
 from torchslim.core.select import Selector
 from torchslim.pruning import masks as M
 from torchslim.pruning.config import Scope, SparseKernel, Storage, default_selector
 from torchslim.pruning.importance import Importance
-from torchslim.pruning.schedules import (
-    MASK, SCORE, MaskHook, check_importance, run_and_convert, select_prunable,
-)
+from torchslim.pruning.schedules import MASK, SCORE, MaskHook, check_importance, convert, select_prunable
 from torchslim.train.hooks import TrainHook
+from torchslim.train.transform import TRAINING_USES, Prepared, TrainingConfig, fit, fit_round, run_transform, training_task
 
 if TYPE_CHECKING:
     from torchslim.tasks.base import Task
@@ -52,15 +50,15 @@ def _check_rounds(cfg: Any, name: str) -> None:
 
 
 @dataclass
-class IterativeConfig(BaseConfig):
+class IterativeConfig(TrainingConfig):
     """Prune to ``sparsity`` in ``rounds`` equal-ratio steps, fine-tuning (``train.steps``) after each.
 
     Magnitude/random prune at the start of each round; movement and Taylor first accumulate
     gradient scores for ``score_steps`` steps of the round, then prune.
     """
 
-    family = "pruning"
-    technique = "iterative"
+    family: ClassVar[str] = "pruning"
+    technique: ClassVar[str] = "iterative"
     sparsity: float = 0.5
     rounds: int = 3
     importance: Importance = Importance.MAGNITUDE
@@ -84,9 +82,27 @@ class IterativeConfig(BaseConfig):
         """The step of each round after which the masks are recomputed (0: before training)."""
         return self.score_steps if self.importance.needs_gradients else 0
 
+    def prepare(self, model: nn.Module, ctx: ApplyContext) -> Prepared:
+        """``rounds`` Trainer runs sharing one :class:`RoundHook`; round 0 of the history is before pruning."""
+        task = training_task(self, ctx)
+        hook = RoundHook(select_prunable(model, self.selector), self)
+        prepared = Prepared(hooks=[hook], rounds=self.rounds, state={"hook": hook})
+        prepared.records.append(_record(hook, 0, 0.0, task.evaluate(model)))
+
+        def before(k: int) -> list[TrainHook]:
+            hook.target = self.round_sparsity(k + 1)
+            return []
+
+        prepared.before_round = before
+        prepared.after_round = lambda k, result: _record(hook, k + 1, hook.target, result.final_metrics)
+        return prepared
+
+    def convert(self, model: nn.Module, prepared: Prepared) -> nn.Module:
+        return convert(model, prepared.state["hook"])
+
 
 @dataclass
-class LotteryConfig(BaseConfig):
+class LotteryConfig(TrainingConfig):
     """Lottery ticket with rewinding: ``rounds`` rounds reaching ``sparsity`` by global magnitude.
 
     Each round prunes ``per_round`` of the remaining weights, rewinds the survivors (and every
@@ -94,8 +110,8 @@ class LotteryConfig(BaseConfig):
     (0: the initialization) and retrains with the same TrainConfig.
     """
 
-    family = "pruning"
-    technique = "lottery"
+    family: ClassVar[str] = "pruning"
+    technique: ClassVar[str] = "lottery"
     sparsity: float = 0.8
     rounds: int = 3
     rewind_step: int = 0
@@ -117,12 +133,13 @@ class LotteryConfig(BaseConfig):
     def round_sparsity(self, k: int) -> float:
         return round_sparsity(self.sparsity, k, self.rounds)
 
+    def prepare(self, model: nn.Module, ctx: ApplyContext) -> Prepared:
+        """Round 0 trains densely (recording the rewind weights); rounds 1.. prune, rewind and retrain."""
+        ticket = LotteryTicket(model, self, training_task(self, ctx), self.train_config(ctx))
+        return ticket.prepared
 
-def round_train(train: TrainConfig, k: int) -> TrainConfig:
-    """``train`` with its checkpoints (if any) in a per-round subfolder ``round-<k>``."""
-    if not train.checkpoint_dir:
-        return train
-    return dataclasses.replace(train, checkpoint_dir=str(Path(train.checkpoint_dir) / f"round-{k}"))
+    def convert(self, model: nn.Module, prepared: Prepared) -> nn.Module:
+        return convert(model, prepared.state["hook"])
 
 
 def _record(hook: MaskHook, k: int, target: float, metrics: dict[str, float]) -> dict[str, Any]:
@@ -156,20 +173,15 @@ class RoundHook(MaskHook):
 def iterative_prune(model: nn.Module, config: IterativeConfig, task: Task, train: TrainConfig,
                     hooks: Sequence[TrainHook] = (), **trainer_kwargs: Any) -> tuple[RoundHook, list[dict[str, Any]]]:
     """Run the rounds; returns the mask hook (for ``convert``) and the history (round 0: before pruning)."""
-    from torchslim.train.engine import Trainer
-
-    hook = RoundHook(select_prunable(model, config.selector), config)
-    history = [_record(hook, 0, 0.0, task.evaluate(model))]
-    for k in range(1, config.rounds + 1):
-        hook.target = config.round_sparsity(k)
-        result = Trainer(model, task, round_train(train, k), hooks=[hook, *hooks], **trainer_kwargs).fit()
-        history.append(_record(hook, k, hook.target, result.final_metrics))
-    return hook, history
+    ctx = ApplyContext(task=task, train=train, hooks=tuple(hooks), **trainer_kwargs)
+    prepared = config.prepare(model, ctx)
+    fit(model, config, prepared, ctx)
+    return prepared.state["hook"], prepared.records
 
 
-@register_handler(IterativeConfig)
-def _iterative(model: nn.Module, config: IterativeConfig, **kwargs: Any) -> nn.Module:
-    return run_and_convert("iterative", iterative_prune, model, config, kwargs)
+@register_handler(IterativeConfig, uses=TRAINING_USES, modifies="layers")
+def _iterative(model: nn.Module, config: IterativeConfig, ctx: ApplyContext) -> nn.Module:
+    return run_transform(model, config, ctx)
 
 
 # -- lottery ticket -------------------------------------------------------------------------
@@ -196,7 +208,8 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class LotteryTicket:
-    """The steps of :func:`lottery_ticket`, callable one by one: ``train``, ``prune``, ``rewind``."""
+    """The steps of a lottery ticket, callable one by one (``train``, ``prune``, ``rewind``) or as the
+    rounds of a :class:`~torchslim.train.transform.Prepared` (``prepared``) that the shared ``fit`` runs."""
 
     def __init__(self, model: nn.Module, config: LotteryConfig, task: Task, train: TrainConfig,
                  hooks: Sequence[TrainHook] = (), **trainer_kwargs: Any) -> None:
@@ -206,22 +219,34 @@ class LotteryTicket:
         if train.resume:
             raise ConfigError("lottery tickets cannot resume a checkpoint (the rewind weights are not saved); "
                               "set train.resume=False")
-        self.model, self.config, self.task, self.train_config = model, config, task, train
-        self.hooks, self.trainer_kwargs = list(hooks), trainer_kwargs
+        self.model, self.config = model, config
+        self.ctx = ApplyContext(task=task, train=train, hooks=tuple(hooks), **trainer_kwargs)
         self.mask_hook = MaskHook(select_prunable(model, config.selector), Importance.MAGNITUDE, config.scope,
                                   config=config)
         self.early: dict[str, torch.Tensor] | None = None
+        self._snap: _Snapshot | None = None
+        self.prepared = Prepared(hooks=[self.mask_hook], rounds=config.rounds + 1, state={"hook": self.mask_hook},
+                                 before_round=self._before, after_round=self._after)
+
+    def _before(self, k: int) -> list[TrainHook]:
+        if k == 0:
+            self._snap = _Snapshot(self.config.rewind_step)
+            return [self._snap]
+        self.prune(k)
+        self.rewind()
+        return []
+
+    def _after(self, k: int, result: Any) -> dict[str, Any]:
+        if k == 0 and self._snap is not None:
+            self.early = self._snap.state
+        return _record(self.mask_hook, k, self.config.round_sparsity(k) if k else 0.0, result.final_metrics)
 
     def train(self, k: int) -> dict[str, float]:
         """Train round ``k`` (0: dense, recording the rewind weights); returns the final metrics."""
-        from torchslim.train.engine import Trainer
-
-        snap = [_Snapshot(self.config.rewind_step)] if k == 0 else []
-        hooks = [self.mask_hook, *snap, *self.hooks]
-        result = Trainer(self.model, self.task, round_train(self.train_config, k), hooks=hooks,
-                         **self.trainer_kwargs).fit()
-        if snap:
-            self.early = snap[0].state
+        extra = [_Snapshot(self.config.rewind_step)] if k == 0 else []
+        result = fit_round(self.model, self.config, self.ctx, self.prepared, k, extra)
+        if extra:
+            self.early = extra[0].state
         return result.final_metrics
 
     def prune(self, k: int) -> None:
@@ -240,12 +265,8 @@ class LotteryTicket:
 
     def run(self) -> list[dict[str, Any]]:
         """Dense training, then ``rounds`` x (prune, rewind, retrain); one history entry per round."""
-        history = [_record(self.mask_hook, 0, 0.0, self.train(0))]
-        for k in range(1, self.config.rounds + 1):
-            self.prune(k)
-            self.rewind()
-            history.append(_record(self.mask_hook, k, self.config.round_sparsity(k), self.train(k)))
-        return history
+        fit(self.model, self.config, self.prepared, self.ctx)
+        return self.prepared.records
 
 
 def lottery_ticket(model: nn.Module, config: LotteryConfig, task: Task, train: TrainConfig,
@@ -255,6 +276,6 @@ def lottery_ticket(model: nn.Module, config: LotteryConfig, task: Task, train: T
     return ticket.mask_hook, ticket.run()
 
 
-@register_handler(LotteryConfig)
-def _lottery(model: nn.Module, config: LotteryConfig, **kwargs: Any) -> nn.Module:
-    return run_and_convert("lottery", lottery_ticket, model, config, kwargs)
+@register_handler(LotteryConfig, uses=TRAINING_USES, modifies="layers")
+def _lottery(model: nn.Module, config: LotteryConfig, ctx: ApplyContext) -> nn.Module:
+    return run_transform(model, config, ctx)

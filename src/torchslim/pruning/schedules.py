@@ -19,24 +19,25 @@ Iterative pruning and lottery tickets (several Trainer runs) live in :mod:`torch
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from torchslim.core.config import BaseConfig
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
+from torchslim.core.rng import mix_seed
 from torchslim.core.select import Selector
 from torchslim.core.surgery import replace_module
 from torchslim.pruning import masks as M
 from torchslim.pruning.config import Scope, SparseKernel, Storage, default_selector
 from torchslim.pruning.importance import Importance, scores
 from torchslim.train.hooks import TrainHook
+from torchslim.train.transform import TRAINING_USES, Prepared, TrainingConfig, run_transform
 
 if TYPE_CHECKING:
-    from torchslim.tasks.base import Task
-    from torchslim.train.config import TrainConfig
     from torchslim.train.engine import Trainer
 
 MASK, SCORE = "prune_mask", "prune_score"
@@ -65,7 +66,7 @@ def check_importance(imp: Importance, where: str) -> None:
 
 
 @dataclass
-class GradualConfig(BaseConfig):
+class GradualConfig(TrainingConfig):
     """Gradual magnitude/movement/Taylor pruning during training (Zhu & Gupta 2017).
 
     The sparsity follows :func:`cubic_sparsity` from ``initial_sparsity`` at ``start_step`` to
@@ -75,8 +76,8 @@ class GradualConfig(BaseConfig):
     ``kernel`` are used by :func:`convert`.
     """
 
-    family = "pruning"
-    technique = "gradual"
+    family: ClassVar[str] = "pruning"
+    technique: ClassVar[str] = "gradual"
     sparsity: float = 0.5
     initial_sparsity: float = 0.0
     start_step: int = 0
@@ -108,6 +109,15 @@ class GradualConfig(BaseConfig):
             raise ConfigError(f"GradualConfig: {self.importance.value} scores come from training steps; "
                               "use start_step >= 1 when initial_sparsity > 0")
 
+    def prepare(self, model: nn.Module, ctx: ApplyContext) -> Prepared:
+        hook = prepare(model, self)
+        return Prepared(hooks=[hook], state={"hook": hook})
+
+    def convert(self, model: nn.Module, prepared: Prepared) -> nn.Module:
+        hook = prepared.state["hook"]
+        prepared.records.extend([*hook.history, {"final_sparsity": hook.sparsity()}])
+        return convert(model, hook)
+
 
 # -- masks on modules -----------------------------------------------------------------------
 def select_prunable(model: nn.Module, selector: Selector) -> dict[str, nn.Module]:
@@ -133,10 +143,6 @@ def detach_masks(module: nn.Module) -> torch.Tensor | None:
     mask = module._buffers.pop(MASK, None)
     module._buffers.pop(SCORE, None)
     return mask
-
-
-def _seed(seed: int, step: int, index: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + index * 104_729) % (2**63 - 1)
 
 
 class MaskHook(TrainHook):
@@ -229,7 +235,7 @@ class MaskHook(TrainHook):
         """Element scores of one layer: pruned elements ``-inf``; with N:M, elements it keeps ``+inf``."""
         w = m.weight.detach()
         if self.importance is Importance.RANDOM:
-            g = torch.Generator().manual_seed(_seed(self.seed, self.step, index))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.step, index))
             s = scores(w, self.importance, generator=g).to(w.device)
         elif self.importance is Importance.TAYLOR:
             s = getattr(m, SCORE) / max(1, self.score_steps)
@@ -351,52 +357,7 @@ def _sparse_linear(lin: nn.Linear, mask: torch.Tensor, config: BaseConfig | None
     )
 
 
-# -- prune_ handler -------------------------------------------------------------------------
-def training_args(kind: str, kwargs: dict[str, Any]) -> tuple[Task, TrainConfig, list[TrainHook], dict[str, Any]]:
-    """``(task, train config, extra hooks, Trainer kwargs)`` from a handler's keyword arguments."""
-    from torchslim.tasks.base import Task
-    from torchslim.train.config import TrainConfig
-
-    kwargs = dict(kwargs)
-    task = kwargs.pop("task", None)
-    calibration = kwargs.pop("calibration", None)
-    task = task if task is not None else calibration
-    if not isinstance(task, Task):
-        raise ConfigError(f"{kind} pruning trains the model: pass task=<Task> (with a loss and training data)")
-    train = kwargs.pop("train", None)
-    train = TrainConfig() if train is None else train
-    if not isinstance(train, TrainConfig):
-        raise ConfigError(f"{kind} pruning: train= must be a TrainConfig, got {type(train).__name__}")
-    hooks = list(kwargs.pop("hooks", ()))
-    trainer_kwargs = {k: kwargs.pop(k) for k in ("device", "train_data") if k in kwargs}
-    if kwargs:
-        raise ConfigError(f"{kind} pruning: unexpected argument '{sorted(kwargs)[0]}' "
-                          "(accepted: task, calibration, train, hooks, device, train_data)")
-    return task, train, hooks, trainer_kwargs
-
-
-def run_gradual(model: nn.Module, config: GradualConfig, task: Task, train: TrainConfig,
-                hooks: Sequence[TrainHook] = (), **trainer_kwargs: Any,
-                ) -> tuple[GradualPruningHook, list[dict[str, Any]]]:
-    """prepare + Trainer.fit; returns the hook (for :func:`convert`) and the history (mask updates, final metrics)."""
-    from torchslim.train.engine import Trainer
-
-    hook = prepare(model, config)
-    result = Trainer(model, task, train, hooks=[hook, *hooks], **trainer_kwargs).fit()
-    final = {"step": result.final_step, "target": config.sparsity, "sparsity": hook.sparsity(),
-             **{k: v for k, v in result.final_metrics.items() if k != "step"}}
-    return hook, [*hook.history, final]
-
-
-def run_and_convert(kind: str, runner: Any, model: nn.Module, config: BaseConfig, kwargs: dict) -> nn.Module:
-    """The ``prune_`` handler of a schedule: run it on the Trainer, convert masked layers, attach the history."""
-    task, train, hooks, trainer_kwargs = training_args(kind, kwargs)
-    hook, history = runner(model, config, task, train, hooks, **trainer_kwargs)
-    out = convert(model, hook)
-    out.pruning_history = history
-    return out
-
-
-@register_handler(GradualConfig)
-def _gradual(model: nn.Module, config: GradualConfig, **kwargs: Any) -> nn.Module:
-    return run_and_convert("gradual", run_gradual, model, config, kwargs)
+# -- the prune_ handler: prepare -> fit -> convert on the shared protocol -------------------------
+@register_handler(GradualConfig, uses=TRAINING_USES, modifies="layers")
+def _gradual(model: nn.Module, config: GradualConfig, ctx: ApplyContext) -> nn.Module:
+    return run_transform(model, config, ctx)

@@ -12,6 +12,7 @@ from torch import nn
 from torchslim.calibration.pipeline import calibration_batches, run_basic
 from torchslim.calibration.stats import InputNormStats
 from torchslim.core.archs import arch_of, find_blocks
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
 from torchslim.pruning.config import StructuredConfig, Target
@@ -20,13 +21,13 @@ from torchslim.pruning.importance import Importance
 log = logging.getLogger("torchslim.pruning")
 
 
-def gradients(model: nn.Module, calibration: Any, n_samples: int, batch_size: int = 4) -> dict[str, torch.Tensor]:
+def gradients(model: nn.Module, task: Any, n_samples: int, batch_size: int = 4) -> dict[str, torch.Tensor]:
     """Task-loss gradients summed over about ``n_samples`` training samples (Taylor importance)."""
     from torchslim.pruning.channels import accumulate_grads
 
-    if calibration is None or not hasattr(calibration, "loss") or not hasattr(calibration, "train_batches"):
-        raise ConfigError("Taylor importance needs a task with a loss: pass calibration=<task>")
-    return accumulate_grads(model, calibration, None, n_samples=n_samples, batch_size=batch_size)
+    if task is None or not hasattr(task, "loss") or not hasattr(task, "train_batches"):
+        raise ConfigError("Taylor importance needs a task with a loss: pass task=<task> (or calibration=<task>)")
+    return accumulate_grads(model, task, None, n_samples=n_samples, batch_size=batch_size)
 
 
 def input_norms(model: nn.Module, names: list[str], calibration: Any, n_samples: int) -> dict[str, torch.Tensor]:
@@ -57,8 +58,10 @@ def record_layer_sizes(model: nn.Module, infos: list) -> None:
         cfg.num_key_value_heads = sizes[0]["num_key_value_heads"]
 
 
-def _transformer(model: nn.Module, config: StructuredConfig, calibration: Any) -> None:
+def _transformer(model: nn.Module, config: StructuredConfig, ctx: ApplyContext) -> None:
     from torchslim.pruning import depth, transformer
+
+    calibration = ctx.calibration_data
 
     spec = arch_of(model)
     if spec is None:
@@ -74,7 +77,7 @@ def _transformer(model: nn.Module, config: StructuredConfig, calibration: Any) -
         raise ConfigError("StructuredConfig: the selector matched no transformer block")
     grads = norms = None
     if config.importance is Importance.TAYLOR:
-        grads = gradients(model, calibration, config.n_samples)
+        grads = gradients(model, ctx.training_task, config.n_samples)
     if config.importance is Importance.WANDA:
         if calibration is None:
             raise ConfigError("wanda importance needs calibration data: pass calibration=<task>")
@@ -84,27 +87,28 @@ def _transformer(model: nn.Module, config: StructuredConfig, calibration: Any) -
     record_layer_sizes(model, [transformer.block_info(model, spec, n, b) for n, b in find_blocks(model)])
 
 
-def _channels(model: nn.Module, config: StructuredConfig, calibration: Any,
-              example_inputs: dict | None) -> None:
+def _channels(model: nn.Module, config: StructuredConfig, ctx: ApplyContext) -> dict[str, Any]:
     from torchslim.pruning.channels import prune_channels_
 
+    example_inputs = ctx.example_inputs
     if example_inputs is None:
-        if calibration is None:
+        if ctx.calibration_data is None:
             raise ConfigError("channel pruning traces the model: pass calibration=<task> or example_inputs={...}")
-        batches, _ = calibration_batches(calibration, 2, batch_size=2)  # batch > 1: unambiguous shapes
+        batches, _ = calibration_batches(ctx.calibration_data, 2, batch_size=2)  # batch > 1: unambiguous shapes
         example_inputs = batches[0]
-    grads = gradients(model, calibration, config.n_samples) if config.importance is Importance.TAYLOR else None
-    model._torchslim_prune_summary = prune_channels_(model, config, example_inputs, grads)
+    grads = gradients(model, ctx.training_task, config.n_samples) if config.importance is Importance.TAYLOR else None
+    summary = prune_channels_(model, config, example_inputs, grads)
+    groups = summary["groups"]
+    return {"channel_groups": len(groups), "pruned_groups": sum(g["kept"] < g["size"] for g in groups)}
 
 
-@register_handler(StructuredConfig)
-def _structured(model: nn.Module, config: StructuredConfig, *, calibration: Any = None,
-                example_inputs: dict | None = None, **_: Any) -> nn.Module:
+@register_handler(StructuredConfig, uses=("calibration", "task", "example_inputs"))
+def _structured(model: nn.Module, config: StructuredConfig, ctx: ApplyContext) -> nn.Module:
     before = sum(p.numel() for p in model.parameters())
     if config.targets == (Target.CHANNELS,):
-        _channels(model, config, calibration, example_inputs)
+        ctx.record.details.update(_channels(model, config, ctx))
     else:
-        _transformer(model, config, calibration)
+        _transformer(model, config, ctx)
     after = sum(p.numel() for p in model.parameters())
     log.info("structured pruning: %d -> %d parameters (%.1f%%)", before, after, 100 * after / max(before, 1))
     return model

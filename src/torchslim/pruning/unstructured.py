@@ -15,6 +15,7 @@ from torch import nn
 
 from torchslim.calibration.pipeline import calibration_batches, pick_runner, run_basic
 from torchslim.calibration.stats import HessianAccumulator, InputNormStats
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.progress import track
 from torchslim.core.registry import register_handler
@@ -116,8 +117,9 @@ def _calibrated(model: nn.Module, layers: dict, config: UnstructuredConfig, cali
     runner(model, targets, batches, forward, factory, solve, config.importance.value)
 
 
-@register_handler(UnstructuredConfig)
-def _unstructured(model: nn.Module, config: UnstructuredConfig, *, calibration: Any = None, **_: Any) -> nn.Module:
+@register_handler(UnstructuredConfig, uses=("calibration", "task"))
+def _unstructured(model: nn.Module, config: UnstructuredConfig, ctx: ApplyContext) -> nn.Module:
+    calibration = ctx.calibration_data
     layers = selected_layers(model, config)
     if config.importance.needs_calibration:
         if calibration is None:

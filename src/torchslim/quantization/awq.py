@@ -18,6 +18,7 @@ from torch import nn
 from torchslim.calibration.pipeline import pick_runner
 from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
@@ -64,9 +65,9 @@ def awq_search(w: torch.Tensor, x: torch.Tensor, absmean: torch.Tensor, wcfg: We
     return best_s, best_a
 
 
-@register_handler(AWQConfig)
-def _awq(model: nn.Module, config: AWQConfig, *, calibration: Any = None, **_: Any) -> nn.Module:
-    prepared = calibrated_layers(model, config, calibration, "AWQ")
+@register_handler(AWQConfig, uses=("calibration", "task"))
+def _awq(model: nn.Module, config: AWQConfig, ctx: ApplyContext) -> nn.Module:
+    prepared = calibrated_layers(model, config, ctx.calibration_data, "AWQ")
     if prepared is None:
         return model
     layers, batches, forward = prepared

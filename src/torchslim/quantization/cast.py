@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.modules import register_module_format
 from torchslim.core.registry import register_handler
@@ -91,7 +92,7 @@ def _cast_module(module: nn.Module, config: CastConfig) -> nn.Module:
 
 
 @register_handler(CastConfig)
-def _cast(model: nn.Module, config: CastConfig, **_: Any) -> nn.Module:
+def _cast(model: nn.Module, config: CastConfig, ctx: ApplyContext) -> nn.Module:
     converted: dict[int, nn.Parameter] = {}  # id(original weight) -> its half copy, to keep ties
     for name, module, layer_config in list(config.selector.resolve(model, config)):
         if type(module) not in _CASTS:

@@ -9,6 +9,7 @@ from torch import nn
 
 from torchslim.calibration.pipeline import pick_runner
 from torchslim.core.config import BaseConfig
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
@@ -45,11 +46,11 @@ class GPTQConfig(BaseConfig):
         return self.weight.selector
 
 
-@register_handler(GPTQConfig)
-def _gptq(model: nn.Module, config: GPTQConfig, *, calibration: Any = None, **_: Any) -> nn.Module:
+@register_handler(GPTQConfig, uses=("calibration", "task"))
+def _gptq(model: nn.Module, config: GPTQConfig, ctx: ApplyContext) -> nn.Module:
     """GPTQ for layers whose (per-layer) config is a GPTQConfig; layers overridden with a plain
     WeightOnlyConfig are quantized by round-to-nearest, as that config says."""
-    prepared = calibrated_layers(model, config, calibration, "GPTQ")
+    prepared = calibrated_layers(model, config, ctx.calibration_data, "GPTQ")
     if prepared is None:
         return model
     layers, batches, forward = prepared

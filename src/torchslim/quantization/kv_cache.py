@@ -28,6 +28,7 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, get_layer_types_and_kwargs
 
 from torchslim.core.config import BaseConfig
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.modules import drop_setting, model_settings, record_setting
 from torchslim.core.registry import register_handler
@@ -305,7 +306,7 @@ def remove_kv_cache(model: nn.Module) -> nn.Module:
     return model
 
 
-@register_handler(KVCacheConfig)
-def _kv_cache(model: nn.Module, config: KVCacheConfig, **_: Any) -> nn.Module:
+@register_handler(KVCacheConfig, modifies="settings")
+def _kv_cache(model: nn.Module, config: KVCacheConfig, ctx: ApplyContext) -> nn.Module:
     return apply_kv_cache(model, config)
 

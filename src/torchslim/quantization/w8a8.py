@@ -18,6 +18,7 @@ from torch import nn
 from torchslim.calibration.pipeline import calibration_batches, pick_runner
 from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.progress import track
 from torchslim.core.registry import register_handler
@@ -89,14 +90,14 @@ def _stats_for(_name: str, mod: nn.Module) -> ChannelStats:
     return conv_input_stats(mod) if isinstance(mod, nn.Conv2d) else ChannelStats(mod.in_features)
 
 
-@register_handler(W8A8Config)
-def _w8a8(model: nn.Module, config: W8A8Config, *, calibration: Any = None, **_: Any) -> nn.Module:
+@register_handler(W8A8Config, uses=("calibration", "task"))
+def _w8a8(model: nn.Module, config: W8A8Config, ctx: ApplyContext) -> nn.Module:
     layers = {n: (m, c) for n, m, c in selected_linears(model, config, convs=True)}
     if not config.needs_calibration:
         for name, (lin, cfg) in track(list(layers.items()), "W8A8"):
             replace_module(model, name, _convert(lin, cfg, None))
         return model
-    batches, forward = calibration_batches(calibration, config.n_samples)
+    batches, forward = calibration_batches(ctx.calibration_data, config.n_samples)
 
     def solve(measured: dict) -> None:
         for name, (lin, stats) in measured.items():

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from torchslim.core.config import BaseConfig
+from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.progress import track
 from torchslim.core.registry import register_handler
@@ -105,7 +106,7 @@ def warn_slow_layers(rows: list[dict[str, Any]], when: str) -> None:
 
 
 @register_handler(WeightOnlyConfig)
-def _weight_only(model: nn.Module, config: WeightOnlyConfig, **_: Any) -> nn.Module:
+def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: ApplyContext) -> nn.Module:
     warn_slow_layers(plan(model, config), "before quantizing")
     for name, lin, cfg in track(selected_linears(model, config, convs=True, sparse=True), "RTN"):
         if is_sparse(lin):

@@ -61,7 +61,17 @@ class Task(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not provide training data")
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """The task loss of ``model`` on a training batch (a scalar tensor)."""
+        """The task loss of ``model`` on a training batch (a scalar tensor):
+        :meth:`loss_from_output` of :meth:`train_forward`."""
+        return self.loss_from_output(self.train_forward(model, batch), batch)
+
+    def train_forward(self, model: nn.Module, batch: Batch) -> Any:
+        """The model's output on a training batch, as :meth:`loss_from_output` reads it."""
+        return self.forward(model, batch)
+
+    def loss_from_output(self, output: Any, batch: Batch) -> torch.Tensor:
+        """The task loss given an existing output for ``batch`` (a model output, or a logits-like tensor from
+        another head): label shifting, masks and targets stay the task's business, so hooks can reuse them."""
         raise NotImplementedError(f"{type(self).__name__} does not define a training loss")
 
     @property

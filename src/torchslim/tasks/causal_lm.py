@@ -185,13 +185,17 @@ class CausalLMTask(Task):
             mine = starts[rank * batch_size : (rank + 1) * batch_size]
             yield self._batch(self._calibration_windows(mine, self.seq_len))
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Mean next-token cross-entropy, via ``labels=input_ids`` (computed from logits if no ``loss``)."""
+    def train_forward(self, model: nn.Module, batch: Batch) -> Any:
+        """The model's output with ``labels=input_ids`` (a Hugging Face model then computes its own loss)."""
         device = model_device(model)
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        out = self.forward(model, {**inputs, "labels": inputs["input_ids"]})
-        loss = getattr(out, "loss", None)
-        return loss if loss is not None else shifted_nll(logits_of(out), inputs["input_ids"])
+        return self.forward(model, {**inputs, "labels": inputs["input_ids"]})
+
+    def loss_from_output(self, output: Any, batch: Batch) -> torch.Tensor:
+        """Mean next-token cross-entropy: the output's own ``loss`` if it has one, else from its logits
+        (position ``t`` predicts token ``t + 1``)."""
+        loss = None if isinstance(output, torch.Tensor) else getattr(output, "loss", None)
+        return loss if loss is not None else shifted_nll(logits_of(output), batch["input_ids"])
 
     # ---------------------------------------------------------------- decode
     @property

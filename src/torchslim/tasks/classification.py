@@ -102,9 +102,12 @@ class ClassificationTask(Task):
             raise ConfigError(f"bad sharding: batch_size={batch_size}, rank={rank}, world_size={world_size}")
         return self._stream(batch_size, seed, rank, world_size)
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Mean cross-entropy of ``model`` on ``batch["x"]`` against ``batch["y"]``."""
-        logits = self.logits(model, batch["x"])
+    def train_forward(self, model: nn.Module, batch: Batch) -> Any:
+        return self.logits(model, batch["x"])
+
+    def loss_from_output(self, output: Any, batch: Batch) -> torch.Tensor:
+        """Mean cross-entropy of the output's logits against ``batch["y"]``."""
+        logits = as_logits(output)
         return F.cross_entropy(logits.float(), batch["y"].to(logits.device))
 
     def forward(self, model: nn.Module, inputs: Batch) -> Any:

@@ -226,10 +226,21 @@ class SentenceEmbeddingTask(Task):
             batch[TARGET_KEY] = targets[idx]
             yield batch
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Distillation loss: mean ``1 - cos(embedding, reference embedding)`` over the batch."""
+    def train_forward(self, model: nn.Module, batch: Batch) -> Any:
+        """The model's output (token hidden states) on the batch's ``input_ids`` and ``attention_mask``."""
+        device = model_device(model)
+        return model(**{k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")})
+
+    def loss_from_output(self, output: Any, batch: Batch) -> torch.Tensor:
+        """Distillation loss: mean ``1 - cos(embedding, reference embedding)`` over the batch. ``output`` is
+        the model's output (mean-pooled here under the attention mask) or already pooled ``[batch, dim]``."""
         if TARGET_KEY not in batch:
             raise TorchSlimError("a sentence-embedding training batch needs reference embeddings under 'target'")
-        emb = embed_batch(model, batch)
+        if isinstance(output, torch.Tensor) and output.dim() == 2:
+            pooled = output.float()
+        else:
+            hidden = hidden_of(output)
+            pooled = mean_pool(hidden.float(), batch["attention_mask"].to(hidden.device))
+        emb = F.normalize(pooled, dim=-1)
         target = batch[TARGET_KEY].to(emb.device, emb.dtype)
         return (1.0 - (emb * F.normalize(target, dim=-1)).sum(-1)).mean()

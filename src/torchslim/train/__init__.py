@@ -5,12 +5,18 @@ handles optimizers (AdamW / SGD / Lion), schedules, bf16 autocast, gradient accu
 clipping, evaluation, atomic safetensors+JSON checkpoints with exact resume, progress, and
 ``torchrun`` multi-process data parallelism.
 """
-from torchslim.train.config import OptimizerKind, ScheduleKind, TrainConfig
+from torchslim.train.config import OptimizerKind, ParamGroup, ScheduleKind, TrainConfig
 from torchslim.train.engine import Trainer, TrainResult
 from torchslim.train.hooks import LambdaHook, TrainHook
 from torchslim.train.optim import Lion, build_optimizer, lr_factor
+from torchslim.train.transform import FinetuneConfig, Prepared, TrainingConfig, run_transform
 
 __all__ = [
+    "FinetuneConfig",
+    "ParamGroup",
+    "Prepared",
+    "TrainingConfig",
+    "run_transform",
     "LambdaHook",
     "Lion",
     "OptimizerKind",

@@ -26,6 +26,34 @@ class ScheduleKind(str, enum.Enum):
 
 
 @dataclass
+class ParamGroup(BaseConfig):
+    """Parameters (names matching the regular expression ``params``, in full) trained with their own
+    learning rate (``lr``, or ``lr_scale`` x the config's) and weight decay. The first matching group wins;
+    unmatched parameters use the config's settings."""
+
+    params: str = ".*"
+    lr: float | None = None
+    lr_scale: float | None = None
+    weight_decay: float | None = None
+
+    def validate(self) -> None:
+        import re
+
+        try:
+            re.compile(self.params)
+        except re.error as e:
+            raise ConfigError(f"ParamGroup.params: bad regular expression {self.params!r}: {e}") from None
+        for name in ("lr", "lr_scale"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"ParamGroup.{name} must be a non-negative number or null, got {v!r}")
+        if self.lr is not None and self.lr_scale is not None:
+            raise ConfigError("ParamGroup: give lr or lr_scale, not both")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ConfigError(f"ParamGroup.weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+@dataclass
 class TrainConfig(BaseConfig):
     """How to train: steps, batch, optimizer, schedule, precision, evaluation and checkpoints.
 
@@ -58,6 +86,7 @@ class TrainConfig(BaseConfig):
     resume: bool = False                        # continue from the newest checkpoint in checkpoint_dir
     seed: int = 0
     progress: bool = True                       # progress bar on rank 0 (only when stderr is a terminal)
+    param_groups: tuple[ParamGroup, ...] = ()   # per-parameter-group learning rates / weight decay
 
     def validate(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum")
@@ -83,22 +112,12 @@ class TrainConfig(BaseConfig):
             raise ConfigError("TrainConfig.log_every and keep_checkpoints must be >= 1")
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("TrainConfig.resume=True needs a checkpoint_dir")
-        self.optimizer = _as_enum(OptimizerKind, self.optimizer, "optimizer")
-        self.schedule = _as_enum(ScheduleKind, self.schedule, "schedule")
 
     def resolved_betas(self) -> tuple[float, float]:
         """``betas``, or the optimizer's usual default."""
         if self.betas is not None:
             return (float(self.betas[0]), float(self.betas[1]))
         return (0.9, 0.99) if self.optimizer is OptimizerKind.LION else (0.9, 0.999)
-
-
-def _as_enum(kind: type[enum.Enum], v: object, name: str) -> enum.Enum:
-    """Accept the enum member or its string value (``"lion"``)."""
-    try:
-        return kind(v)
-    except ValueError:
-        raise ConfigError(f"TrainConfig.{name}: '{v}' is not one of {', '.join(m.value for m in kind)}") from None
 
 
 def _positive(cfg: TrainConfig, *names: str) -> None:

@@ -106,6 +106,16 @@ def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> float:
     return float(t.item())
 
 
+def all_reduce_means(values: torch.Tensor, ctx: DistContext) -> list[float]:
+    """Element-wise mean of a 1-D tensor over all ranks, as Python floats (one collective call)."""
+    t = values.detach().to(torch.float64).reshape(-1)
+    if ctx.is_distributed:
+        t = t.to(_comm_device(ctx))
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t = t / ctx.world_size
+    return [float(x) for x in t.tolist()]
+
+
 def broadcast_json(obj: Any, ctx: DistContext, src: int = 0) -> Any:
     """Send a JSON-serializable value from rank ``src`` to all ranks (no pickling)."""
     if not ctx.is_distributed:

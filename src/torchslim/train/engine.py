@@ -3,8 +3,9 @@
 Per optimizer step ``s`` (0-based) on every rank:
 
 1. set the learning rate from the schedule, reseed the RNG from ``(seed, s, rank)``;
-2. for each of ``grad_accum`` micro-batches: ``loss = task.loss(model, batch) + hook extra
-   losses``, backward of ``loss / grad_accum`` (DDP gradient sync only on the last one);
+2. for each of ``grad_accum`` micro-batches: named loss terms (``task`` from ``task.loss``, then
+   each hook's, see :mod:`torchslim.train.hooks`), backward of ``sum / grad_accum`` (DDP gradient
+   sync only on the last one);
 3. clip, optimizer step, ``hook.on_step_end``; evaluation (rank 0, broadcast) and
    checkpoints (rank 0 writes, all ranks wait) when due.
 """
@@ -21,12 +22,14 @@ import torch
 from torch import nn
 
 from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.core.rng import mix_seed
+from torchslim.core.surgery import model_device
 from torchslim.tasks.base import Batch, Task
 from torchslim.train import checkpoint as ckpt
-from torchslim.train.config import TrainConfig
+from torchslim.train.config import ParamGroup, TrainConfig
 from torchslim.train.data import cycle_batches, move_to
 from torchslim.train.distributed import (
-    DistContext, all_reduce_mean, barrier, broadcast_json, env_world_size, init_distributed, wrap_ddp,
+    DistContext, all_reduce_means, barrier, broadcast_json, env_world_size, init_distributed, wrap_ddp,
 )
 from torchslim.train.hooks import TrainHook
 from torchslim.train.optim import build_optimizer, set_lr
@@ -42,11 +45,13 @@ class TrainResult:
     """What :meth:`Trainer.fit` did.
 
     ``losses[i]`` is the mean training loss (task + hook losses, averaged over micro-batches
-    and ranks) of optimizer step ``i + 1``; ``evals`` holds ``{"step": s, **task.evaluate()}``.
+    and ranks) of optimizer step ``i + 1``, and ``loss_terms[i]`` each named term of it;
+    ``evals`` holds ``{"step": s, **task.evaluate()}``.
     """
 
     final_step: int
     losses: list[float] = field(default_factory=list)
+    loss_terms: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
     wall_s: float = 0.0
     resumed_from: int | None = None
@@ -55,11 +60,6 @@ class TrainResult:
     @property
     def final_metrics(self) -> dict[str, float]:
         return dict(self.evals[-1]) if self.evals else {}
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The RNG seed of optimizer step ``step`` on ``rank`` (resume needs no saved RNG state)."""
-    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
 
 
 class Trainer:
@@ -71,9 +71,15 @@ class Trainer:
     resumed runs (dropout included) identical to uninterrupted ones. ``fit`` moves the model to
     the training device and leaves it there, in training mode.
 
+    ``teacher`` (a model or a callable ``batch -> output``) is moved to the training device,
+    frozen and put in eval mode; hooks get its output with :meth:`teacher_output`.
+    ``param_groups`` (:class:`~torchslim.train.config.ParamGroup`, from the technique) give some
+    parameters their own learning rate, before the config's own ``param_groups``.
+
     Attributes available to hooks: ``model`` (unwrapped), ``wrapped`` (DDP or the model),
     ``optimizer``, ``config``, ``task``, ``dist`` (rank/world/device), ``device``, ``step``
-    (completed optimizer steps) and ``last_output`` (model output of the current micro-batch).
+    (completed optimizer steps), ``teacher`` and ``last_output`` (model output of the current
+    micro-batch).
     """
 
     def __init__(
@@ -86,6 +92,8 @@ class Trainer:
         *,
         device: torch.device | str | None = None,
         find_unused_parameters: bool = False,
+        teacher: nn.Module | Callable[[Batch], Any] | None = None,
+        param_groups: Sequence[ParamGroup] = (),
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TorchSlimError(f"Trainer needs an nn.Module, got {type(model).__name__}")
@@ -104,14 +112,17 @@ class Trainer:
         self.device = torch.device("cpu")
         self.step = 0
         self.last_output: Any = None
+        self.teacher = teacher
+        self.param_groups = tuple(param_groups)
         self._capture = False
+        self._teacher_cache: tuple[int, Any] | None = None
 
     # -- public --------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Run the training loop to ``config.steps`` and return the history."""
         device = self._device_arg
         if device is None and env_world_size() == 1 and not _dist_initialized():
-            device = self._model_device()      # single process: train where the model already is
+            device = model_device(self.model)      # single process: train where the model already is
         self.dist = init_distributed(device)
         self.device = self.dist.device
         handle = self.model.register_forward_hook(self._capture_output)
@@ -126,8 +137,9 @@ class Trainer:
         cfg, t0 = self.config, time.perf_counter()
         self.step = 0
         self.model.to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg)
-        losses, evals, hook_states, resumed = self._maybe_resume()
+        self._place_teacher()
+        self.optimizer = build_optimizer(self.model, cfg, self.param_groups)
+        losses, terms, evals, hook_states, resumed = self._maybe_resume()
         self.wrapped = wrap_ddp(self.model, self.dist, self._find_unused)
         for h in self.hooks:
             h.on_start(self)
@@ -137,58 +149,92 @@ class Trainer:
         data = self._micro_batches(skip=self.step * cfg.grad_accum)
         with self._progress() as bar:
             while self.step < cfg.steps:
-                loss = self._train_step(data)
+                loss, parts = self._train_step(data)
                 self.step += 1
                 losses.append(loss)
+                terms.append(parts)
                 for h in self.hooks:
                     h.on_step_end(self, self.step)
-                self._report(bar, loss)
+                self._report(bar, loss, parts)
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     evals.append(self._evaluate())
                 if self._checkpoint_due():
-                    self._save(losses, evals)
+                    self._save(losses, terms, evals)
         if cfg.eval_at_end and (not evals or evals[-1]["step"] != self.step):
             evals.append(self._evaluate())
         for h in self.hooks:
             h.on_end(self)
-        return TrainResult(self.step, losses, evals, time.perf_counter() - t0, resumed, self.dist.world_size)
+        return TrainResult(self.step, losses, terms, evals, time.perf_counter() - t0, resumed, self.dist.world_size)
 
-    def _train_step(self, data: Iterator[Batch]) -> float:
+    def _train_step(self, data: Iterator[Batch]) -> tuple[float, dict[str, float]]:
         cfg, opt = self.config, self.optimizer
         assert opt is not None
         set_lr(opt, self.step, cfg)
-        _reseed(step_seed(cfg.seed, self.step, self.dist.rank), self.device)
+        _reseed(mix_seed(cfg.seed, self.step, self.dist.rank), self.device)
         opt.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
+        sums: dict[str, torch.Tensor] = {}
         for i in range(cfg.grad_accum):
             batch = move_to(next(data), self.device)
             last = i == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.wrapped is self.model else self.wrapped.no_sync()
             with sync:
-                loss = self._loss(batch)
+                terms = self._loss_terms(batch)
+                loss = torch.stack(list(terms.values())).sum()
                 (loss / cfg.grad_accum).backward()
-            total += loss.detach().float()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach()
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
         opt.step()
-        return all_reduce_mean(total / cfg.grad_accum, self.dist)
+        names = list(sums)
+        means = all_reduce_means(torch.stack([sums[k] for k in names]) / cfg.grad_accum, self.dist)
+        parts = dict(zip(names, means))
+        return float(sum(means)), parts
 
-    def _loss(self, batch: Batch) -> torch.Tensor:
+    def _loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Named scalar loss terms of one micro-batch (float32): ``task``, then the hooks'."""
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
         with autocast:
             self._capture = True
             try:
-                loss = self.task.loss(self.wrapped, batch)
+                terms = {"task": self.task.loss(self.wrapped, batch)}
             finally:
                 self._capture = False
             for h in self.hooks:
                 extra = h.extra_loss(self, batch)
                 if extra is not None:
-                    loss = loss + extra
+                    terms[h.name if h.name not in terms else f"{h.name}.{len(terms)}"] = extra
+                h.update_losses(self, batch, terms)
         self.last_output = None
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise TorchSlimError("task.loss and hook extra losses must be scalar tensors")
-        return loss.float().reshape(())
+        self._teacher_cache = None
+        if not terms:
+            raise TorchSlimError("every loss term was removed by the hooks: nothing to train on")
+        for k, v in terms.items():
+            if not isinstance(v, torch.Tensor) or v.numel() != 1:
+                raise TorchSlimError(f"loss term '{k}' must be a scalar tensor")
+        return {k: v.float().reshape(()) for k, v in terms.items()}
+
+    # -- teacher -------------------------------------------------------------------------
+    def _place_teacher(self) -> None:
+        t = self.teacher
+        if isinstance(t, nn.Module):
+            t.to(self.device)
+            t.eval()
+            for p in t.parameters():
+                p.requires_grad_(False)
+        elif t is not None and not callable(t):
+            raise ConfigError(f"teacher must be an nn.Module or a callable, got {type(t).__name__}")
+
+    def teacher_output(self, batch: Batch) -> Any:
+        """The teacher's output for ``batch`` (no gradients; computed once per micro-batch)."""
+        if self.teacher is None:
+            raise ConfigError("this technique needs a teacher: pass teacher=<model or callable>")
+        if self._teacher_cache is not None and self._teacher_cache[0] == id(batch):
+            return self._teacher_cache[1]
+        with torch.no_grad():
+            out = self.task.forward(self.teacher, batch) if isinstance(self.teacher, nn.Module) else self.teacher(batch)
+        self._teacher_cache = (id(batch), out)
+        return out
 
     def _capture_output(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._capture:
@@ -237,7 +283,8 @@ class Trainer:
         return itertools.islice(stream, skip, None)
 
     # -- checkpoints ---------------------------------------------------------------------
-    def _maybe_resume(self) -> tuple[list[float], list[dict[str, float]], list[dict[str, Any]], int | None]:
+    def _maybe_resume(self) -> tuple[list[float], list[dict[str, float]], list[dict[str, float]],
+                                     list[dict[str, Any]], int | None]:
         cfg = self.config
         path = ckpt.latest_checkpoint(cfg.checkpoint_dir) if cfg.resume and cfg.checkpoint_dir else None
         if path is None:
@@ -246,7 +293,7 @@ class Trainer:
             elif cfg.checkpoint_dir and ckpt.list_checkpoints(cfg.checkpoint_dir):
                 raise ConfigError(f"checkpoint_dir {cfg.checkpoint_dir} already holds checkpoints; "
                                   "set resume=True to continue them or use an empty folder")
-            return [], [], [{} for _ in self.hooks], None
+            return [], [], [], [{} for _ in self.hooks], None
         doc = ckpt.load_checkpoint(path, self.model, self.optimizer)
         self.step = int(doc["step"])
         hook_states = list(doc.get("hooks", []))
@@ -255,7 +302,8 @@ class Trainer:
                 raise ConfigError(f"{path}: saved with {len(hook_states)} hook(s), resuming with {len(self.hooks)}")
             hook_states = [{} for _ in self.hooks]       # stateless hooks may come and go
         log.info("resumed from %s (step %d)", path, self.step)
-        return list(doc.get("losses", [])), list(doc.get("evals", [])), hook_states, self.step
+        return (list(doc.get("losses", [])), list(doc.get("loss_terms", [])), list(doc.get("evals", [])),
+                hook_states, self.step)
 
     def _checkpoint_due(self) -> bool:
         cfg = self.config
@@ -263,12 +311,13 @@ class Trainer:
             return False
         return self.step == cfg.steps or bool(cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
 
-    def _save(self, losses: list[float], evals: list[dict[str, float]]) -> None:
+    def _save(self, losses: list[float], terms: list[dict[str, float]], evals: list[dict[str, float]]) -> None:
         cfg = self.config
         if self.dist.is_main:
             assert cfg.checkpoint_dir is not None and self.optimizer is not None
             state = {
                 "losses": losses,
+                "loss_terms": terms,
                 "evals": evals,
                 "hooks": [h.checkpoint_state() for h in self.hooks],
                 "world_size": self.dist.world_size,
@@ -288,17 +337,16 @@ class Trainer:
         return tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step",
                     disable=None if show else True, dynamic_ncols=True, leave=False)
 
-    def _report(self, bar: Any, loss: float) -> None:
+    def _report(self, bar: Any, loss: float, terms: dict[str, float] | None = None) -> None:
         bar.update(1)
         if self.step % self.config.log_every == 0 or self.step == self.config.steps:
             lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            shown = {k: f"{v:.4f}" for k, v in (terms or {}).items()} if terms and len(terms) > 1 else {}
+            bar.set_postfix(loss=f"{loss:.4f}", **shown, lr=f"{lr:.2e}", refresh=False)
             if self.dist.is_main:
-                log.info("step %d/%d loss %.4f lr %.3g", self.step, self.config.steps, loss, lr)
-
-    def _model_device(self) -> torch.device:
-        p = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
-        return p.device if p is not None else torch.device("cpu")
+                parts = " ".join(f"{k}={v:.4f}" for k, v in (terms or {}).items()) if terms and len(terms) > 1 else ""
+                log.info("step %d/%d loss %.4f %slr %.3g", self.step, self.config.steps, loss,
+                         parts + " " if parts else "", lr)
 
 
 def _reseed(seed: int, device: torch.device) -> None:

@@ -1,13 +1,19 @@
 """Training hooks: how distillation, QAT and pruning schedules plug into the one training loop.
 
 A hook is a strategy object; every method is a no-op by default. Per optimizer step the
-engine computes, for each micro-batch::
+engine computes, for each micro-batch, named loss terms::
 
-    loss = task.loss(model, batch) + sum(h.extra_loss(trainer, batch) for h in hooks)
+    terms = {"task": task.loss(model, batch)}
+    for h in hooks:
+        terms[h.name] = h.extra_loss(trainer, batch)       # if not None
+        h.update_losses(trainer, batch, terms)              # may re-weight, replace or drop terms
+    loss = sum(terms.values())
 
-then calls ``on_step_end(trainer, step)`` after the optimizer step. During ``extra_loss``,
+then calls ``on_step_end(trainer, step)`` after the optimizer step. Every term is logged
+separately (``TrainResult.loss_terms``). During ``extra_loss`` and ``update_losses``,
 ``trainer.last_output`` holds the model's output for ``batch`` (so a distillation hook can
-compare it with a teacher without a second student forward).
+compare it with ``trainer.teacher_output(batch)`` without a second student forward, and
+``trainer.task.loss_from_output(output, batch)`` reuses the task's label shifting and masks).
 
 Change the model's structure (e.g. insert fake-quant modules) *before* constructing the
 :class:`~torchslim.train.engine.Trainer`: the optimizer is built from the parameters that
@@ -31,9 +37,18 @@ class TrainHook:
     def on_start(self, trainer: Trainer) -> None:
         """Called once before the first step (after resuming, optimizer and DDP are set up)."""
 
+    @property
+    def name(self) -> str:
+        """The name of this hook's loss term."""
+        return type(self).__name__
+
     def extra_loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor | None:
-        """A scalar added to the task loss of this micro-batch, or ``None``."""
+        """A scalar added to the task loss of this micro-batch (as the term ``name``), or ``None``."""
         return None
+
+    def update_losses(self, trainer: Trainer, batch: Batch, terms: dict[str, torch.Tensor]) -> None:
+        """Change this micro-batch's loss terms in place: weight them (``terms["task"] *= 0.5``), replace or
+        drop them (the total is their sum)."""
 
     def on_step_end(self, trainer: Trainer, step: int) -> None:
         """Called after optimizer step ``step`` (1-based count of completed steps)."""

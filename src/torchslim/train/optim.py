@@ -6,12 +6,13 @@ scheduler state: the engine sets every group's ``lr`` before each optimizer step
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+import re
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from torchslim.train.config import OptimizerKind, ScheduleKind, TrainConfig
+from torchslim.train.config import OptimizerKind, ParamGroup, ScheduleKind, TrainConfig
 
 
 class Lion(torch.optim.Optimizer):
@@ -64,19 +65,34 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: matrices/kernels get ``weight_decay``; biases and norm scales (ndim < 2) none."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def param_groups(model: nn.Module, config: TrainConfig, extra: Sequence[ParamGroup] = ()) -> list[dict[str, Any]]:
+    """Trainable parameters in optimizer groups, in a deterministic order.
+
+    Each parameter goes to the first :class:`ParamGroup` whose ``params`` regex matches its name
+    (``extra`` rules, from the technique, before the config's), else to the default group; within
+    each, matrices/kernels get the weight decay and biases and norm scales (ndim < 2) none.
+    """
+    rules = [*extra, *config.param_groups]
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            idx = next((i for i, r in enumerate(rules) if re.fullmatch(r.params, name)), -1)
+            buckets.setdefault((idx, p.ndim >= 2), []).append(p)
+    groups = []
+    for (idx, decay), params in buckets.items():
+        rule = rules[idx] if idx >= 0 else None
+        lr, wd = config.lr, config.weight_decay
+        if rule is not None:
+            lr = rule.lr if rule.lr is not None else config.lr * (rule.lr_scale if rule.lr_scale is not None else 1.0)
+            wd = rule.weight_decay if rule.weight_decay is not None else wd
+        groups.append({"params": params, "weight_decay": wd if decay else 0.0, "base_lr": lr,
+                       "group": rule.params if rule is not None else "default"})
+    return groups
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer ``config.optimizer`` over ``model``'s trainable parameters."""
-    groups = param_groups(model, config.weight_decay)
+def build_optimizer(model: nn.Module, config: TrainConfig, extra: Sequence[ParamGroup] = ()) -> torch.optim.Optimizer:
+    """The optimizer ``config.optimizer`` over ``model``'s trainable parameters (see :func:`param_groups`)."""
+    groups = param_groups(model, config, extra)
     if not groups:
         from torchslim.core.errors import TorchSlimError
 
@@ -88,8 +104,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     else:
         opt = Lion(groups, lr=config.lr, betas=config.resolved_betas())
-    for g in opt.param_groups:
-        g["base_lr"] = config.lr
     return opt
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from torchslim.core.errors import ConfigError, UnknownModelError
+from torchslim.core.skeletons import register_skeleton
 from torchslim.tasks.base import Task
 from torchslim.tasks.causal_lm import CausalLMTask
 from torchslim.tasks.embedding import SentenceEmbeddingTask
@@ -125,3 +126,38 @@ def load_hf_folder(path: str | Path, task: Task | str | None = None, **task_kwar
         tokenizer=tokenizer,
         extra={"causal_lm": causal},
     )
+
+
+@register_skeleton(architecture="transformers")
+def transformers_skeleton(manifest: dict[str, Any], path: Path) -> nn.Module:
+    """An untrained transformers model of the artifact's class, from its ``config.json`` (only the
+    top-level children the artifact recorded are kept: a BertModel saved without pooler reloads so)."""
+    import transformers
+
+    from torchslim.core.errors import ArtifactError
+
+    arch = manifest["architecture"]
+    cls = getattr(transformers, str(arch.get("class", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ArtifactError(f"{path}: transformers has no model class {str(arch.get('class'))[:80]!r}")
+    config = read_artifact_config(path)
+    model = cls(config)
+    children = arch.get("children")
+    if isinstance(children, list):
+        for name in [n for n, _ in model.named_children() if n not in children]:
+            setattr(model, name, None)
+    return model
+
+
+def read_artifact_config(path: Path) -> Any:
+    """The Hugging Face config of an artifact folder, with one-line errors."""
+    from transformers import AutoConfig
+
+    from torchslim.core.errors import ArtifactError
+
+    if not (Path(path) / "config.json").is_file():
+        raise ArtifactError(f"{path}: config.json is missing (a transformers artifact needs it)")
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt config
+        raise ArtifactError(f"{path}: unreadable config.json ({str(e).splitlines()[0][:160]})") from None

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from torch import nn
 
 from torchslim.core.errors import UnknownModelError
+from torchslim.core.skeletons import register_skeleton
 from torchslim.tasks.base import Task
 
 
@@ -78,3 +79,19 @@ def get_entry(name: str) -> ZooEntry:
 def load_model(name: str, **kwargs: Any) -> LoadedModel:
     """Load a zoo model (with its task) by name."""
     return get_entry(name).loader(**kwargs)
+
+
+def _zoo_skeleton(manifest: dict[str, Any], path: Any) -> nn.Module | None:
+    """Skeleton of an artifact made from a zoo model that is not a transformers model (digits-cnn)."""
+    source = manifest.get("source", {})
+    name = source.get("name")
+    if not isinstance(name, str):
+        return None
+    try:
+        entry = get_entry(name)
+    except UnknownModelError:
+        return None
+    return entry.skeleton(source) if entry.skeleton is not None else None
+
+
+register_skeleton(source="zoo")(_zoo_skeleton)

@@ -1,0 +1,153 @@
+"""Checks that keep artifacts safe to save into and to read: confinement to the folder, manifest
+structure, and weights that match the rebuilt model. Every failure is one clear
+:class:`ArtifactError` (or :class:`TorchSlimError` for a save target), never a traceback."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchslim.core.codec import shown
+from torchslim.core.errors import ArtifactError, TorchSlimError
+from torchslim.core.io import OWNED_NAMES, REPLACED
+
+FORMAT_NAME = "torchslim-artifact"
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+def is_plain_name(name: Any) -> bool:
+    """A file name with no folder part: what an artifact may name."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and "\x00" not in name
+
+
+def inside(folder: Path, name: Any) -> Path:
+    """``folder / name`` when ``name`` is a plain file name resolving inside ``folder``; else an error."""
+    if not is_plain_name(name):
+        raise ArtifactError(f"{folder}: the manifest names a file outside the artifact folder ({str(name)[:80]!r})")
+    p = folder / name
+    root = folder.resolve()
+    if p.resolve().parent != root:
+        raise ArtifactError(f"{folder}: '{name}' resolves outside the artifact folder (a link?)")
+    return p
+
+
+# -- save target ---------------------------------------------------------------------------------
+def check_target(path: Path) -> dict[str, Any] | None:
+    """Refuse to save where that would overwrite something not ours; return the old manifest, if any."""
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        raise TorchSlimError(f"cannot save an artifact to {path}: it is a file")
+    if not path.is_dir():
+        return None
+    mpath = path / MANIFEST
+    if not mpath.is_file() and (path / f"{REPLACED}{MANIFEST}").is_file():
+        mpath = path / f"{REPLACED}{MANIFEST}"        # a save of ours was interrupted while committing
+    if mpath.is_file():
+        try:
+            old = _parse(mpath)
+        except ArtifactError:
+            old = None
+        if not isinstance(old, dict) or old.get("format") != FORMAT_NAME:
+            raise TorchSlimError(f"refusing to overwrite {path}: its {MANIFEST} is not a torchslim artifact manifest")
+        return old
+    foreign = [p.name for p in path.iterdir() if p.name not in OWNED_NAMES]
+    if foreign:
+        raise TorchSlimError(f"refusing to overwrite {path}: it is a non-empty folder that is not a torchslim "
+                             f"artifact (it holds {foreign[0]!r}); choose an empty or new folder")
+    return None
+
+
+# -- manifest ------------------------------------------------------------------------------------
+def _parse(mpath: Path) -> Any:
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{mpath}: manifest is larger than {MAX_MANIFEST_BYTES >> 20} MB")
+    try:
+        return json.loads(mpath.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mpath}: corrupted manifest, not valid JSON ({str(e)[:120]})") from None
+    except RecursionError:
+        raise ArtifactError(f"{mpath}: corrupted manifest (nested too deeply)") from None
+
+
+def _expect(cond: bool, mpath: Path, what: str) -> None:
+    if not cond:
+        raise ArtifactError(f"{mpath}: bad manifest: {what}")
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the artifact at ``path``, checked for format, version and structure."""
+    mpath = path / MANIFEST
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such artifact folder")
+    if not mpath.is_file():
+        if (path / f"{REPLACED}{MANIFEST}").is_file():
+            raise ArtifactError(f"{path}: an interrupted save left this artifact incomplete; save it again")
+        raise ArtifactError(f"{path}: not a torchslim artifact (no {MANIFEST})")
+    m = _parse(mpath)
+    if not isinstance(m, dict) or m.get("format") != FORMAT_NAME:
+        fmt = m.get("format") if isinstance(m, dict) else None
+        raise ArtifactError(f"{mpath}: not a torchslim manifest (format field is {str(fmt)[:40]!r})")
+    version = m.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ArtifactError(f"{mpath}: format version {shown(version)} is not supported "
+                            f"(this torchslim reads 1 to {FORMAT_VERSION})")
+    for key in ("weights", "source", "architecture", "layers"):
+        _expect(key in m, mpath, f"the '{key}' field is missing")
+    w = m["weights"]
+    _expect(isinstance(w, dict), mpath, "'weights' must be a mapping")
+    _expect("file" in w and "bytes" in w and "sha256" in w, mpath, "'weights' needs file, bytes and sha256")
+    _expect(is_plain_name(w["file"]), mpath, f"weights file {str(w['file'])[:80]!r} is not a file inside the folder")
+    _expect(isinstance(w["bytes"], int) and not isinstance(w["bytes"], bool) and w["bytes"] >= 0, mpath,
+            "'weights.bytes' must be a non-negative integer")
+    _expect(isinstance(w["sha256"], str) and _SHA.fullmatch(w["sha256"]) is not None, mpath,
+            "'weights.sha256' must be 64 hex digits")
+    _expect(isinstance(m["source"], dict), mpath, "'source' must be a mapping")
+    arch = m["architecture"]
+    _expect(isinstance(arch, dict) and isinstance(arch.get("kind"), str), mpath, "'architecture' needs a 'kind'")
+    _expect(all(isinstance(arch.get(k, ""), str) for k in ("class",)), mpath, "'architecture.class' must be a string")
+    _check_layers(m["layers"], mpath)
+    _expect(_str_map(m.get("aliases", {})), mpath, "'aliases' must map tensor names to tensor names")
+    for key in ("resized", "added", "metadata"):
+        _expect(isinstance(m.get(key, {}), dict), mpath, f"'{key}' must be a mapping")
+    for key in ("settings", "history"):
+        _expect(isinstance(m.get(key, []), list) and all(isinstance(x, dict) for x in m.get(key, [])), mpath,
+                f"'{key}' must be a list of mappings")
+    return m
+
+
+def _str_map(d: Any) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items())
+
+
+def _check_layers(layers: Any, mpath: Path) -> None:
+    _expect(isinstance(layers, dict), mpath, "'layers' must map layer names to records")
+    for name, info in layers.items():
+        _expect(isinstance(info, dict), mpath, f"layer {name[:80]!r} must be a mapping")
+        _expect(isinstance(info.get("module"), str), mpath, f"layer {name[:80]!r} has no 'module'")
+        stage = info.get("stage")
+        _expect(stage is None or (isinstance(stage, int) and not isinstance(stage, bool)), mpath,
+                f"layer {name[:80]!r}: 'stage' must be an integer")
+
+
+# -- weights against the rebuilt model -----------------------------------------------------------
+def match_state(path: Path, expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
+    """Same names, shapes and dtype kinds in the weights file as in the rebuilt model, or a clear error.
+
+    A floating-point tensor may be stored in another floating dtype (a model saved after ``.half()``);
+    integer codes, masks and counters must keep theirs."""
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ArtifactError(f"{path}: weights do not match the architecture ({what})")
+    for name, ref in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise ArtifactError(f"{path}: tensor '{name}' has shape {list(t.shape)}, the model expects {list(ref.shape)}")
+        if t.dtype != ref.dtype and not (t.is_floating_point() and ref.is_floating_point()):
+            raise ArtifactError(f"{path}: tensor '{name}' is {t.dtype}, the model expects {ref.dtype}")
