@@ -114,3 +114,15 @@ def test_user_errors(lm):
         CausalLMTask(lm.tokenizer).decode(lm.model, new_tokens=1)
     with pytest.raises(TorchSlimError, match="no generate"):
         CausalLMTask(lm.tokenizer).decode(torch.nn.Linear(2, 2), new_tokens=4)
+
+
+def test_loss_from_an_existing_output_or_logits_tensor_matches_the_loss(lm):
+    model, task = lm.model, lm.task
+    batch = next(task.train_batches(2, seed=1))
+    with torch.no_grad():
+        out = task.train_forward(model, batch)
+        direct = task.loss(model, batch)
+        from_output = task.loss_from_output(out, batch)
+        from_logits = task.loss_from_output(out.logits, batch)     # another head's logits: task shifts labels
+    torch.testing.assert_close(from_output, direct)
+    torch.testing.assert_close(from_logits, direct, rtol=1e-5, atol=1e-5)

@@ -149,3 +149,16 @@ def test_bad_sharding_is_a_config_error() -> None:
         _task().train_batches(4, rank=2, world_size=2)
     with pytest.raises(ConfigError):
         _task().example_inputs(0)
+
+
+def test_loss_from_output_matches_loss():
+    import torch
+    from torch import nn
+
+    from torchslim.tasks.classification import ClassificationTask
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+    task, model = ClassificationTask(x, y, x, y), nn.Linear(4, 3)
+    batch = {"x": x[:8], "y": y[:8]}
+    torch.testing.assert_close(task.loss_from_output(model(batch["x"]), batch), task.loss(model, batch))

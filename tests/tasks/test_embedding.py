@@ -105,3 +105,19 @@ def test_distillation_loss_and_batches(bert):
     ex = task.example_inputs(2, 16)
     assert ex["input_ids"].shape == (2, 16) and int(ex["attention_mask"].sum()) == 32
     assert bert.tokenizer.decode(ex["input_ids"][0], skip_special_tokens=True) in text.calibration_text()
+
+
+def test_loss_from_raw_or_pooled_output_matches_loss(bert):
+    import torch
+
+    from torchslim.tasks.embedding import TARGET_KEY, embed_batch
+
+    model, task = bert.model, bert.task
+    batch = next(task.train_batches(2, seed=0))
+    with torch.no_grad():
+        direct = task.loss(model, batch)
+        raw = task.loss_from_output(task.train_forward(model, batch), batch)
+        pooled = task.loss_from_output(embed_batch(model, batch), batch)
+    torch.testing.assert_close(raw, direct)
+    torch.testing.assert_close(pooled, direct, rtol=1e-5, atol=1e-6)
+    assert TARGET_KEY in batch

@@ -227,3 +227,63 @@ def test_evaluation_errors_propagate() -> None:
     with pytest.raises(RuntimeError, match="eval exploded"):
         Trainer(model, task, _cfg(steps=2)).fit()
     assert model.training                                    # restored after the failed evaluation
+
+
+# -- loss terms, parameter groups, teacher --------------------------------------------------------
+class _Weigh(TrainHook):
+    """Halves the task term and adds a named term computed from the captured output via the task."""
+
+    def update_losses(self, trainer, batch, terms):
+        terms["task"] = terms["task"] * 0.5
+        terms["again"] = trainer.task.loss_from_output(trainer.last_output, batch) * 0.0 + 1.0
+
+
+def test_hooks_weight_and_add_named_terms_that_are_logged_separately() -> None:
+    cfg = TrainConfig(steps=3, batch_size=16, lr=1e-2, progress=False, eval_at_end=False)
+    plain = Trainer(mlp(0), toy_task(), cfg).fit()
+    weighed = Trainer(mlp(0), toy_task(), cfg, hooks=[_Weigh()]).fit()
+    assert [set(t) for t in weighed.loss_terms] == [{"task", "again"}] * 3
+    assert weighed.loss_terms[0]["task"] == pytest.approx(plain.loss_terms[0]["task"] * 0.5, rel=1e-6)
+    assert weighed.loss_terms[0]["again"] == pytest.approx(1.0)
+    assert weighed.losses[0] == pytest.approx(weighed.loss_terms[0]["task"] + 1.0, rel=1e-6)
+
+
+def test_removing_every_term_is_an_error() -> None:
+    drop = LambdaHook()
+    drop.update_losses = lambda trainer, batch, terms: terms.clear()
+    with pytest.raises(TorchSlimError, match="every loss term was removed"):
+        Trainer(mlp(0), toy_task(), TrainConfig(steps=1, batch_size=8, progress=False), hooks=[drop]).fit()
+
+
+def test_parameter_groups_get_their_own_learning_rate() -> None:
+    from torchslim.train import ParamGroup
+
+    model = mlp(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(steps=2, batch_size=16, lr=1e-2, schedule="constant", progress=False, eval_at_end=False,
+                      param_groups=(ParamGroup(params=r"fc1\..*", lr=0.0),))
+    trainer = Trainer(model, toy_task(), cfg, param_groups=[ParamGroup(params="fc2.bias", lr_scale=2.0)])
+    trainer.fit()
+    assert torch.equal(model.fc1.weight, before["fc1.weight"]) and torch.equal(model.fc1.bias, before["fc1.bias"])
+    assert not torch.equal(model.fc2.weight, before["fc2.weight"])
+    lrs = {g["group"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs == {r"fc1\..*": 0.0, "fc2.bias": pytest.approx(2e-2), "default": pytest.approx(1e-2)}
+
+
+def test_a_teacher_is_frozen_put_in_eval_mode_and_its_output_reused_per_micro_batch() -> None:
+    teacher = mlp(1, dropout=0.5).train()
+    calls = []
+
+    def kd(trainer, batch):
+        out = trainer.teacher_output(batch)
+        assert trainer.teacher_output(batch) is out
+        calls.append(out.requires_grad)
+        return torch.nn.functional.mse_loss(trainer.last_output, out)
+
+    res = Trainer(mlp(0), toy_task(), TrainConfig(steps=2, batch_size=8, progress=False, eval_at_end=False),
+                  hooks=[LambdaHook(extra_loss=kd)], teacher=teacher).fit()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert calls == [False, False] and set(res.loss_terms[0]) == {"task", "LambdaHook"}
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        Trainer(mlp(0), toy_task(), TrainConfig(steps=1, batch_size=8, progress=False),
+                hooks=[LambdaHook(extra_loss=kd)]).fit()
