@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,14 +23,10 @@ class Row:
 
 
 def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), cpu)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"{time.strftime('%Y-%m-%d')}")
+    """CPU, ISA features (AVX2 / AVX512-VNNI / AMX decide the kernels), threads, torch, and the date."""
+    from torchslim.eval.machine import machine_line as line
+
+    return f"{line()}, {time.strftime('%Y-%m-%d')}"
 
 
 def artifact_bytes(model: torch.nn.Module, source: dict | None = None) -> int:

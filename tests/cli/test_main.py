@@ -104,8 +104,12 @@ def test_finetune_digits_cnn_writes_metrics_and_artifact(tmp_path):
 def test_demo_compresses_to_int4_gptq_and_compares(tmp_path):
     res = run("demo", "--model", "tiny-llama", "--out", str(tmp_path / "d"), "--iters", "3")
     assert res.returncode == 0, res.stderr
-    assert "(original)" in res.stdout and "gptq int4-asym g128" in res.stdout
-    assert "Bits per weight" in res.stdout and "perplexity" in res.stdout
+    assert "recipe int4-gptq" in res.stdout and "uncompressed (baseline)" in res.stdout
+    assert "Bits per weight" in res.stdout and "perplexity" in res.stdout and "Decode speed" in res.stdout
+    report = (tmp_path / "d" / "report.md").read_text()
+    assert "| 1 | quantize GPTQConfig | 14 QuantLinear, 1 QuantLinear" not in report   # counted once per stage
+    assert "quantize GPTQConfig | 15 QuantLinear" in report and "quantize CastConfig | 1 CastEmbedding" in report
+    assert not (tmp_path / "d" / ".torchslim-run").exists()
     layers = json.loads((tmp_path / "d" / "manifest.json").read_text())["layers"]
     assert layers["model.layers.0.mlp.down_proj"]["kernel"] == "int4pack_mm"
     assert layers["lm_head"]["storage"].startswith("int8")

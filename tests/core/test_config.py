@@ -91,7 +91,7 @@ def test_read_mapping_errors(tmp_path):
         read_mapping(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match="not valid json"):
+    with pytest.raises(ConfigError, match="not valid JSON"):
         read_mapping(bad)
     lst = tmp_path / "list.yaml"
     lst.write_text("- 1\n- 2\n")

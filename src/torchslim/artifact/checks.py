@@ -56,11 +56,20 @@ def check_target(path: Path) -> dict[str, Any] | None:
         if not isinstance(old, dict) or old.get("format") != FORMAT_NAME:
             raise TorchSlimError(f"refusing to overwrite {path}: its {MANIFEST} is not a torchslim artifact manifest")
         return old
-    foreign = [p.name for p in path.iterdir() if p.name not in OWNED_NAMES]
+    foreign = [p.name for p in path.iterdir() if p.name not in OWNED_NAMES and not _is_artifact_dir(p)]
     if foreign:
         raise TorchSlimError(f"refusing to overwrite {path}: it is a non-empty folder that is not a torchslim "
                              f"artifact (it holds {foreign[0]!r}); choose an empty or new folder")
     return None
+
+
+def _is_artifact_dir(p: Path) -> bool:
+    """A sub-folder holding a torchslim artifact (a recipe's ``save: {path: ...}`` stage wrote it)."""
+    try:
+        m = _parse(p / MANIFEST) if (p / MANIFEST).is_file() else None
+    except (ArtifactError, OSError):
+        return False
+    return isinstance(m, dict) and m.get("format") == FORMAT_NAME
 
 
 # -- manifest ------------------------------------------------------------------------------------

@@ -20,6 +20,12 @@ zoo_app = typer.Typer(help="The embedded model zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 
+def _register_recipe_commands() -> None:
+    from torchslim.cli.recipes_cmd import register
+
+    register(app)
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -155,6 +161,7 @@ def quantize_cmd(
     from torchslim.api import quantize_
     from torchslim.artifact import save
     from torchslim.core.config import BaseConfig
+    from torchslim.core.context import ApplyContext
     from torchslim.models import load_model
 
     cfg = BaseConfig.load(config)
@@ -162,7 +169,7 @@ def quantize_cmd(
     with console.status(f"loading {model}"):
         loaded = load_model(model)
     console.print(f"quantizing with {type(cfg).__name__} (progress per layer)")
-    quantize_(loaded.model, cfg, calibration=loaded.task)
+    quantize_(loaded.model, cfg, ApplyContext(task=loaded.task))
     save(loaded.model, out, source=loaded.source)
     console.print(f"saved {out}")
     _print_plan(console, loaded.model)
@@ -176,28 +183,29 @@ def prune_cmd(
     recover_steps: int = typer.Option(0, min=0, help="Recovery fine-tuning steps on the model's task after pruning."),
     lr: float = typer.Option(1e-4, help="Peak learning rate of recovery fine-tuning."),
 ) -> None:
-    """Prune a model with a config file (optionally fine-tune to recover) and save the artifact."""
-    from torchslim.api import prune_
-    from torchslim.artifact import save
+    """Prune a model with a config file (optionally fine-tune to recover) and save the artifact.
+    The same as `torchslim run` of a recipe (prune, then train), without the report."""
     from torchslim.core.config import BaseConfig
+    from torchslim.core.state import state_of
+    from torchslim.recipes import ApplyStage, Recipe, RunOptions, TrainStage, run_recipe
+    from torchslim.train import FinetuneConfig, TrainConfig
 
     cfg = BaseConfig.load(config)
-    console = _console()
-    with console.status(f"loading {model}"):
-        loaded = _load_with_task(model, None)
-    before = sum(p.numel() for p in loaded.model.parameters())
-    console.print(f"pruning with {type(cfg).__name__} (progress per layer)")
-    prune_(loaded.model, cfg, calibration=loaded.task)
-    after = sum(p.numel() for p in loaded.model.parameters())
+    stages = [ApplyStage(cfg, "prune")]
     if recover_steps:
-        from torchslim.train import TrainConfig, Trainer
-
-        console.print(f"recovery fine-tuning: {recover_steps} steps")
-        Trainer(loaded.model, loaded.task, TrainConfig(steps=recover_steps, lr=lr)).fit()
-        loaded.model.eval()
-    save(loaded.model, out, source=loaded.source)
-    console.print(f"saved {out}: {before:,} -> {after:,} parameters ({after / max(before, 1):.2f}x)")
-    _print_sparse_notes(console, loaded.model)
+        stages.append(TrainStage(FinetuneConfig(train=TrainConfig(steps=recover_steps, lr=lr)), "finetune"))
+    console = _console()
+    console.print(f"pruning with {type(cfg).__name__} (progress per layer)"
+                  + (f", then recovery fine-tuning: {recover_steps} steps" if recover_steps else ""))
+    result = run_recipe(Recipe(f"prune {config.name}", "", stages), model, out, RunOptions(report=False), console)
+    history = state_of(result.model).history
+    touched = history[0].touched
+    before, after = touched.get("params_before"), touched.get("params_after")
+    if before is not None:
+        console.print(f"saved {out}: {before:,} -> {after:,} parameters ({after / max(before, 1):.2f}x)")
+    else:
+        console.print(f"saved {out}: parameters unchanged (weights zeroed, stored sparse)")
+    _print_sparse_notes(console, result.model)
 
 
 def _print_sparse_notes(console, model) -> None:
@@ -212,18 +220,6 @@ def _print_sparse_notes(console, model) -> None:
     if dense:
         console.print(f"note: {len(dense)} of {len(infos)} sparse layers run the dense kernel: smaller on disk, "
                       "no speed gain from sparsity on this machine")
-
-
-@app.command("demo")
-def demo_cmd(
-    model: str = typer.Option("smollm2-135m", help="Model to run the main job on."),
-    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Artifact folder to write."),
-    iters: int = typer.Option(5, min=3, help="Timed iterations per shape (>= 3)."),
-) -> None:
-    """Main job: evaluate a model, compress it, save + reload the artifact, and compare side by side."""
-    from torchslim.demo import run_demo
-
-    run_demo(model=model, out=out, spec=_eval_spec([], iters, 2, None, 32, False))
 
 
 @app.command("finetune")
@@ -241,24 +237,28 @@ def finetune_cmd(
     `torchrun --nproc-per-node N`, which splits the global batch across processes."""
     import json
 
+    from torchslim.api import finetune_
     from torchslim.artifact import save
     from torchslim.core.config import BaseConfig
+    from torchslim.core.context import ApplyContext
     from torchslim.core.io import atomic_file
-    from torchslim.models import load_model
-    from torchslim.train import TrainConfig, Trainer
+    from torchslim.core.state import state_of
+    from torchslim.train import FinetuneConfig, TrainConfig
+    from torchslim.train.distributed import env_rank
 
     cfg = BaseConfig.load(config) if config else TrainConfig(steps=steps, batch_size=batch_size, lr=lr,
                                                              optimizer=optimizer)
     if not isinstance(cfg, TrainConfig):
         raise TorchSlimError(f"{config}: expected a TrainConfig, got {type(cfg).__name__}")
     loaded = _load_with_task(model, None)
-    trainer = Trainer(loaded.model, loaded.task, cfg)
-    result = trainer.fit()
-    if not trainer.dist.is_main:
+    finetune_(loaded.model, FinetuneConfig(train=cfg), ApplyContext(task=loaded.task))
+    if env_rank() != 0:
         return
-    summary = {"world_size": result.world_size, "steps": result.final_step, "final_loss": result.losses[-1],
-               "metrics": result.final_metrics, "wall_s": result.wall_s}
-    _console().print(f"fine-tuned {model} on {result.world_size} process(es): {summary['metrics']}")
+    entry = state_of(loaded.model).history[-1]
+    d = entry.details
+    summary = {"world_size": d["world_size"], "steps": d["steps"], "final_loss": d["final_loss"],
+               "metrics": entry.metrics, "wall_s": d["wall_s"]}
+    _console().print(f"fine-tuned {model} on {d['world_size']} process(es): {summary['metrics']}")
     if out is not None:
         save(loaded.model, out, source=loaded.source)
     if json_out is not None:
@@ -268,7 +268,7 @@ def finetune_cmd(
 
 @app.command("info")
 def info_cmd(artifact: Path = typer.Argument(..., help="torchslim artifact folder.")) -> None:
-    """Show an artifact's manifest: source, format, and each compressed layer."""
+    """Show an artifact's manifest: source, format, the ordered history of stages, and each compressed layer."""
     from torchslim.artifact import read_manifest
 
     manifest = read_manifest(artifact)
@@ -277,8 +277,20 @@ def info_cmd(artifact: Path = typer.Argument(..., help="torchslim artifact folde
     console.print(f"[bold]{artifact}[/bold]  format v{manifest['format_version']}  torchslim {manifest['torchslim_version']}")
     console.print(f"source: {manifest['source']}   architecture: {manifest['architecture']}")
     console.print(f"weights: {w['file']}  {w['bytes'] / 1e6:.2f} MB  sha256 {w['sha256'][:16]}...")
+    history = manifest.get("history") or []
+    if history:
+        from torchslim.core.state import history_lines
+
+        console.print(f"history ({len(history)} stages):")
+        for line in history_lines(history):
+            console.print(f"  {line}", highlight=False)
+    elif manifest["format_version"] < 2:
+        console.print(f"history: none recorded (format v{manifest['format_version']} artifact)")
     layers = [{"name": n, **info} for n, info in manifest["layers"].items()]
     console.print(_layers_table(layers) if layers else "no compressed layers")
+
+
+_register_recipe_commands()
 
 
 def main() -> None:

@@ -100,24 +100,50 @@ def _enum_tuple(hint: Any) -> type[enum.Enum] | None:
     return None
 
 
+MAX_CONFIG_BYTES = 16 << 20
+
+
 def read_mapping(path: str | Path) -> dict[str, Any]:
-    """Parse a JSON or YAML file into a dict, with one-line errors."""
+    """Parse a JSON or YAML file into a dict, with one-line errors.
+
+    Files over 16 MB, text that is not UTF-8, YAML aliases (``*name``: a "billion laughs" file
+    expands exponentially) and nesting deeper than Python can walk are refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MB; not a config file")
     try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+    try:
+        data = _safe_yaml(text) if kind == "YAML" else json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except Exception as e:  # noqa: BLE001 - parser errors become one line
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {str(e).splitlines()[0]}") from None
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{path}: not valid {kind}: {first[:200]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses aliases (no exponential expansion from a few bytes)."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise ConfigError("YAML aliases (*name) are not allowed in torchslim files")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
 
 
 def config_types() -> dict[str, type[BaseConfig]]:

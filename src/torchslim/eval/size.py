@@ -134,13 +134,27 @@ def memory_bytes(model: nn.Module) -> int:
 
 
 def folder_bytes(path: str | os.PathLike) -> int:
-    """Sum of the sizes of the regular files under ``path`` (or the size of ``path`` if a file)."""
+    """Bytes of the artifact at ``path``: the files its manifest lists (a folder may also hold reports and
+    other files that are not part of it); for a folder without such a list, every regular file under it."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
     if not path.is_dir():
         raise TorchSlimError(f"artifact path {path} does not exist")
+    files = _artifact_files(path)
+    if files is not None:
+        return sum((path / f).stat().st_size for f in files if (path / f).is_file())
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _artifact_files(path: Path) -> list[str] | None:
+    try:
+        from torchslim.artifact.format import read_manifest
+
+        files = read_manifest(path).get("files")
+    except TorchSlimError:
+        return None
+    return [f for f in files if isinstance(f, str) and "/" not in f] if isinstance(files, list) else None
 
 
 def artifact_bytes(model: nn.Module, *, source: dict[str, Any] | None = None) -> tuple[int | None, str]:

@@ -52,6 +52,14 @@ def env_world_size() -> int:
         raise TorchSlimError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from None
 
 
+def env_rank() -> int:
+    """``RANK`` from the environment (0 when unset): only rank 0 writes files and prints summaries."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise TorchSlimError(f"RANK must be an integer, got {os.environ['RANK']!r}") from None
+
+
 def init_distributed(device: torch.device | str | None = None) -> DistContext:
     """Join (or start) the process group described by the environment; pick this rank's device.
 

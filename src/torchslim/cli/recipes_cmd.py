@@ -1,0 +1,87 @@
+"""``torchslim run``, ``torchslim recipes list|show`` and ``torchslim demo`` (a shipped recipe)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+recipes_app = typer.Typer(help="Shipped recipes: starting templates for `torchslim run`.", no_args_is_help=True)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _options(resume: bool, report: bool, speed: bool, iters: int, decode_tokens: int, shapes: list[str]):
+    from torchslim.cli.main import parse_shape
+    from torchslim.recipes import RunOptions
+
+    return RunOptions(resume=resume, report=report, speed=speed, iters=iters, decode_tokens=decode_tokens,
+                      shapes=tuple(parse_shape(s) for s in shapes) or None)
+
+
+def run_cmd(
+    recipe: str = typer.Argument(..., help="A recipe file (YAML or JSON) or the name of a shipped recipe."),
+    model: str = typer.Option(..., "--model", "-m", help="Zoo name, Hugging Face model folder, or artifact folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: the artifact and report.md / report.json."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last stage."),
+    report: bool = typer.Option(True, "--report/--no-report",
+                                help="Evaluate the uncompressed model and compare it with the final one."),
+    speed: bool = typer.Option(True, "--speed/--no-speed", help="Time both models (interleaved) in the report."),
+    iters: int = typer.Option(5, min=3, help="Timed iterations per shape (>= 3)."),
+    decode_tokens: int = typer.Option(16, min=0, help="Tokens generated to time decoding (causal LMs)."),
+    shape: list[str] = typer.Option([], "--shape", help="Latency shape BATCHxSEQ (repeatable)."),
+) -> None:
+    """Run a recipe (ordered stages) on a model; resumable; writes the artifact and a report of every stage."""
+    from torchslim.recipes import load_recipe, run_recipe
+
+    rec = load_recipe(recipe)
+    console = _console()
+    console.print(f"recipe [bold]{rec.name}[/bold] ({len(rec.stages)} stages) on {model} -> {out}")
+    run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape), console)
+    console.print(f"artifact: {out}   report: {out / 'report.md'}" if report else f"artifact: {out}")
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """List the shipped recipes."""
+    from rich.table import Table
+
+    from torchslim.recipes import load_recipe, preset_names
+
+    table = Table(title="shipped recipes (torchslim recipes show NAME prints one)")
+    for col in ("name", "stages", "description"):
+        table.add_column(col)
+    for name in preset_names():
+        r = load_recipe(name)
+        table.add_row(name, " -> ".join(s.describe() for s in r.stages), r.description)
+    _console().print(table)
+
+
+@recipes_app.command("show")
+def recipes_show(name: str = typer.Argument(..., help="A shipped recipe's name.")) -> None:
+    """Print a shipped recipe as YAML (save it, edit it, run it)."""
+    from torchslim.recipes import preset_path
+
+    print(preset_path(name).read_text(), end="")
+
+
+def demo_cmd(
+    model: str = typer.Option("smollm2-135m", help="Model to run the main job on."),
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Artifact folder to write."),
+    iters: int = typer.Option(5, min=3, help="Timed iterations per shape (>= 3)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo."),
+) -> None:
+    """Main job: the int4-gptq recipe: evaluate, compress, save, and compare side by side (timed interleaved)."""
+    from torchslim.demo import run_demo
+
+    run_demo(model=model, out=out, iters=iters, resume=resume, console=_console())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)
+    app.command("demo")(demo_cmd)
+    app.add_typer(recipes_app, name="recipes")
+

@@ -1,0 +1,223 @@
+"""Run a recipe on a model into an output folder, resumably.
+
+The output folder ends up holding the artifact (``manifest.json``, ``model.safetensors``...)
+and ``report.json`` / ``report.md``. While the run is going it also holds ``.torchslim-run/``:
+``run.json`` (the recipe, its fingerprint, the model, the last completed stage and the stage
+rows so far) and ``stage-<i>/``, an artifact of the model after the last completed stage. A
+run killed at any point (``kill -9`` included) is continued with ``resume=True``: the model is
+reloaded from that checkpoint and the next stage starts. Stages are deterministic (training
+reseeds from the step, calibration data is fixed), so the resumed run writes the same artifact
+as an uninterrupted one. The run folder is removed when the run completes.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from torchslim.core.context import ApplyContext
+from torchslim.core.errors import TorchSlimError
+from torchslim.core.io import RUN_DIR, atomic_file
+from torchslim.core.state import Timer, state_of
+from torchslim.recipes.recipe import Recipe
+from torchslim.recipes.report import StageRow, interleaved_speed, markdown, quick_eval, stage_row
+from torchslim.recipes.stages import RunContext, SaveStage
+
+RUN_FORMAT = "torchslim-run"
+
+
+@dataclass
+class RunOptions:
+    """How to run: resume an interrupted run; evaluate the uncompressed model and time it beside the final
+    one (``report``); latency shapes, timed iterations and decode tokens for that comparison."""
+
+    resume: bool = False
+    report: bool = True
+    speed: bool = True
+    shapes: tuple[tuple[int, int | None], ...] | None = None
+    warmup: int = 2
+    iters: int = 5
+    decode_tokens: int = 16
+
+
+@dataclass
+class RunResult:
+    out: Path
+    model: nn.Module
+    report: dict[str, Any]
+    resumed_from: int | None = None
+
+
+class _RunFolder:
+    """``<out>/.torchslim-run``: the state file and the latest stage checkpoint."""
+
+    def __init__(self, out: Path) -> None:
+        self.root = out / RUN_DIR
+        self.path = self.root / "run.json"
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> dict[str, Any]:
+        try:
+            st = json.loads(self.path.read_text())
+        except (OSError, ValueError) as e:
+            raise TorchSlimError(f"{self.path}: unreadable run state ({str(e)[:120]}); remove {self.root}") from None
+        if not isinstance(st, dict) or st.get("format") != RUN_FORMAT or not isinstance(st.get("completed"), int):
+            raise TorchSlimError(f"{self.path}: not a torchslim run state; remove {self.root}")
+        return st
+
+    def write(self, st: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self.path) as f:
+            f.write(json.dumps(st, indent=1))
+
+    def checkpoint(self, model: nn.Module, i: int) -> None:
+        from torchslim.artifact import save
+
+        save(model, self.root / f"stage-{i}")
+        for old in self.root.glob("stage-*"):
+            if old.name != f"stage-{i}":
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, i: int) -> nn.Module:
+        from torchslim.artifact import load
+
+        return load(self.root / f"stage-{i}")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _start(recipe: Recipe, spec: str, out: Path, folder: _RunFolder, resume: bool, console: Any) -> dict[str, Any] | None:
+    """The saved state to resume from, or ``None`` for a fresh run (after checking the output folder)."""
+    from torchslim.artifact.checks import check_target
+
+    if folder.exists():
+        if not resume:
+            raise TorchSlimError(f"{out} holds an interrupted run; pass --resume to continue it (or remove {folder.root})")
+        st = folder.read()
+        if st.get("fingerprint") != recipe.fingerprint() or st.get("model") != spec:
+            raise TorchSlimError(f"{out}: the interrupted run used another recipe or model "
+                                 f"({st.get('recipe_name')!r} on {st.get('model')!r}); remove {folder.root} to start over")
+        return st
+    check_target(out)
+    if resume and console is not None:
+        console.print(f"nothing to resume in {out}: starting from the first stage")
+    return None
+
+
+def run_recipe(recipe: Recipe, model: str, out: str | Path, options: RunOptions | None = None,
+               console: Any = None) -> RunResult:
+    """Run ``recipe`` on ``model`` (zoo name, HF folder or artifact folder) and write the artifact to ``out``."""
+    from torchslim.models import load_model
+
+    options = options or RunOptions()
+    out, folder = Path(out), _RunFolder(Path(out))
+    st = _start(recipe, model, out, folder, options.resume, console)
+    loaded = load_model(model)
+    if loaded.task is None:
+        raise TorchSlimError(f"{model}: no task is known for this model; run recipes from Python with a Task")
+    first = st["completed"] + 1 if st is not None else 0
+    current = folder.load(st["checkpoint"]) if st is not None and st.get("checkpoint") is not None else loaded.model
+    reference = None           # the uncompressed model, kept to be measured beside the final one
+    if options.report:
+        reference = copy.deepcopy(loaded.model) if current is loaded.model else loaded.model
+    if st is None:
+        st = {"format": RUN_FORMAT, "recipe_name": recipe.name, "fingerprint": recipe.fingerprint(), "model": model,
+              "completed": -1, "checkpoint": None, "rows": []}
+        if options.report:
+            _baseline(current, loaded.task, st, console)
+        folder.write(st)
+    run = RunContext(current, ApplyContext(task=loaded.task), out, console)
+    for i in range(first, len(recipe.stages)):
+        _run_stage(recipe, i, run, folder, st)
+    final_saved = any(isinstance(s, SaveStage) and s.path is None for s in recipe.stages)
+    report = _finish(recipe, model, run, loaded.task, reference, st, options, final_saved)
+    folder.remove()
+    return RunResult(out, run.model, report, first if first > 0 else None)
+
+
+def _baseline(model: nn.Module, task: Any, st: dict[str, Any], console: Any) -> None:
+    if console is not None:
+        console.print("evaluating the uncompressed model")
+    with Timer() as t:
+        quick_eval(model, task, "baseline (uncompressed)")
+    st["rows"].append(stage_row(0, "uncompressed model", t.seconds, model, 0).to_dict())
+
+
+def _run_stage(recipe: Recipe, i: int, run: RunContext, folder: _RunFolder, st: dict[str, Any]) -> None:
+    stage = recipe.stages[i]
+    st["running"] = i
+    folder.write(st)
+    run.say(f"[bold]stage {i + 1}/{len(recipe.stages)}[/bold]: {stage.describe()}")
+    since = len(state_of(run.model).history)
+    with Timer() as t:
+        stage.run(run)
+    row = stage_row(i + 1, stage.describe(), t.seconds, run.model, since)
+    st["rows"].append(row.to_dict())
+    metric = run.ctx.task.metric
+    run.say(f"  done in {t.seconds:.1f} s" + (f": {row.changed}" if row.changed else "")
+            + (f", {metric} {row.metrics[metric]:.4g}" if metric in row.metrics else ""))
+    if not isinstance(stage, SaveStage):
+        folder.checkpoint(run.model, i)
+        st["checkpoint"] = i
+    st["completed"] = i
+    st.pop("running", None)
+    folder.write(st)
+
+
+def _finish(recipe: Recipe, spec: str, run: RunContext, task: Any, reference: nn.Module | None,
+            st: dict[str, Any], options: RunOptions, final_saved: bool) -> dict[str, Any]:
+    from torchslim.artifact import save
+    from torchslim.eval.machine import machine_info, machine_line
+
+    model = run.model
+    history = state_of(model).history
+    report: dict[str, Any] = {"recipe": recipe.name, "description": recipe.description, "model": spec,
+                              "metric": task.metric, "machine": machine_line(machine_info()), "stages": st["rows"]}
+    if options.report and not (history and history[-1].kind == "evaluate"):
+        quick_eval(model, task, "final")
+    if not final_saved:
+        save(model, run.out)
+    if options.report:
+        base_report, final_report = _side_by_side(reference, model, task, run.out, history, options)
+        report.update(baseline=base_report.to_dict(), final=final_report.to_dict())
+        from torchslim.eval.render import format_table, render_table
+
+        table = format_table([base_report, final_report], markdown=True)
+        for name, text in (("report.md", markdown(report, table)), ("report.json", json.dumps(report, indent=1))):
+            with atomic_file(run.out / name) as f:
+                f.write(text)
+        if run.console is not None:
+            run.console.print(render_table([base_report, final_report]))
+    return report
+
+
+def _side_by_side(reference: nn.Module, model: nn.Module, task: Any, out: Path, history: list[Any],
+                  options: RunOptions) -> tuple[Any, Any]:
+    """Reports of the uncompressed and the final model: quality from the history's first and last
+    evaluations, size and FLOPs measured, speed timed interleaved."""
+    from torchslim.eval import EvalSpec, evaluate
+    from torchslim.eval.report import QualityResult
+
+    evals = [h for h in history if h.kind == "evaluate"]
+    spec = EvalSpec(shapes=options.shapes, measure_quality=False, measure_speed=False, measure_memory=False,
+                    measure_energy=False)
+    base = evaluate(reference, task, spec, label="uncompressed")
+    final = evaluate(model, task, spec, label="compressed", artifact_dir=out)
+    for r, entry in ((base, evals[0] if evals else None), (final, evals[-1] if evals else None)):
+        if entry is not None:
+            r.quality = QualityResult(metrics=dict(entry.metrics), primary=task.metric,
+                                      higher_is_better=bool(task.higher_is_better))
+    if options.speed:
+        shapes = list(options.shapes or task.default_shapes)
+        speeds = interleaved_speed({"base": reference, "final": model}, task, shapes, options.warmup, options.iters,
+                                   options.decode_tokens)
+        base.speed, final.speed = speeds["base"], speeds["final"]
+    return base, final
