@@ -13,19 +13,41 @@ from torch import nn
 
 from torchslim.core.config import BaseConfig
 from torchslim.core.context import ApplyContext
-from torchslim.core.registry import apply_
+from torchslim.core.errors import ConfigError
+from torchslim.core.registry import apply_, get_entry, warn_unused
+
+Configs = BaseConfig | list[BaseConfig] | tuple[BaseConfig, ...]
 
 
-def quantize_(model: nn.Module, config: BaseConfig, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
-    """Quantize ``model`` in place with ``config``; ``calibration`` is a Task or a list of batches."""
-    return apply_(model, config, ctx, family="quantization", **kwargs)
+def _apply(model: nn.Module, config: Configs, ctx: ApplyContext | None, family: str, kwargs: dict) -> nn.Module:
+    if not isinstance(config, (list, tuple)):
+        return apply_(model, config, ctx, family=family, **kwargs)
+    from torchslim.calibration.plan import apply_sequence_
+
+    if not config or not all(isinstance(c, BaseConfig) for c in config):
+        raise ConfigError("expected a torchslim config or a non-empty list of them")
+    if ctx is None:
+        ctx = ApplyContext.from_kwargs(**kwargs)
+        used = set().union(*(get_entry(c).uses for c in config))
+        warn_unused(" + ".join(type(c).__name__ for c in config), used, ctx.given())
+    elif kwargs:
+        raise ConfigError(f"pass the context as ctx= or as keyword arguments, not both (got {sorted(kwargs)[0]})")
+    return apply_sequence_(model, list(config), ctx, family=family)
 
 
-def prune_(model: nn.Module, config: BaseConfig, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
+def quantize_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
+    """Quantize ``model`` in place with ``config``; ``calibration`` is a Task or a list of batches.
+
+    A list of configs is applied in order; consecutive calibrated ones share one calibration pass where
+    the math allows (``[AWQConfig(scale_only=True), GPTQConfig()]``)."""
+    return _apply(model, config, ctx, "quantization", kwargs)
+
+
+def prune_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
     """Prune ``model`` in place with ``config`` (schedules train it: pass ``task=`` and ``train=``)."""
-    return apply_(model, config, ctx, family="pruning", **kwargs)
+    return _apply(model, config, ctx, "pruning", kwargs)
 
 
-def finetune_(model: nn.Module, config: BaseConfig, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
+def finetune_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
     """Train ``model`` in place on its task (``task=``) with a training config (recovery fine-tuning)."""
-    return apply_(model, config, ctx, family="training", **kwargs)
+    return _apply(model, config, ctx, "training", kwargs)

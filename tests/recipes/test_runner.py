@@ -113,3 +113,15 @@ def test_a_run_killed_during_its_second_stage_resumes_to_the_same_artifact(tmp_p
     assert a == b
     hist = [h["name"] for h in torchslim.artifact.read_manifest(tmp_path / "killed")["history"]]
     assert hist == ["UnstructuredConfig", "FinetuneConfig", "WeightOnlyConfig"]
+
+
+def test_the_runner_shares_one_calibration_pass_between_awq_scaling_and_gptq(tmp_path):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    run_recipe(load_recipe("int4-awq-gptq"), "tiny-llama", tmp_path / "o", RunOptions(report=False), console)
+    text = console.export_text()
+    assert "stages 1-2 share one calibration pass (AWQ scaling + GPTQ)" in text
+    layers = torchslim.artifact.read_manifest(tmp_path / "o")["layers"]
+    q = layers["model.layers.0.self_attn.q_proj"]
+    assert q["module"] == "QuantLinear" and q["stage"] == 1

@@ -13,7 +13,7 @@ runner decides how to feed the data:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -134,8 +134,23 @@ def _without_cache(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _first(out: Any) -> torch.Tensor:
+def block_output(out: Any) -> torch.Tensor:
+    """The hidden states a transformer block returns (first item of a tuple, or the tensor itself)."""
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def walk_blocks(model: nn.Module, batches: list[dict], forward: Forward,
+                desc: str = "blocks") -> Iterator[tuple[str, nn.Module, list[tuple], list[torch.Tensor]]]:
+    """For each transformer block in order: ``(name, block, inputs, outputs)``, where ``inputs`` are the
+    block's cached ``(args, kwargs)`` per batch and ``outputs`` its hidden states (the next block's inputs).
+    Only one block's activations are held at a time."""
+    blocks = find_blocks(model)
+    cache = catch_block_inputs(model, blocks[0][1], batches, forward)
+    for bname, block in track(blocks, desc):
+        outputs = [block_output(block(*args, **kwargs)) for args, kwargs in cache]
+        yield bname, block, cache, outputs
+        cache = [((out,) + tuple(args[1:]), kwargs) for out, (args, kwargs) in zip(outputs, cache)]
 
 
 def _head_from_cache(model: nn.Module, rest: dict[str, nn.Module], cache: list[tuple], factory: StatsFactory,
@@ -177,14 +192,14 @@ def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: lis
             groups = shared_input_groups(inside, lambda: block(*args0, **kwargs0))
             stats, handles = _hook_stats(inside, factory, groups)
             try:
-                outputs = [_first(block(*args, **kwargs)) for args, kwargs in cache]
+                outputs = [block_output(block(*args, **kwargs)) for args, kwargs in cache]
             finally:
                 for h in handles:
                     h.remove()
             solve({n: (inside[n], stats[n]) for n in inside})
             done |= set(inside)
         if outputs is None or propagate_solved:
-            outputs = [_first(block(*args, **kwargs)) for args, kwargs in cache]
+            outputs = [block_output(block(*args, **kwargs)) for args, kwargs in cache]
         cache = [((out,) + tuple(args[1:]), kwargs) for out, (args, kwargs) in zip(outputs, cache)]
     rest = _head_from_cache(model, {n: m for n, m in targets.items() if n not in done}, cache, factory, solve)
     run_basic(model, rest, batches, forward, factory, solve, desc + " (outside blocks)")

@@ -42,6 +42,13 @@ class ChannelStats:
     def sample(self) -> torch.Tensor:
         return torch.cat(self.rows)
 
+    def scaled(self, d: torch.Tensor) -> ChannelStats:
+        """The statistics of ``x * d`` (``d > 0`` per channel), as if measured on the scaled inputs."""
+        out = ChannelStats(self.lo.numel(), self.max_rows)
+        out.lo, out.hi, out.abs_sum, out.count = self.lo * d, self.hi * d, self.abs_sum * d.double(), self.count
+        out.rows = [r * d for r in self.rows]
+        return out
+
 
 class HessianAccumulator:
     """Running ``H = 2/n * sum(x x^T)`` over the rows of a layer's inputs."""
@@ -59,6 +66,13 @@ class HessianAccumulator:
         self.n += m
         x = x * (2.0 / self.n) ** 0.5
         self.H.addmm_(x.T, x)
+
+    def scaled(self, d: torch.Tensor) -> HessianAccumulator:
+        """The Hessian of ``x * d`` (per-channel ``d``): ``diag(d) H diag(d)``."""
+        out = HessianAccumulator(self.H.shape[0])
+        d = d.to(self.H.dtype)
+        out.H, out.n = self.H * d[:, None] * d[None, :], self.n
+        return out
 
 
 class InputNormStats:

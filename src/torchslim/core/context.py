@@ -38,6 +38,8 @@ class ApplyContext:
         hooks: extra :class:`torchslim.train.TrainHook` objects for training techniques.
         train_data: training batches replacing ``task.train_batches`` (an iterable or a callable).
         record: filled by the handler during one stage (set by the registry).
+        shared: statistics one calibration pass measures for the next stages
+            (:class:`torchslim.calibration.plan.SharedCalibration`, set by :func:`apply_sequence_`).
     """
 
     task: Any = None
@@ -49,10 +51,11 @@ class ApplyContext:
     hooks: tuple[Any, ...] = ()
     train_data: Any = None
     record: StageRecord = field(default_factory=StageRecord, repr=False, compare=False)
+    shared: Any = field(default=None, repr=False, compare=False)   # calibration shared with the next stages
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "record")
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("record", "shared"))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ApplyContext:

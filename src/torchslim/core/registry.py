@@ -96,7 +96,7 @@ def apply_(model: nn.Module, config: BaseConfig, ctx: ApplyContext | None = None
     entry = get_entry(config)
     if ctx is None:
         ctx = ApplyContext.from_kwargs(**kwargs)
-        _warn_unused(config, entry, ctx.given())
+        warn_unused(type(config).__name__, entry.uses, ctx.given())
     elif kwargs:
         raise ConfigError(f"pass the context as ctx= or as keyword arguments, not both (got {sorted(kwargs)[0]})")
     ctx = ctx.for_stage()
@@ -112,10 +112,11 @@ def apply_(model: nn.Module, config: BaseConfig, ctx: ApplyContext | None = None
     return out
 
 
-def _warn_unused(config: BaseConfig, entry: HandlerEntry, given: set[str]) -> None:
-    unused = sorted(given - entry.uses)
+def warn_unused(name: str, uses: frozenset[str] | set[str], given: set[str]) -> None:
+    """Warn about context fields given explicitly that no handler of the call reads."""
+    unused = sorted(given - set(uses))
     if unused:
-        warnings.warn(f"{type(config).__name__} does not use {', '.join(unused)}: ignored", stacklevel=4)
+        warnings.warn(f"{name} does not use {', '.join(unused)}: ignored", stacklevel=4)
 
 
 def _record(model: nn.Module, config: BaseConfig, entry: HandlerEntry, ctx: ApplyContext,

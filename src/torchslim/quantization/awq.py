@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.calibration.pipeline import pick_runner
+from torchslim.calibration.pipeline import calibration_batches
+from torchslim.calibration.plan import CalibrationPlan, execute, register_planner
 from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig
 from torchslim.core.context import ApplyContext
@@ -23,7 +24,8 @@ from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.qlinear import QuantLinear
-from torchslim.quantization.weight_only import WeightOnlyConfig, calibrated_layers, quantize_weight
+from torchslim.quantization.scaled import ScaledLinear, input_scale_of
+from torchslim.quantization.weight_only import WeightOnlyConfig, quantize_weight, split_calibrated, start_calibrated
 
 
 @dataclass
@@ -38,6 +40,9 @@ class AWQConfig(BaseConfig):
     sequential: bool = True
     propagate_quantized: bool = True
     calibration_dtype: torch.dtype | None = None   # e.g. torch.bfloat16: autocast calibration forwards
+    # True: only search and apply the scaling (the layers stay float, exactly equivalent) so that a later
+    # stage quantizes them (GPTQ, round-to-nearest); that stage shares this calibration pass in a recipe.
+    scale_only: bool = False
 
     def validate(self) -> None:
         if self.grid < 2 or self.n_samples < 1:
@@ -65,22 +70,38 @@ def awq_search(w: torch.Tensor, x: torch.Tensor, absmean: torch.Tensor, wcfg: We
     return best_s, best_a
 
 
-@register_handler(AWQConfig, uses=("calibration", "task"))
-def _awq(model: nn.Module, config: AWQConfig, ctx: ApplyContext) -> nn.Module:
-    prepared = calibrated_layers(model, config, ctx.calibration_data, "AWQ")
-    if prepared is None:
-        return model
-    layers, batches, forward = prepared
+@register_planner(AWQConfig)
+def plan_awq(model: nn.Module, config: AWQConfig, ctx: ApplyContext) -> CalibrationPlan | None:
+    """Per layer: the input scaling with the least output error after quantizing with ``weight``; then the
+    quantized layer (or, with ``scale_only``, the scaled float layer for a later quantization stage)."""
+    layers, _ = split_calibrated(model, config)
+    if not layers:
+        return None
+    for name, (lin, _) in layers.items():
+        if input_scale_of(lin) is not None:
+            raise ConfigError(f"'{name}' is already input-scaled; AWQ scales a layer once")
+    batches, forward = calibration_batches(ctx.calibration_data, config.n_samples)
 
     def solve(measured: dict) -> None:
         for name, (lin, stats) in measured.items():
             acfg = layers[name][1]
             wcfg = acfg.weight
             s, _ = awq_search(lin.weight, stats.sample(), stats.absmean, wcfg, acfg.grid)
+            if acfg.scale_only:
+                replace_module(model, name, ScaledLinear.from_linear(lin, s, acfg))
+                continue
             qt = quantize_weight(lin.weight.detach().float() * s, wcfg)
             replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, acfg,
                                                                  input_scale=1.0 / s))
 
-    pick_runner(config.sequential, config.propagate_quantized, config.calibration_dtype)(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
-                                   lambda _n, mod: ChannelStats(mod.in_features), solve, "AWQ")
+    return CalibrationPlan(config, "AWQ" + (" scaling" if config.scale_only else ""),
+                           {n: m for n, (m, _) in layers.items()}, lambda _n, mod: ChannelStats(mod.in_features),
+                           solve, batches, forward, (id(ctx.calibration_data), config.n_samples), config.sequential,
+                           config.propagate_quantized, config.calibration_dtype, preserves_function=config.scale_only)
+
+
+@register_handler(AWQConfig, uses=("calibration", "task"))
+def _awq(model: nn.Module, config: AWQConfig, ctx: ApplyContext) -> nn.Module:
+    start_calibrated(model, config, "AWQ")
+    execute(model, plan_awq(model, config, ctx), ctx)
     return model

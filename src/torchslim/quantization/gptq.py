@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.calibration.pipeline import pick_runner
+from torchslim.calibration.pipeline import calibration_batches
+from torchslim.calibration.plan import CalibrationPlan, execute, register_planner
 from torchslim.core.config import BaseConfig
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
@@ -15,7 +16,8 @@ from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.gptq_math import HessianAccumulator, gptq_quantize
 from torchslim.quantization.qlinear import QuantLinear
-from torchslim.quantization.weight_only import WeightOnlyConfig, calibrated_layers
+from torchslim.quantization.scaled import input_scale_of
+from torchslim.quantization.weight_only import WeightOnlyConfig, split_calibrated, start_calibrated
 
 
 @dataclass
@@ -46,24 +48,36 @@ class GPTQConfig(BaseConfig):
         return self.weight.selector
 
 
-@register_handler(GPTQConfig, uses=("calibration", "task"))
-def _gptq(model: nn.Module, config: GPTQConfig, ctx: ApplyContext) -> nn.Module:
-    """GPTQ for layers whose (per-layer) config is a GPTQConfig; layers overridden with a plain
-    WeightOnlyConfig are quantized by round-to-nearest, as that config says."""
-    prepared = calibrated_layers(model, config, ctx.calibration_data, "GPTQ")
-    if prepared is None:
-        return model
-    layers, batches, forward = prepared
+@register_planner(GPTQConfig)
+def plan_gptq(model: nn.Module, config: GPTQConfig, ctx: ApplyContext) -> CalibrationPlan | None:
+    """GPTQ for layers whose (per-layer) config is a GPTQConfig: Hessians of their inputs, then the solver.
+    An equivalence-scaled layer (AWQ ``scale_only``) is solved on its scaled inputs and keeps its input scale."""
+    layers, _ = split_calibrated(model, config)
+    if not layers:
+        return None
+    batches, forward = calibration_batches(ctx.calibration_data, config.n_samples)
 
     def solve(measured: dict) -> None:
         for name, (lin, acc) in measured.items():
             gcfg = layers[name][1]
             wcfg = gcfg.weight
-            qt = gptq_quantize(lin.weight, acc.H, wcfg.format, wcfg.granularity, wcfg.observer,
+            scale = input_scale_of(lin)
+            H = acc.scaled(scale).H if scale is not None else acc.H
+            qt = gptq_quantize(lin.weight, H, wcfg.format, wcfg.granularity, wcfg.observer,
                                gcfg.block_size, gcfg.damp, gcfg.act_order)
-            replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, gcfg))
+            replace_module(model, name, QuantLinear.from_qtensor(qt, wcfg.granularity, lin.bias, wcfg.kernel, gcfg,
+                                                                 input_scale=scale))
 
-    runner = pick_runner(config.sequential, config.propagate_quantized, config.calibration_dtype)
-    runner(model, {n: m for n, (m, _) in layers.items()}, batches, forward,
-           lambda _n, mod: HessianAccumulator(mod.in_features), solve, "GPTQ")
+    return CalibrationPlan(config, "GPTQ", {n: m for n, (m, _) in layers.items()},
+                           lambda _n, mod: HessianAccumulator(mod.in_features), solve, batches, forward,
+                           (id(ctx.calibration_data), config.n_samples), config.sequential,
+                           config.propagate_quantized, config.calibration_dtype)
+
+
+@register_handler(GPTQConfig, uses=("calibration", "task"))
+def _gptq(model: nn.Module, config: GPTQConfig, ctx: ApplyContext) -> nn.Module:
+    """GPTQ for layers whose (per-layer) config is a GPTQConfig; layers overridden with a plain
+    WeightOnlyConfig are quantized by round-to-nearest, as that config says."""
+    start_calibrated(model, config, "GPTQ")
+    execute(model, plan_gptq(model, config, ctx), ctx)
     return model

@@ -25,6 +25,7 @@ from torchslim.quantization.observers import MinMax, Observer, group_range
 from torchslim.quantization.primitives import QTensor, quantize_groups, to_groups
 from torchslim.quantization.qconv import QuantConv2d, quantize_conv_weight_only
 from torchslim.quantization.qlinear import QuantLinear
+from torchslim.quantization.scaled import ScaledLinear, input_scale_of
 
 log = logging.getLogger("torchslim.quantization")
 
@@ -60,11 +61,17 @@ def is_sparse(module: nn.Module) -> bool:
 
 
 def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = False,
-                     sparse: bool = False) -> list[tuple[str, nn.Module, Any]]:
+                     sparse: bool = False, scaled: bool = False) -> list[tuple[str, nn.Module, Any]]:
     """``(name, layer, per-layer config)`` for every layer ``config.selector`` picks (linears, plus Conv2d if
-    ``convs``, plus pruned sparse layers if ``sparse``)."""
+    ``convs``, plus pruned sparse layers if ``sparse``, plus equivalence-scaled float layers if ``scaled``)."""
     out = []
     for name, module, layer_cfg in config.selector.resolve(model, config):
+        if isinstance(module, ScaledLinear):
+            if not scaled:
+                raise ConfigError(f"'{name}' is input-scaled (AWQ with scale_only): quantize it with WeightOnlyConfig "
+                                  f"or GPTQConfig, not {type(config).__name__}")
+            out.append((name, module, layer_cfg))
+            continue
         if is_sparse(module):
             if not sparse:
                 raise ConfigError(f"'{name}' is pruned: {type(config).__name__} would fill its pruned weights; "
@@ -83,7 +90,7 @@ def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = Fals
 def plan(model: nn.Module, config: WeightOnlyConfig) -> list[dict[str, Any]]:
     """What quantizing would do, before doing it: per layer, its format and kernel (and any slowdown)."""
     rows = []
-    for name, lin, cfg in selected_linears(model, config, convs=True, sparse=True):
+    for name, lin, cfg in selected_linears(model, config, convs=True, sparse=True, scaled=True):
         if is_sparse(lin):
             rows.append({"name": name, "format": cfg.format.name, "kernel": "sparse+quantized",
                          "slower_than_fp32": False, "note": "kept weights quantized under the pruning mask"})
@@ -108,15 +115,14 @@ def warn_slow_layers(rows: list[dict[str, Any]], when: str) -> None:
 @register_handler(WeightOnlyConfig)
 def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: ApplyContext) -> nn.Module:
     warn_slow_layers(plan(model, config), "before quantizing")
-    for name, lin, cfg in track(selected_linears(model, config, convs=True, sparse=True), "RTN"):
+    for name, lin, cfg in track(selected_linears(model, config, convs=True, sparse=True, scaled=True), "RTN"):
         if is_sparse(lin):
             replace_module(model, name, lin.quantize_values(cfg))
             continue
         if isinstance(lin, nn.Conv2d):
             replace_module(model, name, quantize_conv_weight_only(lin, cfg))
             continue
-        qt = quantize_weight(lin.weight, cfg)
-        replace_module(model, name, QuantLinear.from_qtensor(qt, cfg.granularity, lin.bias, cfg.kernel, cfg))
+        replace_module(model, name, rtn_linear(lin, cfg))
     warn_slow_layers([{"name": n, "slower_than_fp32": m.choice.slower_than_fp32, "note": m.choice.reason}
                       for n, m in model.named_modules() if isinstance(m, QuantLinear)]
                      + [{"name": n, "slower_than_fp32": True, "note": "Conv2d: dequantized on every call"}
@@ -124,29 +130,24 @@ def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: ApplyContext) 
     return model
 
 
-def rtn_overrides_(model: nn.Module, layers: dict[str, tuple[nn.Linear, Any]]) -> dict[str, tuple[nn.Linear, Any]]:
-    """Round-to-nearest the layers whose per-layer config is a plain WeightOnlyConfig (an override inside a
-    calibrated method such as GPTQ or AWQ); return the layers left for the method itself."""
-    left = {}
-    for name, (lin, cfg) in layers.items():
-        if isinstance(cfg, WeightOnlyConfig):
-            replace_module(model, name, QuantLinear.from_qtensor(quantize_weight(lin.weight, cfg), cfg.granularity,
-                                                                 lin.bias, cfg.kernel, cfg))
-        else:
-            left[name] = (lin, cfg)
-    return left
+def rtn_linear(lin: nn.Module, cfg: WeightOnlyConfig, config: BaseConfig | None = None) -> QuantLinear:
+    """Round-to-nearest of a linear (or equivalence-scaled) layer; ``config`` is recorded (default ``cfg``)."""
+    return QuantLinear.from_qtensor(quantize_weight(lin.weight, cfg), cfg.granularity, lin.bias, cfg.kernel,
+                                    config or cfg, input_scale=input_scale_of(lin))
 
 
-def calibrated_layers(model: nn.Module, config: Any, calibration: Any, label: str) -> tuple[dict, list, Any] | None:
-    """Common start of a calibrated method (GPTQ, AWQ): select its layers (per-layer value: ``config``),
-    warn about slow kernels, round-to-nearest plain WeightOnlyConfig overrides, and fetch calibration
-    batches. Returns ``(layers, batches, forward)``, or ``None`` when no layer is left for the method."""
-    from torchslim.calibration.pipeline import calibration_batches
+def split_calibrated(model: nn.Module, config: Any) -> tuple[dict[str, tuple[nn.Module, Any]], dict[str, tuple[nn.Module, Any]]]:
+    """The layers a calibrated method (GPTQ, AWQ) picks, split into ``(its own, plain WeightOnlyConfig
+    overrides to round to nearest)``. Pure: the model is not changed."""
+    own, rtn = {}, {}
+    for n, m, c in selected_linears(model, config, scaled=True):
+        (rtn if isinstance(c, WeightOnlyConfig) else own)[n] = (m, c)
+    return own, rtn
 
-    layers = {n: (m, c) for n, m, c in selected_linears(model, config)}
+
+def start_calibrated(model: nn.Module, config: Any, label: str) -> None:
+    """Common start of a calibrated method's handler: warn about slow kernels and round-to-nearest the layers
+    overridden with a plain WeightOnlyConfig."""
     warn_slow_layers(plan(model, config.weight), f"before {label}")
-    layers = rtn_overrides_(model, layers)
-    if not layers:
-        return None
-    batches, forward = calibration_batches(calibration, config.n_samples)
-    return layers, batches, forward
+    for name, (lin, cfg) in split_calibrated(model, config)[1].items():
+        replace_module(model, name, rtn_linear(lin, cfg))

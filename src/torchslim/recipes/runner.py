@@ -26,7 +26,7 @@ from torchslim.core.io import RUN_DIR, atomic_file
 from torchslim.core.state import Timer, state_of
 from torchslim.recipes.recipe import Recipe
 from torchslim.recipes.report import StageRow, interleaved_speed, markdown, quick_eval, stage_row
-from torchslim.recipes.stages import RunContext, SaveStage
+from torchslim.recipes.stages import ApplyStage, RunContext, SaveStage
 
 RUN_FORMAT = "torchslim-run"
 
@@ -135,8 +135,15 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, options: RunOptions 
             _baseline(current, loaded.task, st, console)
         folder.write(st)
     run = RunContext(current, ApplyContext(task=loaded.task), out, console)
+    unit_end, pending = -1, []
     for i in range(first, len(recipe.stages)):
-        _run_stage(recipe, i, run, folder, st)
+        if i > unit_end:
+            unit_end = _share_calibration(recipe, i, run)
+        pending.append(_run_stage(recipe, i, run, folder, st))
+        if i >= unit_end:          # a resume point: not inside stages that share one calibration pass
+            run.ctx.shared = None
+            _commit(recipe, i, run, folder, st, pending)
+            pending = []
     final_saved = any(isinstance(s, SaveStage) and s.path is None for s in recipe.stages)
     report = _finish(recipe, model, run, loaded.task, reference, st, options, final_saved)
     folder.remove()
@@ -151,7 +158,25 @@ def _baseline(model: nn.Module, task: Any, st: dict[str, Any], console: Any) -> 
     st["rows"].append(stage_row(0, "uncompressed model", t.seconds, model, 0).to_dict())
 
 
-def _run_stage(recipe: Recipe, i: int, run: RunContext, folder: _RunFolder, st: dict[str, Any]) -> None:
+def _share_calibration(recipe: Recipe, i: int, run: RunContext) -> int:
+    """If stage ``i`` and the next apply stages can share one calibration pass, arrange it; return the last
+    stage of that unit (``i`` when nothing is shared)."""
+    from torchslim.calibration.plan import SharedCalibration, sharing_group
+
+    configs = []
+    for stage in recipe.stages[i:]:
+        if not isinstance(stage, ApplyStage):
+            break
+        configs.append(stage.config)
+    group = sharing_group(run.model, configs, run.ctx) if len(configs) > 1 else []
+    if len(group) < 2:
+        return i
+    run.ctx.shared = SharedCalibration(lookahead=group[1:])
+    run.say(f"stages {i + 1}-{i + len(group)} share one calibration pass ({' + '.join(p.label for p in group)})")
+    return i + len(group) - 1
+
+
+def _run_stage(recipe: Recipe, i: int, run: RunContext, folder: _RunFolder, st: dict[str, Any]) -> dict[str, Any]:
     stage = recipe.stages[i]
     st["running"] = i
     folder.write(st)
@@ -160,13 +185,19 @@ def _run_stage(recipe: Recipe, i: int, run: RunContext, folder: _RunFolder, st: 
     with Timer() as t:
         stage.run(run)
     row = stage_row(i + 1, stage.describe(), t.seconds, run.model, since)
-    st["rows"].append(row.to_dict())
     metric = run.ctx.task.metric
     run.say(f"  done in {t.seconds:.1f} s" + (f": {row.changed}" if row.changed else "")
             + (f", {metric} {row.metrics[metric]:.4g}" if metric in row.metrics else ""))
-    if not isinstance(stage, SaveStage):
+    return row.to_dict()
+
+
+def _commit(recipe: Recipe, i: int, run: RunContext, folder: _RunFolder, st: dict[str, Any],
+            rows: list[dict[str, Any]]) -> None:
+    """Stages up to ``i`` are done: keep the model as the resume point (unless the stage only saved)."""
+    if not isinstance(recipe.stages[i], SaveStage):
         folder.checkpoint(run.model, i)
         st["checkpoint"] = i
+    st["rows"].extend(rows)
     st["completed"] = i
     st.pop("running", None)
     folder.write(st)
