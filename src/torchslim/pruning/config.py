@@ -108,9 +108,6 @@ class StructuredConfig(BaseConfig):
 
     def validate(self) -> None:
         check_sparsity(self.ratio)
-        if isinstance(self.targets, (str, Target)):
-            self.targets = (Target(self.targets),)
-        self.targets = tuple(Target(t) for t in self.targets)
         if not self.targets:
             raise ConfigError("StructuredConfig.targets is empty")
         if Target.CHANNELS in self.targets and len(self.targets) > 1:

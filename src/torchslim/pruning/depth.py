@@ -12,10 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.calibration.pipeline import _first, calibration_batches, catch_block_inputs
+from torchslim.calibration.pipeline import calibration_batches, walk_blocks
 from torchslim.core.archs import find_blocks
 from torchslim.core.errors import ConfigError
-from torchslim.core.progress import track
 from torchslim.core.resize import forget_modules, rename_prefix
 from torchslim.pruning.config import StructuredConfig
 from torchslim.pruning.importance import Importance
@@ -24,21 +23,15 @@ from torchslim.pruning.importance import Importance
 @torch.no_grad()
 def block_influence(model: nn.Module, calibration: Any, n_samples: int) -> list[float]:
     """Mean ``1 - cos(input, output)`` of every block over the calibration tokens."""
-    blocks = find_blocks(model)
     batches, forward = calibration_batches(calibration, n_samples)
-    cache = catch_block_inputs(model, blocks[0][1], batches, forward)
     out = []
-    for _, block in track(blocks, "block influence"):
-        total, count, nxt = 0.0, 0, []
-        for args, kwargs in cache:
-            x = args[0]
-            y = _first(block(*args, **kwargs))
-            cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
+    for _, _, inputs, outputs in walk_blocks(model, batches, forward, "block influence"):
+        total, count = 0.0, 0
+        for (args, _), y in zip(inputs, outputs):
+            cos = torch.nn.functional.cosine_similarity(args[0].float(), y.float(), dim=-1)
             total += (1 - cos).sum().item()
             count += cos.numel()
-            nxt.append(((y,) + tuple(args[1:]), kwargs))
         out.append(total / max(count, 1))
-        cache = nxt
     return out
 
 

@@ -24,7 +24,7 @@ from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.errors import ConfigError
 from torchslim.core.modules import register_module_format
 from torchslim.quantization.kernels import act_qmax, act_qparams
-from torchslim.quantization.observers import MinMax
+from torchslim.quantization.observers import MinMax, static_range
 from torchslim.quantization.qconv import ConvGeometry, QuantConv2d, quantize_conv_weight_only
 
 
@@ -96,6 +96,11 @@ class Int8StaticConv2d(nn.Module):
         scale, zero = act_qparams(lo, hi)
         self.act_scale.fill_(scale)
         self.act_zero.fill_(zero)
+        self._cache = {}
+
+    def fuse_relu(self) -> None:
+        """Apply a following ReLU inside the kernel (the caller removes the ReLU module)."""
+        self.fused_relu = True
         self._cache = {}
 
     def set_uint8_output(self, scale: float, zero: int) -> None:
@@ -181,8 +186,6 @@ def convert_conv(conv: nn.Conv2d, config: Any, stats: ChannelStats | None) -> nn
         raise ConfigError("static W8A8 on a Conv2d needs calibration statistics of its input")
     if conv.weight.device.type != "cpu":
         raise ConfigError("static int8 Conv2d runs on CPU (oneDNN): move the model to the CPU before quantizing")
-    from torchslim.quantization.w8a8 import static_range  # lazy: w8a8 imports this module
-
     m = Int8StaticConv2d.from_conv(conv, config)
     m.set_range(*static_range(stats, None, getattr(config, "observer", MinMax())))
     return m

@@ -13,6 +13,7 @@ from typing import Union
 
 import torch
 
+from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig
 from torchslim.core.errors import ConfigError
 from torchslim.quantization.formats import NF4, Format, Granularity, IntFormat, PerChannel, PerTensor
@@ -176,3 +177,22 @@ def compare_observers(w: torch.Tensor, fmt: Format, gran: Granularity,
 
 __all__ = ["KL", "MSE", "ActivationObserver", "MinMax", "Observer", "Percentile", "compare_observers", "group_range",
            "uses_range", "PerChannel"]
+
+
+# -- activation calibration math (static int8 ranges, SmoothQuant) -------------------------------
+def smooth_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's ``1 / s`` per input channel, ``s = max|X_j|**alpha / max|W_j|**(1 - alpha)`` (pure)."""
+    w_absmax = weight.detach().abs().amax(dim=0).float().clamp_min(1e-5)
+    s = (act_absmax.clamp_min(1e-5) ** alpha) / (w_absmax ** (1 - alpha))
+    return 1.0 / s.clamp_min(1e-5)
+
+
+def static_range(stats: ChannelStats, smooth: torch.Tensor | None, observer: Observer) -> tuple[float, float]:
+    """Activation range of the (smoothed) input: exact for min-max, from sampled rows otherwise."""
+    inv = smooth if smooth is not None else torch.ones_like(stats.lo)
+    if isinstance(observer, MinMax):  # min/max of x_j * inv_j over all rows, from per-channel extremes
+        lo, hi = stats.lo * inv, stats.hi * inv
+        return float(torch.minimum(lo, hi).min()), float(torch.maximum(lo, hi).max())
+    sample = (stats.sample() * inv).reshape(1, 1, -1)
+    lo, hi = group_range(sample, observer, IntFormat(8, symmetric=False))
+    return float(lo), float(hi)

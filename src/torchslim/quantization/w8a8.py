@@ -27,7 +27,7 @@ from torchslim.core.surgery import replace_module
 from torchslim.quantization.formats import IntFormat
 from torchslim.quantization.int8_conv import conv_input_stats, convert_conv
 from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
-from torchslim.quantization.observers import MinMax, Observer, group_range
+from torchslim.quantization.observers import MinMax, Observer, smooth_factors, static_range
 from torchslim.quantization.weight_only import selected_linears
 
 
@@ -56,23 +56,6 @@ class W8A8Config(BaseConfig):
     @property
     def needs_calibration(self) -> bool:
         return self.mode is ActMode.STATIC or self.smooth_alpha is not None
-
-
-def smooth_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``1 / s`` per input channel (pure function of the statistics)."""
-    w_absmax = weight.detach().abs().amax(dim=0).float().clamp_min(1e-5)
-    s = (act_absmax.clamp_min(1e-5) ** alpha) / (w_absmax ** (1 - alpha))
-    return 1.0 / s.clamp_min(1e-5)
-
-
-def static_range(stats: ChannelStats, smooth: torch.Tensor | None, observer: Observer) -> tuple[float, float]:
-    """Activation range of the (smoothed) input: exact for min-max, from sampled rows otherwise."""
-    inv = smooth if smooth is not None else torch.ones_like(stats.lo)
-    if isinstance(observer, MinMax):  # min/max of x_j * inv_j over all rows, from per-channel extremes
-        return float(torch.minimum(stats.lo * inv, stats.hi * inv).min()), float(torch.maximum(stats.lo * inv, stats.hi * inv).max())
-    sample = (stats.sample() * inv).reshape(1, 1, -1)
-    lo, hi = group_range(sample, observer, IntFormat(8, symmetric=False))
-    return float(lo), float(hi)
 
 
 def _convert(lin: nn.Module, cfg: W8A8Config, stats: ChannelStats | None) -> nn.Module:

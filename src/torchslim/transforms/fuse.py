@@ -28,9 +28,7 @@ def fuse_int8_relu_(model: nn.Module, chain_uint8: bool = True) -> dict[str, lis
         if isinstance(module, Int8StaticConv2d):
             tails[name] = name
     for conv_name, relu_name in module_chains(model, graph, Int8StaticConv2d, nn.ReLU):
-        conv = get_module(model, conv_name)
-        conv.fused_relu = True
-        conv._cache = {}
+        get_module(model, conv_name).fuse_relu()
         replace_module(model, relu_name, FoldedAway("fuse_relu", conv_name, "ReLU"))
         fused.append(conv_name)
         tails[conv_name] = relu_name
