@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune clean
+.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,7 +51,11 @@ bench-prune: install-bench
 	$(BIN)/python benchmarks/pruning/minilm.py
 	$(BIN)/python benchmarks/pruning/targets.py
 
-bench: bench-quant bench-prune
+# Every shipped recipe on SmolLM2-135M (docs/results/recipes_smollm2.md).
+bench-recipes: install-bench
+	$(BIN)/python benchmarks/recipes/smollm2.py
+
+bench: bench-quant bench-prune bench-recipes
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -113,3 +113,21 @@ def test_demo_compresses_to_int4_gptq_and_compares(tmp_path):
     layers = json.loads((tmp_path / "d" / "manifest.json").read_text())["layers"]
     assert layers["model.layers.0.mlp.down_proj"]["kernel"] == "int4pack_mm"
     assert layers["lm_head"]["storage"].startswith("int8")
+
+
+def test_usage_errors_are_one_error_line_with_exit_2(tmp_path):
+    for args, needle in ((("eval", "tiny-llama", "--iters", "2"), "--iters"),
+                         (("quantize", "tiny-llama", "-c", "x.yaml"), "Missing option '--out'"),
+                         (("nope",), "No such command 'nope'"),
+                         (("run", "int8-weight-only"), "Missing option '--model'")):
+        res = run(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr and "Usage:" not in res.stderr, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+    help_ = run("info", "--help")
+    assert help_.returncode == 0 and "Usage" in help_.stdout
+
+
+def test_eval_json_into_a_folder_fails_before_evaluating(tmp_path):
+    res = run("eval", "tiny-llama", "--json", str(tmp_path))
+    assert res.returncode == 2 and "--json" in res.stderr and "not a file path" in res.stderr

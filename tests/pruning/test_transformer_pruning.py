@@ -129,3 +129,14 @@ def test_structured_config_errors():
         StructuredConfig(importance="sparsegpt")
     with pytest.raises(ConfigError, match="channels"):
         StructuredConfig(targets=("channels", "heads"))
+
+
+def test_min_keep_larger_than_the_layer_is_an_error():
+    import torchslim
+    from torchslim.core.errors import ConfigError
+    from torchslim.pruning import StructuredConfig
+
+    for targets in (("neurons",), ("heads",)):
+        loaded = torchslim.load_model("tiny-llama")
+        with pytest.raises(ConfigError, match="min_keep \\(1000\\) is more than"):
+            torchslim.prune_(loaded.model, StructuredConfig(targets=targets, ratio=0.5, min_keep=1000))

@@ -57,3 +57,15 @@ def test_tied_embeddings_stay_tied_and_round_trip(tmp_path):
     m2 = torchslim.load(tmp_path / "t")
     assert m2.lm_head.weight is m2.model.embed_tokens.weight
     assert torch.equal(m2(ids).logits, out)
+
+
+def test_a_selector_matching_nothing_is_an_error():
+    import pytest
+    from torch import nn
+
+    import torchslim
+    from torchslim.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="matched no layer"):
+        torchslim.quantize_(nn.Sequential(nn.Linear(2, 2)), torchslim.CastConfig(
+            selector=torchslim.Selector(include=("nothing",))))

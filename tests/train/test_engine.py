@@ -287,3 +287,24 @@ def test_a_teacher_is_frozen_put_in_eval_mode_and_its_output_reused_per_micro_ba
     with pytest.raises(ConfigError, match="needs a teacher"):
         Trainer(mlp(0), toy_task(), TrainConfig(steps=1, batch_size=8, progress=False),
                 hooks=[LambdaHook(extra_loss=kd)]).fit()
+
+
+def test_resuming_with_other_settings_is_refused_unless_forced(tmp_path: Path) -> None:
+    ck = str(tmp_path / "ck")
+    Trainer(mlp(0), toy_task(), _cfg(steps=4, checkpoint_dir=ck, checkpoint_every=2)).fit()
+    for change, needle in (({"lr": 0.5}, "lr 0.01 -> 0.5"), ({"optimizer": "adamw"}, "optimizer 'sgd' -> 'adamw'"),
+                           ({"batch_size": 8}, "batch_size 16 -> 8"), ({"seed": 3}, "seed 0 -> 3")):
+        with pytest.raises(ConfigError, match=needle):
+            Trainer(mlp(0), toy_task(), _cfg(steps=6, checkpoint_dir=ck, resume=True, **change)).fit()
+    res = Trainer(mlp(0), toy_task(), _cfg(steps=6, checkpoint_dir=ck, resume=True, force_resume=True,
+                                           optimizer="adamw")).fit()
+    assert res.resumed_from == 4 and res.final_step == 6
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> None:
+    ck = tmp_path / "ck"
+    Trainer(mlp(0), toy_task(), _cfg(steps=4, checkpoint_dir=str(ck), checkpoint_every=2, keep_checkpoints=3)).fit()
+    newest = latest_checkpoint(ck)
+    (newest / "model.safetensors").write_bytes(b"truncated")
+    res = Trainer(mlp(0), toy_task(), _cfg(steps=4, checkpoint_dir=str(ck), resume=True)).fit()
+    assert res.resumed_from == 2

@@ -63,3 +63,45 @@ def test_missing_folder_or_config(tmp_path):
     (tmp_path / "bad" / "config.json").write_text('{"model_type": "no-such-arch"}')
     with pytest.raises(UnknownModelError, match="cannot read the model config"):
         load_hf_folder(tmp_path / "bad")
+
+
+# -- hostile model folders: one line, never a silent wrong model -------------------------------------
+def _edit_config(folder, **changes):
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"hidden_size": "sixty-four"}, "cannot (read|load) the model"),
+    ({"num_attention_heads": 5}, "cannot (read|load) the model"),
+    ({"vocab_size": 300}, "do not match|cannot load"),
+    ({"num_hidden_layers": 0}, "do not match: .* tensors the model does not use"),
+])
+def test_inconsistent_configs_are_refused(tmp_path, changes, match):
+    folder = _save(tiny_llama(seed=1), tmp_path / "m")
+    _edit_config(folder, **changes)
+    with pytest.raises(UnknownModelError, match=match):
+        load_hf_folder(folder)
+
+
+def test_truncated_and_pickle_only_weights_are_refused(tmp_path):
+    folder = _save(tiny_llama(seed=1), tmp_path / "t")
+    w = folder / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:5000])
+    with pytest.raises(UnknownModelError, match="cannot load the model"):
+        load_hf_folder(folder)
+    w.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04 not really a pickle")
+    with pytest.raises(UnknownModelError, match="no .safetensors weights; torchslim does not load pickle"):
+        load_hf_folder(folder)
+
+
+def test_a_bogus_architectures_entry_does_not_change_the_task(tmp_path, caplog):
+    folder = _save(tiny_llama(seed=1), tmp_path / "b")
+    _edit_config(folder, architectures=["BertModel"])
+    with caplog.at_level("WARNING", logger="torchslim.zoo"):
+        got = load_hf_folder(folder, max_eval_windows=1)
+    assert isinstance(got.task, CausalLMTask) and "not a llama model: ignored" in caplog.text

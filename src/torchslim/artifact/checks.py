@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from torchslim.core.codec import shown
-from torchslim.core.errors import ArtifactError, TorchSlimError
-from torchslim.core.io import OWNED_NAMES, REPLACED
+from torchslim.core.errors import ArtifactError, ConfigError, TorchSlimError, first_line
+from torchslim.core.state import HistoryEntry
+from torchslim.core.io import OWNED_NAMES, REPLACED, STAGING, recover_staged
 
 FORMAT_NAME = "torchslim-artifact"
 FORMAT_VERSION = 2
@@ -79,7 +80,7 @@ def _parse(mpath: Path) -> Any:
     try:
         return json.loads(mpath.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{mpath}: corrupted manifest, not valid JSON ({str(e)[:120]})") from None
+        raise ArtifactError(f"{mpath}: corrupted manifest, not valid JSON ({first_line(e)})") from None
     except RecursionError:
         raise ArtifactError(f"{mpath}: corrupted manifest (nested too deeply)") from None
 
@@ -94,6 +95,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
     mpath = path / MANIFEST
     if not path.exists():
         raise ArtifactError(f"{path}: no such artifact folder")
+    if (path / STAGING).is_dir():
+        try:
+            recover_staged(path, MANIFEST, discard_incomplete=False)   # finish a save a kill interrupted
+        except OSError:
+            pass                                 # a read-only folder: read what is there
     if not mpath.is_file():
         if (path / f"{REPLACED}{MANIFEST}").is_file():
             raise ArtifactError(f"{path}: an interrupted save left this artifact incomplete; save it again")
@@ -127,6 +133,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
     for key in ("settings", "history"):
         _expect(isinstance(m.get(key, []), list) and all(isinstance(x, dict) for x in m.get(key, [])), mpath,
                 f"'{key}' must be a list of mappings")
+    for i, h in enumerate(m.get("history", [])):
+        try:
+            HistoryEntry.from_dict(h)
+        except ConfigError as e:
+            raise ArtifactError(f"{mpath}: bad manifest: {e}".replace("history entry", f"history entry {i}")) from None
     return m
 
 
@@ -144,9 +155,76 @@ def _check_layers(layers: Any, mpath: Path) -> None:
                 f"layer {name[:80]!r}: 'stage' must be an integer")
 
 
+# -- weights file header and size bounds -----------------------------------------------------------
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+MAX_HEADER_BYTES = 100 << 20
+SKELETON_FACTOR = 64          # a 1-bit artifact of a float32 model is 32x smaller than its skeleton
+SKELETON_SLACK = 512 << 20
+
+
+def read_header(wpath: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """``{tensor: (dtype, shape)}`` from a safetensors file's header, validated against the file's size,
+    without reading (or allocating) any tensor."""
+    size = wpath.stat().st_size
+    with open(wpath, "rb") as f:
+        raw = f.read(8)
+        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
+            raise ArtifactError(f"{wpath}: not a safetensors file (header length {n} for a {size}-byte file)")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ArtifactError(f"{wpath}: unreadable safetensors header") from None
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{wpath}: unreadable safetensors header")
+    data_bytes, out = size - 8 - n, {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        out[name] = _header_entry(wpath, name, entry, data_bytes)
+    return out
+
+
+def _header_entry(wpath: Path, name: str, e: Any, data_bytes: int) -> tuple[torch.dtype, tuple[int, ...]]:
+    bad = f"{wpath}: tensor {shown(name)} has a bad header entry"
+    if not isinstance(e, dict) or not isinstance(e.get("dtype"), str) or e["dtype"] not in _ST_DTYPES \
+            or not isinstance(e.get("shape"), list):
+        raise ArtifactError(f"{bad} ({shown(e)})")
+    shape, offsets = e["shape"], e.get("data_offsets")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):
+        raise ArtifactError(f"{bad}: shape {shown(shape)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+        raise ArtifactError(f"{bad}: data offsets {shown(offsets)} outside the file")
+    dtype = _ST_DTYPES[e["dtype"]]
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel * dtype.itemsize != offsets[1] - offsets[0]:
+        raise ArtifactError(f"{bad}: shape {shape} does not match its {offsets[1] - offsets[0]} bytes")
+    return dtype, tuple(shape)
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes the module's parameters and buffers need (works on the meta device: nothing is allocated)."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def bound(what: str, nbytes: int, file_bytes: int, path: Path) -> None:
+    """Refuse to allocate a model (or modules) far larger than any weights file of this size could fill."""
+    limit = SKELETON_FACTOR * file_bytes + SKELETON_SLACK
+    if nbytes > limit:
+        raise ArtifactError(f"{path}: {what} would need {nbytes / 2**30:.1f} GiB, far more than its "
+                            f"{file_bytes / 2**20:.1f} MiB weights file can describe; the artifact is corrupt or "
+                            "tampered with")
+
+
 # -- weights against the rebuilt model -----------------------------------------------------------
-def match_state(path: Path, expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
-    """Same names, shapes and dtype kinds in the weights file as in the rebuilt model, or a clear error.
+def match_state(path: Path, expected: dict[str, torch.Tensor], tensors: dict[str, Any]) -> None:
+    """Same names, shapes and dtype kinds in the weights file (``{name: (dtype, shape)}``, from its header)
+    as in the rebuilt model, or a clear error.
 
     A floating-point tensor may be stored in another floating dtype (a model saved after ``.half()``);
     integer codes, masks and counters must keep theirs."""
@@ -155,8 +233,8 @@ def match_state(path: Path, expected: dict[str, torch.Tensor], tensors: dict[str
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise ArtifactError(f"{path}: weights do not match the architecture ({what})")
     for name, ref in expected.items():
-        t = tensors[name]
-        if tuple(t.shape) != tuple(ref.shape):
-            raise ArtifactError(f"{path}: tensor '{name}' has shape {list(t.shape)}, the model expects {list(ref.shape)}")
-        if t.dtype != ref.dtype and not (t.is_floating_point() and ref.is_floating_point()):
-            raise ArtifactError(f"{path}: tensor '{name}' is {t.dtype}, the model expects {ref.dtype}")
+        dtype, shape = tensors[name]
+        if tuple(shape) != tuple(ref.shape):
+            raise ArtifactError(f"{path}: tensor '{name}' has shape {list(shape)}, the model expects {list(ref.shape)}")
+        if dtype != ref.dtype and not (dtype.is_floating_point and ref.dtype.is_floating_point):
+            raise ArtifactError(f"{path}: tensor '{name}' is {dtype}, the model expects {ref.dtype}")

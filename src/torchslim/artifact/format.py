@@ -27,7 +27,7 @@ from torch import nn
 
 from torchslim.artifact import checks
 from torchslim.core import io
-from torchslim.core.errors import ArtifactError, TorchSlimError
+from torchslim.core.errors import ArtifactError, TorchSlimError, first_line
 from torchslim.core.modules import layer_infos, model_settings, module_format
 from torchslim.core.resize import added_spec, apply_added_spec, apply_resize_spec, resize_spec
 from torchslim.core.skeletons import build_skeleton
@@ -143,9 +143,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return checks.read_manifest(Path(path))
 
 
-def _read_weights(path: Path, manifest: dict[str, Any], verify: bool) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+def _weights_path(path: Path, manifest: dict[str, Any], verify: bool) -> Path:
+    """The weights file, checked: inside the folder, the size and SHA-256 the manifest records."""
     info = manifest["weights"]
     wpath = checks.inside(path, info["file"])
     if not wpath.is_file():
@@ -155,13 +154,32 @@ def _read_weights(path: Path, manifest: dict[str, Any], verify: bool) -> dict[st
         raise ArtifactError(f"{wpath}: truncated or altered: {size} bytes on disk, the manifest says {info['bytes']}")
     if verify and io.sha256(wpath) != info["sha256"]:
         raise ArtifactError(f"{wpath}: corrupted: SHA-256 does not match the manifest")
+    return wpath
+
+
+def _read_weights(wpath: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(wpath))
     except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
-        raise ArtifactError(f"{wpath}: unreadable safetensors file ({str(e).splitlines()[0][:160]})") from None
+        raise ArtifactError(f"{wpath}: unreadable safetensors file ({first_line(e)})") from None
 
 
-def _apply_layer_formats(model: nn.Module, layers: dict[str, dict[str, Any]], history: list[dict[str, Any]]) -> None:
+def _skeleton(manifest: dict[str, Any], path: Path, file_bytes: int) -> nn.Module:
+    """The untrained model, after checking on the meta device that it is not absurdly large for the file."""
+    with torch.device("meta"):
+        probe = build_skeleton(manifest, path)
+    checks.bound(f"the {manifest['architecture'].get('class', 'model')} its config describes",
+                 checks.module_bytes(probe), file_bytes, path)
+    del probe
+    return build_skeleton(manifest, path)
+
+
+def _layer_records(model: nn.Module, layers: dict[str, dict[str, Any]],
+                   history: list[dict[str, Any]]) -> list[tuple[str, type[nn.Module], nn.Module, dict[str, Any]]]:
+    """``(name, format class, module it replaces, record with its config)`` for every recorded layer."""
+    out = []
     for name, info in layers.items():
         cls = module_format(info.get("module"))
         stage = info.get("stage")
@@ -171,12 +189,45 @@ def _apply_layer_formats(model: nn.Module, layers: dict[str, dict[str, Any]], hi
             original = get_module(model, name)
         except TorchSlimError:
             raise ArtifactError(f"artifact layer '{name}' does not exist in the rebuilt {type(model).__name__}") from None
-        try:
-            replace_module(model, name, cls.from_layer_info(original, info))
-        except TorchSlimError as e:
-            raise ArtifactError(f"artifact layer '{name}': {e}") from None
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ArtifactError(f"artifact layer '{name}' has a bad {info.get('module')} record ({str(e)[:120]})") from None
+        out.append((name, cls, original, info))
+    return out
+
+
+def _rebuild_layer(name: str, cls: type[nn.Module], original: nn.Module, info: dict[str, Any]) -> nn.Module:
+    try:
+        return cls.from_layer_info(original, info)
+    except TorchSlimError as e:
+        raise ArtifactError(f"artifact layer '{name}': {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, OverflowError) as e:
+        raise ArtifactError(f"artifact layer '{name}' has a bad {info.get('module')} record ({first_line(e)})") from None
+
+
+def _record_bytes(name: str, original: nn.Module, info: dict[str, Any]) -> int:
+    """An upper bound of the bytes a layer record asks for: 4 bytes per element of the shape it names
+    (every format stores at most a float32 per weight element), else of the module it replaces."""
+    dims = info.get("shape")
+    if dims is None and isinstance(info.get("conv"), dict):
+        c = info["conv"]
+        dims = [c.get("out_channels"), c.get("in_channels"), *(c.get("kernel_size") or [])]
+    if dims is None:
+        return checks.module_bytes(original)
+    if not (isinstance(dims, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims)):
+        raise ArtifactError(f"artifact layer '{name}': bad shape {str(dims)[:80]}")
+    n = 4
+    for d in dims:
+        n *= d
+    return n
+
+
+def _apply_layer_formats(model: nn.Module, layers: dict[str, dict[str, Any]], history: list[dict[str, Any]],
+                         bound: Any = None) -> None:
+    """Replace every recorded layer by its (empty) format module, once the shapes the records name are
+    bounded (``bound`` receives their total bytes)."""
+    records = _layer_records(model, layers, history)
+    if bound is not None:
+        bound(sum(_record_bytes(name, original, info) for name, _, original, info in records))
+    for name, cls, original, info in records:
+        replace_module(model, name, _rebuild_layer(name, cls, original, info))
 
 
 def _apply_settings(model: nn.Module, settings: list[dict[str, Any]], path: Path) -> None:
@@ -193,22 +244,47 @@ def _apply_settings(model: nn.Module, settings: list[dict[str, Any]], path: Path
 
 
 def load(path: str | Path, model: nn.Module | None = None, *, verify: bool = True) -> nn.Module:
-    """Load the artifact at ``path``. ``model`` supplies the architecture for plain ``nn.Module`` artifacts."""
+    """Load the artifact at ``path``. ``model`` supplies the architecture for plain ``nn.Module`` artifacts.
+
+    Order of checks (nothing large is allocated before they pass): manifest structure and version;
+    weights file inside the folder, with the recorded size and SHA-256; its safetensors header
+    (dtypes, shapes, offsets within the file); the skeleton's size against the file's; resized and
+    added modules built on the meta device and bounded the same way; every tensor's name, shape and
+    dtype against the rebuilt model; only then are the tensors read.
+    
+    Every error is one ArtifactError naming the artifact folder.
+    """
+    path = Path(path)
+    try:
+        return _load(path, model, verify)
+    except ArtifactError as e:
+        raise e if str(path) in str(e) else ArtifactError(f"{path}: {e}") from None
+
+
+def _load(path: Path, model: nn.Module | None, verify: bool) -> nn.Module:
     path = Path(path)
     manifest = read_manifest(path)
-    tensors = _read_weights(path, manifest, verify)
-    model = model if model is not None else build_skeleton(manifest, path)
-    apply_resize_spec(model, manifest.get("resized", {}))
-    apply_added_spec(model, manifest.get("added", {}))
+    wpath = _weights_path(path, manifest, verify)
+    header = checks.read_header(wpath)
+    file_bytes = wpath.stat().st_size
+    model = model if model is not None else _skeleton(manifest, path, file_bytes)
+    apply_resize_spec(model, manifest.get("resized", {}), bound=lambda n: checks.bound("its resized modules", n,
+                                                                                       file_bytes, path))
+    apply_added_spec(model, manifest.get("added", {}), bound=lambda n: checks.bound("its added modules", n,
+                                                                                    file_bytes, path))
     history = manifest.get("history", [])
-    _apply_layer_formats(model, manifest["layers"], history)
-    for alias, canonical in manifest.get("aliases", {}).items():
-        if canonical not in tensors:
+    _apply_layer_formats(model, manifest["layers"], history,
+                         bound=lambda n: checks.bound("its compressed layers", n, file_bytes, path))
+    aliases = manifest.get("aliases", {})
+    for alias, canonical in aliases.items():
+        if canonical not in header:
             raise ArtifactError(f"{path}: alias '{alias}' points to '{canonical}', which the weights file lacks")
+    checks.match_state(path, model.state_dict(), {**header, **{a: header[c] for a, c in aliases.items()}})
+    tensors = _read_weights(wpath)
+    for alias, canonical in aliases.items():
         tensors[alias] = tensors[canonical]
-    checks.match_state(path, model.state_dict(), tensors)
     model.load_state_dict(tensors, strict=True, assign=True)
-    if manifest.get("aliases") and callable(getattr(model, "tie_weights", None)):
+    if aliases and callable(getattr(model, "tie_weights", None)):
         model.tie_weights()  # restore shared Parameter objects (tied embeddings)
     _apply_settings(model, manifest.get("settings", []), path)
     model.eval()

@@ -75,8 +75,8 @@ def _eval_spec(shapes: list[str], iters: int, warmup: int, threads: Optional[int
         if threads < 1:
             raise TorchSlimError(f"--threads must be at least 1, got {threads}")
         kwargs["threads"] = threads
-    if no_speed:
-        kwargs["measure_speed"] = False
+    if no_speed:      # the memory and energy figures come from the timed loops: skipped with them
+        kwargs.update(measure_speed=False, measure_memory=False, measure_energy=False)
     return EvalSpec(**kwargs)
 
 
@@ -110,6 +110,8 @@ def eval_cmd(
     from torchslim.eval import evaluate, render_table
 
     spec = _eval_spec(shape, iters, warmup, threads, decode_tokens, no_speed)
+    if json_out is not None and (json_out.is_dir() or (json_out.parent.exists() and not json_out.parent.is_dir())):
+        raise TorchSlimError(f"--json {json_out}: not a file path (it is a folder, or inside a file)")
     console = _console()
     with console.status(f"loading {model}"):
         loaded = _load_with_task(model, task)
@@ -293,18 +295,53 @@ def info_cmd(artifact: Path = typer.Argument(..., help="torchslim artifact folde
 _register_recipe_commands()
 
 
-def main() -> None:
-    """Entry point: user errors print one line and exit 2, never a traceback."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors, usage errors included, print one ``error:`` line and exit 2, never a traceback."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    _log_warnings()
     try:
-        app()  # standalone: typer reports its own usage errors (exit 2) and exits
+        rc = app(args=argv, prog_name="torchslim", standalone_mode=False)
     except TorchSlimError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - click's usage errors (typer vendors its own click): one line
+        kinds = {c.__name__ for c in type(e).__mro__}
+        ctx = getattr(e, "ctx", None)
+        if "NoArgsIsHelpError" in kinds:
+            print(ctx.get_help() if ctx is not None else str(e))
+            sys.exit(0)
+        if "Abort" in kinds:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        if "UsageError" not in kinds:
+            raise
+        cmd = ctx.command_path if ctx is not None else "torchslim"
+        print(f"error: {_one_line(e.format_message())} (see `{cmd} --help`)", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _log_warnings() -> None:
+    """torchslim's warnings go to stderr as ``warning: ...`` lines (errors are ``error: ...`` lines)."""
+    import logging
+
+    logger = logging.getLogger("torchslim")
+    if not any(getattr(h, "_torchslim_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        handler._torchslim_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    """A message on one line, cut to ``limit`` characters (a value quoted in it may be huge)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,7 +41,23 @@ class BaseConfig:
 
     def __post_init__(self) -> None:
         self._coerce_enums()
+        self._check_numbers()
         self.validate()
+
+    def _check_numbers(self) -> None:
+        """Every number is finite and fits 64 bits; fields declared with :func:`between` are in range."""
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            where = f"{type(self).__name__}.{f.name}"
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{where} must be a finite number, got {v!r}")
+            if isinstance(v, int) and not -(2**63) <= v < 2**63:
+                raise ConfigError(f"{where} is out of range: {shown(v)}")
+            lo, hi = f.metadata.get("range", (None, None))
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise ConfigError(f"{where} must be between {lo} and {hi}, got {shown(v)}")
 
     def _coerce_enums(self) -> None:
         """Accept an enum field's value as its string (``importance="wanda"``), as the edges do."""
@@ -89,6 +106,11 @@ class BaseConfig:
     def load(path: str | Path) -> BaseConfig:
         """Read a config from a JSON or YAML file."""
         return config_from_dict(read_mapping(path))
+
+
+def between(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
+    """A dataclass field whose value must lie in ``[lo, hi]`` (checked for every config at construction)."""
+    return dataclasses.field(default=default, metadata={"range": (lo, hi)})
 
 
 def _enum_tuple(hint: Any) -> type[enum.Enum] | None:
@@ -175,7 +197,12 @@ def config_from_dict(d: Any, expected: type[BaseConfig] | None = None, where: st
         raise ConfigError(f"{label}: '_version' must be a positive integer, got {shown(version)}")
     if version > cls.VERSION:
         raise ConfigError(f"{name} version {version} is newer than this torchslim understands ({cls.VERSION})")
-    data = d["_data"] if "_data" in d else {k: v for k, v in d.items() if not str(k).startswith("_")}
+    meta = {"_type", "_version", "_data"}
+    stray = sorted((str(k) for k in d if k not in meta and (str(k).startswith("_") or "_data" in d)))
+    if stray:
+        raise ConfigError(f"{label}: unexpected key {shown(stray[0])}" +
+                          (" next to '_data' (fields go inside it)" if "_data" in d else "; valid meta keys: _type, _version, _data"))
+    data = d["_data"] if "_data" in d else {k: v for k, v in d.items() if k not in meta}
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: '_data' must be a mapping, got {shown(data)}")
     data = cls.migrate(dict(data), version) if version < cls.VERSION else dict(data)

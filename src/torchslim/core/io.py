@@ -39,9 +39,13 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (for folders a
-    writer owns entirely, such as training checkpoints and caches; the old folder is removed last)."""
+    writer owns entirely, such as training checkpoints and caches; the old folder is removed last).
+
+    Leftovers of an interrupted earlier write are handled first: stale temporary folders are removed,
+    and an old folder set aside just before a kill (``path`` missing) is put back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -57,39 +61,81 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def recover_dir(path: Path) -> None:
+    """Undo what a kill inside :func:`atomic_dir` left: restore a set-aside old folder if ``path`` is gone,
+    delete stale temporary and set-aside folders."""
+    olds = sorted(path.parent.glob(f".{glob_escape(path.name)}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not path.exists() and olds:
+        os.replace(olds.pop(), path)
+    for stale in [*olds, *path.parent.glob(f".{glob_escape(path.name)}.*.tmp")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
 def staged_files(folder: str | os.PathLike, marker: str, stale: list[str] = ()) -> Iterator[Path]:
     """Yield an empty staging folder inside ``folder``; on success move every staged file into ``folder``,
     ``marker`` (the manifest) last, then delete ``stale`` files the new set does not contain.
 
-    Until the marker is renamed the previous ``marker`` stays in place beside the previous files,
-    so a reader sees either the old set or (after the last rename) the new one; other files in
-    ``folder`` are never touched.
+    Until the marker is renamed the previous ``marker`` stays beside the previous files (set aside as
+    ``.replaced-<marker>`` only once the commit has begun), and a ``.complete`` flag in the staging
+    folder says the new set is whole: :func:`recover_staged` finishes a commit a kill interrupted, or
+    discards an incomplete staging folder. Other files in ``folder`` are never touched.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    recover_staged(folder, marker)
     stage = folder / STAGING
-    shutil.rmtree(stage, ignore_errors=True)      # a previous interrupted write (ours)
+    shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
         yield stage
-        names = sorted(p.name for p in stage.iterdir())
-        for p in stage.iterdir():
-            _fsync(p)
-        old_marker = folder / marker
-        if old_marker.exists() and names != [marker]:
-            os.replace(old_marker, folder / f"{REPLACED}{marker}")   # the old set is no longer described
+        names = [p.name for p in stage.iterdir()]
         for name in names:
-            if name != marker:
-                os.replace(stage / name, folder / name)
-        os.replace(stage / marker, folder / marker)
-        _fsync(folder)
+            _fsync(stage / name)
+        (stage / COMPLETE).write_text("")
+        _fsync(stage)
+        _commit(folder, stage, marker)
         for name in set(stale) - set(names):
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 (folder / name).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (folder / f"{REPLACED}{marker}").unlink()
     finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+COMPLETE = ".complete"
+
+
+def _commit(folder: Path, stage: Path, marker: str) -> None:
+    """Move the staged files into ``folder``, ``marker`` last (idempotent: a recovery may run it again)."""
+    names = sorted(p.name for p in stage.iterdir() if p.name != COMPLETE)
+    old_marker, aside = folder / marker, folder / f"{REPLACED}{marker}"
+    if old_marker.exists() and (stage / marker).exists():
+        os.replace(old_marker, aside)                    # the old set is no longer described
+    for name in names:
+        if name != marker:
+            os.replace(stage / name, folder / name)
+    if (stage / marker).exists():
+        os.replace(stage / marker, old_marker)
+    _fsync(folder)
+    with contextlib.suppress(FileNotFoundError):
+        aside.unlink()
+
+
+def recover_staged(folder: str | os.PathLike, marker: str, discard_incomplete: bool = True) -> None:
+    """Finish a staged write a kill interrupted after it was complete; discard an incomplete one (a writer
+    does, before staging anew; a reader leaves it, as it may belong to a write in progress)."""
+    folder = Path(folder)
+    stage = folder / STAGING
+    if not stage.is_dir():
+        return
+    if (stage / COMPLETE).exists():
+        _commit(folder, stage, marker)
+        shutil.rmtree(stage, ignore_errors=True)
+    elif discard_incomplete:
         shutil.rmtree(stage, ignore_errors=True)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from torchslim.core.errors import ArtifactError, TorchSlimError
+from torchslim.core.errors import ArtifactError, TorchSlimError, first_line
 
 Keep = dict[str, torch.Tensor]
 
@@ -72,8 +72,8 @@ def build(spec: Any) -> nn.Module:
         raise ArtifactError(f"artifact records a module of unknown kind {spec['kind'][:80]!r}")
     try:
         return k.build(spec)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(f"bad spec for a {k.name}: {str(e)[:120]}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"bad spec for a {k.name}: {first_line(e)}") from None
 
 
 def slice_module(m: nn.Module, keep: Keep) -> nn.Module:

@@ -12,7 +12,7 @@ kinds (:mod:`torchslim.core.kinds`): a kind it cannot rebuild is an error at rec
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -91,20 +91,29 @@ def added_spec(model: nn.Module) -> dict[str, Any]:
     return _refreshed(model, state_of(model).added)
 
 
-def _built(specs: dict[str, Any]) -> dict[str, nn.Module]:
+def _built(specs: dict[str, Any], bound: Callable[[int], None] | None) -> dict[str, nn.Module]:
+    """Modules from specs: built on the meta device, their total bytes passed to ``bound`` (which raises when
+    they are absurd), then allocated empty on the CPU."""
+    built = {}
     with torch.device("meta"):
-        built = {name: kinds.build(s) for name, s in specs.items()}
+        for name, spec in specs.items():
+            try:
+                built[name] = kinds.build(spec)
+            except ArtifactError as e:
+                raise ArtifactError(f"artifact module '{name}': {e}") from None
+    if bound is not None:
+        bound(sum(t.numel() * t.element_size() for m in built.values() for t in (*m.parameters(), *m.buffers())))
     return {name: m.to_empty(device="cpu") for name, m in built.items()}
 
 
-def apply_resize_spec(model: nn.Module, spec: dict[str, Any]) -> None:
+def apply_resize_spec(model: nn.Module, spec: dict[str, Any], bound: Callable[[int], None] | None = None) -> None:
     """Rebuild the recorded modules (empty, recorded shapes) and set the recorded attributes."""
     if not spec:
         return
     modules, attributes = spec.get("modules", {}), spec.get("attributes", {})
     if not isinstance(modules, dict) or not isinstance(attributes, dict):
         raise ArtifactError("artifact 'resized' record must map module names to specs")
-    for name, module in _built(modules).items():
+    for name, module in _built(modules, bound).items():
         try:
             replace_module(model, name, module)
         except TorchSlimError:
@@ -120,11 +129,11 @@ def apply_resize_spec(model: nn.Module, spec: dict[str, Any]) -> None:
     state_of(model).resized = {"modules": dict(modules), "attributes": {k: dict(v) for k, v in attributes.items()}}
 
 
-def apply_added_spec(model: nn.Module, spec: dict[str, Any]) -> None:
+def apply_added_spec(model: nn.Module, spec: dict[str, Any], bound: Callable[[int], None] | None = None) -> None:
     """Re-attach the recorded added modules (empty, recorded shapes) before the weights are read."""
     if not isinstance(spec, dict):
         raise ArtifactError("artifact 'added' record must map module names to specs")
-    for name, module in _built(spec).items():
+    for name, module in _built(spec, bound).items():
         try:
             parent, attr = parent_of(model, name)
         except TorchSlimError:

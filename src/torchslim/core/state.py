@@ -161,9 +161,12 @@ class Timer:
 def history_lines(history: list[dict[str, Any]]) -> Iterator[str]:
     """One readable line per history entry (for logs and ``torchslim info``)."""
     for h in history:
-        touched_ = h.get("touched") or {}
-        what = ", ".join(f"{v} {k}" for k, v in (touched_.get("by_type") or {}).items()) or "no layer replaced"
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
-                            for k, v in (h.get("metrics") or {}).items())
-        yield f"{h.get('index')}. {h.get('kind')}: {h.get('name')} ({what}; {h.get('seconds', 0):.1f} s)" + \
-            (f" {metrics}" if metrics else "")
+        touched_ = h.get("touched") if isinstance(h.get("touched"), dict) else {}
+        by_type = touched_.get("by_type") if isinstance(touched_.get("by_type"), dict) else {}
+        what = ", ".join(f"{v} {k}" for k, v in by_type.items()) or "no layer replaced"
+        metrics = h.get("metrics") if isinstance(h.get("metrics"), dict) else {}
+        shown_metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={str(v)[:40]}"
+                                  for k, v in metrics.items())
+        seconds = h.get("seconds") if isinstance(h.get("seconds"), (int, float)) else 0.0
+        yield f"{h.get('index')}. {h.get('kind')}: {h.get('name')} ({what}; {seconds:.1f} s)" + \
+            (f" {shown_metrics}" if shown_metrics else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from torchslim.core.config import BaseConfig
+from torchslim.core.config import BaseConfig, between
 from torchslim.core.errors import ConfigError
 from torchslim.core.select import Selector
 from torchslim.pruning.importance import Importance
@@ -59,15 +59,15 @@ class UnstructuredConfig(BaseConfig):
     pattern: str | None = None
     storage: Storage = Storage.AUTO
     kernel: SparseKernel = SparseKernel.AUTO
-    n_samples: int = 128
+    n_samples: int = between(128, 1, 1 << 16)
     sequential: bool = True          # calibrated criteria: block by block, each block sees pruned inputs
-    block_size: int = 128            # SparseGPT column block
+    block_size: int = between(128, 1, 1 << 16)  # SparseGPT column block
     damp: float = 0.01               # SparseGPT Hessian dampening (fraction of the mean diagonal)
-    seed: int = 0                    # random importance
+    seed: int = between(0, 0, 2**63 - 1)  # random importance
     selector: Selector = field(default_factory=default_selector)
 
     def validate(self) -> None:
-        check_sparsity(self.sparsity)
+        check_sparsity(self.sparsity, "UnstructuredConfig.sparsity")
         if self.pattern is not None:
             n, m = parse_nm(self.pattern)
             self.sparsity = 1 - n / m
@@ -101,13 +101,13 @@ class StructuredConfig(BaseConfig):
     ratio: float = 0.25
     importance: Importance = Importance.MAGNITUDE_L2
     scope: Scope = Scope.LAYER
-    round_to: int = 1
-    n_samples: int = 32
-    min_keep: int = 1
+    round_to: int = between(1, 1, 4096)
+    n_samples: int = between(32, 1, 1 << 16)
+    min_keep: int = between(1, 1, 1 << 20)
     selector: Selector = field(default_factory=lambda: Selector(include=("re:.*",)))
 
     def validate(self) -> None:
-        check_sparsity(self.ratio)
+        check_sparsity(self.ratio, "StructuredConfig.ratio")
         if not self.targets:
             raise ConfigError("StructuredConfig.targets is empty")
         if Target.CHANNELS in self.targets and len(self.targets) > 1:

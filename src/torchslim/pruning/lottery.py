@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from torchslim.core.config import between
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
@@ -44,7 +45,7 @@ def round_sparsity(sparsity: float, k: int, rounds: int) -> float:
 
 
 def _check_rounds(cfg: Any, name: str) -> None:
-    M.check_sparsity(cfg.sparsity)
+    M.check_sparsity(cfg.sparsity, f"{name}.sparsity")
     if not isinstance(cfg.rounds, int) or cfg.rounds < 1:
         raise ConfigError(f"{name}.rounds must be a positive integer, got {cfg.rounds!r}")
 
@@ -60,13 +61,13 @@ class IterativeConfig(TrainingConfig):
     family: ClassVar[str] = "pruning"
     technique: ClassVar[str] = "iterative"
     sparsity: float = 0.5
-    rounds: int = 3
+    rounds: int = between(3, 1, 1000)
     importance: Importance = Importance.MAGNITUDE
     scope: Scope = Scope.LAYER
-    score_steps: int = 10
+    score_steps: int = between(10, 1, 10**9)
     storage: Storage = Storage.AUTO
     kernel: SparseKernel = SparseKernel.AUTO
-    seed: int = 0
+    seed: int = between(0, 0, 2**63 - 1)
     selector: Selector = field(default_factory=default_selector)
 
     def validate(self) -> None:
@@ -113,7 +114,7 @@ class LotteryConfig(TrainingConfig):
     family: ClassVar[str] = "pruning"
     technique: ClassVar[str] = "lottery"
     sparsity: float = 0.8
-    rounds: int = 3
+    rounds: int = between(3, 1, 1000)
     rewind_step: int = 0
     scope: Scope = Scope.GLOBAL
     storage: Storage = Storage.AUTO

@@ -15,9 +15,9 @@ import torch
 from torchslim.core.errors import ConfigError
 
 
-def check_sparsity(sparsity: float) -> None:
+def check_sparsity(sparsity: float, name: str = "sparsity") -> None:
     if not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")
+        raise ConfigError(f"{name} must be in [0, 1), got {sparsity}")
 
 
 def n_pruned(numel: int, sparsity: float) -> int:
@@ -91,7 +91,10 @@ def keep_indices(group_scores: torch.Tensor, n_keep: int) -> torch.Tensor:
 
 
 def kept_count(size: int, n_keep: int, round_to: int = 1, min_keep: int = 1) -> int:
-    """``n_keep`` rounded to a multiple of ``round_to`` (nearest), within ``[min_keep, size]``, at least 1."""
+    """``n_keep`` rounded to a multiple of ``round_to`` (nearest), within ``[min_keep, size]``, at least 1.
+    ``min_keep`` above ``size`` is a user error (it would silently keep everything)."""
+    if min_keep > size:
+        raise ConfigError(f"min_keep ({min_keep}) is more than the {size} units of the layer being pruned")
     if round_to > 1 and size > round_to:
         n_keep = max(round_to, int(math.floor(n_keep / round_to + 0.5)) * round_to)
     return max(1, min(size, max(min_keep, n_keep)))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from torchslim.core.config import BaseConfig
+from torchslim.core.config import BaseConfig, between
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
@@ -82,19 +82,19 @@ class GradualConfig(TrainingConfig):
     initial_sparsity: float = 0.0
     start_step: int = 0
     end_step: int | None = None
-    frequency: int = 10
+    frequency: int = between(10, 1, 10**9)
     importance: Importance = Importance.MAGNITUDE
     scope: Scope = Scope.LAYER
     pattern: str | None = None
     storage: Storage = Storage.AUTO
     kernel: SparseKernel = SparseKernel.AUTO
-    seed: int = 0
+    seed: int = between(0, 0, 2**63 - 1)
     selector: Selector = field(default_factory=default_selector)
 
     def validate(self) -> None:
         check_importance(self.importance, "GradualConfig")
-        M.check_sparsity(self.sparsity)
-        M.check_sparsity(self.initial_sparsity)
+        M.check_sparsity(self.sparsity, "GradualConfig.sparsity")
+        M.check_sparsity(self.initial_sparsity, "GradualConfig.initial_sparsity")
         if self.pattern is not None:
             n, m = M.parse_nm(self.pattern)
             self.sparsity = 1 - n / m

@@ -88,6 +88,8 @@ def head_plan(info: BlockInfo, ratio: float, min_keep: int) -> tuple[int, int]:
     head count (ties: keep more heads, then more key/value groups)."""
     per = info.heads // info.kv_heads
     target = info.heads * (1 - ratio)
+    if min_keep > info.heads:
+        raise ConfigError(f"StructuredConfig.min_keep ({min_keep}) is more than the {info.heads} heads of {info.name}")
     best = min(((g, q) for g in range(1, info.kv_heads + 1) for q in range(1, per + 1) if g * q >= min_keep),
                key=lambda gq: (abs(gq[0] * gq[1] - target), -gq[0] * gq[1], -gq[0]))
     return best

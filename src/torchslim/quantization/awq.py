@@ -18,14 +18,14 @@ from torch import nn
 from torchslim.calibration.pipeline import calibration_batches
 from torchslim.calibration.plan import CalibrationPlan, execute, register_planner
 from torchslim.calibration.stats import ChannelStats
-from torchslim.core.config import BaseConfig
+from torchslim.core.config import BaseConfig, between
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.qlinear import QuantLinear
 from torchslim.quantization.scaled import ScaledLinear, input_scale_of
-from torchslim.quantization.weight_only import WeightOnlyConfig, quantize_weight, split_calibrated, start_calibrated
+from torchslim.quantization.weight_only import WeightOnlyConfig, check_calibration_dtype, quantize_weight, split_calibrated, start_calibrated
 
 
 @dataclass
@@ -35,8 +35,8 @@ class AWQConfig(BaseConfig):
     family = "quantization"
     technique = "awq"
     weight: WeightOnlyConfig = field(default_factory=WeightOnlyConfig)
-    grid: int = 20
-    n_samples: int = 128
+    grid: int = between(20, 2, 1000)
+    n_samples: int = between(128, 1, 1 << 16)
     sequential: bool = True
     propagate_quantized: bool = True
     calibration_dtype: torch.dtype | None = None   # e.g. torch.bfloat16: autocast calibration forwards
@@ -45,8 +45,7 @@ class AWQConfig(BaseConfig):
     scale_only: bool = False
 
     def validate(self) -> None:
-        if self.grid < 2 or self.n_samples < 1:
-            raise ConfigError("AWQConfig needs grid >= 2 and n_samples >= 1")
+        check_calibration_dtype(self)
 
     @property
     def selector(self):

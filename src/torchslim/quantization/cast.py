@@ -94,7 +94,10 @@ def _cast_module(module: nn.Module, config: CastConfig) -> nn.Module:
 @register_handler(CastConfig)
 def _cast(model: nn.Module, config: CastConfig, ctx: ApplyContext) -> nn.Module:
     converted: dict[int, nn.Parameter] = {}  # id(original weight) -> its half copy, to keep ties
-    for name, module, layer_config in list(config.selector.resolve(model, config)):
+    chosen = list(config.selector.resolve(model, config))
+    if not chosen:
+        raise ConfigError("CastConfig: the selector matched no layer")
+    for name, module, layer_config in chosen:
         if type(module) not in _CASTS:
             raise ConfigError(f"CastConfig applies to nn.Linear and nn.Embedding; '{name}' is a {type(module).__name__}")
         new = _cast_module(module, layer_config)

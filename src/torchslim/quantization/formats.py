@@ -16,7 +16,7 @@ from typing import Union
 
 import torch
 
-from torchslim.core.config import BaseConfig
+from torchslim.core.config import BaseConfig, between
 from torchslim.core.errors import ConfigError
 
 
@@ -34,7 +34,7 @@ class PerChannel(BaseConfig):
 class PerGroup(BaseConfig):
     """One scale per group of ``size`` consecutive input elements of a row."""
 
-    size: int = 128
+    size: int = between(128, 2, 65536)
 
     def validate(self) -> None:
         if self.size < 2:
@@ -76,7 +76,7 @@ class IntFormat(BaseConfig):
 class Ternary(BaseConfig):
     """{-1, 0, +1} x scale (threshold 0.7 x mean |w|, as in Ternary Weight Networks)."""
 
-    threshold: float = 0.7
+    threshold: float = between(0.7, 0.01, 3.0)   # x mean |w|; 3 already zeroes almost every weight
     storage_bits = 2
     name = "ternary"
 
@@ -102,7 +102,7 @@ class Codebook(BaseConfig):
     """2**bits levels per tensor, learned by k-means on the weights (non-uniform)."""
 
     bits: int = 4
-    iters: int = 20
+    iters: int = between(20, 1, 1000)
 
     def validate(self) -> None:
         if not 1 <= self.bits <= 8:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, get_layer_types_and_kwargs
 
-from torchslim.core.config import BaseConfig
+from torchslim.core.config import BaseConfig, between
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.modules import drop_setting, model_settings, record_setting
@@ -44,7 +44,7 @@ class KVCacheConfig(BaseConfig):
     technique = "kv-int8"
     bits: int = 8
     symmetric: bool = True
-    residual_length: int = 0
+    residual_length: int = between(0, 0, 1 << 20)
     scale_dtype: torch.dtype = torch.float16
 
     def validate(self) -> None:

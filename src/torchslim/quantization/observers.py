@@ -14,7 +14,7 @@ from typing import Union
 import torch
 
 from torchslim.calibration.stats import ChannelStats
-from torchslim.core.config import BaseConfig
+from torchslim.core.config import BaseConfig, between
 from torchslim.core.errors import ConfigError
 from torchslim.quantization.formats import NF4, Format, Granularity, IntFormat, PerChannel, PerTensor
 from torchslim.quantization.primitives import quantize_groups, sqnr_db, to_groups
@@ -40,7 +40,7 @@ class Percentile(BaseConfig):
 class MSE(BaseConfig):
     """Shrink the min-max range by the factor in ``[min_shrink, 1]`` that minimizes the squared error."""
 
-    grid: int = 40
+    grid: int = between(40, 2, 10000)
     min_shrink: float = 0.3
 
     def validate(self) -> None:
@@ -53,8 +53,8 @@ class KL(BaseConfig):
     """Entropy calibration: the symmetric threshold minimizing KL(P || Q) between the |x| histogram
     and its quantized version (TensorRT-style). One range per tensor or per channel."""
 
-    bins: int = 2048
-    stride: int = 8
+    bins: int = between(2048, 16, 1 << 16)
+    stride: int = between(8, 1, 1 << 16)
 
 
 Observer = Union[MinMax, Percentile, MSE, KL]

@@ -17,7 +17,7 @@ from torch import nn
 
 from torchslim.calibration.pipeline import calibration_batches, pick_runner
 from torchslim.calibration.stats import ChannelStats
-from torchslim.core.config import BaseConfig
+from torchslim.core.config import BaseConfig, between
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.progress import track
@@ -45,7 +45,7 @@ class W8A8Config(BaseConfig):
     mode: ActMode = ActMode.DYNAMIC
     smooth_alpha: float | None = None
     observer: Observer = MinMax()
-    n_samples: int = 128
+    n_samples: int = between(128, 1, 1 << 16)
     sequential: bool = True
     selector: Selector = field(default_factory=Selector)
 

@@ -48,6 +48,14 @@ class WeightOnlyConfig(BaseConfig):
             raise ConfigError("the int8pack_mm kernel needs symmetric int8 weights")
 
 
+def check_calibration_dtype(config: Any) -> None:
+    """``calibration_dtype`` (autocast of calibration forwards) must be a floating dtype or unset."""
+    dt = config.calibration_dtype
+    if dt is not None and (not dt.is_floating_point or dt == torch.float64):
+        raise ConfigError(f"{type(config).__name__}.calibration_dtype must be bfloat16, float16 or float32, got "
+                          f"{str(dt).removeprefix('torch.')}")
+
+
 def quantize_weight(w: torch.Tensor, config: WeightOnlyConfig) -> QTensor:
     """RTN-quantize one weight matrix with ``config``'s format, granularity and observer."""
     g = to_groups(w.detach().float(), config.granularity)

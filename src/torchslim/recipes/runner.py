@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from torchslim.core.context import ApplyContext
-from torchslim.core.errors import TorchSlimError
+from torchslim.core.errors import TorchSlimError, first_line
 from torchslim.core.io import RUN_DIR, atomic_file
 from torchslim.core.state import Timer, state_of
 from torchslim.recipes.recipe import Recipe
@@ -67,7 +67,7 @@ class _RunFolder:
         try:
             st = json.loads(self.path.read_text())
         except (OSError, ValueError) as e:
-            raise TorchSlimError(f"{self.path}: unreadable run state ({str(e)[:120]}); remove {self.root}") from None
+            raise TorchSlimError(f"{self.path}: unreadable run state ({first_line(e)}); remove {self.root}") from None
         if not isinstance(st, dict) or st.get("format") != RUN_FORMAT or not isinstance(st.get("completed"), int):
             raise TorchSlimError(f"{self.path}: not a torchslim run state; remove {self.root}")
         return st

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from torchslim.core.errors import ArtifactError
+from torchslim.core.errors import ArtifactError, first_line
 from torchslim.core.io import atomic_dir
 
 FORMAT = "torchslim-train-checkpoint"
@@ -103,22 +103,31 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Load weights (and optimizer state) from checkpoint folder ``path``; returns its state.json."""
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's state.json, checked for format and version."""
     path = Path(path)
     try:
         doc = json.loads((path / "state.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: unreadable training checkpoint state ({e})") from None
-    if doc.get("format") != FORMAT or int(doc.get("version", 0)) > FORMAT_VERSION:
-        raise ArtifactError(f"{path}: not a torchslim training checkpoint (format {doc.get('format')!r})")
+    except (OSError, ValueError, RecursionError) as e:
+        raise ArtifactError(f"{path}: unreadable training checkpoint state ({first_line(e)})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("step"), int) \
+            or not isinstance(doc.get("version", 0), int) or doc.get("version", 0) > FORMAT_VERSION:
+        raise ArtifactError(f"{path}: not a torchslim training checkpoint")
+    return doc
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Load weights (and optimizer state, unless ``optimizer`` is None) from checkpoint folder ``path``;
+    returns its state.json."""
+    path = Path(path)
+    doc = read_state(path)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
         if optimizer is not None:
             tensors = load_file(str(path / "optimizer.safetensors"), device=str(device))
             optimizer.load_state_dict(optimizer_state_join(tensors, doc["optimizer"]))
-    except (OSError, SafetensorError, RuntimeError, KeyError, ValueError) as e:
+    except (OSError, SafetensorError, RuntimeError, KeyError, ValueError, TypeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ArtifactError(f"{path}: checkpoint does not match this model/optimizer: {msg}") from None
     return doc

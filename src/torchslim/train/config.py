@@ -5,7 +5,7 @@ import enum
 import math
 from dataclasses import dataclass
 
-from torchslim.core.config import BaseConfig
+from torchslim.core.config import BaseConfig, between
 from torchslim.core.errors import ConfigError
 
 
@@ -64,9 +64,9 @@ class TrainConfig(BaseConfig):
     micro-batch, so BN models match closely rather than exactly across those settings.
     """
 
-    steps: int = 100
-    batch_size: int = 32
-    grad_accum: int = 1
+    steps: int = between(100, 1, 10**9)
+    batch_size: int = between(32, 1, 1 << 20)
+    grad_accum: int = between(1, 1, 1 << 16)
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: OptimizerKind = OptimizerKind.ADAMW
@@ -79,12 +79,13 @@ class TrainConfig(BaseConfig):
     max_grad_norm: float | None = None          # clip the global gradient norm; None: no clipping
     eval_every: int = 0                         # evaluate every N steps (0: only at the end)
     eval_at_end: bool = True
-    log_every: int = 10
+    log_every: int = between(10, 1, 10**9)
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0                   # 0: only the final checkpoint (when checkpoint_dir is set)
-    keep_checkpoints: int = 2                   # newest checkpoints kept on disk
+    keep_checkpoints: int = between(2, 1, 1000)  # newest checkpoints kept on disk
     resume: bool = False                        # continue from the newest checkpoint in checkpoint_dir
-    seed: int = 0
+    force_resume: bool = False                  # resume even if settings that change the math differ
+    seed: int = between(0, 0, 2**63 - 1)
     progress: bool = True                       # progress bar on rank 0 (only when stderr is a terminal)
     param_groups: tuple[ParamGroup, ...] = ()   # per-parameter-group learning rates / weight decay
 
@@ -112,6 +113,15 @@ class TrainConfig(BaseConfig):
             raise ConfigError("TrainConfig.log_every and keep_checkpoints must be >= 1")
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("TrainConfig.resume=True needs a checkpoint_dir")
+
+    # Settings a resumed run must share with the checkpoint, or it silently computes something else.
+    RESUME_FIELDS = ("optimizer", "lr", "batch_size", "grad_accum", "weight_decay", "betas", "momentum", "schedule",
+                     "warmup_steps", "min_lr_ratio", "bf16", "max_grad_norm", "seed", "param_groups")
+
+    def resume_differences(self, saved: dict) -> list[str]:
+        """``"lr 0.001 -> 0.01"`` for every resume-relevant setting that differs from a saved config dict."""
+        now, then = self.to_dict()["_data"], saved.get("_data", saved) if isinstance(saved, dict) else {}
+        return [f"{k} {then.get(k)!r} -> {now[k]!r}" for k in self.RESUME_FIELDS if k in then and then[k] != now[k]]
 
     def resolved_betas(self) -> tuple[float, float]:
         """``betas``, or the optimizer's usual default."""

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.core.errors import ArtifactError, ConfigError, TorchSlimError
 from torchslim.core.rng import mix_seed
 from torchslim.core.surgery import model_device
 from torchslim.tasks.base import Batch, Task
@@ -286,15 +286,15 @@ class Trainer:
     def _maybe_resume(self) -> tuple[list[float], list[dict[str, float]], list[dict[str, float]],
                                      list[dict[str, Any]], int | None]:
         cfg = self.config
-        path = ckpt.latest_checkpoint(cfg.checkpoint_dir) if cfg.resume and cfg.checkpoint_dir else None
-        if path is None:
+        found = ckpt.list_checkpoints(cfg.checkpoint_dir) if cfg.resume and cfg.checkpoint_dir else []
+        if not found:
             if cfg.resume:
                 log.info("resume: no checkpoint in %s, starting from step 0", cfg.checkpoint_dir)
             elif cfg.checkpoint_dir and ckpt.list_checkpoints(cfg.checkpoint_dir):
                 raise ConfigError(f"checkpoint_dir {cfg.checkpoint_dir} already holds checkpoints; "
                                   "set resume=True to continue them or use an empty folder")
             return [], [], [], [{} for _ in self.hooks], None
-        doc = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        doc, path = self._load_newest_good([p for _, p in reversed(found)])
         self.step = int(doc["step"])
         hook_states = list(doc.get("hooks", []))
         if len(hook_states) != len(self.hooks):
@@ -304,6 +304,31 @@ class Trainer:
         log.info("resumed from %s (step %d)", path, self.step)
         return (list(doc.get("losses", [])), list(doc.get("loss_terms", [])), list(doc.get("evals", [])),
                 hook_states, self.step)
+
+    def _load_newest_good(self, paths: list[Any]) -> tuple[dict[str, Any], Any]:
+        """Load the newest checkpoint that reads back, refusing one made with other settings (unless
+        ``force_resume``); a damaged newest checkpoint falls back to the one before it."""
+        cfg, error = self.config, None
+        for path in paths:
+            try:
+                saved = ckpt.read_state(path)
+            except ArtifactError as e:
+                error = e
+                log.warning("%s; trying the previous checkpoint", e)
+                continue
+            changed = cfg.resume_differences(saved.get("config", {}))
+            if changed and not cfg.force_resume:
+                raise ConfigError(f"{path} was made with other settings ({'; '.join(changed)}); set "
+                                  "force_resume=True to continue with the new ones")
+            same_optimizer = not any(c.startswith("optimizer ") for c in changed)
+            if changed:
+                log.warning("resuming %s with changed settings: %s", path, "; ".join(changed))
+            try:
+                return ckpt.load_checkpoint(path, self.model, self.optimizer if same_optimizer else None), path
+            except ArtifactError as e:
+                error = e
+                log.warning("%s; trying the previous checkpoint", e)
+        raise ArtifactError(f"no readable checkpoint in {cfg.checkpoint_dir} ({error})")
 
     def _checkpoint_due(self) -> bool:
         cfg = self.config

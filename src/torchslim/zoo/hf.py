@@ -9,6 +9,7 @@ LMs, :class:`SentenceEmbeddingTask` (reference = this folder, reloaded lazily) o
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,12 +17,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from torchslim.core.errors import ConfigError, UnknownModelError
+from torchslim.core.errors import ConfigError, UnknownModelError, first_line
 from torchslim.core.skeletons import register_skeleton
 from torchslim.tasks.base import Task
 from torchslim.tasks.causal_lm import CausalLMTask
 from torchslim.tasks.embedding import SentenceEmbeddingTask
 from torchslim.zoo.registry import LoadedModel, ZooEntry
+
+log = logging.getLogger("torchslim.zoo")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model")
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -39,8 +42,23 @@ class PackageZooEntry(ZooEntry):
 
 
 def is_causal_lm(config: Any) -> bool:
-    """Whether an HF config describes a decoder LM (an architecture ending in ForCausalLM/LMHeadModel)."""
-    return any(a.endswith(CAUSAL_SUFFIXES) for a in (getattr(config, "architectures", None) or []))
+    """Whether an HF config describes a decoder LM: from its ``architectures`` when they are transformers
+    classes of its ``model_type``, else from the model type (one with a causal LM class and no masked-LM
+    class). An ``architectures`` entry that does not fit the model type is ignored, with a warning."""
+    import transformers
+    from transformers.models.auto import modeling_auto as auto
+
+    model_type = getattr(config, "model_type", None)
+    valid = []
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, str(name), None) if isinstance(name, str) else None
+        if getattr(getattr(cls, "config_class", None), "model_type", None) == model_type:
+            valid.append(name)
+        else:
+            log.warning("config.json lists architecture %r, which is not a %s model: ignored", name, model_type)
+    if valid:
+        return any(a.endswith(CAUSAL_SUFFIXES) for a in valid)
+    return model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def _folder(path: str | Path) -> Path:
@@ -59,8 +77,8 @@ def load_config(path: str | Path) -> Any:
     folder = _folder(path)
     try:
         return AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise UnknownModelError(f"cannot read the model config in {folder}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a bad config.json
+        raise UnknownModelError(f"cannot read the model config in {folder}: {_first_line(e)}") from None
 
 
 def load_pretrained(path: str | Path, causal: bool | None = None) -> nn.Module:
@@ -71,11 +89,35 @@ def load_pretrained(path: str | Path, causal: bool | None = None) -> nn.Module:
     if causal is None:
         causal = is_causal_lm(load_config(folder))
     auto = AutoModelForCausalLM if causal else AutoModel
+    if not any(folder.glob("*.safetensors")):
+        raise UnknownModelError(f"{folder} has no .safetensors weights; torchslim does not load pickle checkpoints "
+                                "(convert them with safetensors first)")
     try:
-        model = auto.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise UnknownModelError(f"cannot load the model in {folder}: {str(e).splitlines()[0]}") from e
+        model, info = auto.from_pretrained(folder, dtype=torch.float32, local_files_only=True, use_safetensors=True,
+                                           output_loading_info=True)
+    except Exception as e:  # noqa: BLE001 - a bad config or truncated weights: one line
+        raise UnknownModelError(f"cannot load the model in {folder}: {_first_line(e)}") from None
+    _check_loading_info(folder, info)
     return model.eval()
+
+
+def _check_loading_info(folder: Path, info: dict[str, Any]) -> None:
+    """Weights the config's model does not use, or of another shape, mean config and weights disagree
+    (``num_hidden_layers: 0`` would silently drop every block): refuse. Parameters the weights lack (a
+    pooler the checkpoint never had) are initialised at random by transformers: say so."""
+    unexpected, missing = list(info.get("unexpected_keys") or []), list(info.get("missing_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if unexpected or mismatched:
+        what = (f"{len(unexpected)} tensors the model does not use (e.g. {unexpected[0]})" if unexpected else
+                f"{len(mismatched)} tensors of another shape (e.g. {mismatched[0]})")
+        raise UnknownModelError(f"{folder}: config.json and the weights do not match: {what}")
+    if missing:
+        log.warning("%s: %d parameters are not in the weights and start random (e.g. %s)", folder, len(missing),
+                    missing[0])
+
+
+def _first_line(e: BaseException) -> str:
+    return ((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -88,8 +130,8 @@ def load_tokenizer(path: str | Path) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise UnknownModelError(f"cannot load the tokenizer in {path}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # noqa: BLE001
+        raise UnknownModelError(f"cannot load the tokenizer in {path}: {_first_line(e)}") from None
 
 
 def make_task(kind: str, tokenizer: Any, reference: Callable[[], nn.Module] | None = None, **kwargs: Any) -> Task:
@@ -160,4 +202,4 @@ def read_artifact_config(path: Path) -> Any:
     try:
         return AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt config
-        raise ArtifactError(f"{path}: unreadable config.json ({str(e).splitlines()[0][:160]})") from None
+        raise ArtifactError(f"{path}: unreadable config.json ({first_line(e)})") from None

@@ -1,0 +1,22 @@
+"""Fixtures shared across test folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def pruned_int8_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real artifact: tiny-llama with 25% of its MLP neurons removed and the MLP projections in int8
+    (resized modules, replacement layers, tied weights, a history). Tests copy it before tampering."""
+    import torchslim
+    from torchslim.quantization import IntFormat, PerChannel, WeightOnlyConfig
+
+    loaded = torchslim.load_model("tiny-llama")
+    torchslim.prune_(loaded.model, torchslim.StructuredConfig(targets=("neurons",), ratio=0.25))
+    torchslim.quantize_(loaded.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel(),
+                                                       selector=torchslim.Selector(include=("re:.*mlp\\..*_proj",))))
+    path = tmp_path_factory.mktemp("shared") / "pruned-int8"
+    torchslim.save(loaded.model, path)
+    return path
