@@ -76,6 +76,9 @@ def main() -> None:
                 "in one process (5 timed forwards per shape after 2 warm-up; decode medians of 3 runs of 32 tokens).",
                 COLUMNS, ordered,
                 ["'recipe wall s' includes both evaluations, the artifact save and the interleaved timing.",
+                 "structured25-recover fine-tunes on the other license texts, which are close to the GPL-3 evaluation "
+                 "text: its perplexity falls below the uncompressed model's for that reason (the unpruned model "
+                 "given the same 60 steps reaches 16.5, docs/results/pruning_llm_structured.md).",
                  "SmolLM2's weights come from a Q4_1 file (groups of 32, asymmetric): int4 g128 figures are not "
                  "a round trip of that grid."])
 
