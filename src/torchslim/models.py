@@ -9,18 +9,23 @@ from torchslim.core.state import state_of
 from torchslim.zoo.registry import LoadedModel, get_entry, list_entries
 
 
-def _task_for_source(source: dict[str, Any]) -> tuple[Any, Any]:
-    """The (task, tokenizer) of the model an artifact was made from, where that model is known."""
+def _task_for_source(source: dict[str, Any], artifact: Path, model: Any) -> tuple[Any, Any]:
+    """The (task, tokenizer) of an artifact: the source model's, where it is known; else, for a causal LM
+    whose tokenizer the artifact carries, a perplexity task on that tokenizer (the artifact moved)."""
+    from torchslim.zoo.hf import has_tokenizer, is_causal_lm, load_hf_folder, load_tokenizer, make_task
+
     kind = source.get("kind")
     if kind == "zoo":
         base = get_entry(source["name"]).loader(**source.get("kwargs", {}))
-    elif kind == "hf" and Path(source.get("path", "")).is_dir():
-        from torchslim.zoo.hf import load_hf_folder
-
+        return base.task, base.tokenizer
+    if kind == "hf" and Path(source.get("path", "")).is_dir():
         base = load_hf_folder(source["path"])
-    else:
-        return None, None
-    return base.task, base.tokenizer
+        return base.task, base.tokenizer
+    config = getattr(model, "config", None)
+    if has_tokenizer(artifact) and config is not None and is_causal_lm(config):
+        tokenizer = load_tokenizer(artifact)
+        return make_task("causal-lm", tokenizer), tokenizer
+    return None, None
 
 
 def load_model(spec: str, **kwargs: Any) -> LoadedModel:
@@ -31,7 +36,7 @@ def load_model(spec: str, **kwargs: Any) -> LoadedModel:
     if path.is_dir() and is_artifact(path):
         model = load(path)
         source = state_of(model).source or {}
-        task, tokenizer = _task_for_source(source)
+        task, tokenizer = _task_for_source(source, path, model)
         return LoadedModel(name=path.name, model=model, task=task, source=source,
                            tokenizer=tokenizer, extra={"artifact": str(path)})
     if path.is_dir():

@@ -70,17 +70,20 @@ def test_a_manifest_nested_a_million_deep(artifact, tmp_path):
     _expect(path, "nested too deeply|not valid JSON")
 
 
-def test_config_json_deleted_corrupt_or_describing_a_huge_model(artifact, tmp_path):
+def test_config_deleted_corrupt_or_describing_a_huge_model(artifact, tmp_path):
+    # a compressed artifact keeps its real config beside a config.json that stops from_pretrained
+    name = json.loads((artifact / "manifest.json").read_text())["architecture"]["config_file"]
+    assert name == "hf-config.json" and "torchslim.load" in (artifact / "config.json").read_text()
     gone = _copy(artifact, tmp_path / "gone")
-    (gone / "config.json").unlink()
-    _expect(gone, "config.json is missing")
+    (gone / name).unlink()
+    _expect(gone, f"{name} is missing")
     bad = _copy(artifact, tmp_path / "bad")
-    (bad / "config.json").write_text("{not json")
-    _expect(bad, "unreadable config.json")
+    (bad / name).write_text("{not json")
+    _expect(bad, f"unreadable {name}")
     huge = _copy(artifact, tmp_path / "huge")
-    cfg = json.loads((huge / "config.json").read_text())
+    cfg = json.loads((huge / name).read_text())
     cfg.update(hidden_size=10**6, intermediate_size=10**6)
-    (huge / "config.json").write_text(json.dumps(cfg))
+    (huge / name).write_text(json.dumps(cfg))
     _expect(huge, "would need .* GiB", seconds=20)
 
 

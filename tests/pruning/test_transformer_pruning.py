@@ -140,3 +140,25 @@ def test_min_keep_larger_than_the_layer_is_an_error():
         loaded = torchslim.load_model("tiny-llama")
         with pytest.raises(ConfigError, match="min_keep \\(1000\\) is more than"):
             torchslim.prune_(loaded.model, StructuredConfig(targets=targets, ratio=0.5, min_keep=1000))
+
+
+def test_a_head_ratio_that_rounds_to_nothing_warns(caplog):
+    loaded = torchslim.load_model("tiny-llama")            # 4 heads in 2 groups: 25% keeps all 4
+    with caplog.at_level("WARNING", logger="torchslim"):
+        torchslim.prune_(loaded.model, StructuredConfig(targets=("heads",), ratio=0.25))
+    assert "keeps every head" in caplog.text and caplog.records[0].levelname == "WARNING"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_head_pruned_artifacts_reload_and_from_pretrained_loads_or_refuses_clearly(tmp_path, family):
+    from torchslim.zoo.families import build_family
+    from torchslim.zoo.support import _from_pretrained
+
+    fam = build_family(family)
+    torchslim.prune_(fam.model, StructuredConfig(targets=("heads",), ratio=0.5))
+    ids = {"input_ids": torch.arange(12).reshape(1, 12)}
+    out = fam.output(ids)
+    torchslim.save(fam.model, tmp_path / "h")
+    again = torchslim.load(tmp_path / "h")
+    assert torch.allclose(again(**ids).logits, out, atol=1e-5)
+    assert _from_pretrained(fam, tmp_path / "h", ids, out)

@@ -7,7 +7,7 @@ import torchslim
 from torchslim.quantization.formats import NF4, Binary, Codebook, IntFormat, PerChannel, PerGroup, PerTensor, Ternary
 from torchslim.quantization.kernels import LARGE_M, Kernel
 from torchslim.quantization.qlinear import QuantLinear
-from torchslim.quantization.weight_only import WeightOnlyConfig, plan
+from torchslim.quantization.weight_only import WeightOnlyConfig, plan, quantize_weight
 
 CASES = [
     (IntFormat(8), PerChannel(), Kernel.INT8PACK_MM),
@@ -111,3 +111,61 @@ def test_quantized_models_deepcopy_after_running():
         torchslim.quantize_(m, cfg, calibration=[{"input": x}])
         y = m(x)  # builds kernel buffers
         assert torch.equal(copy.deepcopy(m)(x), y)
+
+
+# -- kernels at widths and row counts they do not natively support (regression: crashes, wrong results) ---
+@pytest.mark.parametrize("kernel,fmt,gran", [
+    ("int8pack_mm", IntFormat(8), PerChannel()),
+    ("int4pack_mm", IntFormat(4, symmetric=False), PerGroup(32)),
+    ("dequant", IntFormat(4, symmetric=False), PerGroup(32)),
+])
+@pytest.mark.parametrize("out_f,in_f", [(90, 64), (257, 64), (64, 90), (50257, 32)])
+def test_every_kernel_runs_at_odd_widths_and_row_counts(kernel, fmt, gran, out_f, in_f):
+    from torchslim.quantization.kernels import Kernel
+
+    torch.manual_seed(0)
+    lin = nn.Linear(in_f, out_f)
+    cfg = WeightOnlyConfig(format=fmt, granularity=gran, kernel=Kernel(kernel))
+    q = QuantLinear.from_qtensor(quantize_weight(lin.weight, cfg), gran, lin.bias, cfg.kernel, cfg)
+    assert q.choice.kernel.value == kernel
+    w = q.dequantize()
+    for rows in (1, 2, 17, 32, 33, 128):
+        x = torch.randn(rows, in_f)
+        with torch.no_grad():
+            ref, got = x @ w.T + lin.bias, q(x)
+        assert torch.allclose(got, ref, rtol=0.02, atol=0.02 * ref.abs().max().item()), (rows, kernel)
+
+
+def test_a_kernel_that_cannot_run_is_refused_at_quantize_time():
+    from torchslim.core.errors import ConfigError
+    from torchslim.quantization.kernels import Kernel
+
+    with pytest.raises(ConfigError, match="dynamic_int8 does not support .* weight-only layers .* use W8A8Config"):
+        torchslim.quantize_(nn.Sequential(nn.Linear(8, 8)), WeightOnlyConfig(kernel=Kernel.DYNAMIC_INT8))
+
+
+def test_pruned_to_odd_widths_then_int8_then_forward():
+    """Neurons pruned with round_to=1 leave widths that are not multiples of 16: int8pack must still run."""
+    loaded = torchslim.load_model("tiny-llama")
+    torchslim.prune_(loaded.model, torchslim.StructuredConfig(targets=("neurons",), ratio=0.3))
+    torchslim.quantize_(loaded.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
+    assert loaded.model.model.layers[0].mlp.down_proj.in_features % 16 != 0
+    for rows in (1, 2, 17, 33):
+        out = loaded.model(torch.randint(0, 200, (1, rows))).logits
+        assert torch.isfinite(out).all()
+
+
+def test_a_quantized_layer_stands_in_for_code_that_reads_its_weight():
+    """T5's feed-forward reads ``self.wo.weight.dtype`` every forward."""
+    from torchslim.zoo.families import build_family
+
+    fam = build_family("t5")
+    torchslim.quantize_(fam.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
+    wo = fam.model.encoder.block[0].layer[1].DenseReluDense.wo
+    assert isinstance(wo, QuantLinear) and wo.weight.dtype == torch.float32
+    assert torch.equal(wo.weight, wo.dequantize()) and wo.weight is wo.weight          # cached
+    assert "weight" not in wo.state_dict()
+    out = fam.output(fam.batches(1)[0])
+    assert torch.isfinite(out).all()
+    wo.scale.mul_(2)                                                                      # tensors change: refreshed
+    assert torch.equal(wo.weight, wo.dequantize())

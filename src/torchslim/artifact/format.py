@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.artifact import checks
+from torchslim.artifact import checks, hf_files
 from torchslim.core import io
 from torchslim.core.errors import ArtifactError, TorchSlimError, first_line
 from torchslim.core.modules import layer_infos, model_settings, module_format
@@ -60,8 +60,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         save_file(tensors, str(stage / WEIGHTS), metadata={"format": FORMAT_NAME})
         files = [WEIGHTS]
         if arch["kind"] == "transformers":
-            (stage / HF_CONFIG).write_text(model.config.to_json_string())
-            files.append(HF_CONFIG)
+            files += hf_files.write_configs(model, arch, stage)
+        files += hf_files.copy_companions(source, stage)
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -230,6 +230,19 @@ def _apply_layer_formats(model: nn.Module, layers: dict[str, dict[str, Any]], hi
         replace_module(model, name, _rebuild_layer(name, cls, original, info))
 
 
+def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Make every alias the very tensor object it shared at save time (tied embeddings), from the manifest's
+    own record rather than the model's tying rules (which would also tie a head a technique replaced)."""
+    for alias, canonical in aliases.items():
+        owner, _, attr = alias.rpartition(".")
+        src_owner, _, src_attr = canonical.rpartition(".")
+        module, src = get_module(model, owner), get_module(model, src_owner)
+        if attr in module._parameters and src_attr in src._parameters:
+            module._parameters[attr] = src._parameters[src_attr]
+        elif attr in module._buffers and src_attr in src._buffers:
+            module._buffers[attr] = src._buffers[src_attr]
+
+
 def _apply_settings(model: nn.Module, settings: list[dict[str, Any]], path: Path) -> None:
     """Re-apply model-level settings (recorded configs) through their registered handlers (not a new stage)."""
     from torchslim.core.config import config_from_dict
@@ -284,8 +297,7 @@ def _load(path: Path, model: nn.Module | None, verify: bool) -> nn.Module:
     for alias, canonical in aliases.items():
         tensors[alias] = tensors[canonical]
     model.load_state_dict(tensors, strict=True, assign=True)
-    if aliases and callable(getattr(model, "tie_weights", None)):
-        model.tie_weights()  # restore shared Parameter objects (tied embeddings)
+    _retie(model, aliases)
     _apply_settings(model, manifest.get("settings", []), path)
     model.eval()
     state = state_of(model)

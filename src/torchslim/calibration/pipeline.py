@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from torch import nn
 
-from torchslim.core.archs import arch_of, find_blocks
+from torchslim.core.archs import arch_of, chain_blocks
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.progress import track
 
@@ -145,7 +145,7 @@ def walk_blocks(model: nn.Module, batches: list[dict], forward: Forward,
     """For each transformer block in order: ``(name, block, inputs, outputs)``, where ``inputs`` are the
     block's cached ``(args, kwargs)`` per batch and ``outputs`` its hidden states (the next block's inputs).
     Only one block's activations are held at a time."""
-    blocks = find_blocks(model)
+    blocks = chain_blocks(model)
     cache = catch_block_inputs(model, blocks[0][1], batches, forward)
     for bname, block in track(blocks, desc):
         outputs = [block_output(block(*args, **kwargs)) for args, kwargs in cache]
@@ -179,7 +179,7 @@ def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: lis
     sees the original outputs): half the compute.
     """
     try:
-        blocks = find_blocks(model)
+        blocks = chain_blocks(model)
     except TorchSlimError:
         return run_basic(model, targets, batches, forward, factory, solve, desc)
     cache = catch_block_inputs(model, blocks[0][1], batches, forward)

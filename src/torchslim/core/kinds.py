@@ -241,6 +241,25 @@ register_kind(ModuleKind(
     _slice_embedding, lambda m: {"out": m.embedding_dim, "in": m.num_embeddings}))
 
 
+# -- Hugging Face Conv1D (GPT-2): a linear layer with its weight stored [in, out] ---------------------
+def _slice_conv1d(m: nn.Module, keep: Keep) -> nn.Module:
+    dev = m.weight.device
+    out_k, in_k = _idx(keep, "out", m.nf, dev), _idx(keep, "in", m.nx, dev)
+    new = type(m)(out_k.numel(), in_k.numel()).to(device=dev, dtype=m.weight.dtype)
+    new.weight = _param(m.weight[in_k][:, out_k], m.weight)
+    new.bias = _param(m.bias[out_k], m.bias)
+    return new
+
+
+try:
+    from transformers.pytorch_utils import Conv1D as _Conv1D
+except ImportError:  # pragma: no cover - transformers is a dependency; the row is skipped without it
+    _Conv1D = None
+if _Conv1D is not None:
+    register_kind(ModuleKind("Conv1D", _Conv1D, lambda m: {"nf": m.nf, "nx": m.nx},
+                             lambda d: _Conv1D(d["nf"], d["nx"]), _slice_conv1d, lambda m: {"out": m.nf, "in": m.nx}))
+
+
 # -- parameter-free modules and containers (what added heads are made of) -------------------------
 _SIMPLE = {cls.__name__: cls for cls in (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Flatten)}
 for _n, _cls in _SIMPLE.items():

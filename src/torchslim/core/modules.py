@@ -37,6 +37,29 @@ def register_module_format(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
+class StandIn:
+    """Mixin of packed replacement modules: model code that reads the replaced module's ``weight`` (T5 reads
+    ``wo.weight.dtype`` on every forward) gets a read-only float view from :meth:`dense_weight`, cached until
+    the module's tensors change. ``in_features``/``out_features`` (or conv geometry) stay attributes.
+    (Selectors' type rules do not match packed modules: a second quantization must not re-select them;
+    float replacements a later stage may compress, such as ``SparseLinear``, declare ``stands_for``.)"""
+
+    def dense_weight(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def weight(self) -> Any:
+        import torch
+
+        key = tuple((t.data_ptr(), t._version) for t in self.buffers(recurse=False))
+        cached = self.__dict__.get("_weight_view")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self.dense_weight().detach())
+            self.__dict__["_weight_view"] = cached
+        return cached[1]
+
+
 def module_format(name: Any) -> type[nn.Module]:
     if not isinstance(name, str) or name not in _MODULE_FORMATS:
         raise ArtifactError(

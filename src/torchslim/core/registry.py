@@ -127,11 +127,35 @@ def _record(model: nn.Module, config: BaseConfig, entry: HandlerEntry, ctx: Appl
         what["model_settings"] = sorted(set(state.settings) ^ set(settings_before)) or [type(config).__name__]
     if entry.modifies == "layers" and not changed and "model_settings" not in what:
         log.warning("%s changed no layer of %s", type(config).__name__, type(model).__name__)
+    elif entry.modifies == "layers" and changed:
+        _report_coverage(config, before, set(changed), what)
     h = state.add_entry(config.family or "generic", type(config).__name__, config_dict(config), touched=what,
                         seconds=seconds, metrics=dict(ctx.record.metrics), details=dict(ctx.record.details))
     for name in changed:
         state.layer_stage[name] = h.index
     log.info("%s: %d layer(s) changed in %.1f s", type(config).__name__, len(changed), seconds)
+
+
+def _report_coverage(config: BaseConfig, before: dict[str, nn.Module], changed: set[str], what: dict) -> None:
+    """Say how many of the model's weight layers (linear-like and convolutions) the stage changed; loudly when
+    it is fewer than half (a selector that misses most of a model is rarely what the user meant)."""
+    from torch.nn.modules.conv import _ConvNd
+
+    from torchslim.core.linear import is_linear_like
+
+    layers = {n: m for n, m in before.items() if n and (is_linear_like(m) or isinstance(m, _ConvNd))}
+    if not layers:
+        return
+    kept: dict[str, int] = {}
+    for n, m in layers.items():
+        if n not in changed:
+            kept[type(m).__name__] = kept.get(type(m).__name__, 0) + 1
+    done = len(layers) - sum(kept.values())
+    if kept:
+        what["not_changed"] = kept
+    rest = ", ".join(f"{c} {t}" for t, c in sorted(kept.items(), key=lambda kv: -kv[1]))
+    msg = f"%s changed %d of %d weight layers" + (f"; not changed: {rest} (not selected, or not supported)" if rest else "")
+    log.log(logging.WARNING if done < len(layers) / 2 else logging.INFO, msg, type(config).__name__, done, len(layers))
 
 
 def config_dict(config: BaseConfig) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A rule is one of:
   * ``"model.layers.0.mlp.down_proj"``: exact module name;
   * ``"re:.*\\.(q|k|v)_proj"``: regular expression, matched in full against the module name;
-  * ``nn.Linear`` (or ``"type:Linear"`` at the edges): module type, ``isinstance``;
+  * ``nn.Linear`` (or ``"type:Linear"`` at the edges): module type, ``isinstance``; ``LinearLike``
+    (``"type:LinearLike"``, the default) matches ``nn.Linear`` and Hugging Face's ``Conv1D``;
   * ``callable(name, module) -> bool``.
 
 A module is selected when it matches any ``include`` rule and no ``exclude`` rule.
@@ -19,6 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Union
 from torch import nn
 
 from torchslim.core.errors import ConfigError
+from torchslim.core.linear import LinearLike
 
 Rule = Union[str, type, Callable[[str, nn.Module], bool]]
 _SKIP = object()
@@ -28,10 +30,12 @@ def _resolve_type(name: str) -> type:
     import torch.nn as tnn
 
     short = name.removeprefix("nn.").removeprefix("torch.nn.")
+    if short == "LinearLike":
+        return LinearLike
     cls = getattr(tnn, short, None)
     if cls is None and short == "Conv1D":
         from transformers.pytorch_utils import Conv1D as cls  # noqa: N813
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    if not (isinstance(cls, type) and (issubclass(cls, nn.Module) or cls is LinearLike)):
         raise ConfigError(f"unknown module type '{name}' in selector rule")
     return cls
 
@@ -75,7 +79,7 @@ def _rule_to_str(rule: Rule) -> str:
 
 @dataclass(frozen=True)
 class Selector:
-    include: tuple[Rule, ...] = (nn.Linear,)
+    include: tuple[Rule, ...] = (LinearLike,)
     exclude: tuple[Rule, ...] = ()
     overrides: Mapping[Rule, Any] = field(default_factory=dict)
 
@@ -143,7 +147,7 @@ class Selector:
             raise ConfigError(f"selector override {shown(rule)} must be a config mapping or null, got {shown(v)}")
 
         return cls(
-            include=_rules(d.get("include", ["type:Linear"]), "include"),
+            include=_rules(d.get("include", ["type:LinearLike"]), "include"),
             exclude=_rules(d.get("exclude", ()), "exclude"),
             overrides={_rule_key(k): value(k, v) for k, v in overrides.items()},
         )

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from torchslim.calibration.pipeline import calibration_batches, walk_blocks
-from torchslim.core.archs import find_blocks
+from torchslim.core.archs import arch_of, find_blocks
 from torchslim.core.errors import ConfigError
 from torchslim.core.resize import forget_modules, rename_prefix
 from torchslim.pruning.config import StructuredConfig
@@ -36,6 +36,9 @@ def block_influence(model: nn.Module, calibration: Any, n_samples: int) -> list[
 
 
 def blocks_to_drop(model: nn.Module, config: StructuredConfig, calibration: Any) -> list[int]:
+    spec = arch_of(model)
+    if spec is not None:
+        spec.check("layers")
     n = len(find_blocks(model))
     k = int(round(n * config.ratio))
     if k >= n:

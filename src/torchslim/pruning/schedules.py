@@ -27,6 +27,7 @@ from torch import nn
 from torchslim.core.config import BaseConfig, between
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
+from torchslim.core.linear import canonical_linear_, is_linear_like
 from torchslim.core.registry import register_handler
 from torchslim.core.rng import mix_seed
 from torchslim.core.select import Selector
@@ -122,7 +123,8 @@ class GradualConfig(TrainingConfig):
 # -- masks on modules -----------------------------------------------------------------------
 def select_prunable(model: nn.Module, selector: Selector) -> dict[str, nn.Module]:
     """``{name: module}`` of the selected ``nn.Linear`` and conv layers (containers are skipped)."""
-    found = {name: m for name, m, _ in selector.resolve(model, True) if isinstance(m, PRUNABLE)}
+    found = {name: canonical_linear_(model, name) for name, m, _ in selector.resolve(model, True)
+             if isinstance(m, PRUNABLE) or is_linear_like(m)}
     if not found:
         raise ConfigError("pruning schedule: the selector matched no nn.Linear or conv layer")
     return found

@@ -16,7 +16,7 @@ from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.errors import ConfigError
-from torchslim.core.modules import register_module_format
+from torchslim.core.modules import StandIn, register_module_format
 from torchslim.pruning import sparse_format as SF
 from torchslim.quantization.formats import IntFormat, PerChannel
 from torchslim.quantization.kernels import Kernel, choose
@@ -37,7 +37,7 @@ def check_scheme(cfg: Any) -> IntFormat:
 
 
 @register_module_format
-class SparseQuantLinear(nn.Module):
+class SparseQuantLinear(StandIn, nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, bits: int, nnz: int,
                  pattern: str | None = None, config: BaseConfig | None = None,
                  prune_config: BaseConfig | None = None, kernel: Kernel = Kernel.AUTO):
@@ -78,6 +78,9 @@ class SparseQuantLinear(nn.Module):
         dense = torch.zeros(self.out_features, self.in_features, dtype=torch.int8)
         dense[self.mask()] = vals
         return dense
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.dequantize()
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.dense_codes().float() * self.scale[:, None]).to(dtype)

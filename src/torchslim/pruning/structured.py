@@ -11,9 +11,10 @@ from torch import nn
 
 from torchslim.calibration.pipeline import calibration_batches, run_basic
 from torchslim.calibration.stats import InputNormStats
-from torchslim.core.archs import arch_of, find_blocks
+from torchslim.core.archs import ArchSpec, arch_of, find_blocks, resolve
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
+from torchslim.core.linear import out_in
 from torchslim.core.registry import register_handler
 from torchslim.pruning.config import StructuredConfig, Target
 from torchslim.pruning.importance import Importance
@@ -35,13 +36,13 @@ def input_norms(model: nn.Module, names: list[str], calibration: Any, n_samples:
     batches, forward = calibration_batches(calibration, n_samples)
     norms: dict[str, torch.Tensor] = {}
     run_basic(model, {n: model.get_submodule(n) for n in names}, batches, forward,
-              lambda _n, m: InputNormStats(m.in_features),
+              lambda _n, m: InputNormStats(out_in(m)[1]),
               lambda measured: norms.update({n: s.norm for n, (_, s) in measured.items()}), "activation norms")
     return norms
 
 
-def record_layer_sizes(model: nn.Module, infos: list) -> None:
-    """Write the per-layer sizes into the HF config; uniform sizes also go to the standard fields
+def record_layer_sizes(model: nn.Module, spec: ArchSpec, infos: list) -> None:
+    """Write the per-layer sizes into the HF config; uniform sizes also go to the family's standard fields
     (then ``from_pretrained`` rebuilds the pruned shapes by itself where the architecture allows)."""
     cfg = getattr(model, "config", None)
     if cfg is None:
@@ -49,13 +50,30 @@ def record_layer_sizes(model: nn.Module, infos: list) -> None:
     sizes = [{"num_attention_heads": i.heads, "num_key_value_heads": i.kv_heads, "intermediate_size": i.neurons}
              for i in infos]
     cfg.torchslim_layer_sizes = sizes
-    if len({s["intermediate_size"] for s in sizes}) == 1 and hasattr(cfg, "intermediate_size"):
-        cfg.intermediate_size = sizes[0]["intermediate_size"]
-    uniform_heads = len({(s["num_attention_heads"], s["num_key_value_heads"]) for s in sizes}) == 1
-    if uniform_heads and hasattr(cfg, "num_key_value_heads") and hasattr(cfg, "head_dim"):
-        cfg.head_dim = infos[0].head_dim       # explicit: no longer hidden_size // heads
-        cfg.num_attention_heads = sizes[0]["num_attention_heads"]
-        cfg.num_key_value_heads = sizes[0]["num_key_value_heads"]
+    if spec.encoder_decoder:
+        return                              # per-stack fields: torchslim.load rebuilds them from its own record
+    if len({s["intermediate_size"] for s in sizes}) == 1 and spec.config_mlp and hasattr(cfg, spec.config_mlp):
+        setattr(cfg, spec.config_mlp, sizes[0]["intermediate_size"])
+    heads = {(s["num_attention_heads"], s["num_key_value_heads"]) for s in sizes}
+    if len(heads) != 1 or (infos[0].heads, infos[0].kv_heads) == _config_heads(cfg, spec):
+        return
+    hd = infos[0].head_dim
+    explicit = spec.config_head_dim is not None and hasattr(cfg, spec.config_head_dim)
+    if not explicit and hd * infos[0].heads != getattr(cfg, "hidden_size", -1):
+        log.warning("%s configs derive the head size from hidden_size / heads: after pruning heads the model "
+                    "reloads with torchslim.load, not with from_pretrained", spec.name)
+        return
+    if explicit:
+        setattr(cfg, spec.config_head_dim, hd)         # explicit: no longer hidden_size // heads
+    setattr(cfg, spec.num_heads_attr, infos[0].heads)
+    if spec.num_kv_heads_attr and hasattr(cfg, spec.num_kv_heads_attr):
+        setattr(cfg, spec.num_kv_heads_attr, infos[0].kv_heads)
+
+
+def _config_heads(cfg: Any, spec: ArchSpec) -> tuple[Any, Any]:
+    heads = getattr(cfg, spec.num_heads_attr, None)
+    kv = getattr(cfg, spec.num_kv_heads_attr, None) if spec.num_kv_heads_attr else heads
+    return heads, kv if kv is not None else heads
 
 
 def _transformer(model: nn.Module, config: StructuredConfig, ctx: ApplyContext) -> None:
@@ -81,10 +99,10 @@ def _transformer(model: nn.Module, config: StructuredConfig, ctx: ApplyContext) 
     if config.importance is Importance.WANDA:
         if calibration is None:
             raise ConfigError("wanda importance needs calibration data: pass calibration=<task>")
-        names = [f"{n}.{p}" for n, _ in blocks for p in (spec.o, spec.mlp_out)]
+        names = [f"{n}.{rel}" for n, b in blocks for rel in (resolve(b, spec.o), resolve(b, spec.mlp_out)) if rel]
         norms = input_norms(model, names, calibration, config.n_samples)
     transformer.prune_blocks_mlp_attn(model, spec, blocks, config, heads, neurons, grads, norms)
-    record_layer_sizes(model, [transformer.block_info(model, spec, n, b) for n, b in find_blocks(model)])
+    record_layer_sizes(model, spec, [transformer.block_info(model, spec, n, b) for n, b in find_blocks(model)])
 
 
 def _channels(model: nn.Module, config: StructuredConfig, ctx: ApplyContext) -> dict[str, Any]:
@@ -126,12 +144,12 @@ def prune_block_fraction_(model: nn.Module, fraction: float, *, importance: Impo
     from torchslim.api import prune_
 
     spec = arch_of(model)
-    if spec is None or not spec.mlp_in:
+    if spec is None or not (spec.mlp_in or spec.mlp_in_fused):
         raise ConfigError(f"prune_block_fraction_ needs a transformer in the architecture tables, "
                           f"not {type(model).__name__}")
     total = block_params(model)
-    mlp = sum(model.get_submodule(f"{n}.{p}").weight.numel() for n, _ in find_blocks(model)
-              for p in (*spec.mlp_in, spec.mlp_out))
+    mlp = sum(model.get_submodule(f"{n}.{rel}").weight.numel() for n, b in find_blocks(model)
+              for rel in (resolve(b, p) for p in (*spec.mlp_in, spec.mlp_in_fused, spec.mlp_out)) if rel)
     if fraction * head_share > 0:
         prune_(model, StructuredConfig(targets=(Target.HEADS,), ratio=fraction * head_share, importance=importance,
                                        n_samples=n_samples), calibration=calibration)

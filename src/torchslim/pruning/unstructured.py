@@ -17,6 +17,7 @@ from torchslim.calibration.pipeline import calibration_batches, pick_runner, run
 from torchslim.calibration.stats import HessianAccumulator, InputNormStats
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
+from torchslim.core.linear import canonical_linear_
 from torchslim.core.progress import track
 from torchslim.core.registry import register_handler
 from torchslim.core.surgery import replace_module
@@ -40,6 +41,7 @@ def selected_layers(model: nn.Module, config: UnstructuredConfig) -> dict[str, t
     """``{name: (linear, per-layer config)}`` for the layers ``config.selector`` picks."""
     out = {}
     for name, module, cfg in config.selector.resolve(model, config):
+        module = canonical_linear_(model, name)          # Conv1D, nn.Linear subclasses -> plain nn.Linear
         if isinstance(module, nn.Conv2d):
             continue  # unstructured conv pruning stores densely and gives nothing: skipped by design
         lin = _as_linear(module)

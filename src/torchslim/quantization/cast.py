@@ -18,6 +18,7 @@ from torch import nn
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
+from torchslim.core.linear import LinearLike, canonical_linear_
 from torchslim.core.modules import register_module_format
 from torchslim.core.registry import register_handler
 from torchslim.core.select import Selector
@@ -32,7 +33,7 @@ class CastConfig(BaseConfig):
 
     family = "quantization"
     dtype: torch.dtype = torch.bfloat16
-    selector: Selector = field(default_factory=lambda: Selector(include=(nn.Linear, nn.Embedding)))
+    selector: Selector = field(default_factory=lambda: Selector(include=(LinearLike, nn.Embedding)))
 
     def validate(self) -> None:
         if self.dtype not in _HALF:
@@ -98,6 +99,7 @@ def _cast(model: nn.Module, config: CastConfig, ctx: ApplyContext) -> nn.Module:
     if not chosen:
         raise ConfigError("CastConfig: the selector matched no layer")
     for name, module, layer_config in chosen:
+        module = canonical_linear_(model, name)
         if type(module) not in _CASTS:
             raise ConfigError(f"CastConfig applies to nn.Linear and nn.Embedding; '{name}' is a {type(module).__name__}")
         new = _cast_module(module, layer_config)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
-from torchslim.core.modules import register_module_format
+from torchslim.core.modules import StandIn, register_module_format
 from torchslim.quantization.kernels import act_qmax, act_qparams
 
 
@@ -30,7 +30,7 @@ def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-class _Int8Base(nn.Module):
+class _Int8Base(StandIn, nn.Module):
     kernel = ""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, config: BaseConfig | None):
@@ -60,6 +60,9 @@ class _Int8Base(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:  # prepacked oneDNN/fbgemm weights cannot be copied
         return {**self.__dict__, "_packed": None}
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.dequantized_weight()
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.weight_int8.float() * self.weight_scale[:, None]

@@ -5,11 +5,15 @@ choice is visible in logs and reports and can be overridden with ``kernel=Kernel
 
 * ``INT8PACK_MM``: ``torch._weight_int8pack_mm`` (int8 per-channel symmetric weights, bf16
   activations). About 3x fp32 at batch 1 on this CPU; at large batch it falls behind, so rows
-  beyond ``LARGE_M`` run as a dequantized bf16 matmul instead.
+  beyond ``LARGE_M`` run as a dequantized bf16 matmul instead. Its input width must be a multiple
+  of 16 (measured: other widths give wrong results at 1 row and crash at 2-33): other layers are
+  zero-padded.
 * ``INT4PACK_MM``: ``torch._weight_int4pack_mm_for_cpu`` (int4 asymmetric, groups of
-  32/64/128/256, bf16 activations). About 3.9x fp32 at batch 1; large batches as above.
+  32/64/128/256, bf16 activations). About 3.9x fp32 at batch 1; large batches as above. Its output
+  width must be a multiple of 16 (a 257-token vocabulary is not): other layers are zero-padded.
 * ``DYNAMIC_INT8``: activations quantized per row at run time, int8 x int8 GEMM
-  (``torch.ops.quantized.linear_dynamic``, fbgemm/oneDNN). 3.8-4.6x on a large layer.
+  (``torch.ops.quantized.linear_dynamic``, fbgemm/oneDNN). 3.8-4.6x on a large layer. It is
+  W8A8Config's kernel (``Int8DynamicLinear``); weight-only layers cannot request it.
 * ``DEQUANT``: dequantize the weight on every call, then a dense matmul. Works for every
   format; saves storage but is SLOWER than fp32. Chosen only when nothing else fits, and reported.
 """
@@ -24,6 +28,13 @@ import torch
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerChannel, PerGroup
 
 LARGE_M = 32  # rows above which packed weight-only kernels lose to a dense bf16 matmul here
+INT8_K_ALIGN = 16   # _weight_int8pack_mm: input width a multiple of 16 (else wrong results, or a crash)
+INT4_N_ALIGN = 16   # _convert_weight_to_int4pack_for_cpu: output width a multiple of 16
+
+
+def pad_to(n: int, align: int) -> int:
+    """``n`` rounded up to a multiple of ``align`` (layers of other widths are zero-padded for the kernel)."""
+    return -(-n // align) * align
 
 
 class Kernel(str, enum.Enum):
@@ -57,9 +68,7 @@ def supports(kernel: Kernel, fmt: Format, gran: Granularity, in_features: int, d
         return _int8_ok(fmt, gran)
     if kernel is Kernel.INT4PACK_MM:
         return device == "cpu" and _int4_ok(fmt, gran, in_features)
-    if kernel is Kernel.DYNAMIC_INT8:
-        return device == "cpu" and _int8_ok(fmt, gran)
-    return False
+    return False      # DYNAMIC_INT8 quantizes activations too: W8A8Config, not a weight-only layer
 
 
 def choose(fmt: Format, gran: Granularity, in_features: int, device: str = "cpu",
@@ -69,7 +78,9 @@ def choose(fmt: Format, gran: Granularity, in_features: int, device: str = "cpu"
         if not supports(requested, fmt, gran, in_features, device):
             from torchslim.core.errors import ConfigError
 
-            raise ConfigError(f"kernel {requested.value} does not support {fmt.name} {type(gran).__name__} on {device}")
+            extra = " (it quantizes activations: use W8A8Config)" if requested is Kernel.DYNAMIC_INT8 else ""
+            raise ConfigError(f"kernel {requested.value} does not support {fmt.name} {type(gran).__name__} weight-only "
+                              f"layers on {device}{extra}")
         return KernelChoice(requested, "requested", requested is Kernel.DEQUANT)
     if _int4_ok(fmt, gran, in_features) and device == "cpu":
         return KernelChoice(Kernel.INT4PACK_MM, "packed int4 kernel (bf16 activations)", False)

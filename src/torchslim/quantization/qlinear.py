@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
-from torchslim.core.modules import register_module_format
+from torchslim.core.modules import StandIn, register_module_format
 from torchslim.quantization import kernels as K
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
 from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
@@ -38,7 +38,7 @@ def fill_packed(m: nn.Module, qt: QTensor) -> None:
 
 
 @register_module_format
-class QuantLinear(nn.Module):
+class QuantLinear(StandIn, nn.Module):
     """Weight-quantized linear layer. Build with :meth:`from_qtensor`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, fmt: Format, gran: Granularity,
@@ -91,6 +91,9 @@ class QuantLinear(nn.Module):
         u = unpack_bits(self.packed, bits, self.padded_in * self.out_features)
         return from_unsigned(u, bits, signed_codes(self.fmt)).reshape(self.out_features, self.padded_in)
 
+    def dense_weight(self) -> torch.Tensor:
+        return self.dequantize()
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense weight this layer computes with, ``[out, in]``."""
         c = self.codes()
@@ -106,10 +109,13 @@ class QuantLinear(nn.Module):
     def _prepared(self) -> dict[str, Any]:
         if not self._cache:
             kernel = self.choice.kernel
-            if kernel is K.Kernel.INT8PACK_MM:
-                self._cache = {"w": self.codes().contiguous(), "s": self.scale.reshape(-1).to(torch.bfloat16)}
-            elif kernel is K.Kernel.INT4PACK_MM:
-                packed, sz = K.int4pack_prepare(self.codes(), self.scale, self.offset)
+            if kernel is K.Kernel.INT8PACK_MM:     # the kernel needs K % 16 == 0: zero columns added
+                w = F.pad(self.codes(), (0, K.pad_to(self.in_features, K.INT8_K_ALIGN) - self.in_features))
+                self._cache = {"w": w.contiguous(), "s": self.scale.reshape(-1).to(torch.bfloat16)}
+            elif kernel is K.Kernel.INT4PACK_MM:   # the kernel needs N % 16 == 0: zero rows added
+                extra = K.pad_to(self.out_features, K.INT4_N_ALIGN) - self.out_features
+                codes, scale, offset = (F.pad(t, (0, 0, 0, extra)) for t in (self.codes(), self.scale, self.offset))
+                packed, sz = K.int4pack_prepare(codes, scale, offset)
                 self._cache = {"w": packed, "sz": sz}
             else:
                 self._cache = {"none": None}
@@ -125,12 +131,14 @@ class QuantLinear(nn.Module):
             y = F.linear(x2.to(dt), self.dequantize(dt))
         elif kernel is K.Kernel.INT8PACK_MM:
             c = self._prepared()
+            if c["w"].shape[1] != self.in_features:
+                x2 = F.pad(x2, (0, c["w"].shape[1] - self.in_features))
             y = K.int8pack_mm(x2, c["w"], c["s"])
         else:
             c = self._prepared()
             if self.padded_in != self.in_features:
                 x2 = F.pad(x2, (0, self.padded_in - self.in_features))
-            y = K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])
+            y = K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])[:, : self.out_features]
         y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)

@@ -9,6 +9,7 @@ which works for every linear without knowing which norm precedes it.
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.progress import track
 from torchslim.core.registry import register_handler
+from torchslim.core.linear import LinearLike
 from torchslim.core.select import Selector
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.formats import IntFormat
@@ -29,6 +31,8 @@ from torchslim.quantization.int8_conv import conv_input_stats, convert_conv
 from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
 from torchslim.quantization.observers import MinMax, Observer, smooth_factors, static_range
 from torchslim.quantization.weight_only import selected_linears
+
+log = logging.getLogger("torchslim.quantization")
 
 
 class ActMode(str, enum.Enum):
@@ -47,7 +51,8 @@ class W8A8Config(BaseConfig):
     observer: Observer = MinMax()
     n_samples: int = between(128, 1, 1 << 16)
     sequential: bool = True
-    selector: Selector = field(default_factory=Selector)
+    # linear layers and convolutions (static mode quantizes convs with BatchNorm folded into them first)
+    selector: Selector = field(default_factory=lambda: Selector(include=(LinearLike, nn.Conv2d)))
 
     def validate(self) -> None:
         if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
@@ -73,9 +78,35 @@ def _stats_for(_name: str, mod: nn.Module) -> ChannelStats:
     return conv_input_stats(mod) if isinstance(mod, nn.Conv2d) else ChannelStats(mod.in_features)
 
 
+def _conv_prelude(model: nn.Module, config: W8A8Config, layers: dict) -> dict:
+    """Static mode: fold BatchNorms into the selected convs (exact in eval mode) so they quantize as one op.
+    Dynamic mode quantizes activations per token, which convs do not have: they stay float, said once."""
+    convs = [n for n, (m, _) in layers.items() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        return layers
+    if config.mode is ActMode.DYNAMIC:
+        log.warning("W8A8 dynamic: %d Conv2d layer(s) stay float (dynamic int8 is per token, for linear "
+                    "layers); use mode=static to quantize convolutions", len(convs))
+        left = {n: v for n, v in layers.items() if n not in convs}
+        if not left:
+            raise ConfigError("W8A8Config(mode=dynamic) found only Conv2d layers: use mode=static for convolutions")
+        return left
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        from torchslim.transforms.fold_bn import fold_bn_
+
+        was = model.training
+        model.eval()
+        folded = fold_bn_(model)
+        model.train(was)
+        if folded:
+            log.info("W8A8 static: folded %d BatchNorm(s) into their convs first", len(folded))
+            layers = {n: (m, c) for n, m, c in selected_linears(model, config, convs=True)}
+    return layers
+
+
 @register_handler(W8A8Config, uses=("calibration", "task"))
 def _w8a8(model: nn.Module, config: W8A8Config, ctx: ApplyContext) -> nn.Module:
-    layers = {n: (m, c) for n, m, c in selected_linears(model, config, convs=True)}
+    layers = _conv_prelude(model, config, {n: (m, c) for n, m, c in selected_linears(model, config, convs=True)})
     if not config.needs_calibration:
         for name, (lin, cfg) in track(list(layers.items()), "W8A8"):
             replace_module(model, name, _convert(lin, cfg, None))

@@ -15,6 +15,7 @@ from torch import nn
 from torchslim.core.config import BaseConfig
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
+from torchslim.core.linear import LinearLike, canonical_linear_
 from torchslim.core.progress import track
 from torchslim.core.registry import register_handler
 from torchslim.core.select import Selector
@@ -40,7 +41,8 @@ class WeightOnlyConfig(BaseConfig):
     granularity: Granularity = PerGroup(128)
     observer: Observer = MinMax()
     kernel: Kernel = Kernel.AUTO
-    selector: Selector = field(default_factory=Selector)
+    # linear layers and convolutions (convs have no fast weight-only kernel: smaller, and reported slower)
+    selector: Selector = field(default_factory=lambda: Selector(include=(LinearLike, nn.Conv2d)))
 
     def validate(self) -> None:
         if isinstance(self.format, IntFormat) and self.format.symmetric is False and self.format.bits == 8 \
@@ -72,8 +74,11 @@ def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = Fals
                      sparse: bool = False, scaled: bool = False) -> list[tuple[str, nn.Module, Any]]:
     """``(name, layer, per-layer config)`` for every layer ``config.selector`` picks (linears, plus Conv2d if
     ``convs``, plus pruned sparse layers if ``sparse``, plus equivalence-scaled float layers if ``scaled``)."""
-    out = []
+    out, skipped_convs = [], 0
     for name, module, layer_cfg in config.selector.resolve(model, config):
+        if not _holds_weights(module):
+            continue                                     # a container or an activation a broad rule matched
+        module = canonical_linear_(model, name)          # Conv1D, nn.Linear subclasses -> plain nn.Linear
         if isinstance(module, ScaledLinear):
             if not scaled:
                 raise ConfigError(f"'{name}' is input-scaled (AWQ with scale_only): quantize it with WeightOnlyConfig "
@@ -86,13 +91,25 @@ def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = Fals
                                   "quantize pruned layers with WeightOnlyConfig (int8/int4 per-channel, symmetric)")
             out.append((name, module, layer_cfg))
             continue
+        if not convs and isinstance(module, nn.Conv2d):
+            skipped_convs += 1
+            continue
         if not (type(module) is nn.Linear or (convs and isinstance(module, nn.Conv2d))):
             kinds = "nn.Linear and nn.Conv2d" if convs else "nn.Linear"
             raise ConfigError(f"{type(config).__name__} applies to {kinds} layers; '{name}' is a {type(module).__name__}")
         out.append((name, module, layer_cfg))
+    if skipped_convs:
+        log.warning("%s: %d Conv2d layer(s) left as they are (it applies to linear layers)", type(config).__name__,
+                    skipped_convs)
     if not out:
         raise ConfigError(f"{type(config).__name__}: the selector matched no {'linear or conv' if convs else 'linear'} layer")
     return out
+
+
+def _holds_weights(module: nn.Module) -> bool:
+    """A layer with tensors of its own (or a replacement module), rather than a container or an activation."""
+    return (callable(getattr(module, "torchslim_layer_info", None)) or any(True for _ in module.parameters(False))
+            or any(True for _ in module.buffers(False)))
 
 
 def plan(model: nn.Module, config: WeightOnlyConfig) -> list[dict[str, Any]]:

@@ -27,6 +27,9 @@ from torchslim.zoo.registry import LoadedModel, ZooEntry
 log = logging.getLogger("torchslim.zoo")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model")
+# Files an artifact copies from the folder it was made from, so it is self-contained and relocatable.
+COMPANION_FILES = (*TOKENIZER_FILES, "special_tokens_map.json", "merges.txt", "vocab.json", "added_tokens.json",
+                   "preprocessor_config.json", "processor_config.json", "generation_config.json", "chat_template.jinja")
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 TASK_KINDS = ("causal-lm", "sentence-embedding")
 
@@ -182,7 +185,7 @@ def transformers_skeleton(manifest: dict[str, Any], path: Path) -> nn.Module:
     cls = getattr(transformers, str(arch.get("class", "")), None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise ArtifactError(f"{path}: transformers has no model class {str(arch.get('class'))[:80]!r}")
-    config = read_artifact_config(path)
+    config = read_artifact_config(path, arch.get("config_file", "config.json"), cls)
     model = cls(config)
     children = arch.get("children")
     if isinstance(children, list):
@@ -191,15 +194,22 @@ def transformers_skeleton(manifest: dict[str, Any], path: Path) -> nn.Module:
     return model
 
 
-def read_artifact_config(path: Path) -> Any:
-    """The Hugging Face config of an artifact folder, with one-line errors."""
+def read_artifact_config(path: Path, name: str = "config.json", cls: Any = None) -> Any:
+    """The Hugging Face config of an artifact folder (``name``: ``config.json``, or the file holding the
+    real config when ``config.json`` is a marker telling transformers to use torchslim.load)."""
+    import json
+
     from transformers import AutoConfig
 
+    from torchslim.artifact.checks import inside
     from torchslim.core.errors import ArtifactError
 
-    if not (Path(path) / "config.json").is_file():
-        raise ArtifactError(f"{path}: config.json is missing (a transformers artifact needs it)")
+    file = inside(Path(path), name)
+    if not file.is_file():
+        raise ArtifactError(f"{path}: {name} is missing (a transformers artifact needs it)")
     try:
-        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+        if name == "config.json":
+            return AutoConfig.from_pretrained(str(path), local_files_only=True)
+        return cls.config_class.from_dict(json.loads(file.read_text()))
     except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt config
-        raise ArtifactError(f"{path}: unreadable config.json ({first_line(e)})") from None
+        raise ArtifactError(f"{path}: unreadable {name} ({first_line(e)})") from None

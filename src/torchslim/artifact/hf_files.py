@@ -1,0 +1,72 @@
+"""The Hugging Face side of an artifact: its config, and the tokenizer/processor files that make it
+self-contained.
+
+``config.json`` is the model's real config when ``from_pretrained`` would rebuild the artifact exactly
+(a plain or uniformly pruned model: same tensor names and shapes as the config's model). Otherwise
+(packed layers, added modules, shapes the config cannot express) ``config.json`` is a marker whose
+``model_type`` makes ``from_pretrained`` fail with a message naming ``torchslim.load``, and the real
+config goes to ``hf-config.json``: transformers never loads random weights in place of compressed ones.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.core.modules import layer_infos
+from torchslim.core.state import state_of
+
+REAL_CONFIG = "hf-config.json"
+MARKER = {"model_type": "torchslim-artifact (load it with torchslim.load(folder))",
+          "architectures": ["TorchslimArtifact"],
+          "torchslim": "This folder is a torchslim artifact with compressed layers: torchslim.load(folder) "
+                       "rebuilds it; transformers' from_pretrained cannot."}
+
+
+def hf_loadable(model: nn.Module, children: list[str] | None = None) -> bool:
+    """Whether ``from_pretrained`` on the config would build a model with exactly ``model``'s tensors."""
+    state = state_of(model)
+    if layer_infos(model) or state.added:
+        return False
+    try:
+        with torch.device("meta"):
+            skeleton = type(model)(model.config)
+    except Exception:  # noqa: BLE001 - a config transformers cannot build from: not loadable by it
+        return False
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    dropped = {n for n, _ in skeleton.named_children()} - set(children or [n for n, _ in model.named_children()])
+    extra = {k for k in set(theirs) - set(ours) if k.split(".", 1)[0] not in dropped}
+    return not extra and all(theirs.get(k) == shape for k, shape in ours.items())
+
+
+def write_configs(model: nn.Module, arch: dict[str, Any], folder: Path) -> list[str]:
+    """Write the config (or the marker and the real config); returns the file names, and records in
+    ``arch`` which file holds the real config."""
+    text = model.config.to_json_string()
+    if hf_loadable(model, arch.get("children")):
+        (folder / "config.json").write_text(text)
+        return ["config.json"]
+    (folder / "config.json").write_text(json.dumps(MARKER, indent=2))
+    (folder / REAL_CONFIG).write_text(text)
+    arch["config_file"] = REAL_CONFIG
+    return ["config.json", REAL_CONFIG]
+
+
+def copy_companions(source: dict[str, Any], folder: Path) -> list[str]:
+    """Copy the tokenizer and processor files of the Hugging Face folder the model came from."""
+    from torchslim.zoo.hf import COMPANION_FILES
+
+    src = Path(source.get("path", "")) if source.get("kind") == "hf" else None
+    if src is None or not src.is_dir():
+        return []
+    copied = []
+    for name in COMPANION_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, folder / name)
+            copied.append(name)
+    return copied

@@ -1,0 +1,46 @@
+"""HF folders out: config.json that from_pretrained can trust, or a marker naming torchslim.load; relocatable."""
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import torchslim
+from torchslim.quantization import IntFormat, PerChannel, WeightOnlyConfig
+from torchslim.zoo.tiny import tiny_llama
+
+
+def test_from_pretrained_refuses_a_compressed_artifact_with_a_message_naming_torchslim_load(tmp_path):
+    loaded = torchslim.load_model("tiny-llama")
+    torchslim.quantize_(loaded.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
+    torchslim.save(loaded.model, tmp_path / "q")
+    with pytest.raises(ValueError, match="torchslim.load"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "q", local_files_only=True)
+    again = torchslim.load(tmp_path / "q")
+    ids = torch.arange(10).reshape(1, 10)
+    assert torch.equal(again(ids).logits, loaded.model(ids).logits)
+
+
+def test_a_plain_model_artifact_stays_a_standard_hf_folder(tmp_path):
+    loaded = torchslim.load_model("tiny-llama")
+    torchslim.save(loaded.model, tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["model_type"] == "llama"
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "p", local_files_only=True)
+    ids = torch.arange(10).reshape(1, 10)
+    assert torch.allclose(hf(ids).logits, loaded.model(ids).logits, atol=1e-6)
+
+
+def test_an_artifact_of_an_hf_folder_carries_its_tokenizer_and_survives_a_move(tmp_path):
+    src = tiny_llama(seed=2)
+    src.model.save_pretrained(tmp_path / "src")
+    src.tokenizer.save_pretrained(tmp_path / "src")
+    loaded = torchslim.load_model(str(tmp_path / "src"))
+    torchslim.quantize_(loaded.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
+    torchslim.save(loaded.model, tmp_path / "art", source=loaded.source)
+    assert (tmp_path / "art" / "tokenizer.json").is_file()
+    shutil.move(tmp_path / "art", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "src")
+    again = torchslim.load_model(str(tmp_path / "moved"))
+    assert again.task is not None and again.tokenizer("hi")["input_ids"]
+    assert again.task.evaluate(again.model)["perplexity"] > 0

@@ -1,0 +1,36 @@
+"""The support matrix: every technique on a tiny model of every family works, or is refused with a stated reason."""
+import logging
+import warnings
+
+import pytest
+
+from torchslim.zoo.families import FAMILIES
+from torchslim.zoo.support import CELLS, run_cell
+
+# (family, technique) -> a fragment of the one-line reason it is refused. Everything else must work.
+REFUSED = {
+    ("phi3", "heads 50%"): "reads its head counts from the config",
+    ("falcon", "heads 50%"): "multi-query/grouped layout",
+    ("t5", "heads 50%"): "shares one relative position bias",
+    ("t5", "drop 1 block"): "encoder-decoder",
+    ("bart", "drop 1 block"): "encoder-decoder",
+    ("vit", "drop 1 block"): "vision transformers",
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_technique_on_every_family(family):
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    try:
+        problems = []
+        for cell in CELLS:
+            r = run_cell(family, cell)
+            expected = REFUSED.get((family, cell))
+            if expected is None and r.status != "ok":
+                problems.append(f"{cell}: {r.status}: {r.detail[-600:]}")
+            elif expected is not None and not (r.status == "refused" and expected in r.detail):
+                problems.append(f"{cell}: expected a refusal mentioning {expected!r}, got {r.status}: {r.detail[:300]}")
+        assert not problems, "\n".join(problems)
+    finally:
+        logging.disable(logging.NOTSET)
