@@ -28,8 +28,18 @@ def _task_for_source(source: dict[str, Any], artifact: Path, model: Any) -> tupl
     return None, None
 
 
-def load_model(spec: str, **kwargs: Any) -> LoadedModel:
-    """Load ``spec``: an artifact folder, a Hugging Face model folder, or a zoo name."""
+def load_model(spec: str, *, calib_data: str | Path | None = None, eval_data: str | Path | None = None,
+               seq_len: int | None = None, **kwargs: Any) -> LoadedModel:
+    """Load ``spec``: an artifact folder, a Hugging Face model folder, or a zoo name; with ``calib_data`` /
+    ``eval_data`` (a text or JSONL file, or a folder) and ``seq_len``, its task uses the user's data."""
+    from torchslim.tasks.user_data import task_with_user_data
+
+    loaded = _load(spec, **kwargs)
+    loaded.task = task_with_user_data(loaded, calib_data, eval_data, seq_len)
+    return loaded
+
+
+def _load(spec: str, **kwargs: Any) -> LoadedModel:
     from torchslim.artifact.format import is_artifact, load
 
     path = Path(spec).expanduser()

@@ -44,3 +44,23 @@ def test_an_artifact_of_an_hf_folder_carries_its_tokenizer_and_survives_a_move(t
     again = torchslim.load_model(str(tmp_path / "moved"))
     assert again.task is not None and again.tokenizer("hi")["input_ids"]
     assert again.task.evaluate(again.model)["perplexity"] > 0
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_export_hf_dense_writes_a_folder_from_pretrained_loads(tmp_path, family):
+    from torchslim.artifact.export_hf import export_hf
+    from torchslim.core.errors import TorchSlimError
+    from torchslim.zoo.families import build_family
+
+    fam = build_family(family)
+    torchslim.quantize_(fam.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
+    ids = {"input_ids": torch.arange(12).reshape(1, 12)}
+    out = fam.output(ids)
+    torchslim.save(fam.model, tmp_path / "q")
+    with pytest.raises(TorchSlimError, match="--dense writes them back in float"):
+        export_hf(tmp_path / "q", tmp_path / "hf")
+    done = export_hf(tmp_path / "q", tmp_path / "hf", dense=True)
+    assert done["densified_layers"] > 0
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True)
+    got = hf(**ids).logits.detach()          # float matmuls where the int8 kernel takes bf16 activations
+    assert float((got - out).norm() / out.norm()) < 0.01

@@ -131,3 +131,16 @@ def test_usage_errors_are_one_error_line_with_exit_2(tmp_path):
 def test_eval_json_into_a_folder_fails_before_evaluating(tmp_path):
     res = run("eval", "tiny-llama", "--json", str(tmp_path))
     assert res.returncode == 2 and "--json" in res.stderr and "not a file path" in res.stderr
+
+
+def test_user_data_options(tmp_path):
+    text = tmp_path / "mine.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    res = run("eval", "tiny-llama", "--no-speed", "--eval-data", str(text), "--seq-len", "64")
+    assert res.returncode == 0, res.stderr
+    assert "eval_windows" in res.stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": "oops"}\n')
+    assert_user_error(run("eval", "tiny-llama", "--no-speed", "--eval-data", str(bad)), "bad.jsonl:2")
+    assert_user_error(run("quantize", "tiny-llama", "-c", "x.yaml", "-o", str(tmp_path / "o"), "--calib-data",
+                          str(tmp_path / "none.txt")), "config file not found")

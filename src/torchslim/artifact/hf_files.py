@@ -57,15 +57,18 @@ def write_configs(model: nn.Module, arch: dict[str, Any], folder: Path) -> list[
     return ["config.json", REAL_CONFIG]
 
 
+COMPANIONS = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model",
+              "special_tokens_map.json", "merges.txt", "vocab.json", "added_tokens.json", "preprocessor_config.json",
+              "processor_config.json", "generation_config.json", "chat_template.jinja")
+
+
 def copy_companions(source: dict[str, Any], folder: Path) -> list[str]:
     """Copy the tokenizer and processor files of the Hugging Face folder the model came from."""
-    from torchslim.zoo.hf import COMPANION_FILES
-
     src = Path(source.get("path", "")) if source.get("kind") == "hf" else None
     if src is None or not src.is_dir():
         return []
     copied = []
-    for name in COMPANION_FILES:
+    for name in COMPANIONS:
         if (src / name).is_file():
             shutil.copyfile(src / name, folder / name)
             copied.append(name)

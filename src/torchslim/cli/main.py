@@ -20,10 +20,11 @@ zoo_app = typer.Typer(help="The embedded model zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 
-def _register_recipe_commands() -> None:
-    from torchslim.cli.recipes_cmd import register
+def _register_commands() -> None:
+    from torchslim.cli import export_cmd, recipes_cmd
 
-    register(app)
+    recipes_cmd.register(app)
+    export_cmd.register(app)
 
 
 def _console(stderr: bool = False):
@@ -80,10 +81,20 @@ def _eval_spec(shapes: list[str], iters: int, warmup: int, threads: Optional[int
     return EvalSpec(**kwargs)
 
 
-def _load_with_task(model: str, task: Optional[str]):
+CALIB_HELP = "Calibration/training data: a text file, a JSONL file (\"text\", \"label\") or a folder."
+EVAL_HELP = "Evaluation data: a text file, a JSONL file (\"text\", \"label\") or a folder (images per class)."
+SEQ_HELP = "Sequence length of the task's windows (capped at the model's context)."
+
+
+def _data(calib_data: Optional[Path], eval_data: Optional[Path], seq_len: Optional[int]) -> dict:
+    return {k: v for k, v in (("calib_data", calib_data), ("eval_data", eval_data), ("seq_len", seq_len))
+            if v is not None}
+
+
+def _load_with_task(model: str, task: Optional[str], data: dict | None = None):
     from torchslim.models import load_model
 
-    loaded = load_model(model)
+    loaded = load_model(model, **(data or {}))
     if task is not None and (loaded.task is None or loaded.task.name != task):
         raise TorchSlimError(
             f"{model}: task '{task}' is not available for this model"
@@ -105,6 +116,9 @@ def eval_cmd(
     threads: Optional[int] = typer.Option(None, help="Torch intra-op threads (default: all cores)."),
     decode_tokens: int = typer.Option(32, min=0, help="Tokens to generate for decode speed (causal LMs)."),
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip latency and decode measurements."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
 ) -> None:
     """Evaluate a model: quality, size, latency, FLOPs, memory and energy."""
     from torchslim.eval import evaluate, render_table
@@ -114,7 +128,7 @@ def eval_cmd(
         raise TorchSlimError(f"--json {json_out}: not a file path (it is a folder, or inside a file)")
     console = _console()
     with console.status(f"loading {model}"):
-        loaded = _load_with_task(model, task)
+        loaded = _load_with_task(model, task, _data(calib_data, eval_data, seq_len))
     report = evaluate(loaded.model, loaded.task, spec, label=loaded.name, console=console)
     console.print(render_table([report]))
     if report.layers:
@@ -158,6 +172,8 @@ def quantize_cmd(
     model: str = typer.Argument(..., help="Zoo name, Hugging Face model folder, or torchslim artifact folder."),
     config: Path = typer.Option(..., "--config", "-c", help="Quantization config (YAML or JSON)."),
     out: Path = typer.Option(..., "--out", "-o", help="Artifact folder to write."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
 ) -> None:
     """Quantize a model with a config file and save the artifact."""
     from torchslim.api import quantize_
@@ -169,7 +185,7 @@ def quantize_cmd(
     cfg = BaseConfig.load(config)
     console = _console()
     with console.status(f"loading {model}"):
-        loaded = load_model(model)
+        loaded = load_model(model, **_data(calib_data, None, seq_len))
     console.print(f"quantizing with {type(cfg).__name__} (progress per layer)")
     quantize_(loaded.model, cfg, ApplyContext(task=loaded.task))
     save(loaded.model, out, source=loaded.source)
@@ -184,6 +200,8 @@ def prune_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Artifact folder to write."),
     recover_steps: int = typer.Option(0, min=0, help="Recovery fine-tuning steps on the model's task after pruning."),
     lr: float = typer.Option(1e-4, help="Peak learning rate of recovery fine-tuning."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
 ) -> None:
     """Prune a model with a config file (optionally fine-tune to recover) and save the artifact.
     The same as `torchslim run` of a recipe (prune, then train), without the report."""
@@ -199,7 +217,8 @@ def prune_cmd(
     console = _console()
     console.print(f"pruning with {type(cfg).__name__} (progress per layer)"
                   + (f", then recovery fine-tuning: {recover_steps} steps" if recover_steps else ""))
-    result = run_recipe(Recipe(f"prune {config.name}", "", stages), model, out, RunOptions(report=False), console)
+    options = RunOptions(report=False, data=_data(calib_data, None, seq_len))
+    result = run_recipe(Recipe(f"prune {config.name}", "", stages), model, out, options, console)
     history = state_of(result.model).history
     touched = history[0].touched
     before, after = touched.get("params_before"), touched.get("params_after")
@@ -292,7 +311,7 @@ def info_cmd(artifact: Path = typer.Argument(..., help="torchslim artifact folde
     console.print(_layers_table(layers) if layers else "no compressed layers")
 
 
-_register_recipe_commands()
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

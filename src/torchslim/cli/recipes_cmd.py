@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -14,12 +15,13 @@ def _console():
     return Console()
 
 
-def _options(resume: bool, report: bool, speed: bool, iters: int, decode_tokens: int, shapes: list[str]):
+def _options(resume: bool, report: bool, speed: bool, iters: int, decode_tokens: int, shapes: list[str],
+             data: dict | None = None):
     from torchslim.cli.main import parse_shape
     from torchslim.recipes import RunOptions
 
     return RunOptions(resume=resume, report=report, speed=speed, iters=iters, decode_tokens=decode_tokens,
-                      shapes=tuple(parse_shape(s) for s in shapes) or None)
+                      shapes=tuple(parse_shape(s) for s in shapes) or None, data=data or {})
 
 
 def run_cmd(
@@ -33,14 +35,20 @@ def run_cmd(
     iters: int = typer.Option(5, min=3, help="Timed iterations per shape (>= 3)."),
     decode_tokens: int = typer.Option(16, min=0, help="Tokens generated to time decoding (causal LMs)."),
     shape: list[str] = typer.Option([], "--shape", help="Latency shape BATCHxSEQ (repeatable)."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration/training data: a text "
+                                              "file, a JSONL file (\"text\", \"label\") or a folder."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Evaluation data (same formats)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length of the task's windows."),
 ) -> None:
     """Run a recipe (ordered stages) on a model; resumable; writes the artifact and a report of every stage."""
+    from torchslim.cli.main import _data
     from torchslim.recipes import load_recipe, run_recipe
 
     rec = load_recipe(recipe)
     console = _console()
     console.print(f"recipe [bold]{rec.name}[/bold] ({len(rec.stages)} stages) on {model} -> {out}")
-    run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape), console)
+    data = _data(calib_data, eval_data, seq_len)
+    run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape, data), console)
     console.print(f"artifact: {out}   report: {out / 'report.md'}" if report else f"artifact: {out}")
 
 

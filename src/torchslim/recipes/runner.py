@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class RunOptions:
     warmup: int = 2
     iters: int = 5
     decode_tokens: int = 16
+    data: dict[str, Any] = field(default_factory=dict)   # calib_data / eval_data / seq_len for load_model
 
 
 @dataclass
@@ -94,7 +95,12 @@ class _RunFolder:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _start(recipe: Recipe, spec: str, out: Path, folder: _RunFolder, resume: bool, console: Any) -> dict[str, Any] | None:
+def _data_key(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) for k, v in data.items()}
+
+
+def _start(recipe: Recipe, spec: str, out: Path, folder: _RunFolder, resume: bool, console: Any,
+           data: dict[str, Any]) -> dict[str, Any] | None:
     """The saved state to resume from, or ``None`` for a fresh run (after checking the output folder)."""
     from torchslim.artifact.checks import check_target
 
@@ -102,7 +108,8 @@ def _start(recipe: Recipe, spec: str, out: Path, folder: _RunFolder, resume: boo
         if not resume:
             raise TorchSlimError(f"{out} holds an interrupted run; pass --resume to continue it (or remove {folder.root})")
         st = folder.read()
-        if st.get("fingerprint") != recipe.fingerprint() or st.get("model") != spec:
+        if st.get("fingerprint") != recipe.fingerprint() or st.get("model") != spec or \
+                st.get("data", {}) != _data_key(data):
             raise TorchSlimError(f"{out}: the interrupted run used another recipe or model "
                                  f"({st.get('recipe_name')!r} on {st.get('model')!r}); remove {folder.root} to start over")
         return st
@@ -119,8 +126,8 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, options: RunOptions 
 
     options = options or RunOptions()
     out, folder = Path(out), _RunFolder(Path(out))
-    st = _start(recipe, model, out, folder, options.resume, console)
-    loaded = load_model(model)
+    st = _start(recipe, model, out, folder, options.resume, console, options.data)
+    loaded = load_model(model, **options.data)
     if loaded.task is None:
         raise TorchSlimError(f"{model}: no task is known for this model; run recipes from Python with a Task")
     first = st["completed"] + 1 if st is not None else 0
@@ -130,7 +137,7 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, options: RunOptions 
         reference = copy.deepcopy(loaded.model) if current is loaded.model else loaded.model
     if st is None:
         st = {"format": RUN_FORMAT, "recipe_name": recipe.name, "fingerprint": recipe.fingerprint(), "model": model,
-              "completed": -1, "checkpoint": None, "rows": []}
+              "data": _data_key(options.data), "completed": -1, "checkpoint": None, "rows": []}
         if options.report:
             _baseline(current, loaded.task, st, console)
         folder.write(st)

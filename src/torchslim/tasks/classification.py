@@ -137,7 +137,7 @@ def call_model(model: nn.Module, x: torch.Tensor) -> Any:
     if kind not in _KW_CACHE:
         try:
             params = inspect.signature(inner.forward).parameters
-            _KW_CACHE[kind] = "x" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+            _KW_CACHE[kind] = "x" in params   # a **kwargs forward (HF models) takes its input positionally
         except (TypeError, ValueError):
             _KW_CACHE[kind] = False
     return model(x=x) if _KW_CACHE[kind] else model(x)

@@ -27,9 +27,7 @@ from torchslim.zoo.registry import LoadedModel, ZooEntry
 log = logging.getLogger("torchslim.zoo")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model")
-# Files an artifact copies from the folder it was made from, so it is self-contained and relocatable.
-COMPANION_FILES = (*TOKENIZER_FILES, "special_tokens_map.json", "merges.txt", "vocab.json", "added_tokens.json",
-                   "preprocessor_config.json", "processor_config.json", "generation_config.json", "chat_template.jinja")
+
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 TASK_KINDS = ("causal-lm", "sentence-embedding")
 
@@ -44,24 +42,54 @@ class PackageZooEntry(ZooEntry):
         return importlib.util.find_spec(self.package) is not None
 
 
-def is_causal_lm(config: Any) -> bool:
-    """Whether an HF config describes a decoder LM: from its ``architectures`` when they are transformers
-    classes of its ``model_type``, else from the model type (one with a causal LM class and no masked-LM
-    class). An ``architectures`` entry that does not fit the model type is ignored, with a warning."""
+def architecture_classes(config: Any) -> list[type]:
+    """The transformers classes ``config.architectures`` names that fit its ``model_type`` (others are
+    ignored, with a warning: a bogus entry must not change what model or task is built)."""
     import transformers
-    from transformers.models.auto import modeling_auto as auto
 
     model_type = getattr(config, "model_type", None)
     valid = []
     for name in getattr(config, "architectures", None) or []:
         cls = getattr(transformers, str(name), None) if isinstance(name, str) else None
         if getattr(getattr(cls, "config_class", None), "model_type", None) == model_type:
-            valid.append(name)
+            valid.append(cls)
         else:
             log.warning("config.json lists architecture %r, which is not a %s model: ignored", name, model_type)
+    return valid
+
+
+def is_causal_lm(config: Any) -> bool:
+    """Whether an HF config describes a decoder LM: from its valid ``architectures``, else from the model
+    type (one with a causal LM class and no masked-LM class)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    valid = architecture_classes(config)
     if valid:
-        return any(a.endswith(CAUSAL_SUFFIXES) for a in valid)
+        return any(c.__name__.endswith(CAUSAL_SUFFIXES) for c in valid)
+    model_type = getattr(config, "model_type", None)
     return model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def task_kind(model: nn.Module) -> str:
+    """The kind of task a transformers model's class implies (its head)."""
+    name = type(model).__name__
+    if name.endswith(CAUSAL_SUFFIXES):
+        return "causal-lm"
+    for suffix, kind in (("ForSequenceClassification", "text-classification"),
+                         ("ForImageClassification", "image-classification"),
+                         ("ForConditionalGeneration", "seq2seq")):
+        if name.endswith(suffix):
+            return kind
+    return "sentence-embedding"
+
+
+def context_length(config: Any, default: int = 512) -> int:
+    """The longest sequence the model takes (perplexity windows are capped to it)."""
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        v = getattr(config, attr, None)
+        if isinstance(v, int) and v > 1:
+            return min(default, v)
+    return default
 
 
 def _folder(path: str | Path) -> Path:
@@ -91,7 +119,8 @@ def load_pretrained(path: str | Path, causal: bool | None = None) -> nn.Module:
     folder = _folder(path)
     if causal is None:
         causal = is_causal_lm(load_config(folder))
-    auto = AutoModelForCausalLM if causal else AutoModel
+    classes = architecture_classes(load_config(folder))
+    auto = classes[0] if classes else (AutoModelForCausalLM if causal else AutoModel)
     if not any(folder.glob("*.safetensors")):
         raise UnknownModelError(f"{folder} has no .safetensors weights; torchslim does not load pickle checkpoints "
                                 "(convert them with safetensors first)")
@@ -154,14 +183,17 @@ def load_hf_folder(path: str | Path, task: Task | str | None = None, **task_kwar
     ``task_kwargs`` go to the task's constructor.
     """
     folder = _folder(path)
-    causal = is_causal_lm(load_config(folder))
+    config = load_config(folder)
+    causal = is_causal_lm(config)
     model = load_pretrained(folder, causal=causal)
     tokenizer = load_tokenizer(folder) if has_tokenizer(folder) else None
     attached: Task | None = task if isinstance(task, Task) else None
-    if attached is None and (task is not None or tokenizer is not None):
+    kind = task if isinstance(task, str) else task_kind(model)
+    if attached is None and kind in TASK_KINDS and (task is not None or tokenizer is not None):
         if tokenizer is None:
             raise ConfigError(f"task '{task}' needs a tokenizer, and {folder} has none")
-        kind = task if isinstance(task, str) else ("causal-lm" if causal else "sentence-embedding")
+        if kind == "causal-lm":
+            task_kwargs.setdefault("seq_len", context_length(config))
         attached = make_task(kind, tokenizer, lambda: load_pretrained(folder, causal=causal), **task_kwargs)
     return LoadedModel(
         name=folder.name,

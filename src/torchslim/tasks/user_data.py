@@ -1,0 +1,102 @@
+"""Tasks on a user's own data (``--calib-data``, ``--eval-data``, ``--seq-len``): the model's task rebuilt on
+them, or a task for a model kind that has none without data (text and image classification)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchslim.core.errors import ConfigError
+from torchslim.data.user import UserData, label_ids, read_user_data
+
+
+def task_with_user_data(loaded: Any, calib: str | Path | None = None, evaluation: str | Path | None = None,
+                        seq_len: int | None = None) -> Any:
+    """The task of ``loaded`` (a LoadedModel) on the user's data; unchanged when none is given."""
+    if calib is None and evaluation is None and seq_len is None:
+        return loaded.task
+    from torchslim.zoo.hf import context_length, task_kind
+
+    cal = read_user_data(calib) if calib is not None else None
+    ev = read_user_data(evaluation) if evaluation is not None else None
+    kind = loaded.task.name if loaded.task is not None else task_kind(loaded.model)
+    if seq_len is not None and seq_len < 2:
+        raise ConfigError(f"--seq-len must be at least 2, got {seq_len}")
+    if kind == "causal-lm":
+        from torchslim.tasks.causal_lm import CausalLMTask
+
+        cap = context_length(loaded.model.config, 1 << 30) if hasattr(loaded.model, "config") else 1 << 30
+        old = loaded.task.seq_len if loaded.task is not None else 512
+        return CausalLMTask(_tokenizer(loaded), seq_len=min(seq_len or old, cap),
+                            eval_text=ev.text if ev else None, calibration_text=cal.text if cal else None)
+    if kind == "sentence-embedding":
+        return _embedding(loaded, cal, ev, seq_len)
+    if kind == "text-classification":
+        return _text_classification(loaded, cal, ev, seq_len)
+    if kind == "image-classification":
+        return _image_classification(loaded, cal, ev)
+    raise ConfigError(f"{type(loaded.model).__name__} ({kind}): no task takes user data for this kind of model yet")
+
+
+def _tokenizer(loaded: Any) -> Any:
+    if loaded.tokenizer is None:
+        raise ConfigError(f"{loaded.name}: user text needs the model's tokenizer, and none was found with it")
+    return loaded.tokenizer
+
+
+def _embedding(loaded: Any, cal: UserData | None, ev: UserData | None, seq_len: int | None) -> Any:
+    from torchslim.data.text import split_sentences
+    from torchslim.tasks.embedding import SentenceEmbeddingTask
+
+    old = loaded.task
+    ref = getattr(old, "_reference", None)
+    sentences = (lambda d: [s for t in d.texts for s in (split_sentences(t) or [t])] if d else None)
+    return SentenceEmbeddingTask(_tokenizer(loaded), ref, max_length=seq_len or getattr(old, "max_length", 256),
+                                 eval_sentences=sentences(ev), calibration_sentences=sentences(cal))
+
+
+def _text_classification(loaded: Any, cal: UserData | None, ev: UserData | None, seq_len: int | None) -> Any:
+    from torchslim.tasks.text_classification import TextClassificationTask
+
+    if ev is None or ev.labels is None:
+        raise ConfigError(f"{type(loaded.model).__name__} classifies text: pass --eval-data, a JSONL file with "
+                          "\"text\" and \"label\" fields")
+    cfg = loaded.model.config
+    ids = label_ids(ev, getattr(cfg, "label2id", None), cfg.num_labels)
+    cal_ids = label_ids(cal, getattr(cfg, "label2id", None), cfg.num_labels) if cal and cal.labels else None
+    return TextClassificationTask(_tokenizer(loaded), ev.texts, ids, cal.texts if cal else None, cal_ids,
+                                  max_length=seq_len or 128, data_note=f"labelled examples from {ev.source}")
+
+
+def _image_classification(loaded: Any, cal: UserData | None, ev: UserData | None) -> Any:
+    from torchslim.tasks.classification import ClassificationTask
+
+    if ev is None or not ev.paths:
+        raise ConfigError(f"{type(loaded.model).__name__} classifies images: pass --eval-data, a folder with one "
+                          "sub-folder of images per class")
+    cfg = loaded.model.config
+    ex, ey = _pixels(loaded, ev), torch.tensor(label_ids(ev, getattr(cfg, "label2id", None), cfg.num_labels))
+    cx, cy = (_pixels(loaded, cal), torch.tensor(label_ids(cal, getattr(cfg, "label2id", None), cfg.num_labels))) \
+        if cal is not None and cal.paths else (ex, ey)
+    return ClassificationTask(cx, cy, ex, ey, data_note=f"labelled images from {ev.source}")
+
+
+def _pixels(loaded: Any, data: UserData) -> torch.Tensor:
+    from PIL import Image
+
+    processor = loaded.extra.get("image_processor")
+    if processor is None:
+        from transformers import AutoImageProcessor
+
+        folder = loaded.source.get("path")
+        if not folder:
+            raise ConfigError(f"{loaded.name}: images need the model's image processor (preprocessor_config.json)")
+        processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    images = []
+    for p in data.paths:
+        try:
+            images.append(Image.open(p).convert("RGB"))
+        except OSError as e:
+            raise ConfigError(f"{p}: not a readable image ({str(e)[:80]})") from None
+    return processor(images=images, return_tensors="pt")["pixel_values"]
