@@ -19,7 +19,7 @@ import torch
 
 from torchslim.core.codec import decode, decode_scalar, encode, shown
 from torchslim.core.errors import ConfigError
-from torchslim.core.io import atomic_file
+from torchslim.core.io import atomic_file, read_text
 
 _CONFIG_TYPES: dict[str, type[BaseConfig]] = {}
 
@@ -132,14 +132,7 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     expands exponentially) and nesting deeper than Python can walk are refused.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MB; not a config file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    text = read_text(path, MAX_CONFIG_BYTES, "config file not found")
     kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
     try:
         data = _safe_yaml(text) if kind == "YAML" else json.loads(text)

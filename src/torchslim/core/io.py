@@ -148,6 +148,21 @@ def _fsync(path: Path) -> None:
             os.close(fd)
 
 
+def read_text(path: Path, max_bytes: int, missing: str) -> str:
+    """A UTF-8 text file, with one-line errors: ``missing`` (``"config file not found"``) when absent, and
+    refusals for files over ``max_bytes`` or not UTF-8."""
+    from torchslim.core.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"{missing}: {path}")
+    if path.stat().st_size > max_bytes:
+        raise ConfigError(f"{path}: larger than {max_bytes >> 20} MB")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
 def sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

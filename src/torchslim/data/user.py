@@ -17,6 +17,7 @@ from typing import Any
 
 from torchslim.core.codec import shown
 from torchslim.core.errors import ConfigError
+from torchslim.core.io import read_text
 
 MAX_FILE_BYTES = 1 << 30
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -42,14 +43,7 @@ def read_user_data(path: str | Path) -> UserData:
     path = Path(path).expanduser()
     if path.is_dir():
         return _read_folder(path)
-    if not path.is_file():
-        raise ConfigError(f"data not found: {path}")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES >> 30} GB")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    text = read_text(path, MAX_FILE_BYTES, "data not found")
     if path.suffix == ".jsonl":
         return _read_jsonl(path, text)
     if not text.strip():
