@@ -22,7 +22,7 @@ from torch import nn
 from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.errors import ConfigError
-from torchslim.core.modules import register_module_format
+from torchslim.core.modules import StandIn, register_module_format
 from torchslim.quantization.kernels import act_qmax, act_qparams
 from torchslim.quantization.observers import MinMax, static_range
 from torchslim.quantization.qconv import ConvGeometry, QuantConv2d, quantize_conv_weight_only
@@ -60,10 +60,13 @@ def quantize_u8(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
 
 
 @register_module_format
-class Int8StaticConv2d(nn.Module):
+class Int8StaticConv2d(StandIn, nn.Module):
     """Static W8A8 Conv2d (oneDNN). Build with :func:`convert_conv`; a uint8 input is taken as already quantized."""
 
     kernel = "onednn::qconv2d_pointwise (static u8 x s8)"
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.dequantized_weight()
 
     def __init__(self, geometry: ConvGeometry, bias: bool, config: BaseConfig | None = None,
                  fused_relu: bool = False, uint8_output: bool = False):

@@ -18,7 +18,7 @@ from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.errors import ConfigError
-from torchslim.core.modules import register_module_format
+from torchslim.core.modules import StandIn, register_module_format
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
 from torchslim.quantization.observers import group_range
 from torchslim.quantization.packing import from_unsigned, unpack_bits
@@ -68,10 +68,13 @@ class ConvGeometry:
 
 
 @register_module_format
-class QuantConv2d(nn.Module):
+class QuantConv2d(StandIn, nn.Module):
     """Weight-only quantized Conv2d: packed codes + per-group scales; dequantize, then ``F.conv2d``."""
 
     kernel = "dequant + F.conv2d"
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.dequantize()
 
     def __init__(self, geometry: ConvGeometry, bias: bool, fmt: Format, gran: Granularity,
                  config: BaseConfig | None = None):
