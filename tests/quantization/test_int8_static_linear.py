@@ -33,7 +33,7 @@ def test_w8a8_kernels_at_odd_widths_and_row_counts(mode, out_f, in_f):
     m = nn.Sequential(nn.Linear(in_f, out_f))
     ref = nn.Sequential(nn.Linear(in_f, out_f))
     ref.load_state_dict(m.state_dict())
-    torchslim.quantize_(m, torchslim.W8A8Config(mode=mode), calibration=[{"input": torch.randn(4, in_f)}] * 4)
+    torchslim.quantize_(m, torchslim.W8A8Config(mode=mode), calibration=[{"input": torch.randn(256, in_f)} for _ in range(4)])
     for rows in (1, 2, 17, 32, 33, 128):
         x = torch.randn(rows, in_f)
         with torch.no_grad():
