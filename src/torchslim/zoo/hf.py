@@ -182,6 +182,8 @@ def load_hf_folder(path: str | Path, task: Task | str | None = None, **task_kwar
     or ``None`` to choose from the config (only if the folder holds a tokenizer).
     ``task_kwargs`` go to the task's constructor.
     """
+    if isinstance(task, str) and task not in TASK_KINDS:
+        raise ConfigError(f"unknown task '{task}'; use one of: {', '.join(TASK_KINDS)}")
     folder = _folder(path)
     config = load_config(folder)
     causal = is_causal_lm(config)
