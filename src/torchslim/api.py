@@ -51,3 +51,9 @@ def prune_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None, *
 def finetune_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
     """Train ``model`` in place on its task (``task=``) with a training config (recovery fine-tuning)."""
     return _apply(model, config, ctx, "training", kwargs)
+
+
+def distill_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
+    """Train ``model`` (the student) in place to imitate ``teacher=`` (a model, an artifact folder or a callable;
+    for :class:`~torchslim.distill.BlackBoxDistillConfig` a function from prompts to texts) on ``task=``."""
+    return _apply(model, config, ctx, "distillation", kwargs)

@@ -270,7 +270,7 @@ def test_parameter_groups_get_their_own_learning_rate() -> None:
     assert lrs == {r"fc1\..*": 0.0, "fc2.bias": pytest.approx(2e-2), "default": pytest.approx(1e-2)}
 
 
-def test_a_teacher_is_frozen_put_in_eval_mode_and_its_output_reused_per_micro_batch() -> None:
+def test_a_teacher_runs_in_eval_mode_without_gradients_and_its_output_is_reused_per_micro_batch() -> None:
     teacher = mlp(1, dropout=0.5).train()
     calls = []
 
@@ -282,11 +282,14 @@ def test_a_teacher_is_frozen_put_in_eval_mode_and_its_output_reused_per_micro_ba
 
     res = Trainer(mlp(0), toy_task(), TrainConfig(steps=2, batch_size=8, progress=False, eval_at_end=False),
                   hooks=[LambdaHook(extra_loss=kd)], teacher=teacher).fit()
-    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert not teacher.training and all(p.requires_grad for p in teacher.parameters())   # its flags: untouched
     assert calls == [False, False] and set(res.loss_terms[0]) == {"task", "LambdaHook"}
     with pytest.raises(ConfigError, match="needs a teacher"):
         Trainer(mlp(0), toy_task(), TrainConfig(steps=1, batch_size=8, progress=False),
                 hooks=[LambdaHook(extra_loss=kd)]).fit()
+    same = mlp(0)
+    with pytest.raises(ConfigError, match="teacher is the model being trained"):
+        Trainer(same, toy_task(), TrainConfig(steps=1, batch_size=8, progress=False), teacher=same).fit()
 
 
 def test_resuming_with_other_settings_is_refused_unless_forced(tmp_path: Path) -> None:

@@ -73,6 +73,8 @@ class UnstructuredConfig(BaseConfig):
             self.sparsity = 1 - n / m
         if self.importance is Importance.SPARSEGPT and self.scope is Scope.GLOBAL:
             raise ConfigError("SparseGPT prunes layer by layer; scope must be 'layer'")
+        if self.importance is Importance.UNIFORM:
+            raise ConfigError("importance 'uniform' keeps evenly spaced blocks (StructuredConfig with targets=['layers'])")
         if self.importance.needs_gradients:
             raise ConfigError(f"{self.importance.value} importance needs training: use a pruning schedule "
                               "(torchslim.pruning.schedules) rather than one-shot prune_")
@@ -115,5 +117,7 @@ class StructuredConfig(BaseConfig):
         if self.importance in (Importance.SPARSEGPT, Importance.MOVEMENT):
             raise ConfigError(f"{self.importance.value} is not a structured importance; use magnitude_l2, "
                               "magnitude, taylor, wanda or random")
+        if self.importance is Importance.UNIFORM and set(self.targets) != {Target.LAYERS}:
+            raise ConfigError("importance 'uniform' (evenly spaced blocks kept) applies to targets=['layers'] only")
         if self.round_to < 1 or self.min_keep < 1 or self.n_samples < 1:
             raise ConfigError("StructuredConfig: round_to, min_keep and n_samples must be positive")

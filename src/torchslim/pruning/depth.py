@@ -43,6 +43,9 @@ def blocks_to_drop(model: nn.Module, config: StructuredConfig, calibration: Any)
     k = int(round(n * config.ratio))
     if k >= n:
         raise ConfigError(f"depth pruning would remove all {n} blocks; use a smaller ratio")
+    if config.importance is Importance.UNIFORM:   # keep n - k evenly spaced blocks, the first and the last included
+        keep = set(torch.linspace(0, n - 1, n - k).round().long().tolist()) if n - k > 1 else {n - 1}
+        return [i for i in range(n) if i not in keep]
     if config.importance is Importance.RANDOM:
         g = torch.Generator().manual_seed(0)
         return sorted(torch.randperm(n, generator=g)[:k].tolist())

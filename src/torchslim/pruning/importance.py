@@ -32,6 +32,7 @@ class Importance(str, enum.Enum):
     WANDA = "wanda"
     SPARSEGPT = "sparsegpt"
     RANDOM = "random"
+    UNIFORM = "uniform"          # blocks only: keep evenly spaced blocks, first and last (a DistilBERT-style student)
 
     @property
     def needs_calibration(self) -> bool:
@@ -86,7 +87,8 @@ def scores(w: torch.Tensor, importance: Importance, *, grad: torch.Tensor | None
         if input_norm is None:
             raise ConfigError("Wanda importance needs calibration data (input activation norms)")
         return wanda(w, input_norm)
-    raise ConfigError(f"{importance.value} is not an element score (SparseGPT prunes with its own solver)")
+    raise ConfigError(f"{importance.value} is not an element score (SparseGPT prunes with its own solver; uniform "
+                      "keeps evenly spaced blocks)")
 
 
 def reduce_scores(s: torch.Tensor, dim: int, how: str = "sum") -> torch.Tensor:

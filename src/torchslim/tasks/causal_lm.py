@@ -113,12 +113,15 @@ class CausalLMTask(Task):
         )
 
     # ----------------------------------------------------------------- data
+    def text(self, split: str) -> str:
+        """The raw text of ``split`` (``"eval"`` / ``"calibration"``): the user's, else the built-in corpus."""
+        text = self._texts.get(split)
+        return text_data.split_text(split) if text is None else text
+
     def token_ids(self, split: str) -> torch.Tensor:
         """The whole text of ``split`` (``"eval"`` / ``"calibration"``) as one 1-D id tensor (cached)."""
         if split not in self._ids:
-            text = self._texts.get(split)
-            if text is None:
-                text = text_data.split_text(split)
+            text = self.text(split)
             ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             self._ids[split] = torch.tensor(ids, dtype=torch.long)
         return self._ids[split]

@@ -71,8 +71,8 @@ class Trainer:
     resumed runs (dropout included) identical to uninterrupted ones. ``fit`` moves the model to
     the training device and leaves it there, in training mode.
 
-    ``teacher`` (a model or a callable ``batch -> output``) is moved to the training device,
-    frozen and put in eval mode; hooks get its output with :meth:`teacher_output`.
+    ``teacher`` (a model or a callable ``batch -> output``) is moved to the training device and
+    put in eval mode, and runs without gradients; hooks get its output with :meth:`teacher_output`.
     ``param_groups`` (:class:`~torchslim.train.config.ParamGroup`, from the technique) give some
     parameters their own learning rate, before the config's own ``param_groups``.
 
@@ -218,10 +218,10 @@ class Trainer:
     def _place_teacher(self) -> None:
         t = self.teacher
         if isinstance(t, nn.Module):
+            if t is self.model:
+                raise ConfigError("the teacher is the model being trained: pass a copy (e.g. the uncompressed model)")
             t.to(self.device)
-            t.eval()
-            for p in t.parameters():
-                p.requires_grad_(False)
+            t.eval()                    # it runs under no_grad: its parameters' own flags are left as they are
         elif t is not None and not callable(t):
             raise ConfigError(f"teacher must be an nn.Module or a callable, got {type(t).__name__}")
 

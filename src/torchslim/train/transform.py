@@ -29,6 +29,7 @@ from torchslim.train.config import ParamGroup, TrainConfig
 from torchslim.train.engine import Trainer, TrainResult
 from torchslim.train.hooks import TrainHook
 
+FROM_CONTEXT: Any = type("FromContext", (), {"__repr__": lambda self: "FROM_CONTEXT"})()
 TRAINING_USES = ("task", "calibration", "train", "teacher", "hooks", "device", "train_data")
 
 
@@ -40,7 +41,10 @@ class Prepared:
     ``k`` (0-based) and returns hooks for that round only; ``after_round(k, result)`` runs after it
     and may return a record for the history. ``param_groups`` give some parameters their own
     learning rate (or freeze nothing: ``requires_grad`` decides what trains). ``state`` is
-    anything ``convert`` needs.
+    anything ``convert`` needs. ``train_data`` (a callable like ``Task.train_batches`` or an iterable of
+    batches) replaces the task's training data, e.g. a corpus the technique built; ``teacher`` replaces
+    the context's teacher for the Trainer (a model the technique loaded, or None when it used the teacher
+    itself); left at ``FROM_CONTEXT`` the Trainer gets the context's.
     """
 
     hooks: list[TrainHook] = field(default_factory=list)
@@ -50,6 +54,8 @@ class Prepared:
     param_groups: tuple[ParamGroup, ...] = ()
     state: dict[str, Any] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
+    train_data: Any = None
+    teacher: Any = FROM_CONTEXT
 
 
 @dataclass
@@ -65,6 +71,10 @@ class TrainingConfig(BaseConfig):
 
     def convert(self, model: nn.Module, prepared: Prepared) -> nn.Module:
         return model
+
+    def needs_teacher(self) -> bool:
+        """Whether training uses a teacher (a recipe then passes the uncompressed model as ``teacher``)."""
+        return False
 
     def train_config(self, ctx: ApplyContext) -> TrainConfig:
         train = self.train if self.train is not None else ctx.train
@@ -99,7 +109,8 @@ def fit_round(model: nn.Module, config: TrainingConfig, ctx: ApplyContext, prepa
     train = config.train_config(ctx)
     train = round_train(train, k) if prepared.rounds > 1 else train
     trainer = Trainer(model, training_task(config, ctx), train, hooks=[*prepared.hooks, *extra, *ctx.hooks],
-                      train_data=ctx.train_data, device=ctx.device, teacher=ctx.teacher,
+                      train_data=prepared.train_data if prepared.train_data is not None else ctx.train_data,
+                      device=ctx.device, teacher=ctx.teacher if prepared.teacher is FROM_CONTEXT else prepared.teacher,
                       param_groups=prepared.param_groups)
     return trainer.fit()
 
