@@ -44,12 +44,21 @@ _V1_FILES = (WEIGHTS, HF_CONFIG)
 
 
 # -- save --------------------------------------------------------------------------------
+def _refuse_training_only(model: nn.Module) -> None:
+    """Fake-quantized (QAT) layers are a training tool, never a deliverable: convert them first."""
+    found = [n for n, m in model.named_modules() if getattr(m, "torchslim_training_only", False)]
+    if found:
+        raise ArtifactError(f"'{found[0]}' (and {len(found) - 1} more) are fake-quantized training layers: "
+                            "convert them to real quantized layers first (QATConfig does so when training ends)")
+
+
 def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = None,
          metadata: dict[str, Any] | None = None) -> Path:
     """Save ``model`` as an artifact folder at ``path`` and return the path."""
     from safetensors.torch import save_file
 
     path = Path(path)
+    _refuse_training_only(model)
     old = checks.check_target(path)
     state = state_of(model)
     source = source or state.source or {"kind": "module"}

@@ -7,6 +7,7 @@ from torchslim.quantization.gptq import GPTQConfig
 from torchslim.quantization.int8_conv import Int8StaticConv2d, convert_conv
 from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
 from torchslim.quantization.qconv import QuantConv2d, quantize_conv_weight_only
+from torchslim.quantization.qat import ActQuant, QATConfig
 from torchslim.quantization.kernels import Kernel
 from torchslim.quantization.kv_cache import (KVCacheConfig, QuantizedKVCache, apply_kv_cache, cache_nbytes,
                                              kv_cache_config, remove_kv_cache)
@@ -18,6 +19,7 @@ from torchslim.quantization.weight_only import WeightOnlyConfig, plan
 __all__ = [
     # configs
     "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig", "ActMode",
+    "QATConfig", "ActQuant",
     # formats, granularities, observers, kernels
     "IntFormat", "NF4", "Binary", "Ternary", "Codebook", "PerTensor", "PerChannel", "PerGroup",
     "MinMax", "Percentile", "MSE", "KL", "Kernel",

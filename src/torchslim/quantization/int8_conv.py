@@ -23,7 +23,7 @@ from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.errors import ConfigError
 from torchslim.core.modules import StandIn, register_module_format
-from torchslim.quantization.kernels import act_qmax, act_qparams
+from torchslim.quantization.kernels import act_bits_of, act_qmax, act_qparams
 from torchslim.quantization.observers import MinMax, static_range
 from torchslim.quantization.qconv import ConvGeometry, QuantConv2d, quantize_conv_weight_only
 
@@ -69,9 +69,9 @@ class Int8StaticConv2d(StandIn, nn.Module):
         return self.dequantized_weight()
 
     def __init__(self, geometry: ConvGeometry, bias: bool, config: BaseConfig | None = None,
-                 fused_relu: bool = False, uint8_output: bool = False):
+                 fused_relu: bool = False, uint8_output: bool = False, act_bits: int = 8):
         super().__init__()
-        self.geometry, self.config = geometry, config
+        self.geometry, self.config, self.act_bits = geometry, config, act_bits
         self.fused_relu, self.uint8_output = fused_relu, uint8_output
         self.register_buffer("weight_int8", torch.zeros(geometry.weight_shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(geometry.out_channels))
@@ -94,9 +94,13 @@ class Int8StaticConv2d(StandIn, nn.Module):
             m.bias.data.copy_(conv.bias.detach().float())
         return m
 
+    def act_qmax(self) -> int:
+        """Largest activation code: :func:`act_qmax`, or fewer for narrower activations (QAT W4A4)."""
+        return min(2**self.act_bits - 1, act_qmax())
+
     def set_range(self, lo: float, hi: float) -> None:
         """Calibrated input range: uint8 scale and zero point covering ``[lo, hi]`` (and 0)."""
-        scale, zero = act_qparams(lo, hi)
+        scale, zero = act_qparams(lo, hi, self.act_qmax())
         self.act_scale.fill_(scale)
         self.act_zero.fill_(zero)
         self._cache = {}
@@ -133,7 +137,7 @@ class Int8StaticConv2d(StandIn, nn.Module):
         c = self._prepared()
         x_scale, x_zero = c["x"]
         # float input: codes above act_qmax() (inputs beyond the calibrated range) would saturate without VNNI
-        qx = x if x.dtype == torch.uint8 else quantize_u8(x, x_scale, x_zero).clamp_(max=act_qmax())
+        qx = x if x.dtype == torch.uint8 else quantize_u8(x, x_scale, x_zero).clamp_(max=self.act_qmax())
         stride, pad, dil, groups = self.geometry.conv_args()
         y = torch.ops.onednn.qconv2d_pointwise(
             qx, x_scale, x_zero, c["w"], self.weight_scale, c["w_zero"], self.bias, stride, pad, dil, groups,
@@ -163,13 +167,14 @@ class Int8StaticConv2d(StandIn, nn.Module):
                 "shape": list(self.geometry.weight_shape), "conv": self.geometry.to_dict(),
                 "bias": self.bias is not None, "fused_relu": self.fused_relu,
                 "output": "uint8" if self.uint8_output else "float32", "slower_than_fp32": False,
+                "act_bits": self.act_bits,
                 "kernel_note": "about 35 us fixed cost per call: tiny feature maps at batch 1 can run slower than fp32"}
 
     @classmethod
     def from_layer_info(cls, original: nn.Module, info: dict[str, Any]) -> Int8StaticConv2d:
         config = config_from_dict(info["config"]) if info.get("config") else None
         return cls(ConvGeometry.from_dict(info["conv"]), bool(info["bias"]), config,
-                   bool(info.get("fused_relu")), info.get("output") == "uint8")
+                   bool(info.get("fused_relu")), info.get("output") == "uint8", act_bits_of(info))
 
 
 # -- conversion -----------------------------------------------------------------------------

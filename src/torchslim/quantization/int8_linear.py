@@ -20,7 +20,7 @@ from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.modules import StandIn, register_module_format
-from torchslim.quantization.kernels import act_qmax, act_qparams
+from torchslim.quantization.kernels import act_bits_of, act_qmax, act_qparams
 
 
 def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +51,7 @@ class _Int8Base(StandIn, nn.Module):
         if smooth is not None:
             w = w / smooth[None, :]
             m.smooth.copy_(smooth)
+            m.use_smooth = True
         q, s = quantize_weight_int8(w)
         m.weight_int8.copy_(q)
         m.weight_scale.copy_(s)
@@ -79,13 +80,15 @@ class _Int8Base(StandIn, nn.Module):
         return {"technique": getattr(self.config, "technique", "w8a8"),
                 "config": self.config.to_dict() if self.config is not None else None,
                 "storage": "int8 PerChannel", "kernel": self.kernel, "shape": [self.out_features, self.in_features],
-                "slower_than_fp32": False}
+                "slower_than_fp32": False, "smoothed": self.use_smooth}
 
     @classmethod
     def from_layer_info(cls, original: nn.Module, info: dict[str, Any]):
         out_f, in_f = info["shape"]
         config = config_from_dict(info["config"]) if info.get("config") else None
-        return cls(in_f, out_f, getattr(original, "bias", None) is not None, config)
+        m = cls(in_f, out_f, getattr(original, "bias", None) is not None, config)
+        m.use_smooth = bool(info.get("smoothed", m.use_smooth))
+        return m
 
     def extra_repr(self) -> str:
         return f"{self.in_features}->{self.out_features}, kernel={self.kernel}"
@@ -118,14 +121,27 @@ class Int8DynamicLinear(_Int8Base):
 class Int8StaticLinear(_Int8Base):
     kernel = "onednn::qlinear_pointwise (static u8 x s8)"
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, config: BaseConfig | None):
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: BaseConfig | None, act_bits: int = 8):
         super().__init__(in_features, out_features, bias, config)
         self.register_buffer("act_scale", torch.ones(()))
         self.register_buffer("act_zero", torch.zeros((), dtype=torch.int32))
+        self.act_bits = act_bits       # < 8: narrower activation codes (a QAT W4A4 model) run by the same kernel
+
+    def act_qmax(self) -> int:
+        return min(2**self.act_bits - 1, act_qmax())
+
+    def torchslim_layer_info(self) -> dict[str, Any]:
+        return {**super().torchslim_layer_info(), "act_bits": self.act_bits}
+
+    @classmethod
+    def from_layer_info(cls, original: nn.Module, info: dict[str, Any]):
+        m = super().from_layer_info(original, info)
+        m.act_bits = act_bits_of(info)
+        return m
 
     def set_range(self, lo: float, hi: float) -> None:
         """Asymmetric uint8 activation range (always containing 0)."""
-        scale, zero = act_qparams(lo, hi)
+        scale, zero = act_qparams(lo, hi, self.act_qmax())
         self.act_scale.fill_(scale)
         self.act_zero.fill_(zero)
 
@@ -134,7 +150,7 @@ class Int8StaticLinear(_Int8Base):
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, [x2.shape[0], self.in_features])
         scale, zp = float(self.act_scale), int(self.act_zero)
-        qx = torch.clamp(torch.round(x2 / scale) + zp, 0, act_qmax()).to(torch.uint8)
+        qx = torch.clamp(torch.round(x2 / scale) + zp, 0, self.act_qmax()).to(torch.uint8)
         y = torch.ops.onednn.qlinear_pointwise(
             qx, scale, zp, self._packed, self.weight_scale, torch.zeros(self.out_features, dtype=torch.long),
             self.bias, 1.0, 0, torch.float32, "none", [None], "")

@@ -121,9 +121,20 @@ def act_qmax() -> int:
     return 255 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 127
 
 
-def act_qparams(lo: float, hi: float) -> tuple[float, int]:
-    """Asymmetric uint8 ``(scale, zero point)`` for the range ``[lo, hi]`` (widened to contain 0)."""
-    qmax = act_qmax()
+def act_bits_of(info: dict) -> int:
+    """A stored layer's activation bits (2-8, default 8), checked: artifacts are untrusted input."""
+    bits = info.get("act_bits", 8)
+    if type(bits) is not int or not 2 <= bits <= 8:
+        from torchslim.core.errors import ArtifactError
+
+        raise ArtifactError(f"layer record: act_bits must be an integer from 2 to 8, got {str(bits)[:40]!r}")
+    return bits
+
+
+def act_qparams(lo: float, hi: float, qmax: int | None = None) -> tuple[float, int]:
+    """Asymmetric uint8 ``(scale, zero point)`` for the range ``[lo, hi]`` (widened to contain 0), on
+    ``qmax`` steps (default :func:`act_qmax`)."""
+    qmax = act_qmax() if qmax is None else qmax
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max(hi - lo, 1e-8) / qmax
     return scale, int(min(qmax, max(0, round(-lo / scale))))

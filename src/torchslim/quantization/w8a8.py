@@ -91,16 +91,10 @@ def _conv_prelude(model: nn.Module, config: W8A8Config, layers: dict) -> dict:
         if not left:
             raise ConfigError("W8A8Config(mode=dynamic) found only Conv2d layers: use mode=static for convolutions")
         return left
-    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-        from torchslim.transforms.fold_bn import fold_bn_
+    from torchslim.transforms.fold_bn import fold_bn_for
 
-        was = model.training
-        model.eval()
-        folded = fold_bn_(model)
-        model.train(was)
-        if folded:
-            log.info("W8A8 static: folded %d BatchNorm(s) into their convs first", len(folded))
-            layers = {n: (m, c) for n, m, c in selected_linears(model, config, convs=True)}
+    if fold_bn_for(model, "W8A8 static"):
+        layers = {n: (m, c) for n, m, c in selected_linears(model, config, convs=True)}
     return layers
 
 

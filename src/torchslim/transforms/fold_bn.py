@@ -104,3 +104,19 @@ def fold_bn_(model: nn.Module) -> list[tuple[str, str]]:
         replace_module(model, conv_name, FoldedConv2d.from_conv_bn(conv, bn, bn_name))
         replace_module(model, bn_name, FoldedAway("fold_bn", conv_name, type(bn).__name__))
     return pairs
+
+
+def fold_bn_for(model: nn.Module, who: str) -> list[tuple[str, str]]:
+    """Fold every foldable BatchNorm in eval mode (running statistics), keep the model's training mode,
+    and log what ``who`` (the technique that needs it) folded."""
+    import logging
+
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return []
+    was = model.training
+    model.eval()
+    folded = fold_bn_(model)
+    model.train(was)
+    if folded:
+        logging.getLogger("torchslim").info("%s: folded %d BatchNorm(s) into their convs first", who, len(folded))
+    return folded

@@ -37,7 +37,7 @@ def fuse_int8_relu_(model: nn.Module, chain_uint8: bool = True) -> dict[str, lis
         for conv_name, tail in tails.items():
             consumer = single_consumer(graph, tail)
             nxt = get_module(model, consumer) if consumer is not None else None
-            if isinstance(nxt, Int8StaticConv2d):
+            if isinstance(nxt, Int8StaticConv2d) and nxt.act_bits == 8:   # narrower codes: the next clamps itself
                 get_module(model, conv_name).set_uint8_output(float(nxt.act_scale), int(nxt.act_zero))
                 chained.append(conv_name)
     return {"relu": fused, "uint8": chained}
