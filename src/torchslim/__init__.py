@@ -11,7 +11,7 @@ Verbs change a model in place, one per technique family::
 from torchslim.version import __version__
 
 # verbs
-from torchslim.api import finetune_, prune_, quantize_
+from torchslim.api import distill_, finetune_, prune_, quantize_
 from torchslim.core.registry import apply_
 
 # building blocks
@@ -26,9 +26,11 @@ from torchslim.models import load_model
 import torchslim.zoo.hf  # noqa: F401,E402 - registers the transformers skeleton builder
 
 # techniques (importing registers their handlers)
-from torchslim.quantization import AWQConfig, CastConfig, GPTQConfig, KVCacheConfig, W8A8Config, WeightOnlyConfig
+from torchslim.quantization import (ActQuant, AWQConfig, CastConfig, GPTQConfig, KVCacheConfig, QATConfig, W8A8Config,
+                                    WeightOnlyConfig)
 from torchslim.pruning import GradualConfig, IterativeConfig, LotteryConfig, StructuredConfig, UnstructuredConfig
 from torchslim.train import FinetuneConfig, TrainConfig
+from torchslim.distill import BlackBoxDistillConfig, DistillConfig
 
 
 def evaluate(*args, **kwargs):
@@ -40,9 +42,10 @@ def evaluate(*args, **kwargs):
 
 __all__ = [
     "__version__",
-    "apply_", "finetune_", "prune_", "quantize_",
+    "apply_", "distill_", "finetune_", "prune_", "quantize_",
     "ApplyContext", "BaseConfig", "Selector", "TrainConfig", "FinetuneConfig", "ArtifactError", "ConfigError", "TorchSlimError",
     "evaluate", "load", "load_model", "save",
-    "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig",
+    "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig", "QATConfig", "ActQuant",
+    "DistillConfig", "BlackBoxDistillConfig",
     "GradualConfig", "IterativeConfig", "LotteryConfig", "StructuredConfig", "UnstructuredConfig",
 ]

@@ -35,7 +35,7 @@ def test_a_recipe_file_parses_into_typed_stages_and_round_trips(tmp_path):
     ("  - prune: {_type: UnstructuredConfig, sparsty: 0.5}", "stage 1 \\(prune\\): unknown key 'sparsty' for UnstructuredConfig"),
     ("  - train: {steps: 0}", "stage 1 \\(train\\).*TrainConfig.steps must be between 1"),
     ("  - quantize: {_type: UnstructuredConfig}", "stage 1 \\(quantize\\).*pruning config, not for a 'quantize'"),
-    ("  - compress: {}", "stage 1: unknown stage 'compress'; known: apply, checkpoint, evaluate"),
+    ("  - compress: {}", "stage 1: unknown stage 'compress'; known: apply, checkpoint, distill, evaluate"),
     ("  - evaluate: {}\n    save: {}", "stage 1: a stage is a mapping with one key"),
     ("  - save: {path: ../outside}", "stage 1 \\(save\\).*relative folder inside the output folder"),
     ("  - quantize: {_type: GPTQConfig, weight: {granularity: {_type: PerGroup, size: 0}}}",

@@ -15,7 +15,7 @@ from torchslim.core.errors import TorchSlimError
 from torchslim.recipes import Recipe, RunOptions, load_recipe, preset_names, run_recipe
 
 EXE = str(Path(sys.executable).with_name("torchslim"))
-FAST = RunOptions(iters=3, warmup=1, decode_tokens=4)
+FAST = RunOptions(iters=3, warmup=1, decode_tokens=4, max_steps=8)
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -31,6 +31,8 @@ def test_every_shipped_recipe_runs_on_tiny_llama(tmp_path, name):
     history = torchslim.artifact.read_manifest(out)["history"]
     applied = [h["name"] for h in history if h["kind"] != "evaluate"]
     assert applied == [type(s.config).__name__ for s in recipe.stages if hasattr(s, "config")]
+    trained = [h for h in history if (h.get("config") or {}).get("train")]
+    assert all(h["config"]["train"]["steps"] == 8 and h["details"]["steps"] == 8 for h in trained)
     again = torchslim.load(out)
     ids = torch.arange(16).reshape(1, 16)
     with torch.no_grad():

@@ -16,12 +16,12 @@ def _console():
 
 
 def _options(resume: bool, report: bool, speed: bool, iters: int, decode_tokens: int, shapes: list[str],
-             data: dict | None = None):
+             data: dict | None = None, max_steps: int | None = None):
     from torchslim.cli.main import parse_shape
     from torchslim.recipes import RunOptions
 
     return RunOptions(resume=resume, report=report, speed=speed, iters=iters, decode_tokens=decode_tokens,
-                      shapes=tuple(parse_shape(s) for s in shapes) or None, data=data or {})
+                      shapes=tuple(parse_shape(s) for s in shapes) or None, data=data or {}, max_steps=max_steps)
 
 
 def run_cmd(
@@ -39,6 +39,8 @@ def run_cmd(
                                               "file, a JSONL file (\"text\", \"label\") or a folder."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Evaluation data (same formats)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length of the task's windows."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1,
+                                            help="Cap every training stage at this many steps (a quick trial run)."),
 ) -> None:
     """Run a recipe (ordered stages) on a model; resumable; writes the artifact and a report of every stage."""
     from torchslim.cli.main import _data
@@ -48,7 +50,7 @@ def run_cmd(
     console = _console()
     console.print(f"recipe [bold]{rec.name}[/bold] ({len(rec.stages)} stages) on {model} -> {out}")
     data = _data(calib_data, eval_data, seq_len)
-    run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape, data), console)
+    run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps), console)
     console.print(f"artifact: {out}   report: {out / 'report.md'}" if report else f"artifact: {out}")
 
 

@@ -26,7 +26,7 @@ from torchslim.core.io import RUN_DIR, atomic_file
 from torchslim.core.state import Timer, state_of
 from torchslim.recipes.recipe import Recipe
 from torchslim.recipes.report import StageRow, interleaved_speed, markdown, quick_eval, stage_row
-from torchslim.recipes.stages import ApplyStage, RunContext, SaveStage
+from torchslim.recipes.stages import ApplyStage, RunContext, SaveStage, needs_teacher
 
 RUN_FORMAT = "torchslim-run"
 
@@ -34,7 +34,8 @@ RUN_FORMAT = "torchslim-run"
 @dataclass
 class RunOptions:
     """How to run: resume an interrupted run; evaluate the uncompressed model and time it beside the final
-    one (``report``); latency shapes, timed iterations and decode tokens for that comparison."""
+    one (``report``); latency shapes, timed iterations and decode tokens for that comparison; ``max_steps``
+    caps the steps of every training stage."""
 
     resume: bool = False
     report: bool = True
@@ -44,6 +45,7 @@ class RunOptions:
     iters: int = 5
     decode_tokens: int = 16
     data: dict[str, Any] = field(default_factory=dict)   # calib_data / eval_data / seq_len for load_model
+    max_steps: int | None = None      # cap every training stage (a quick trial of a recipe); recorded in the history
 
 
 @dataclass
@@ -95,12 +97,14 @@ class _RunFolder:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _data_key(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: str(v) for k, v in data.items()}
+def _data_key(options: RunOptions) -> dict[str, Any]:
+    """What besides the recipe and model decides a run's result (a resumed run must match it)."""
+    key = {k: str(v) for k, v in options.data.items()}
+    return {**key, "max_steps": options.max_steps} if options.max_steps is not None else key
 
 
 def _start(recipe: Recipe, spec: str, out: Path, folder: _RunFolder, resume: bool, console: Any,
-           data: dict[str, Any]) -> dict[str, Any] | None:
+           options: RunOptions) -> dict[str, Any] | None:
     """The saved state to resume from, or ``None`` for a fresh run (after checking the output folder)."""
     from torchslim.artifact.checks import check_target
 
@@ -109,7 +113,7 @@ def _start(recipe: Recipe, spec: str, out: Path, folder: _RunFolder, resume: boo
             raise TorchSlimError(f"{out} holds an interrupted run; pass --resume to continue it (or remove {folder.root})")
         st = folder.read()
         if st.get("fingerprint") != recipe.fingerprint() or st.get("model") != spec or \
-                st.get("data", {}) != _data_key(data):
+                st.get("data", {}) != _data_key(options):
             raise TorchSlimError(f"{out}: the interrupted run used another recipe or model "
                                  f"({st.get('recipe_name')!r} on {st.get('model')!r}); remove {folder.root} to start over")
         return st
@@ -126,22 +130,24 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, options: RunOptions 
 
     options = options or RunOptions()
     out, folder = Path(out), _RunFolder(Path(out))
-    st = _start(recipe, model, out, folder, options.resume, console, options.data)
+    st = _start(recipe, model, out, folder, options.resume, console, options)
     loaded = load_model(model, **options.data)
     if loaded.task is None:
         raise TorchSlimError(f"{model}: no task is known for this model; run recipes from Python with a Task")
     first = st["completed"] + 1 if st is not None else 0
     current = folder.load(st["checkpoint"]) if st is not None and st.get("checkpoint") is not None else loaded.model
-    reference = None           # the uncompressed model, kept to be measured beside the final one
-    if options.report:
+    reference = None           # the uncompressed model: measured beside the final one, teacher of distillation
+    teach = any(isinstance(s, ApplyStage) and needs_teacher(s.config) for s in recipe.stages[first:])
+    if options.report or teach:
         reference = copy.deepcopy(loaded.model) if current is loaded.model else loaded.model
     if st is None:
         st = {"format": RUN_FORMAT, "recipe_name": recipe.name, "fingerprint": recipe.fingerprint(), "model": model,
-              "data": _data_key(options.data), "completed": -1, "checkpoint": None, "rows": []}
+              "data": _data_key(options), "completed": -1, "checkpoint": None, "rows": []}
         if options.report:
             _baseline(current, loaded.task, st, console)
         folder.write(st)
-    run = RunContext(current, ApplyContext(task=loaded.task), out, console)
+    run = RunContext(current, ApplyContext(task=loaded.task), out, console, teacher=reference if teach else None,
+                     max_steps=options.max_steps)
     unit_end, pending = -1, []
     for i in range(first, len(recipe.stages)):
         if i > unit_end:

@@ -16,6 +16,8 @@ its own stage type with :func:`register_stage`.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +51,8 @@ class RunContext:
     out: Path
     console: Any = None
     saved: list[Path] = field(default_factory=list)
+    teacher: nn.Module | None = None       # the uncompressed model, for stages that learn from it
+    max_steps: int | None = None           # cap on the steps of training stages (a trial run)
 
     def say(self, text: str) -> None:
         if self.console is not None:
@@ -95,13 +99,31 @@ def stage_from_dict(d: Any, where: str) -> Stage:
         raise ConfigError(msg if msg.startswith(prefix) else f"{prefix}: {msg}") from None
 
 
+def capped(config: BaseConfig, max_steps: int | None) -> BaseConfig:
+    """``config`` with its training steps capped at ``max_steps`` (warm-up shortened to fit), if it trains."""
+    from torchslim.train.config import TrainConfig
+
+    train = getattr(config, "train", None)
+    if max_steps is None or not isinstance(train, TrainConfig) or train.steps <= max_steps:
+        return config
+    short = dataclasses.replace(train, steps=max_steps, warmup_steps=min(train.warmup_steps, max_steps - 1))
+    return dataclasses.replace(config, train=short)
+
+
+def needs_teacher(config: BaseConfig) -> bool:
+    """Whether ``config`` trains against a teacher (distillation, QAT with a distillation loss)."""
+    fn = getattr(config, "needs_teacher", None)
+    return bool(fn()) if callable(fn) else False
+
+
 # -- apply a config --------------------------------------------------------------------------------
-_FAMILY = {"quantize": "quantization", "prune": "pruning", "finetune": "training", "apply": None}
+_FAMILY = {"quantize": "quantization", "prune": "pruning", "finetune": "training", "distill": "distillation",
+           "apply": None}
 
 
 @dataclass
 class ApplyStage(Stage):
-    """Apply one config (``quantize``/``prune``/``finetune`` check its family)."""
+    """Apply one config (``quantize``/``prune``/``finetune``/``distill`` check its family)."""
 
     config: BaseConfig
     verb: str = "apply"
@@ -127,7 +149,12 @@ class ApplyStage(Stage):
     def run(self, run: RunContext) -> None:
         from torchslim.core.registry import apply_
 
-        run.model = apply_(run.model, self.config, run.ctx, family=_FAMILY.get(self.verb))
+        ctx, config = run.ctx, capped(self.config, run.max_steps)
+        if needs_teacher(config):
+            if run.teacher is None:
+                raise ConfigError(f"{type(self.config).__name__} learns from a teacher, and this run has none")
+            ctx = dataclasses.replace(ctx, teacher=run.teacher)
+        run.model = apply_(run.model, config, ctx, family=_FAMILY.get(self.verb))
 
     def describe(self) -> str:
         return f"{self.verb} {type(self.config).__name__}"
