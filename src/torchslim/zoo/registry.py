@@ -40,6 +40,8 @@ class ZooEntry:
     # Rebuilds the (untrained) architecture from a LoadedModel.source, for artifacts of models
     # that are not transformers models (those are rebuilt from their config.json).
     skeleton: Callable[[dict[str, Any]], nn.Module] | None = None
+    # The GGUF file the model was converted from, if any (GGUF export reuses its tokenizer keys).
+    gguf_file: Callable[[], Any] | None = None
 
     def available(self) -> bool:
         return True

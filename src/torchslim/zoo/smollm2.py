@@ -130,5 +130,6 @@ ENTRY = register_zoo(
         loader=load_smollm2,
         needs=INSTALL_HINT,
         package=PACKAGE,
+        gguf_file=gguf_path,
     )
 )

@@ -1,0 +1,81 @@
+"""GGUF export of Llama-family artifacts: calibrated codes kept, transformers reloads the file with the
+same outputs, and what cannot be written is refused in one line."""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import torchslim
+from torchslim import WeightOnlyConfig
+from torchslim.artifact.export_gguf import export_gguf
+from torchslim.artifact.gguf_blocks import TYPES, dequantize
+from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.quantization import IntFormat, PerGroup
+from torchslim.zoo.tiny import tiny_llama
+
+
+def _artifact(tmp_path, fmt=None, **overrides):
+    lm = tiny_llama(**overrides)
+    if fmt is not None:
+        torchslim.quantize_(lm.model, WeightOnlyConfig(format=fmt, granularity=PerGroup(32)))
+    return lm.model, torchslim.save(lm.model, tmp_path / "art", source=lm.source)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("qtype,fmt", [("Q4_1", IntFormat(4, symmetric=False)), ("Q4_0", IntFormat(4)),
+                                       ("Q8_0", IntFormat(8))])
+def test_codes_on_the_grid_are_written_exactly_and_transformers_reads_the_same_model(tmp_path, qtype, fmt) -> None:
+    model, art = _artifact(tmp_path, fmt)
+    info = export_gguf(art, tmp_path / "m.gguf", qtype=qtype, embed_type="F32")
+    assert info["exact_layers"] == 14 and info["rounded_layers"] == 0
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    stored = {t.name: t for t in reader.tensors}
+    down = model.model.layers[1].mlp.down_proj
+    t = stored["blk.1.ffn_down.weight"]
+    assert t.tensor_type == getattr(gguf.GGMLQuantizationType, qtype)
+    back = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+    want = dequantize(TYPES[qtype], down.codes(), down.scale, down.offset)   # the codes, scales as fp16
+    np.testing.assert_array_equal(back.reshape(want.shape), want.numpy())
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    ids = torch.randint(0, 257, (2, 24), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_logits(hf, ids), _logits(model, ids), rtol=0, atol=2e-2)   # fp16 scales only
+
+
+def test_float_layers_are_rounded_to_the_grid_and_counted(tmp_path, caplog) -> None:
+    model, art = _artifact(tmp_path)
+    info = export_gguf(art, tmp_path / "m.gguf", qtype="Q8_0")
+    assert info["rounded_layers"] == 15 and info["exact_layers"] == 0        # 14 linears + the embedding
+    assert "rounded" in caplog.text
+    names = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert names["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0 and "output.weight" not in names  # tied
+    assert names["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    ids = torch.randint(0, 257, (1, 16), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_logits(hf, ids), _logits(model, ids), rtol=0, atol=3e-2)
+
+
+def test_f16_export_of_an_untied_model_writes_the_output_head(tmp_path) -> None:
+    model, art = _artifact(tmp_path, tie_word_embeddings=False)
+    export_gguf(art, tmp_path / "m.gguf", qtype="F16", embed_type="F16")
+    names = {t.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert {"output.weight", "token_embd.weight", "output_norm.weight"} <= names
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    ids = torch.randint(0, 257, (1, 16), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(_logits(hf, ids), _logits(model, ids), rtol=0, atol=1e-2)
+
+
+def test_what_gguf_cannot_hold_is_refused_in_one_line(tmp_path) -> None:
+    _, art = _artifact(tmp_path)
+    with pytest.raises(ConfigError, match="Q5_K"):
+        export_gguf(art, tmp_path / "m.gguf", qtype="Q5_K")
+    bert = torchslim.save(torchslim.load_model("tiny-bert").model, tmp_path / "bert")
+    with pytest.raises(TorchSlimError, match="Llama-family"):
+        export_gguf(bert, tmp_path / "b.gguf")
+    assert not (tmp_path / "m.gguf").exists() and not list(tmp_path.glob(".*.tmp"))
