@@ -17,9 +17,15 @@ def run_demo(model: str = "smollm2-135m", out: Path = Path("out/demo"), recipe: 
     """Run the demo recipe on ``model`` into ``out``; returns the :class:`~torchslim.recipes.RunResult`."""
     from torchslim.recipes import RunOptions, load_recipe, run_recipe
 
+    from torchslim.quantization import kernel_table
+
     rec = load_recipe(recipe)
     if console is not None:
         console.print(f"demo: recipe [bold]{rec.name}[/bold] on {model}: {rec.description}")
+    if kernel_table.load() is None:       # which kernel runs at how many rows, measured once on this machine
+        if console is not None:
+            console.print("measuring packed kernels against fp32 on this machine (once, about 30 s)")
+        kernel_table.ensure()
     result = run_recipe(rec, model, out, RunOptions(resume=resume, iters=iters, decode_tokens=32), console)
     if console is not None:
         console.print(f"artifact: {out}   (load it with torchslim.load('{out}'))   report: {Path(out) / 'report.md'}")

@@ -21,10 +21,11 @@ app.add_typer(zoo_app, name="zoo")
 
 
 def _register_commands() -> None:
-    from torchslim.cli import export_cmd, recipes_cmd
+    from torchslim.cli import export_cmd, kernels_cmd, recipes_cmd
 
     recipes_cmd.register(app)
     export_cmd.register(app)
+    kernels_cmd.register(app)
 
 
 def _console(stderr: bool = False):
@@ -156,14 +157,20 @@ def _print_plan(console, model) -> None:
 def _layers_table(layers: list[dict]):
     from rich.table import Table
 
-    table = Table(title="compressed layers")
-    for col in ("layer", "technique", "storage", "kernel"):
+    from torchslim.quantization import kernel_table
+
+    table = Table(title="compressed layers (speed: measured against fp32 on this machine at 1 row / the most rows)")
+    for col in ("layer", "technique", "storage", "kernel", "speed"):
         table.add_column(col)
     for info in layers:
         storage = str(info.get("storage", info.get("format", "")))
         if isinstance(info.get("sparsity"), (int, float)):
             storage += f", {info['sparsity']:.0%} sparse"
-        table.add_row(info.get("name", ""), str(info.get("technique", "")), storage, str(info.get("kernel", "")))
+        key = kernel_table.key_for_layer(info)       # measured on this machine now, not where it was saved
+        speed = kernel_table.short(key) if key else ("slower than fp32" if info.get("slower_than_fp32") else
+                                                     "not measured")
+        table.add_row(info.get("name", ""), str(info.get("technique", "")), storage, str(info.get("kernel", "")),
+                      str(speed))
     return table
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.modules import StandIn, register_module_format
+from torchslim.quantization import kernel_table
 from torchslim.quantization import kernels as K
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
 from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
@@ -126,7 +127,7 @@ class QuantLinear(StandIn, nn.Module):
         if self.input_scale is not None:
             x2 = x2 * self.input_scale.to(x2.dtype)
         kernel = self.choice.kernel
-        if kernel is K.Kernel.DEQUANT or x2.shape[0] > K.LARGE_M or x.device.type != "cpu":
+        if kernel is K.Kernel.DEQUANT or x2.shape[0] > self.rows_cut() or x.device.type != "cpu":
             dt = torch.bfloat16 if kernel is not K.Kernel.DEQUANT else x.dtype
             y = F.linear(x2.to(dt), self.dequantize(dt))
         elif kernel is K.Kernel.INT8PACK_MM:
@@ -144,8 +145,22 @@ class QuantLinear(StandIn, nn.Module):
             y = y + self.bias.to(x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def table_key(self) -> str | None:
+        """This layer's row in the kernel table (formats with a packed kernel), else None."""
+        if self.choice.kernel is K.Kernel.INT4PACK_MM:
+            return kernel_table.format_key(4, self.gran.size)
+        return kernel_table.format_key(8, None) if self.choice.kernel is K.Kernel.INT8PACK_MM else None
+
+    def rows_cut(self) -> int:
+        """Rows up to which the packed kernel runs (measured on this machine, else the default)."""
+        cut = self.__dict__.get("_rows_cut")
+        if cut is None:
+            key = self.table_key()
+            cut = self._rows_cut = kernel_table.crossover(key) if key else K.LARGE_M
+        return cut
+
     def _apply(self, fn, recurse=True):  # .to()/.cuda(): drop derived kernel buffers
-        self._cache = {}
+        self._cache, self._rows_cut = {}, None
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
@@ -164,6 +179,7 @@ class QuantLinear(StandIn, nn.Module):
             "kernel": self.choice.kernel.value,
             "kernel_note": self.choice.reason,
             "slower_than_fp32": self.choice.slower_than_fp32,
+            "measured_speed": kernel_table.short(self.table_key()) if self.table_key() else "slower than fp32",
             "shape": [self.out_features, self.in_features],
             "input_scaled": self.input_scale is not None,
         }

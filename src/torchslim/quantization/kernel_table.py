@@ -1,0 +1,204 @@
+"""Which kernel is fastest for a packed weight-only layer at a given number of rows, measured on this machine.
+
+A packed kernel (``int4pack_mm``, ``int8pack_mm``) reads a quarter or half of the fp32 weight bytes and wins
+at few rows (decode); at many rows (prefill, batches) the matmul is compute-bound and a dense bf16 matmul on
+the dequantized weight can win. Where the crossover lies depends on the CPU (AVX2, AVX512-VNNI, AMX) and the
+thread count, so it is measured once per machine and cached in ``$TORCHSLIM_CACHE/kernels-<key>.json``:
+for each format, each candidate's median time at row counts 1..4096 on a representative layer, beside the
+fp32 matmul of the same layer, so that reports can say "measured 3.1x fp32 at 1 row" rather than assume it.
+
+Until a table exists for this machine (``torchslim kernels --measure``, the benchmarks and ``make demo``
+measure it), layers use the documented default crossover (``LARGE_M``) and are reported "not measured".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from torchslim.quantization import kernels as K
+
+ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+TABLE_VERSION = 1
+PACKED = "packed"       # the format's packed kernel
+DENSE_BF16 = "dequant_bf16"   # dequantize the weight, bf16 matmul
+
+
+def format_key(bits: int, group: int | None) -> str:
+    """``int4-g128`` / ``int8-channel``: the formats that have a packed kernel."""
+    return f"int4-g{group}" if bits == 4 else "int8-channel"
+
+
+FORMATS = ("int4-g32", "int4-g64", "int4-g128", "int4-g256", "int8-channel")
+
+
+def machine_key() -> str:
+    from torchslim.eval.machine import machine_info
+
+    info = machine_info()
+    raw = json.dumps([info["cpu"], info["isa"], info["threads"], info["torch"], TABLE_VERSION])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def table_path() -> Path:
+    root = Path(os.environ.get("TORCHSLIM_CACHE") or Path.home() / ".cache" / "torchslim")
+    return root / f"kernels-{machine_key()}.json"
+
+
+def _interleaved(fns: dict[str, Any], reps: int) -> dict[str, float]:
+    """Median seconds of each function, called round-robin (so a busy machine slows all alike)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _candidates(fmt: str, n: int, k: int) -> dict[str, Any]:
+    """Callables ``x -> y`` for the packed kernel and the dequantized bf16 matmul of one random layer."""
+    g = torch.Generator().manual_seed(0)
+    if fmt.startswith("int4"):
+        group = int(fmt.split("-g")[1])
+        codes = torch.randint(0, 16, (n, k), generator=g)
+        scale, offset = torch.rand(n, k // group, generator=g) / 8, -torch.rand(n, k // group, generator=g)
+        packed, sz = K.int4pack_prepare(codes, scale, offset)
+
+        def dense(x):
+            w = (codes.float().reshape(n, -1, group) * scale[..., None] + offset[..., None]).reshape(n, k)
+            return F.linear(x.to(torch.bfloat16), w.to(torch.bfloat16))
+
+        return {PACKED: lambda x: K.int4pack_mm(x, packed, group, sz), DENSE_BF16: dense}
+    w8 = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    s = (torch.rand(n, generator=g) / 64).to(torch.bfloat16)
+    return {PACKED: lambda x: K.int8pack_mm(x, w8, s),
+            DENSE_BF16: lambda x: F.linear(x.to(torch.bfloat16), (w8.float() * s.float()[:, None]).to(torch.bfloat16))}
+
+
+def measure(rows: tuple[int, ...] = ROWS, n: int = 1536, k: int = 1024, reps: int = 7,
+            formats: tuple[str, ...] = FORMATS) -> dict[str, Any]:
+    """Median seconds of each candidate and of the fp32 matmul at every row count (an ``n x k`` layer)."""
+    from torchslim.eval.machine import machine_info
+
+    w32 = torch.randn(n, k)
+    out: dict[str, Any] = {"version": TABLE_VERSION, "machine": machine_info(), "layer": [n, k], "rows": list(rows),
+                           "fp32_s": {}, "formats": {f: {PACKED: {}, DENSE_BF16: {}} for f in formats}}
+    cands = {f: _candidates(f, n, k) for f in formats}
+    with torch.inference_mode():
+        for m in rows:
+            x = torch.randn(m, k)
+            fns: dict[str, Any] = {"fp32": lambda: F.linear(x, w32)}
+            fns.update({f"{f}|{c}": (lambda fn=fn: fn(x)) for f in formats for c, fn in cands[f].items()})
+            got = _interleaved(fns, reps if m <= 256 else max(3, reps // 2))
+            out["fp32_s"][str(m)] = got.pop("fp32")
+            for key, sec in got.items():
+                f, c = key.split("|")
+                out["formats"][f][c][str(m)] = sec
+    return out
+
+
+def save(table: dict[str, Any], path: Path | None = None) -> Path:
+    from torchslim.core.io import atomic_file
+
+    path = path or table_path()
+    with atomic_file(path) as f:
+        json.dump(table, f, indent=1)
+    load.cache_clear()
+    return path
+
+
+@lru_cache(maxsize=4)
+def load(path: Path | None = None) -> dict[str, Any] | None:
+    """This machine's table, or None (not measured, or unreadable: then defaults apply)."""
+    path = path or table_path()
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return table if isinstance(table, dict) and table.get("version") == TABLE_VERSION else None
+
+
+def ensure(**kwargs: Any) -> dict[str, Any]:
+    """This machine's table, measured now (a few seconds) if there is none yet."""
+    table = load()
+    if table is None:
+        table = measure(**kwargs)
+        save(table)
+    return table
+
+
+def crossover(fmt: str, table: dict[str, Any] | None = None) -> int:
+    """Rows above which layers switch from the packed kernel to the dequantized bf16 matmul (``LARGE_M`` if not
+    measured): the cut that loses least, summed over the measured row counts, against the faster of the two."""
+    table = table if table is not None else load()
+    per = (table or {}).get("formats", {}).get(fmt)
+    if not per:
+        return K.LARGE_M
+    rows = [int(r) for r in table["rows"]]
+    best = {m: min(per[PACKED][str(m)], per[DENSE_BF16][str(m)]) for m in rows}
+
+    def cost(cut: int) -> float:   # summed slowdown against the best kernel at each row count
+        return sum(per[PACKED if m <= cut else DENSE_BF16][str(m)] / best[m] for m in rows)
+
+    return min([0, *rows], key=lambda cut: (cost(cut), -cut))
+
+
+def speed_vs_fp32(fmt: str, table: dict[str, Any] | None = None) -> dict[int, tuple[str, float]] | None:
+    """At each measured row count: the kernel the layer runs and its measured speed-up over fp32 (None if this
+    machine has no table)."""
+    table = table if table is not None else load()
+    per = (table or {}).get("formats", {}).get(fmt)
+    if not per:
+        return None
+    cut = crossover(fmt, table)
+    out = {}
+    for r in table["rows"]:
+        kernel = PACKED if int(r) <= cut else DENSE_BF16
+        out[int(r)] = (kernel, table["fp32_s"][str(r)] / per[kernel][str(r)])
+    return out
+
+
+def describe(fmt: str, table: dict[str, Any] | None = None) -> str:
+    """One line for reports: measured speed against fp32 at 1 row and at many, or 'not measured'."""
+    speeds = speed_vs_fp32(fmt, table)
+    if speeds is None:
+        return "speed not measured on this machine (run `torchslim kernels --measure`)"
+    rows = sorted(speeds)
+    many = rows[-1]
+    k1, s1 = speeds[1] if 1 in speeds else speeds[rows[0]]
+    kn, sn = speeds[many]
+    verdict = lambda s: "faster" if s > 1.05 else ("slower" if s < 0.95 else "as fast")  # noqa: E731
+    return (f"measured here: {s1:.2f}x fp32 at 1 row ({verdict(s1)}, {k1}); {sn:.2f}x at {many} rows "
+            f"({verdict(sn)}, {kn}); packed kernel up to {crossover(fmt, table)} rows")
+
+
+def short(fmt: str, table: dict[str, Any] | None = None) -> str:
+    """``3.1x@1 2.0x@4096`` (measured speed against fp32 at 1 row and the most rows) or ``not measured``."""
+    speeds = speed_vs_fp32(fmt, table)
+    if speeds is None:
+        return "not measured"
+    rows = sorted(speeds)
+    return f"{speeds[rows[0]][1]:.2f}x@{rows[0]} {speeds[rows[-1]][1]:.2f}x@{rows[-1]}"
+
+
+def key_for_layer(info: dict[str, Any]) -> str | None:
+    """The table row of a packed layer from its artifact record (``kernel`` and ``granularity``)."""
+    kernel = info.get("kernel")
+    if kernel == K.Kernel.INT8PACK_MM.value:
+        return format_key(8, None)
+    if kernel == K.Kernel.INT4PACK_MM.value:
+        gran = info.get("granularity") or {}
+        size = gran.get("size", (gran.get("_data") or {}).get("size"))
+        return format_key(4, size) if isinstance(size, int) else None
+    return None
