@@ -1,0 +1,48 @@
+"""``torchslim generate``: greedy text from a causal LM (artifact, HF folder or zoo name) on the fast path."""
+from __future__ import annotations
+
+import typer
+
+
+def generate_cmd(
+    model: str = typer.Argument(..., help="Artifact folder, Hugging Face folder or zoo name of a causal LM."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, max=1 << 16),
+    dtype: str = typer.Option("auto", help="Activations: bf16, fp32, or auto (bf16 where the CPU has bf16 "
+                                           "instructions, else fp32)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the decode step (static cache; slow "
+                                                          "to start)."),
+) -> None:
+    """Generate greedily and print the text and the measured tokens/s."""
+    import torch
+    from rich.console import Console
+
+    from torchslim.core.errors import ConfigError, TorchSlimError
+    from torchslim.eval.machine import cpu_features
+    from torchslim.models import load_model
+    from torchslim.runtime import FastDecoder, prepare_fast
+
+    if dtype not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"--dtype must be bf16, fp32 or auto, got {dtype!r}")
+    console = Console()
+    with console.status(f"loading {model}"):
+        loaded = load_model(model)
+    if loaded.tokenizer is None:
+        raise TorchSlimError(f"{model}: no tokenizer is known for this model")
+    use_bf16 = dtype == "bf16" or (dtype == "auto" and bool({"avx512_bf16", "amx_bf16"} & set(cpu_features())))
+    if use_bf16:
+        prepare_fast(loaded.model, torch.bfloat16)
+    ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.shape[1] == 0:
+        raise ConfigError("--prompt is empty after tokenization")
+    decoder = FastDecoder(loaded.model, max_len=ids.shape[1] + max_new_tokens, compile=compile)
+    out, timing = decoder.generate(ids, max_new_tokens, eos_token_id=loaded.tokenizer.eos_token_id)
+    console.print(loaded.tokenizer.decode(out[0], skip_special_tokens=True), markup=False, highlight=False)
+    console.print(f"[dim]{timing.new_tokens} new tokens, {'bf16' if use_bf16 else 'fp32'}"
+                  f"{', compiled' if compile else ''}: decode {timing.tokens_per_s:.1f} tok/s, prefill "
+                  f"{timing.prompt_tokens} tokens in {1e3 * timing.prefill_s:.0f} ms "
+                  f"({timing.prefill_tokens_per_s:.0f} tok/s)[/dim]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_cmd)

@@ -1,0 +1,81 @@
+"""The fast decode path: the same greedy tokens as ``generate`` in the same dtype, packed layers included."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchslim
+from torchslim import WeightOnlyConfig
+from torchslim.core.errors import TorchSlimError
+from torchslim.quantization import IntFormat, PerGroup
+from torchslim.runtime import FastDecoder, prepare_fast
+from torchslim.zoo.tiny import tiny_llama
+
+EXE = str(Path(sys.executable).with_name("torchslim"))
+
+
+def _reference(model, ids, n):
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                          do_sample=False, pad_token_id=0)
+
+
+@pytest.fixture(scope="module")
+def int4_llama():
+    lm = tiny_llama()
+    torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32)))
+    return lm.model
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_greedy_tokens_equal_generate_in_the_same_dtype(int4_llama, bf16, static, packed) -> None:
+    model = copy.deepcopy(int4_llama if packed else tiny_llama().model)
+    if bf16:
+        cast = prepare_fast(model)
+        assert cast >= 5 and model.model.embed_tokens.weight.dtype == torch.bfloat16
+    ids = torch.randint(1, 257, (1, 10), generator=torch.Generator().manual_seed(3))
+    out, timing = FastDecoder(model, max_len=48, static=static).generate(ids, 24)
+    assert torch.equal(out, _reference(model, ids, 24))
+    assert timing.new_tokens == 24 and timing.prompt_tokens == 10 and timing.tokens_per_s > 0
+
+
+def test_packed_layers_keep_their_storage_when_the_model_goes_bf16(int4_llama) -> None:
+    model = copy.deepcopy(int4_llama)
+    q = model.model.layers[0].self_attn.q_proj
+    scale = q.scale.clone()
+    prepare_fast(model)
+    assert q.scale.dtype == torch.float32 and torch.equal(q.scale, scale)
+    y = q(torch.randn(3, q.in_features, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+
+
+def test_what_the_fast_path_cannot_do_is_refused(int4_llama) -> None:
+    dec = FastDecoder(copy.deepcopy(int4_llama), max_len=16)
+    with pytest.raises(TorchSlimError, match="exceed the cache"):
+        dec.generate(torch.ones(1, 10, dtype=torch.long), 8)
+    with pytest.raises(TorchSlimError, match="one sequence"):
+        dec.generate(torch.ones(2, 4, dtype=torch.long), 2)
+    with pytest.raises(TorchSlimError, match="static cache"):
+        FastDecoder(int4_llama, compile=True, static=False)
+    with pytest.raises(TorchSlimError, match="not a generating"):
+        FastDecoder(torch.nn.Linear(2, 2))
+
+
+def test_generate_command_prints_text_and_tokens_per_second(tmp_path, int4_llama) -> None:
+    lm = tiny_llama()
+    art = torchslim.save(copy.deepcopy(int4_llama), tmp_path / "a", source=lm.source)
+    env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": "200"}
+    res = subprocess.run([EXE, "generate", str(art), "-p", "Hello there", "-n", "8", "--dtype", "fp32"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("Hello there") and "tok/s" in res.stdout and "fp32" in res.stdout
+    bad = subprocess.run([EXE, "generate", str(art), "-p", "x", "--dtype", "fp8"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
