@@ -63,7 +63,9 @@ class _Int8Base(StandIn, nn.Module):
         return {**self.__dict__, "_packed": None}
 
     def dense_weight(self) -> torch.Tensor:
-        return self.dequantized_weight()
+        """The float weight the layer computes with (SmoothQuant's input scaling folded back in)."""
+        w = self.dequantized_weight()
+        return w * self.smooth[None, :] if self.use_smooth else w
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.weight_int8.float() * self.weight_scale[:, None]
