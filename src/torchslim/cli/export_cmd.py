@@ -45,5 +45,25 @@ def export_gguf_cmd(
                     f"tokenizer {done['tokenizer']}")
 
 
+@export_app.command("onnx")
+def export_onnx_cmd(
+    model: str = typer.Argument(..., help="Artifact folder, Hugging Face folder or zoo name."),
+    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write."),
+) -> None:
+    """Write a model as ONNX for ONNX Runtime, its packed layers as MatMulNBits / int8 QDQ / dynamic int8."""
+    from rich.console import Console
+
+    from torchslim.artifact.export_onnx import export_onnx
+
+    if out.is_dir():
+        from torchslim.core.errors import ConfigError
+
+        raise ConfigError(f"--out {out} is a folder; name the .onnx file to write")
+    done = export_onnx(model, out)
+    kinds = ", ".join(f"{v} {k}" for k, v in done["rewritten"].items()) or "none"
+    Console().print(f"wrote {out} ({done['bytes'] / 2**20:.1f} MiB; inputs {', '.join(done['inputs'])}); packed layers "
+                    f"kept: {kinds}; left in float: {done['float_layers']}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(export_app, name="export")

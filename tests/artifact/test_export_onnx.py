@@ -1,0 +1,74 @@
+"""ONNX export: packed layers become ONNX Runtime's int4/int8 operators with the same codes, and the exported
+model computes what the torchslim model computes."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import torchslim
+from torchslim import W8A8Config, WeightOnlyConfig
+from torchslim.artifact.export_onnx import export_onnx
+from torchslim.quantization import ActMode, IntFormat, PerChannel, PerGroup
+from torchslim.zoo.tiny import tiny_bert, tiny_llama
+
+CASES = {
+    "int4-asym": (tiny_llama, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32)),
+                  "MatMulNBits", 2e-2),
+    "int4-sym": (tiny_llama, WeightOnlyConfig(format=IntFormat(4), granularity=PerGroup(64)), "MatMulNBits", 1e-4),
+    "int8": (tiny_llama, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()), "DequantizeLinear", 2e-2),
+    "w8a8-dynamic-smooth": (tiny_bert, W8A8Config(mode=ActMode.DYNAMIC, smooth_alpha=0.5), "DynamicQuantizeMatMul",
+                            2e-2),
+    "w8a8-static": (tiny_bert, W8A8Config(mode=ActMode.STATIC), "QuantizeLinear", 1e-4),
+    "fp32": (tiny_bert, None, None, 1e-5),
+}
+
+
+def _out(model, feeds):
+    with torch.no_grad():
+        r = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    return (r.logits if hasattr(r, "logits") else r.last_hidden_state).numpy()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_exported_model_runs_the_packed_codes_in_onnx_runtime(tmp_path, case) -> None:
+    make, cfg, op, tol = CASES[case]
+    lm = make()
+    if cfg is not None:
+        torchslim.quantize_(lm.model, cfg, **({"calibration": lm.task} if isinstance(cfg, W8A8Config) else {}))
+    art = torchslim.save(lm.model, tmp_path / "a", source=lm.source)
+    info = export_onnx(art, tmp_path / "m.onnx")
+    n_packed = sum(1 for m in lm.model.modules() if type(m).__name__ in ("QuantLinear", "Int8DynamicLinear",
+                                                                         "Int8StaticLinear"))
+    assert info["packed_layers"] == n_packed and info["float_layers"] == 0
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    if op is not None:
+        assert sum(n.op_type == op for n in graph.node) >= n_packed
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    batch = lm.task.example_inputs(3, 12)                      # another batch and length than exported with
+    feeds = {i.name: batch[i.name].numpy() for i in sess.get_inputs()}
+    got, want = sess.run(None, feeds)[0], _out(lm.model, feeds)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max())
+
+
+def test_int4_initializers_hold_the_codes_not_a_float_copy(tmp_path) -> None:
+    lm = tiny_llama()
+    torchslim.quantize_(lm.model, CASES["int4-asym"][1])
+    art = torchslim.save(lm.model, tmp_path / "a", source=lm.source)
+    export_onnx(art, tmp_path / "m.onnx")
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    float_mats = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2]
+    assert float_mats == ["model.model.embed_tokens.weight"]     # every linear weight went; the lookup table stays
+    packed = [i for i in graph.initializer if i.name.endswith("_B")]
+    assert len(packed) == 15 and all(i.data_type == onnx.TensorProto.UINT8 for i in packed)
+
+
+def test_export_errors_are_one_line(tmp_path) -> None:
+    from torchslim.core.errors import TorchSlimError, UnknownModelError
+
+    with pytest.raises((TorchSlimError, UnknownModelError)):
+        export_onnx(tmp_path / "missing", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
