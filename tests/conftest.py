@@ -3,7 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import pytest
+
+# The demo measures this machine's kernel table once (about 30 s) and caches it in the user's folder: tests use
+# the documented default instead, so that they neither spend that time nor depend on a table measured elsewhere.
+os.environ.setdefault("TORCHSLIM_MEASURE_KERNELS", "0")
+os.environ.setdefault("TORCHSLIM_KERNEL_TABLE", os.devnull + ".no-kernel-table.json")   # never a user's table
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ def run_demo(model: str = "smollm2-135m", out: Path = Path("out/demo"), recipe: 
     rec = load_recipe(recipe)
     if console is not None:
         console.print(f"demo: recipe [bold]{rec.name}[/bold] on {model}: {rec.description}")
-    if kernel_table.load() is None:       # which kernel runs at how many rows, measured once on this machine
+    if kernel_table.load() is None and kernel_table.may_measure():   # measured once on this machine
         if console is not None:
             console.print("measuring packed kernels against fp32 on this machine (once, about 30 s)")
         kernel_table.ensure()

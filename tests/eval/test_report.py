@@ -139,3 +139,13 @@ def test_single_report_table_has_no_ratios(base: Report) -> None:
     text = format_table([base])
     assert "fp32 (baseline)" not in text and "x)" not in text
     assert "34,816" in text
+
+
+def test_noisy_timings_are_flagged_and_steady_ones_are_not(base: Report) -> None:
+    from torchslim.eval.render import noisy_notes
+
+    notes = noisy_notes([base])                       # p90 = 1.5 x median
+    assert len(notes) == 1 and "50% above the median" in notes[0] and "1x128" in notes[0]
+    assert any("too noisy" in n for n in format_table([base]).splitlines())
+    base.speed.shapes[0].latency.p90_ms = base.speed.shapes[0].latency.median_ms * 1.1
+    assert noisy_notes([base]) == []

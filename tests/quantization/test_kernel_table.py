@@ -37,6 +37,7 @@ def test_one_noisy_row_count_does_not_move_the_cut_to_the_end() -> None:
 
 def test_without_a_table_the_default_applies_and_reports_say_not_measured(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TORCHSLIM_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHSLIM_KERNEL_TABLE", raising=False)
     kt.load.cache_clear()
     assert kt.load() is None
     assert kt.crossover("int4-g128") == kt.K.LARGE_M
@@ -46,6 +47,7 @@ def test_without_a_table_the_default_applies_and_reports_say_not_measured(tmp_pa
 
 def test_measured_table_is_cached_per_machine_and_read_by_packed_layers(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TORCHSLIM_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHSLIM_KERNEL_TABLE", raising=False)
     kt.load.cache_clear()
     table = kt.measure(rows=(1, 4, 64), n=64, k=256, reps=3, formats=("int4-g32", "int8-channel"))
     assert set(table["formats"]) == {"int4-g32", "int8-channel"}
@@ -65,3 +67,12 @@ def test_measured_table_is_cached_per_machine_and_read_by_packed_layers(tmp_path
     x = torch.randn(1, 64)
     torch.testing.assert_close(model(x), x @ layer.dequantize().T + layer.bias, rtol=2e-2, atol=2e-2)
     kt.load.cache_clear()
+
+
+def test_the_table_path_can_be_named_and_commands_can_be_told_not_to_measure(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCHSLIM_KERNEL_TABLE", str(tmp_path / "t.json"))
+    assert kt.table_path() == tmp_path / "t.json"
+    monkeypatch.setenv("TORCHSLIM_MEASURE_KERNELS", "0")
+    assert not kt.may_measure()
+    monkeypatch.setenv("TORCHSLIM_MEASURE_KERNELS", "1")
+    assert kt.may_measure()

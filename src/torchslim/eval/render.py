@@ -236,6 +236,7 @@ def table_rows(reports: list[Report], baseline_index: int = 0) -> tuple[list[str
     notes = ["Ratios in parentheses are this column / baseline; quality shows the difference."] if len(reports) > 1 else []
     reasons = {r.energy.reason: None for r in reports if r.energy is not None and not r.energy.available}
     notes += [f"Energy unavailable: {reason}" for reason in reasons]
+    notes += noisy_notes(reports)
     headers = [f"{r.model} (baseline)" if i == b and len(reports) > 1 else r.model for i, r in enumerate(reports)]
     return headers, [r for r in rows if r is not None], notes
 
@@ -274,3 +275,19 @@ def format_table(reports: list[Report], baseline_index: int = 0, *, markdown: bo
 def to_markdown(reports: list[Report], baseline_index: int = 0) -> str:
     """:func:`format_table` as Markdown."""
     return format_table(reports, baseline_index, markdown=True)
+
+
+NOISY_SPREAD = 0.25   # (p90 - median) / median above which a latency is flagged as too noisy to compare
+
+
+def noisy_notes(reports: list[Report]) -> list[str]:
+    """One warning per timed shape whose spread is too high to trust (other work on the machine, throttling)."""
+    out = []
+    for r in reports:
+        for s in (r.speed.shapes if r.speed is not None else []):
+            lat = s.latency
+            spread = (lat.p90_ms - lat.median_ms) / lat.median_ms if lat.median_ms > 0 else 0.0
+            if spread > NOISY_SPREAD:
+                out.append(f"warning: {r.model} at {s.batch}x{s.seq_len}: p90 is {spread:.0%} above the median; too "
+                           "noisy to trust (is other work running?): rerun with more --iters on a quiet machine")
+    return out

@@ -49,6 +49,9 @@ def machine_key() -> str:
 
 
 def table_path() -> Path:
+    """``$TORCHSLIM_KERNEL_TABLE`` if set, else ``$TORCHSLIM_CACHE/kernels-<machine key>.json``."""
+    if os.environ.get("TORCHSLIM_KERNEL_TABLE"):
+        return Path(os.environ["TORCHSLIM_KERNEL_TABLE"])
     root = Path(os.environ.get("TORCHSLIM_CACHE") or Path.home() / ".cache" / "torchslim")
     return root / f"kernels-{machine_key()}.json"
 
@@ -127,6 +130,11 @@ def load(path: Path | None = None) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return table if isinstance(table, dict) and table.get("version") == TABLE_VERSION else None
+
+
+def may_measure() -> bool:
+    """Whether commands may measure the table on their own (``TORCHSLIM_MEASURE_KERNELS=0`` forbids it)."""
+    return os.environ.get("TORCHSLIM_MEASURE_KERNELS", "1") != "0"
 
 
 def ensure(**kwargs: Any) -> dict[str, Any]:
