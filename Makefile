@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes clean
+.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -55,7 +55,13 @@ bench-prune: install-bench
 bench-recipes: install-bench
 	$(BIN)/python benchmarks/recipes/smollm2.py
 
-bench: bench-quant bench-prune bench-recipes
+bench-recovery: install-bench
+	$(BIN)/python benchmarks/recovery/digits.py
+	$(BIN)/python benchmarks/recovery/minilm.py
+	$(BIN)/python benchmarks/recovery/smollm2.py
+	$(BIN)/python benchmarks/recovery/targets.py
+
+bench: bench-quant bench-prune bench-recipes bench-recovery
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -69,3 +69,19 @@ def test_other_folder_and_unknown_split(tmp_path, monkeypatch):
     assert text.eval_sentences() == ["A sentence with exactly seven words here."]
     with pytest.raises(ConfigError, match="unknown text split 'test'"):
         text.split_text("test")
+
+
+def test_pydoc_splits_are_a_second_domain_held_out_by_a_fixed_rule():
+    from pydoc_data.topics import topics
+
+    from torchslim.data import text as t
+
+    held, rest = t.split_text("pydoc-eval"), t.split_text("pydoc-calibration")
+    names = sorted(topics)
+    assert topics[names[0]].strip() in held and topics[names[1]].strip() in rest
+    assert topics[names[0]].strip() not in rest and topics[names[4]].strip() in held
+    broad = t.split_text("broad-calibration")
+    assert broad.startswith(t.split_text("calibration")) and broad.endswith(rest)
+    ev = set(t.sentences("eval")) | set(t.sentences("pydoc-eval"))
+    train = t.sentences("broad-calibration")
+    assert len(train) > 5 * len(t.sentences("calibration")) and not ev & set(train)

@@ -12,6 +12,14 @@ embedding task; calibration sentences that also occur in the evaluation text are
 the two sentence sets are disjoint as well.
 
 Set ``TORCHSLIM_TEXT_DIR`` to read the same file names from another folder.
+
+A second domain ships with every CPython: the language reference's topic pages (``pydoc_data.topics``,
+technical prose about Python). Its topics are split by a fixed rule (every fourth in name order is held out):
+
+* ``pydoc-eval``: the held-out topics (a second evaluation text of another domain);
+* ``pydoc-calibration``: the other topics;
+* ``broad-calibration``: the license calibration text followed by ``pydoc-calibration`` (a broader default for
+  calibration and distillation; disjoint from both evaluation texts).
 """
 from __future__ import annotations
 
@@ -45,7 +53,7 @@ def text_dir() -> Path:
 
 def _files(split: str) -> tuple[str, ...]:
     if split not in SPLITS:
-        raise ConfigError(f"unknown text split '{split}'; use one of: {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown text split '{split}'; use one of: {', '.join(SPLITS + PYDOC_SPLITS)}")
     return SPLITS[split]
 
 
@@ -60,8 +68,30 @@ def _read(folder: Path, names: tuple[str, ...]) -> str:
     return "\n\n".join((folder / n).read_text(encoding="utf-8") for n in names)
 
 
+PYDOC_SPLITS = ("pydoc-eval", "pydoc-calibration", "broad-calibration")
+ALL_SPLITS = (*SPLITS, *PYDOC_SPLITS)
+
+
+@functools.lru_cache(maxsize=4)
+def pydoc_text(held_out: bool) -> str:
+    """Python's reference topics (``pydoc_data.topics``): the held-out quarter, or the rest."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as e:  # a Python built without its docs
+        raise TorchSlimError(f"this Python has no pydoc_data.topics ({e}): the pydoc text splits are unavailable") \
+            from None
+    names = sorted(topics)
+    return "\n\n".join(topics[n].strip() for i, n in enumerate(names) if (i % 4 == 0) == held_out)
+
+
 def split_text(split: str) -> str:
-    """The whole text of ``split`` (``"eval"`` or ``"calibration"``), files joined by a blank line."""
+    """The whole text of ``split`` (one of :data:`ALL_SPLITS`), files joined by a blank line."""
+    if split == "pydoc-eval":
+        return pydoc_text(True)
+    if split == "pydoc-calibration":
+        return pydoc_text(False)
+    if split == "broad-calibration":
+        return split_text("calibration") + "\n\n" + pydoc_text(False)
     return _read(text_dir(), _files(split))
 
 
@@ -110,9 +140,11 @@ def split_sentences(text: str) -> list[str]:
 
 @functools.lru_cache(maxsize=8)
 def _sentences_cached(folder: Path, split: str) -> tuple[str, ...]:
-    found = split_sentences(_read(folder, _files(split)))
-    if split != "eval":
+    found = split_sentences(split_text(split) if split in PYDOC_SPLITS else _read(folder, _files(split)))
+    if "eval" not in split:
         held_out = set(split_sentences(_read(folder, EVAL_FILES)))
+        if split != "calibration":
+            held_out |= set(split_sentences(pydoc_text(True)))
         found = [s for s in found if s not in held_out]
     return tuple(found)
 
