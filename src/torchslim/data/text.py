@@ -53,7 +53,7 @@ def text_dir() -> Path:
 
 def _files(split: str) -> tuple[str, ...]:
     if split not in SPLITS:
-        raise ConfigError(f"unknown text split '{split}'; use one of: {', '.join(SPLITS + PYDOC_SPLITS)}")
+        raise ConfigError(f"unknown text split '{split}'; use one of: {', '.join((*SPLITS, *PYDOC_SPLITS))}")
     return SPLITS[split]
 
 
