@@ -61,7 +61,12 @@ bench-recovery: install-bench
 	$(BIN)/python benchmarks/recovery/smollm2.py
 	$(BIN)/python benchmarks/recovery/targets.py
 
-bench: bench-quant bench-prune bench-recipes bench-recovery
+bench-speed: install-bench
+	$(BIN)/python benchmarks/speed/smollm2.py
+	$(BIN)/python benchmarks/speed/gguf_quality.py
+	$(BIN)/python benchmarks/speed/targets.py
+
+bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,135 @@
+"""Decode and prefill speed of SmolLM2-135M: Hugging Face ``generate`` against torchslim's fast path (fp32,
+bf16, int4 g128 and int8 per channel, optionally compiled), every variant timed interleaved in one process.
+
+Decode: tokens/s over 64 greedy tokens after a 6-token prompt (median of rounds, round-robin). Prefill: one
+forward at 1x128 and 1x512 (median, interleaved), as a ratio to fp32. Bandwidth efficiency: weight bytes read
+per token x tokens/s against the measured large-copy bandwidth. The int4/int8 layers are round-to-nearest (speed
+does not depend on how the codes were chosen). llama.cpp's figures are quoted from a run on the same machine type
+(docs in ../shared/reference/environment.md), not this run. Regenerates docs/results/speed_smollm2.md (+ .json).
+
+    python benchmarks/speed/smollm2.py [--rounds 3] [--compile]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, Row, interleaved, write_table  # noqa: E402
+
+import torchslim  # noqa: E402
+from torchslim import WeightOnlyConfig  # noqa: E402
+from torchslim.eval.size import memory_bytes  # noqa: E402
+from torchslim.quantization import IntFormat, PerChannel, PerGroup  # noqa: E402
+from torchslim.quantization import kernel_table  # noqa: E402
+from torchslim.runtime import FastDecoder, prepare_fast  # noqa: E402
+
+warnings.filterwarnings("ignore")
+OUT = ROOT / "docs/results/speed_smollm2.md"
+NEW = 64
+LLAMA_CPP = {"F32": 55.0, "Q8_0": 128.0, "Q4_0": 187.0, "Q4_K_M": 141.0}   # tg128 t/s, 2 threads, 2026-11-29
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a large tensor copy (read + write), median of 5."""
+    a = torch.empty(256 * 2**20 // 4)
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(6):
+        t = time.perf_counter()
+        b.copy_(a)
+        times.append(time.perf_counter() - t)
+    return 2 * a.nbytes / statistics.median(times[1:])
+
+
+def hf_decoder(model, ids):
+    def run() -> float:
+        t0 = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False, pad_token_id=0)
+        t1 = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, min_new_tokens=NEW,
+                       do_sample=False, pad_token_id=0)
+        return (NEW - 1) / max(time.perf_counter() - t1 - (t1 - t0), 1e-9)
+    return run
+
+
+def fast_decoder(model, ids, compile: bool = False):
+    dec = FastDecoder(model, max_len=ids.shape[1] + NEW, compile=compile)
+    return lambda: dec.generate(ids, NEW)[1].tokens_per_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd fast paths")
+    args = ap.parse_args()
+    kernel_table.ensure()
+    loaded = torchslim.load_model("smollm2-135m")
+    fp32, tok, task = loaded.model.eval(), loaded.tokenizer, loaded.task
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    bf16 = copy.deepcopy(fp32)
+    prepare_fast(bf16)
+    int4 = copy.deepcopy(fp32)
+    torchslim.quantize_(int4, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(128),
+                                               selector=torchslim.Selector(exclude=("lm_head",))))
+    prepare_fast(int4)
+    int8 = copy.deepcopy(fp32)
+    torchslim.quantize_(int8, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
+    prepare_fast(int8)
+    models = {"fp32": fp32, "bf16": bf16, "int4 g128 (head bf16)": int4, "int8 per channel": int8}
+    decoders = {"fp32, HF generate": hf_decoder(fp32, ids), "fp32, fast path": fast_decoder(fp32, ids),
+                "bf16, fast path": fast_decoder(bf16, ids), "int4 g128, HF generate": hf_decoder(int4, ids),
+                "int4 g128, fast path": fast_decoder(int4, ids), "int8, fast path": fast_decoder(int8, ids)}
+    if args.compile:
+        for name, m in (("bf16", bf16), ("int4 g128", int4)):
+            decoders[f"{name}, fast path compiled"] = fast_decoder(m, ids, compile=True)
+    with torch.inference_mode():
+        for fn in decoders.values():              # warm-up (and compilation)
+            fn()
+        runs: dict[str, list[float]] = {k: [] for k in decoders}
+        for _ in range(args.rounds):
+            for k, fn in decoders.items():
+                runs[k].append(fn())
+        prefill = {}
+        for seq in (128, 512):
+            x = task.example_inputs(1, seq)
+            lat = interleaved({k: (lambda m=m: m(**x)) for k, m in models.items()}, rounds=5)
+            prefill[seq] = lat
+    bw = copy_bandwidth()
+    rows = []
+    for k, v in runs.items():
+        tps = statistics.median(v)
+        model = models[next(m for m in models if k.startswith(m.split(" ")[0]))]
+        wbytes = memory_bytes(model)
+        values = {"decode tok/s": tps, "decode vs fp32 HF": f"{tps / statistics.median(runs['fp32, HF generate']):.2f}x",
+                  "weights MiB": wbytes / 2**20, "bandwidth efficiency": f"{wbytes * tps / bw:.0%}"}
+        mkey = next(m for m in models if k.startswith(m.split(" ")[0]))
+        for seq in (128, 512):
+            values[f"prefill {seq} ms"] = 1e3 * prefill[seq][mkey]
+            values[f"prefill {seq} vs fp32"] = f"{prefill[seq]['fp32'] / prefill[seq][mkey]:.2f}x"
+        spread = (max(v) - min(v)) / tps
+        rows.append(Row(k, f"decode spread {spread:.0%} over {args.rounds} rounds", values))
+        print(rows[-1], flush=True)
+    for name, t in LLAMA_CPP.items():
+        rows.append(Row(f"llama.cpp {name} (reference run)", "llama-bench tg128, 2 threads, same machine type, "
+                        "2026-11-29; not this run", {"decode tok/s": t}))
+    write_table(OUT, "Decode and prefill speed: SmolLM2-135M", f"Greedy decode of {NEW} tokens (median of "
+                f"{args.rounds} interleaved rounds), prefill = one forward at 1x128 / 1x512 (median of 5 interleaved). "
+                f"Large-copy bandwidth measured here: {bw / 1e9:.1f} GB/s. Regenerate: "
+                "`python benchmarks/speed/smollm2.py`.",
+                ["decode tok/s", "decode vs fp32 HF", "weights MiB", "bandwidth efficiency", "prefill 128 ms",
+                 "prefill 128 vs fp32", "prefill 512 ms", "prefill 512 vs fp32"], rows,
+                ["'weights MiB' is every parameter and buffer the model holds (read once per token by decode).",
+                 "Kernel table for this machine: " + "; ".join(f"{f}: {kernel_table.short(f)}" for f in
+                                                                 ("int4-g128", "int8-channel"))])
+
+
+if __name__ == "__main__":
+    main()
