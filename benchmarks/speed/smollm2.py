@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, Row, interleaved, write_table  # noqa: E402
+from common import ROOT, Row, artifact_bytes, interleaved, write_table  # noqa: E402
 
 import torchslim  # noqa: E402
 from torchslim import WeightOnlyConfig  # noqa: E402
@@ -76,14 +76,15 @@ def main() -> None:
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     bf16 = copy.deepcopy(fp32)
     prepare_fast(bf16)
-    int4 = copy.deepcopy(fp32)
+    int4 = copy.deepcopy(fp32)                   # the int4-gptq recipe's layout (RTN codes: the same size and speed)
+    head = WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel())
     torchslim.quantize_(int4, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(128),
-                                               selector=torchslim.Selector(exclude=("lm_head",))))
+                                               selector=torchslim.Selector(overrides={"lm_head": head})))
     prepare_fast(int4)
     int8 = copy.deepcopy(fp32)
     torchslim.quantize_(int8, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
     prepare_fast(int8)
-    models = {"fp32": fp32, "bf16": bf16, "int4 g128 (head bf16)": int4, "int8 per channel": int8}
+    models = {"fp32": fp32, "bf16": bf16, "int4 g128 (head int8, tied)": int4, "int8 per channel": int8}
     decoders = {"fp32, HF generate": hf_decoder(fp32, ids), "fp32, fast path": fast_decoder(fp32, ids),
                 "bf16, fast path": fast_decoder(bf16, ids), "int4 g128, HF generate": hf_decoder(int4, ids),
                 "int4 g128, fast path": fast_decoder(int4, ids), "int8, fast path": fast_decoder(int8, ids)}
@@ -108,7 +109,7 @@ def main() -> None:
         tps = statistics.median(v)
         model = models[next(m for m in models if k.startswith(m.split(" ")[0]))]
         wbytes = memory_bytes(model)
-        values = {"decode tok/s": tps, "decode vs fp32 HF": f"{tps / statistics.median(runs['fp32, HF generate']):.2f}x",
+        values = {"artifact MiB": artifact_bytes(model, loaded.source) / 2**20, "decode tok/s": tps, "decode vs fp32 HF": f"{tps / statistics.median(runs['fp32, HF generate']):.2f}x",
                   "weights MiB": wbytes / 2**20, "bandwidth efficiency": f"{wbytes * tps / bw:.0%}"}
         mkey = next(m for m in models if k.startswith(m.split(" ")[0]))
         for seq in (128, 512):
@@ -124,7 +125,7 @@ def main() -> None:
                 f"{args.rounds} interleaved rounds), prefill = one forward at 1x128 / 1x512 (median of 5 interleaved). "
                 f"Large-copy bandwidth measured here: {bw / 1e9:.1f} GB/s. Regenerate: "
                 "`python benchmarks/speed/smollm2.py`.",
-                ["decode tok/s", "decode vs fp32 HF", "weights MiB", "bandwidth efficiency", "prefill 128 ms",
+                ["artifact MiB", "decode tok/s", "decode vs fp32 HF", "weights MiB", "bandwidth efficiency", "prefill 128 ms",
                  "prefill 128 vs fp32", "prefill 512 ms", "prefill 512 vs fp32"], rows,
                 ["'weights MiB' is every parameter and buffer the model holds (read once per token by decode).",
                  "Kernel table for this machine: " + "; ".join(f"{f}: {kernel_table.short(f)}" for f in

@@ -79,3 +79,16 @@ def test_what_gguf_cannot_hold_is_refused_in_one_line(tmp_path) -> None:
     with pytest.raises(TorchSlimError, match="Llama-family"):
         export_gguf(bert, tmp_path / "b.gguf")
     assert not (tmp_path / "m.gguf").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_tied_packed_table_is_written_once_as_token_embd(tmp_path) -> None:
+    lm = tiny_llama()
+    torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerGroup(32)))
+    assert type(lm.model.model.embed_tokens).__name__ == "PackedEmbedding"
+    art = torchslim.save(lm.model, tmp_path / "art", source=lm.source)
+    info = export_gguf(art, tmp_path / "m.gguf", qtype="Q8_0", embed_type="Q8_0")
+    names = {t.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert "token_embd.weight" in names and "output.weight" not in names and info["exact_layers"] == 15
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    ids = torch.randint(0, 257, (1, 16), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(_logits(hf, ids), _logits(lm.model, ids), rtol=0, atol=2e-2)

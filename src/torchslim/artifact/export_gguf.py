@@ -57,7 +57,7 @@ def weight_of(module: nn.Module) -> torch.Tensor:
     """The float weight ``[out, in]`` a (possibly packed) linear or embedding layer computes with."""
     from torchslim.artifact.export_hf import dense_linear
 
-    if isinstance(module, nn.Embedding):
+    if isinstance(module, nn.Embedding) or type(module).__name__ == "PackedEmbedding":
         return module.weight.detach().float()
     lin = dense_linear(module)
     w = lin.weight if lin is not None else getattr(module, "weight", None)
@@ -168,8 +168,8 @@ def _tensors(model: nn.Module, facts: dict[str, int], qtype: str, embed_type: st
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, facts["blocks"])
     out: list[tuple[str, np.ndarray, Any]] = []
-    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight \
-        if hasattr(model.get_output_embeddings(), "weight") else False
+    tied = bool(getattr(model.config, "tie_word_embeddings", False)) or (
+        model.get_output_embeddings().weight is model.get_input_embeddings().weight)
     for hf_name, module in model.named_modules():
         is_head = module is model.get_output_embeddings()
         if is_head and tied:
@@ -177,8 +177,10 @@ def _tensors(model: nn.Module, facts: dict[str, int], qtype: str, embed_type: st
         gg = names.get_name(hf_name)
         if gg is None or gg.endswith(".rotary_emb") or not hasattr(module, "weight") and not hasattr(module, "packed"):
             continue
-        if isinstance(module, nn.Embedding) or is_head:
-            out.append((gg + ".weight", *encode(module, embed_type, None, counts)))
+        if module is model.get_input_embeddings() or is_head:
+            packed_head = model.get_output_embeddings()       # a tied table read from a packed head: its codes
+            source = packed_head if tied and hasattr(packed_head, "packed") else module
+            out.append((gg + ".weight", *encode(source, embed_type, None, counts)))
         elif type(module).__name__.endswith("RMSNorm"):
             out.append((gg + ".weight", module.weight.detach().float().numpy(), None))
         else:

@@ -65,6 +65,10 @@ def _densify(model: nn.Module) -> dict[str, nn.Module]:
     from torchslim.core.surgery import get_module, replace_module
 
     found: dict[str, nn.Module] = {}
+    for name in [n for n, m in model.named_modules() if type(m).__name__ == "PackedEmbedding"]:
+        m = get_module(model, name)       # a tied table read from the head's codes: a float lookup table here
+        replace_module(model, name, nn.Embedding.from_pretrained(m.dense_weight().detach().float(), freeze=True,
+                                                                 padding_idx=m.padding_idx))
     for name in [n for n, m in model.named_modules() if n and _rewrite_kind(m)]:
         m = get_module(model, name)
         w = _core_weight(m)

@@ -7,6 +7,7 @@ from torchslim.quantization.gptq import GPTQConfig
 from torchslim.quantization.int8_conv import Int8StaticConv2d, convert_conv
 from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
 from torchslim.quantization.qconv import QuantConv2d, quantize_conv_weight_only
+from torchslim.quantization.qembedding import PackedEmbedding, tie_packed_head_
 from torchslim.quantization.qat import ActQuant, QATConfig
 from torchslim.quantization.kernels import Kernel
 from torchslim.quantization.kv_cache import (KVCacheConfig, QuantizedKVCache, apply_kv_cache, cache_nbytes,

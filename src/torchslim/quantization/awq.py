@@ -101,6 +101,9 @@ def plan_awq(model: nn.Module, config: AWQConfig, ctx: ApplyContext) -> Calibrat
 
 @register_handler(AWQConfig, uses=("calibration", "task"))
 def _awq(model: nn.Module, config: AWQConfig, ctx: ApplyContext) -> nn.Module:
+    from torchslim.quantization.qembedding import tie_packed_head_
+
     start_calibrated(model, config, "AWQ")
     execute(model, plan_awq(model, config, ctx), ctx)
+    tie_packed_head_(model)
     return model

@@ -77,6 +77,9 @@ def plan_gptq(model: nn.Module, config: GPTQConfig, ctx: ApplyContext) -> Calibr
 def _gptq(model: nn.Module, config: GPTQConfig, ctx: ApplyContext) -> nn.Module:
     """GPTQ for layers whose (per-layer) config is a GPTQConfig; layers overridden with a plain
     WeightOnlyConfig are quantized by round-to-nearest, as that config says."""
+    from torchslim.quantization.qembedding import tie_packed_head_
+
     start_calibrated(model, config, "GPTQ")
     execute(model, plan_gptq(model, config, ctx), ctx)
+    tie_packed_head_(model)
     return model

@@ -152,6 +152,9 @@ def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: ApplyContext) 
                       for n, m in model.named_modules() if isinstance(m, QuantLinear)]
                      + [{"name": n, "slower_than_fp32": True, "note": "Conv2d: dequantized on every call"}
                         for n, m in model.named_modules() if isinstance(m, QuantConv2d)], "after quantizing")
+    from torchslim.quantization.qembedding import tie_packed_head_
+
+    tie_packed_head_(model)
     return model
 
 

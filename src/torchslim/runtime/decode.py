@@ -34,6 +34,9 @@ def prepare_fast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
         if type(m) in FLOAT_MODULES or _is_norm(m):
             m.to(dtype)
             n += 1
+        elif hasattr(m, "out_dtype"):         # a packed embedding: its rows come out in the path's dtype
+            m.out_dtype = dtype
+            n += 1
     if hasattr(model, "config"):
         model.config.dtype = dtype
     return n

@@ -123,7 +123,13 @@ class QATConfig(TrainingConfig):
             picked = [(n, m) for n, m, _ in self.selector.resolve(model, self)
                       if isinstance(m, (*PACKED, LinearLike, nn.Conv2d))]
         else:
+            from torchslim.quantization.qembedding import head_is_shared
+
             picked = [(n, m) for n, m in model.named_modules() if isinstance(m, PACKED)]
+            shared = [n for n, m in picked if head_is_shared(model, m)]
+            if shared:
+                log.info("QAT: %s also serves as the input embedding (tied): kept as it is", shared[0])
+            picked = [(n, m) for n, m in picked if n not in shared]
             if not picked:
                 picked = Selector(include=(LinearLike, nn.Conv2d)).select(model)
         out = []
