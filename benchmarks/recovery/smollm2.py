@@ -115,7 +115,8 @@ def part_w8a8(b: Bench, steps: int) -> None:
     m = copy.deepcopy(b.base)
     torchslim.quantize_(m, W8A8Config(mode=ActMode.STATIC, smooth_alpha=0.5, n_samples=64), calibration=b.task)
     b.record("W8A8 static SmoothQuant", m, "post-training, per-tensor static int8 activations", {})
-    cfg = QATConfig(activations=ActQuant(bits=8, method="lsq"), distill=DistillConfig(output_weight=1.0,
+    cfg = QATConfig(format=IntFormat(8), granularity=PerChannel(), activations=ActQuant(bits=8, method="lsq"),
+                    distill=DistillConfig(output_weight=1.0,
                     temperature=1.0), train=_train(steps, 1e-5))
     b.trained(m, cfg, steps, "W8A8 static + QAT (KD)", "from the W8A8 layers: LSQ activation steps and weight "
               "scales, logit KL only; converted to the same int8 static layers")

@@ -43,7 +43,8 @@ def test_multi_stage_history_is_saved_once_and_layers_point_to_their_stage(tmp_p
     hist = manifest["history"]
     assert [h["name"] for h in hist] == ["UnstructuredConfig", "WeightOnlyConfig"]
     assert hist[0]["touched"]["by_type"] == {"SparseLinear": 14}
-    assert hist[1]["touched"]["by_type"] == {"SparseQuantLinear": 14, "QuantLinear": 1}   # + the output head
+    assert hist[1]["touched"]["by_type"] == {"SparseQuantLinear": 14, "QuantLinear": 1,   # + the output head
+                                             "PackedEmbedding": 1}               # whose codes the tied table reads
     layer = manifest["layers"]["model.layers.0.mlp.up_proj"]
     assert layer["stage"] == 1 and "config" not in layer          # the config lives in the history entry
     again = torchslim.load(tmp_path / "a")
