@@ -171,8 +171,12 @@ def main() -> None:
             part_blackbox(b, args.steps_blackbox, args.prompts)
         else:
             raise SystemExit(f"error: unknown part {part!r}")
+        write(rows, args.model)               # after every part: a run stopped later keeps what it measured
     print(f"parts {args.parts} took {time.perf_counter() - t0:.0f} s", flush=True)
-    write_table(OUT, f"Recovery training on {args.model}",
+
+
+def write(rows: dict[str, Row], model: str) -> None:
+    write_table(OUT, f"Recovery training on {model}",
                 "Perplexity on GPL-3 (512-token windows), never trained on; teacher KL (nats/token) and top-1 "
                 "agreement with the uncompressed model on 8 of those windows. Training: AdamW, batch 4 x 512 tokens "
                 "(black-box rows: 8 x 128), cosine schedule, 10% warm-up, gradient norm clipped at 1, on the other "
