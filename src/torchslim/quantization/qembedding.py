@@ -90,6 +90,8 @@ class PackedEmbedding(StandIn, nn.Module):
 
 
 def _why_not(emb: nn.Module, head: nn.Module) -> str | None:
+    if type(emb) not in (nn.Embedding, PackedEmbedding):
+        return f"{type(emb).__name__} computes more than a lookup (e.g. Gemma scales its rows)"
     if not isinstance(head, QuantLinear):
         return "the head is not a packed layer"
     if head.input_scale is not None:
