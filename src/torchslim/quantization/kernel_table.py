@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import statistics
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -57,16 +55,10 @@ def table_path() -> Path:
 
 
 def _interleaved(fns: dict[str, Any], reps: int) -> dict[str, float]:
-    """Median seconds of each function, called round-robin (so a busy machine slows all alike)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds of each function, called round-robin after one warm-up (a busy machine slows all alike)."""
+    from torchslim.eval.speed import measure_interleaved
+
+    return {k: st.median_ms / 1e3 for k, st in measure_interleaved(fns, warmup=1, iters=reps).items()}
 
 
 def _candidates(fmt: str, n: int, k: int) -> dict[str, Any]:
