@@ -71,3 +71,13 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)
+
+
+def write_checks(path: Path, title: str, checks: list[tuple[str, str, bool | None, str]]) -> None:
+    """A target-check table (target, measured, met, what was tried for a miss) with the machine line; printed too."""
+    lines = [f"# {title}", "", f"Machine: {machine_line()}", "",
+             "| target | measured | met | what was tried (for a miss) |", "|---|---|---|---|"]
+    for target, got, ok, tried in checks:
+        lines.append(f"| {target} | {got} | {'yes' if ok else 'NO'} | {'' if ok else tried} |")
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, machine_line  # noqa: E402
+from common import ROOT, write_checks  # noqa: E402
 
 RES = ROOT / "docs/results"
 Check = tuple[str, str, bool | None, str]
@@ -97,12 +97,7 @@ def minilm(d: dict[str, dict]) -> list[Check]:
 
 def main() -> None:
     checks = digits(load("digits")) + smollm2(load("smollm2")) + minilm(load("minilm"))
-    lines = ["# Recovery targets (issue 11)", "", f"Machine: {machine_line()}", "",
-             "| target | measured | met | what was tried (for a miss) |", "|---|---|---|---|"]
-    for target, got, ok, tried in checks:
-        lines.append(f"| {target} | {got} | {'yes' if ok else 'NO'} | {'' if ok else tried} |")
-    (RES / "recovery_targets.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_checks(RES / "recovery_targets.md", "Recovery targets (issue 11)", checks)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, machine_line  # noqa: E402
+from common import ROOT, write_checks  # noqa: E402
 
 RES = ROOT / "docs/results"
 
@@ -86,12 +86,7 @@ def main() -> None:
                        int4["artifact MiB"] <= 99 and gptq["ppl"] <= 24.15,
                        "size met by storing the tied table once; quality: GPTQ g128 without AWQ is +18.4% (AWQ+GPTQ "
                        "+10.2%), Q4_K_M +5.1%: mixed precision per tensor (K-quants' 6-bit scales) not built"))
-    lines = ["# Speed, size and export targets (issue 12)", "", f"Machine: {machine_line()}", "",
-             "| target | measured | met | what was tried (for a miss) |", "|---|---|---|---|"]
-    for target, got, ok, tried in checks:
-        lines.append(f"| {target} | {got} | {'yes' if ok else 'NO'} | {'' if ok else tried} |")
-    (RES / "speed_targets.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_checks(RES / "speed_targets.md", "Speed, size and export targets (issue 12)", checks)
 
 
 if __name__ == "__main__":
