@@ -94,12 +94,18 @@ def encode(module: nn.Module, qtype: str, rows: torch.Tensor | None, counts: dic
     return pack(t, codes, scale, minimum), getattr(gguf.GGMLQuantizationType, qtype)
 
 
+def _rows(module: nn.Module) -> int:
+    """Output rows of a (possibly packed) linear layer, without dequantizing it."""
+    n = getattr(module, "out_features", None)
+    return int(n) if isinstance(n, int) else int(weight_of(module).shape[0])
+
+
 def _shape_facts(model: nn.Module) -> dict[str, int]:
     """Block dimensions from the weights themselves (a pruned model's config may not say), checked uniform."""
     cfg, layers = model.config, model.model.layers
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    facts = [(weight_of(b.self_attn.q_proj).shape[0] // head_dim, weight_of(b.self_attn.k_proj).shape[0] // head_dim,
-              weight_of(b.mlp.gate_proj).shape[0]) for b in layers]
+    facts = [(_rows(b.self_attn.q_proj) // head_dim, _rows(b.self_attn.k_proj) // head_dim, _rows(b.mlp.gate_proj))
+             for b in layers]
     if len(set(facts)) != 1:
         raise TorchSlimError("GGUF export needs every block the same shape (llama.cpp reads one head count and "
                              f"one MLP width); blocks differ: {sorted(set(facts))[:3]}")
@@ -186,9 +192,9 @@ def _tensors(model: nn.Module, facts: dict[str, int], qtype: str, embed_type: st
         else:
             rows = None
             if gg.endswith("attn_q"):
-                rows = llama_rope_rows(weight_of(module).shape[0], facts["n_head"])
+                rows = llama_rope_rows(_rows(module), facts["n_head"])
             elif gg.endswith("attn_k"):
-                rows = llama_rope_rows(weight_of(module).shape[0], facts["n_kv"])
+                rows = llama_rope_rows(_rows(module), facts["n_kv"])
             if getattr(module, "bias", None) is not None:
                 raise TorchSlimError(f"GGUF export: {hf_name} has a bias, which llama.cpp's Llama graph does not read")
             out.append((gg + ".weight", *encode(module, qtype, rows, counts)))
