@@ -64,6 +64,7 @@ bench-recovery: install-bench
 bench-speed: install-bench
 	$(BIN)/python benchmarks/speed/smollm2.py
 	$(BIN)/python benchmarks/speed/gguf_quality.py
+	$(BIN)/python benchmarks/speed/minilm.py
 	$(BIN)/python benchmarks/speed/targets.py
 
 bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed

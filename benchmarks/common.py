@@ -37,13 +37,23 @@ def artifact_bytes(model: torch.nn.Module, source: dict | None = None) -> int:
         return sum(p.stat().st_size for p in path.iterdir())
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 5) -> dict[str, float]:
-    """Median seconds per call of each function, calling them round-robin ``rounds`` times."""
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 5, settle_s: float = 0.0,
+                warm_calls: int = 0) -> dict[str, float]:
+    """Median seconds per call of each function, calling them round-robin ``rounds`` times.
+
+    ``settle_s``: an untimed pause before each call. ONNX Runtime's worker threads spin for a while after a
+    run; without a pause the next variant (whichever it is) shares the cores with them. ``warm_calls``:
+    untimed calls of the same variant right before each timed one, so each is timed in steady state (its
+    weights in cache) rather than cold after the other variants evicted them."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
         fn()
     for _ in range(rounds):
         for k, fn in fns.items():
+            if settle_s:
+                time.sleep(settle_s)
+            for _ in range(warm_calls):
+                fn()
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)

@@ -29,13 +29,14 @@ SHAPES = ((1, 128), (32, 128))
 class OrtModel(nn.Module):
     """Runs an ONNX Runtime session behind the ``model(input_ids=, attention_mask=)`` interface."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, disabled: list[str] | None = None):
         super().__init__()
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=disabled or [])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         out = self.session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
@@ -55,7 +56,9 @@ def export_onnx(model: nn.Module, folder: Path) -> tuple[Path, Path]:
 
     fp32 = folder / "minilm.onnx"
     ids = torch.ones(2, 16, dtype=torch.long)
-    torch.onnx.export(Wrap(model), (ids, ids), str(fp32), input_names=["input_ids", "attention_mask"],
+    # the wrapper in eval mode: the exporter restores the wrapper's mode afterwards, recursively, and a fresh
+    # module is in training mode, which would leave ``model`` with dropout on for every later timing
+    torch.onnx.export(Wrap(model).eval(), (ids, ids), str(fp32), input_names=["input_ids", "attention_mask"],
                       output_names=["last_hidden_state"], dynamic_axes={"input_ids": {0: "b", 1: "s"},
                                                                         "attention_mask": {0: "b", 1: "s"}},
                       opset_version=17, dynamo=False)

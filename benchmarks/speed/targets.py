@@ -71,11 +71,41 @@ def gguf(d: dict[str, dict]) -> list[tuple[str, str, bool, str]]:
                                                          "quantizer); Q8_0/Q4_0/Q4_1/F16/BF16/F32 are")]
 
 
+def minilm(d: dict[str, dict]) -> list[tuple[str, str, bool, str]]:
+    if not d:
+        return [("MiniLM encoder fast path", "missing", False, "run benchmarks/speed/minilm.py")]
+    ort = d["ONNX Runtime dynamic int8 (its quantizer)"]
+    best = [d["W8A8 (torchslim), fast path"], d["W8A8 (torchslim), fast path + compile"]]
+    out = []
+    for shape in ("1x128", "32x128"):
+        fastest = min(best, key=lambda r: r[f"{shape} ms"])
+        out.append((f"MiniLM W8A8 >= 1.8x fp32 at {shape}, cosine >= 0.99",
+                    f"{fastest['name']}: {fastest[f'{shape} vs fp32']} (eager fast path "
+                    f"{best[0][f'{shape} vs fp32']}), cosine {fastest['cosine']:.4f}",
+                    _x(fastest[f"{shape} vs fp32"]) >= 1.8 and fastest["cosine"] >= 0.99,
+                    "fused q/k/v, freed memory kept, one-pass per-token scaling; compile for the int_mm form"))
+        out.append((f"MiniLM W8A8 faster than ONNX Runtime's dynamic int8 at {shape}",
+                    f"{fastest[f'{shape} ms']:.2f} ms vs {ort[f'{shape} ms']:.2f} ms "
+                    f"({ort[f'{shape} ms'] / fastest[f'{shape} ms']:.2f}x; cosine {fastest['cosine']:.3f} vs "
+                    f"{ort['cosine']:.3f})", fastest[f"{shape} ms"] < ort[f"{shape} ms"],
+                    "tried: torch.compile (default and max-autotune), HF eager attention under compile, "
+                    "per-tensor activations (cosine 0.993, nn agreement 0.89: rejected); what is left at 1 x 128 "
+                    "is per-op overhead and the attention kernel"))
+    ours, ort_on = d["W8A8 torchslim ONNX export on ORT"], d["W8A8 torchslim ONNX export on ORT, SkipLayerNormFusion off"]
+    for row, label in ((ours, "default ORT session"), (ort_on, "SkipLayerNormFusion off")):
+        faster = all(row[f"{s} ms"] <= ort[f"{s} ms"] * 1.03 for s in ("1x128", "32x128"))   # 3%: timing noise
+        out.append((f"torchslim ONNX int8 export as fast as ORT's own quantizer, better fidelity ({label})",
+                    f"{row['1x128 ms']:.2f} / {row['32x128 ms']:.1f} ms vs {ort['1x128 ms']:.2f} / "
+                    f"{ort['32x128 ms']:.1f} ms; cosine {row['cosine']:.4f} vs {ort['cosine']:.4f}",
+                    faster and row["cosine"] > ort["cosine"],
+                    "the dynamo exporter's graph gets ORT's SkipLayerNormalization fusion, slower here than "
+                    "Add + LayerNormalization"))
+    return out
+
+
 def main() -> None:
     checks = speed(load("speed_smollm2")) + gguf(load("speed_gguf_quality"))
-    checks += [("MiniLM W8A8 >= 1.8x at 1x128 and 32x128 (fused encoder path)", "not built", False,
-                "no fused attention/LayerNorm encoder path in this stop; see docs/results/quantization_minilm.md"),
-               ]
+    checks += minilm(load("speed_minilm"))
     sp = load("speed_smollm2")
     int4 = next((v for k, v in sp.items() if k.startswith("int4") and "artifact MiB" in v), None)
     gptq = load("recovery_smollm2").get("int4 GPTQ g128")

@@ -19,8 +19,9 @@ CASES = {
                   "MatMulNBits", 2e-2),
     "int4-sym": (tiny_llama, WeightOnlyConfig(format=IntFormat(4), granularity=PerGroup(64)), "MatMulNBits", 1e-4),
     "int8": (tiny_llama, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()), "DequantizeLinear", 2e-2),
-    "w8a8-dynamic-smooth": (tiny_bert, W8A8Config(mode=ActMode.DYNAMIC, smooth_alpha=0.5), "DynamicQuantizeMatMul",
+    "w8a8-dynamic-smooth": (tiny_bert, W8A8Config(mode=ActMode.DYNAMIC, smooth_alpha=0.5), "MatMulIntegerToFloat",
                             2e-2),
+    "w8a8-dynamic": (tiny_bert, W8A8Config(mode=ActMode.DYNAMIC), "MatMulIntegerToFloat", 2e-2),
     "w8a8-static": (tiny_bert, W8A8Config(mode=ActMode.STATIC), "QuantizeLinear", 1e-4),
     "fp32": (tiny_bert, None, None, 1e-5),
 }
@@ -52,6 +53,17 @@ def test_exported_model_runs_the_packed_codes_in_onnx_runtime(tmp_path, case) ->
     got, want = sess.run(None, feeds)[0], _out(lm.model, feeds)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max())
+
+
+def test_q_k_v_share_one_dynamic_activation_quantization(tmp_path) -> None:
+    lm = tiny_bert()
+    torchslim.quantize_(lm.model, W8A8Config(mode=ActMode.DYNAMIC))
+    export_onnx(torchslim.save(lm.model, tmp_path / "a", source=lm.source), tmp_path / "m.onnx")
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    quant = [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"]
+    # per block: q/k/v's shared input, the attention output, the MLP input and the MLP output projection
+    assert len(quant) == 4 * lm.model.config.num_hidden_layers
+    assert len({n.input[0] for n in quant}) == len(quant)
 
 
 def test_int4_initializers_hold_the_codes_not_a_float_copy(tmp_path) -> None:

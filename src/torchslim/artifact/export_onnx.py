@@ -6,8 +6,9 @@ then every MatMul whose weight came from a packed layer is rewritten to run that
 * int4 weight-only (``QuantLinear``, groups of 16..256) -> ``com.microsoft.MatMulNBits`` (4 bits, the same
   codes, scales and zero points: ``w = (q - zp) * scale``);
 * int8 weight-only per channel -> ``DequantizeLinear`` (int8, per column) + ``MatMul``;
-* W8A8 dynamic (``Int8DynamicLinear``) -> ``com.microsoft.DynamicQuantizeMatMul`` (activations quantized per
-  tensor at run time: ONNX Runtime has no per-token form, so results differ slightly from torchslim's);
+* W8A8 dynamic (``Int8DynamicLinear``) -> one ``DynamicQuantizeLinear`` per input tensor (q, k and v share it)
+  and ``com.microsoft.MatMulIntegerToFloat`` per layer with per-column weight scales (activations quantized
+  per tensor at run time: ONNX Runtime has no per-token form, so results differ slightly from torchslim's);
 * W8A8 static (``Int8StaticLinear``) -> ``QuantizeLinear``/``DequantizeLinear`` around the input (the
   calibrated range) and an int8 ``DequantizeLinear`` weight: QDQ, which ONNX Runtime fuses into int8 kernels.
 
@@ -152,7 +153,10 @@ def _int8_weight(m: nn.Module, prefix: str) -> tuple[list[Any], list[Any], str]:
     return [node], inits, f"{prefix}_W"
 
 
-def _replacement(m: nn.Module, kind: str, x: str, out: str, prefix: str) -> tuple[list[Any], list[Any]]:
+def _replacement(m: nn.Module, kind: str, x: str, out: str, prefix: str,
+                 quantized: dict[str, list[str]]) -> tuple[list[Any], list[Any]]:
+    """Nodes and initializers computing ``out`` from ``x`` with ``m``'s codes; ``quantized`` maps graph values
+    already quantized dynamically to their (codes, scale, zero point)."""
     from onnx import helper, numpy_helper
 
     nodes, inits = [], []
@@ -165,11 +169,14 @@ def _replacement(m: nn.Module, kind: str, x: str, out: str, prefix: str) -> tupl
         more, more_init = _nbits(m, x, out, prefix)
         return nodes + more, inits + more_init
     if kind == "dynamic":
+        if x not in quantized:              # one activation quantization per input tensor (q/k/v share theirs)
+            quantized[x] = [f"{prefix}_xq", f"{prefix}_xs", f"{prefix}_xz"]
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [x], quantized[x], name=f"{prefix}_qx"))
+        xq, xs, xz = quantized[x]
         inits += [numpy_helper.from_array(m.weight_int8.t().contiguous().numpy(), f"{prefix}_Wq"),
-                  numpy_helper.from_array(m.weight_scale.float().numpy(), f"{prefix}_Ws"),
-                  numpy_helper.from_array(np.zeros(m.out_features, np.int8), f"{prefix}_Wz")]
-        nodes.append(helper.make_node("DynamicQuantizeMatMul", [x, f"{prefix}_Wq", f"{prefix}_Ws", f"{prefix}_Wz"],
-                                      [out], domain=MS, name=f"{prefix}_dqmatmul"))
+                  numpy_helper.from_array(m.weight_scale.float().numpy(), f"{prefix}_Ws")]
+        nodes.append(helper.make_node("MatMulIntegerToFloat", [xq, f"{prefix}_Wq", xs, f"{prefix}_Ws", xz],
+                                      [out], domain=MS, name=f"{prefix}_matmul_i8"))
         return nodes, inits
     wn, wi, w = _int8_weight(m, prefix)
     nodes, inits = nodes + wn, inits + wi
@@ -196,6 +203,7 @@ def rewrite(model_proto: Any, packed: dict[str, nn.Module]) -> dict[str, int]:
     by_name = {i.name: i for i in graph.initializer}
     counts: dict[str, int] = {}
     new_nodes, used = [], set()
+    quantized: dict[str, list[str]] = {}
     for node in graph.node:
         init = by_name.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         m = None
@@ -206,7 +214,7 @@ def rewrite(model_proto: Any, packed: dict[str, nn.Module]) -> dict[str, int]:
             continue
         kind = _rewrite_kind(m)
         prefix = f"ts{len(used)}"
-        nodes, inits = _replacement(m, kind, node.input[0], node.output[0], prefix)
+        nodes, inits = _replacement(m, kind, node.input[0], node.output[0], prefix, quantized)
         new_nodes += nodes
         graph.initializer.extend(inits)
         used.add(init.name)
