@@ -99,7 +99,8 @@ def main() -> None:
     for b, s in SHAPES:
         x = task.example_inputs(b, s)
         with torch.inference_mode():
-            lat = interleaved({k: (lambda m=m: m(**x)) for k, m in models.items()}, rounds=7)
+            lat = interleaved({k: (lambda m=m: m(**x)) for k, m in models.items()}, rounds=7, settle_s=0.05,
+                             warm_calls=1)
         for r in rows:
             r.values[f"{b}x{s} ms"] = 1e3 * lat[r.name]
             r.values[f"{b}x{s} speedup"] = f"{lat['fp32'] / lat[r.name]:.2f}x"
@@ -107,7 +108,9 @@ def main() -> None:
         f"{b}x{s} {k}" for b, s in SHAPES for k in ("ms", "speedup")]
     write_table(ROOT / "docs/results/quantization_minilm.md", "Quantization: MiniLM (all-MiniLM-L6-v2)",
                 "Cosine fidelity to the fp32 model's normalized mean-pooled embeddings on 124 GPL-3 sentences; "
-                "latency medians of 7 interleaved rounds per shape, ratios to torch fp32 in the same run. "
+                "latency medians of 7 interleaved rounds per shape (each timed call after an untimed 50 ms pause, for ONNX "
+                "Runtime's spinning threads to stop, and one untimed call of the same variant), ratios to torch fp32 "
+                "in the same run. "
                 "ONNX Runtime peers use the same thread count. Regenerate: `python benchmarks/quantization/minilm.py`.",
                 cols, rows, ["W8A8 quantizes the 36 encoder linears; attention matmuls, softmax, GELU and "
                              "LayerNorm stay fp32 in both torchslim and ONNX Runtime's dynamic int8."])
