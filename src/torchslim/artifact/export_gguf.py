@@ -1,9 +1,11 @@
 """Export a Llama-family artifact as one GGUF file that llama.cpp runs and transformers reads (``gguf_file=``).
 
-Weight layers go to the chosen block type (``Q8_0``, ``Q4_0``, ``Q4_1``) or a float type (``F32``, ``F16``,
-``BF16``). A packed layer whose codes already lie on that type's grid (int8 / int4 symmetric per group of 32
-for ``Q8_0`` / ``Q4_0``, int4 asymmetric per group of 32 for ``Q4_1``, no AWQ input scale) is written
-code for code, so a GPTQ or AWQ+GPTQ result keeps its calibrated codes; every other layer is rounded to the
+Weight layers go to the chosen block type (``Q8_0``, ``Q5_0``, ``Q4_0``, ``Q4_1``), a K-quant (``Q6_K``,
+``Q4_K``), llama.cpp's ``Q4_K_M`` mix (per tensor, by llama.cpp's own rule: ``attn_v`` and ``ffn_down`` of a
+third of the blocks in Q6_K, the rest Q4_K; rows that are not whole 256-weight super-blocks take llama.cpp's
+fallback, Q5_0 for Q4_K and Q8_0 for Q6_K) or a float type (``F32``, ``F16``, ``BF16``). A packed layer whose
+codes already lie on the chosen block type's grid (int8 / int5 / int4 symmetric per group of 32 for ``Q8_0`` /
+``Q5_0`` / ``Q4_0``, int4 asymmetric per group of 32 for ``Q4_1``, no AWQ input scale) is written code for code, so a GPTQ or AWQ+GPTQ result keeps its calibrated codes; every other layer is rounded to the
 grid from its float weight, and the result counts both kinds. The token embedding (and an untied output head)
 take ``embed_type`` (default ``Q8_0``); norms stay F32. q/k rows are permuted into llama.cpp's rotary layout.
 
@@ -22,11 +24,14 @@ import torch
 from torch import nn
 
 from torchslim.artifact.gguf_blocks import TYPES, BlockType, llama_rope_rows, pack, round_to_grid
+from torchslim.artifact.gguf_kquants import FALLBACK, QK, pack_rounded
 from torchslim.core.errors import ConfigError, TorchSlimError
 
 log = logging.getLogger("torchslim")
 FLOAT_TYPES = ("F32", "F16", "BF16")
-GGUF_TYPES = (*FLOAT_TYPES, *TYPES)
+K_TYPES = ("Q4_K", "Q6_K")
+MIXES = ("Q4_K_M",)
+GGUF_TYPES = (*FLOAT_TYPES, *TYPES, *K_TYPES, *MIXES)
 LLAMA_TYPES = ("llama", "mistral")
 
 
@@ -35,7 +40,23 @@ def _file_type(name: str) -> int:
 
     ft = gguf.LlamaFileType
     return {"F32": ft.ALL_F32, "F16": ft.MOSTLY_F16, "BF16": ft.MOSTLY_BF16, "Q8_0": ft.MOSTLY_Q8_0,
-            "Q4_0": ft.MOSTLY_Q4_0, "Q4_1": ft.MOSTLY_Q4_1}[name]
+            "Q4_0": ft.MOSTLY_Q4_0, "Q4_1": ft.MOSTLY_Q4_1, "Q5_0": ft.MOSTLY_Q5_0, "Q4_K": ft.MOSTLY_Q4_K_S,
+            "Q6_K": ft.MOSTLY_Q6_K, "Q4_K_M": ft.MOSTLY_Q4_K_M}[name]
+
+
+def _more_bits(i: int, n: int) -> bool:
+    """llama.cpp's ``use_more_bits``: the first and last eighth of the blocks and every third one between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def tensor_type(qtype: str, gguf_name: str, n_blocks: int) -> str:
+    """The type one weight tensor takes in ``qtype`` (a mix such as Q4_K_M decides per tensor)."""
+    if qtype != "Q4_K_M":
+        return qtype
+    parts = gguf_name.split(".")
+    if parts[0] == "blk" and parts[-1] in ("attn_v", "ffn_down") and _more_bits(int(parts[1]), n_blocks):
+        return "Q6_K"
+    return "Q4_K"
 
 
 def exact_codes(module: nn.Module, t: BlockType) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
@@ -77,6 +98,13 @@ def encode(module: nn.Module, qtype: str, rows: torch.Tensor | None, counts: dic
         if qtype == "BF16":
             return gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.BF16), gguf.GGMLQuantizationType.BF16
         return w.numpy().astype(np.float16 if qtype == "F16" else np.float32), None
+    if qtype in K_TYPES:
+        w = weight_of(module)
+        if w.shape[1] % QK == 0:
+            counts["rounded"] += 1
+            return pack_rounded(qtype, w[rows] if rows is not None else w), getattr(gguf.GGMLQuantizationType, qtype)
+        qtype = FALLBACK[qtype]                  # as llama.cpp does for rows that are not whole super-blocks
+        counts["fallback"] += 1
     t = TYPES[qtype]
     got = exact_codes(module, t)
     if got is None:
@@ -197,7 +225,7 @@ def _tensors(model: nn.Module, facts: dict[str, int], qtype: str, embed_type: st
                 rows = llama_rope_rows(_rows(module), facts["n_kv"])
             if getattr(module, "bias", None) is not None:
                 raise TorchSlimError(f"GGUF export: {hf_name} has a bias, which llama.cpp's Llama graph does not read")
-            out.append((gg + ".weight", *encode(module, qtype, rows, counts)))
+            out.append((gg + ".weight", *encode(module, tensor_type(qtype, gg, facts["blocks"]), rows, counts)))
     return out
 
 
@@ -209,9 +237,10 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
     from torchslim.core.io import atomic_path
     from torchslim.models import load_model
 
-    for what, v in (("type", qtype), ("embedding type", embed_type)):
-        if v not in GGUF_TYPES:
-            raise ConfigError(f"GGUF {what} {v!r} is not written here; use one of: {', '.join(GGUF_TYPES)}")
+    for what, v, allowed in (("type", qtype, GGUF_TYPES), ("embedding type", embed_type,
+                                                          tuple(t for t in GGUF_TYPES if t not in MIXES))):
+        if v not in allowed:
+            raise ConfigError(f"GGUF {what} {v!r} is not written here; use one of: {', '.join(allowed)}")
     loaded = load_model(str(artifact))
     model = loaded.model
     if getattr(getattr(model, "config", None), "model_type", None) not in LLAMA_TYPES:
@@ -221,7 +250,7 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
     if source_gguf is None and loaded.tokenizer is None:
         raise TorchSlimError(f"{artifact}: no tokenizer to write into the GGUF file")
     facts = _shape_facts(model)
-    counts = {"exact": 0, "rounded": 0, "float": 0}
+    counts = {"exact": 0, "rounded": 0, "float": 0, "fallback": 0}
     tensors = _tensors(model, facts, qtype, embed_type, counts)
     with atomic_path(Path(out)) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
@@ -236,6 +265,9 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+    if counts["fallback"]:
+        log.info("GGUF export: %d tensor(s) with rows that are not whole super-blocks of %d took llama.cpp's fallback "
+                 "type (Q5_0 for Q4_K, Q8_0 for Q6_K)", counts["fallback"], QK)
     if counts["rounded"]:
         log.warning("GGUF export: %d weight layer(s) were not on the %s grid and were rounded to it "
                     "(round-to-nearest from their weights); %d kept their codes exactly", counts["rounded"], qtype,

@@ -5,6 +5,10 @@ Each type stores a row in blocks of 32 weights (row length must be a multiple of
 * ``Q8_0``: ``d`` (fp16), 32 int8 codes; ``w = d * q``.
 * ``Q4_0``: ``d`` (fp16), 16 bytes of nibbles (byte ``j``: weight ``j`` low, ``j + 16`` high); ``w = d * (q - 8)``.
 * ``Q4_1``: ``d``, ``m`` (fp16), the same nibbles; ``w = d * q + m``.
+* ``Q5_0``: ``d`` (fp16), 4 bytes holding each weight's fifth bit (weight ``j`` at bit ``j``), the low nibbles
+  as in Q4_0; ``w = d * (q - 16)``.
+
+Super-blocks of 256 (the K-quants) are in :mod:`torchslim.artifact.gguf_kquants`.
 
 :func:`pack` writes codes a quantizer already chose (GPTQ/AWQ codes on exactly this grid are kept);
 :func:`round_to_grid` chooses codes by round-to-nearest the way llama.cpp's reference quantizer does, for
@@ -33,6 +37,7 @@ TYPES: dict[str, BlockType] = {
     "Q8_0": BlockType("Q8_0", 8, True, False, 34),
     "Q4_0": BlockType("Q4_0", 4, True, False, 18),
     "Q4_1": BlockType("Q4_1", 4, False, True, 20),
+    "Q5_0": BlockType("Q5_0", 5, True, False, 22),
 }
 
 
@@ -63,6 +68,10 @@ def pack(t: BlockType, codes: torch.Tensor, scale: torch.Tensor, minimum: torch.
         parts.append(_f16_bytes(minimum.unsqueeze(-1)))
     if t.bits == 8:
         parts.append(c.to(torch.int8).contiguous().numpy().view(np.uint8))
+    elif t.bits == 5:
+        q = (c + 16).to(torch.uint8)
+        parts.append(np.packbits((q >> 4).numpy(), axis=-1, bitorder="little"))
+        parts.append(_nibbles(q & 15))
     else:
         parts.append(_nibbles(c + 8 if t.signed else c))
     return np.concatenate(parts, axis=-1).reshape(rows, -1)
@@ -70,18 +79,19 @@ def pack(t: BlockType, codes: torch.Tensor, scale: torch.Tensor, minimum: torch.
 
 def round_to_grid(t: BlockType, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Round-to-nearest codes, scales (and minimums) of ``w [rows, cols]`` on ``t``'s grid, as llama.cpp's
-    reference quantizer chooses them (Q4_0: the signed largest-magnitude weight maps to -8)."""
+    reference quantizer chooses them (Q4_0 / Q5_0: the signed largest-magnitude weight maps to -8 / -16)."""
     rows, cols = w.shape
     b = w.float().reshape(rows, cols // BLOCK, BLOCK)
     if t.name == "Q8_0":
         d = b.abs().amax(-1) / 127
         q = torch.round(b / torch.where(d == 0, 1, d).unsqueeze(-1))
         return q.clamp(-128, 127).reshape(rows, cols).to(torch.int8), d, None
-    if t.name == "Q4_0":
+    if t.name in ("Q4_0", "Q5_0"):
+        half = 1 << (t.bits - 1)
         idx = b.abs().argmax(-1, keepdim=True)
-        d = torch.gather(b, -1, idx).squeeze(-1) / -8
+        d = torch.gather(b, -1, idx).squeeze(-1) / -half
         inv = torch.where(d == 0, 0, 1 / torch.where(d == 0, 1, d)).unsqueeze(-1)
-        q = torch.trunc(b * inv + 8.5).clamp(0, 15) - 8
+        q = torch.trunc(b * inv + (half + 0.5)).clamp(0, 2 * half - 1) - half
         return q.reshape(rows, cols).to(torch.int8), d, None
     lo, hi = b.amin(-1), b.amax(-1)
     d = (hi - lo) / 15
