@@ -107,3 +107,36 @@ def test_fused_model_deepcopies_with_one_owner() -> None:
     att = clone.encoder.layer[0].attention.self
     assert att.query.owner is clone.encoder.layer[0].torchslim_fused_qkv
     assert att.query.owner is not lm.model.encoder.layer[0].torchslim_fused_qkv
+
+
+def test_packed_int4_groups_fuse_with_the_same_codes_and_logits() -> None:
+    from torchslim import WeightOnlyConfig
+    from torchslim.quantization import IntFormat, PerGroup
+    from torchslim.quantization.qlinear import QuantLinear
+
+    lm = tiny_llama()
+    torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32)))
+    ids = torch.randint(1, 257, (1, 9), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        ref = lm.model(input_ids=ids).logits
+    up = lm.model.model.layers[0].mlp.up_proj
+    report = fuse_shared_inputs(lm.model)
+    assert len(report.fused) == 2 * lm.model.config.num_hidden_layers and not report.skipped
+    fused = lm.model.model.layers[0].torchslim_fused_mlp_in.fused
+    assert isinstance(fused, QuantLinear) and torch.equal(fused.codes()[up.out_features:], up.codes())
+    assert torch.equal(fused.offset[up.out_features:], up.offset)
+    with torch.inference_mode():
+        torch.testing.assert_close(lm.model(input_ids=ids).logits, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_layers_with_different_formats_are_not_fused() -> None:
+    from torchslim import WeightOnlyConfig
+    from torchslim.quantization import IntFormat, PerGroup
+
+    lm = tiny_llama()
+    int8 = WeightOnlyConfig(format=IntFormat(8), granularity=PerGroup(32))
+    torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(4), granularity=PerGroup(32),
+                                                   selector=Selector(overrides={"re:.*up_proj": int8})))
+    report = fuse_shared_inputs(lm.model)
+    assert len(report.fused) == lm.model.config.num_hidden_layers                  # q/k/v only
+    assert all("differ" in why for why in report.skipped.values()) and len(report.skipped) == 2

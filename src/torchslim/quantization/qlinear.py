@@ -86,6 +86,39 @@ class QuantLinear(StandIn, nn.Module):
             m.bias.data.copy_(bias.detach().float())
         return m
 
+    @classmethod
+    def concatenated(cls, layers: list[QuantLinear]) -> QuantLinear | str:
+        """One layer whose outputs are ``layers``' outputs side by side (codes and scales stacked by rows), or
+        why not: they must share format, groups, kernel, input scaling and (non-integer formats) levels."""
+        a = layers[0]
+        same = all(l.fmt == a.fmt and l.gran == a.gran and l.in_features == a.in_features
+                   and l.choice.kernel == a.choice.kernel for l in layers)
+        if not same:
+            return "their formats, groups or kernels differ"
+        if isinstance(a.gran, PerTensor):
+            return "per-tensor scales cannot be stacked"
+        if any((l.input_scale is None) != (a.input_scale is None)
+               or (l.input_scale is not None and not torch.equal(l.input_scale, a.input_scale)) for l in layers):
+            return "their input scales (AWQ) differ"
+        if a.levels is not None and any(not torch.equal(l.levels, a.levels) for l in layers):
+            return "their levels differ"
+        m = cls(a.in_features, sum(l.out_features for l in layers), any(l.bias is not None for l in layers), a.fmt,
+                a.gran, a.scale.shape[1], a.choice.kernel, a.config, a.input_scale is not None)
+        bits = a.fmt.storage_bits
+        codes = torch.cat([l.codes() for l in layers])
+        m.packed.copy_(pack_bits(to_unsigned(codes.reshape(-1), bits, signed_codes(a.fmt)), bits))
+        m.scale.copy_(torch.cat([l.scale for l in layers]))
+        if m.offset is not None:
+            m.offset.copy_(torch.cat([l.offset for l in layers]))
+        if m.levels is not None:
+            m.levels.copy_(a.levels)
+        if m.input_scale is not None:
+            m.input_scale.copy_(a.input_scale)
+        if m.bias is not None:
+            m.bias.data.copy_(torch.cat([l.bias.detach().float() if l.bias is not None else torch.zeros(l.out_features)
+                                         for l in layers]))
+        return m
+
     def codes(self) -> torch.Tensor:
         """Unpacked codes ``[out, padded in]`` (int8 for symmetric ints, uint8 otherwise)."""
         bits = self.fmt.storage_bits

@@ -116,6 +116,9 @@ def plan(model: nn.Module, config: WeightOnlyConfig) -> list[dict[str, Any]]:
     """What quantizing would do, before doing it: per layer, its format and kernel (and any slowdown)."""
     rows = []
     for name, lin, cfg in selected_linears(model, config, convs=True, sparse=True, scaled=True):
+        if cfg is None:
+            continue                          # an override of None skips the layer
+        cfg = getattr(cfg, "weight", cfg)     # a per-layer GPTQ/AWQ override holds its weight scheme
         if is_sparse(lin):
             rows.append({"name": name, "format": cfg.format.name, "kernel": "sparse+quantized",
                          "slower_than_fp32": False, "note": "kept weights quantized under the pruning mask"})

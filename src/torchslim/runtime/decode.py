@@ -26,9 +26,11 @@ def _is_norm(m: nn.Module) -> bool:
     return type(m).__name__.endswith(("RMSNorm", "LayerNorm"))
 
 
-def prepare_fast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+def prepare_fast(model: nn.Module, dtype: torch.dtype = torch.bfloat16, fuse: bool = True) -> int:
     """Cast the weights of float layers (linear, embedding, norms) to ``dtype`` once; packed layers keep their
-    storage and compute in ``dtype`` from their input. Returns how many layers were cast."""
+    storage and compute in ``dtype`` from their input. With ``fuse``, q/k/v and gate/up also run as one matmul
+    each (float or packed alike: :func:`torchslim.runtime.fuse.fuse_shared_inputs`), where the architecture
+    table knows the model. Returns how many layers were cast."""
     n = 0
     for m in model.modules():
         if type(m) in FLOAT_MODULES or _is_norm(m):
@@ -39,6 +41,12 @@ def prepare_fast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
             n += 1
     if hasattr(model, "config"):
         model.config.dtype = dtype
+    if fuse:
+        from torchslim.core.archs import arch_of
+        from torchslim.runtime.fuse import fuse_shared_inputs
+
+        if arch_of(model) is not None:
+            log.info("fast path: %s", fuse_shared_inputs(model).summary())
     return n
 
 

@@ -34,6 +34,8 @@ class SharedInput(nn.Module):
         self._taken: list[bool] = []
 
     def member_output(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        if torch.compiler.is_compiling():     # no Python cache in a graph: the compiler merges the repeated matmul
+            return self.fused(x).split(self.widths, dim=-1)[index]
         if self._x is not x or self._taken[index]:
             self._outs = self.fused(x).split(self.widths, dim=-1)
             self._x, self._taken = x, [False] * len(self.widths)
