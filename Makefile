@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed clean
+.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,9 +61,12 @@ bench-recovery: install-bench
 	$(BIN)/python benchmarks/recovery/smollm2.py
 	$(BIN)/python benchmarks/recovery/targets.py
 
-bench-speed: install-bench
-	$(BIN)/python benchmarks/speed/smollm2.py
-	$(BIN)/python benchmarks/speed/gguf_quality.py
+llama-cpp:
+	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/speed/build_llamacpp.sh
+
+bench-speed: install-bench llama-cpp
+	$(BIN)/python benchmarks/speed/smollm2.py --compile
+	$(BIN)/python benchmarks/speed/gguf_quality.py --types Q4_0 Q4_K_M
 	$(BIN)/python benchmarks/speed/minilm.py
 	$(BIN)/python benchmarks/speed/targets.py
 

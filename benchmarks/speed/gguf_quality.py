@@ -6,8 +6,14 @@ For Q4_0 and Q4_1 (groups of 32): "reference" rounds every weight to the grid ex
 with that type's grid (symmetric int4 g32 for Q4_0, asymmetric for Q4_1) and exports its codes as they are.
 Both files take the same embedding type (Q8_0) and are read back by transformers (``gguf_file=``),
 dequantized, and evaluated by torchslim's causal-LM task on two texts of different domains: GPL-3 and the
-held-out Python reference topics. No importance matrix is used by either. Regenerates
-docs/results/speed_gguf_quality.md (+ .json).
+held-out Python reference topics. No importance matrix is used by either.
+
+Q4_K_M is llama.cpp's per-tensor mix; SmolLM2's 576-wide rows are not whole 256-weight super-blocks, so
+llama.cpp itself writes most tensors in its fallback Q5_0 (and Q8_0 for the promoted attn_v). "llama-quantize"
+is its real file (when the tools are built: ``make llama-cpp``); "torchslim GPTQ" runs GPTQ on exactly the
+per-tensor grids of the same mix (int5 / int8 symmetric groups of 32 for the Q5_0 / Q8_0 tensors) and rounds
+ffn_down (whole super-blocks: Q4_K / Q6_K) from float, so both files hold the same types tensor for tensor.
+Regenerates docs/results/speed_gguf_quality.md (+ .json).
 
     python benchmarks/speed/gguf_quality.py
 """
@@ -26,14 +32,43 @@ from common import ROOT, Row, write_table  # noqa: E402
 
 import torchslim  # noqa: E402
 from torchslim import GPTQConfig, WeightOnlyConfig  # noqa: E402
-from torchslim.artifact.export_gguf import export_gguf  # noqa: E402
+from torchslim.artifact.export_gguf import export_gguf, tensor_type  # noqa: E402
+import llamacpp  # noqa: E402
 from torchslim.data import text as text_data  # noqa: E402
 from torchslim.quantization import IntFormat, PerGroup  # noqa: E402
 from torchslim.tasks.causal_lm import CausalLMTask  # noqa: E402
 
 warnings.filterwarnings("ignore")
 OUT = ROOT / "docs/results/speed_gguf_quality.md"
-GRIDS = {"Q4_0": IntFormat(4), "Q4_1": IntFormat(4, symmetric=False)}
+GRIDS = {"Q4_0": IntFormat(4), "Q4_1": IntFormat(4, symmetric=False), "Q4_K_M": None}
+EXACT = {"Q5_0": IntFormat(5), "Q8_0": IntFormat(8), "Q4_0": IntFormat(4)}   # block types GPTQ can aim at exactly
+
+
+def mix_config(model, qtype: str) -> GPTQConfig | None:
+    """GPTQ on each tensor's own grid in the mix ``qtype``; tensors of a K-quant type stay float (rounded at
+    export). None when no tensor has a block type GPTQ can aim at."""
+    from torchslim.artifact.gguf_kquants import FALLBACK, QK
+
+    n = model.config.num_hidden_layers
+    gg = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+          "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+          "mlp.down_proj": "ffn_down"}
+    overrides, keep_float = {}, ["lm_head"]
+    for i, layer in enumerate(model.model.layers):
+        for path, short in gg.items():
+            name = f"model.layers.{i}.{path}"
+            t = tensor_type(qtype, f"blk.{i}.{short}", n)
+            if layer.get_submodule(path).in_features % QK:
+                t = FALLBACK.get(t, t)
+            if t in EXACT:
+                overrides[name] = GPTQConfig(weight=WeightOnlyConfig(format=EXACT[t], granularity=PerGroup(32)))
+            else:
+                keep_float.append(name)
+    if not overrides:
+        return None
+    first = next(iter(overrides.values())).weight
+    sel = torchslim.Selector(include=(torch.nn.Linear,), exclude=tuple(keep_float), overrides=overrides)
+    return GPTQConfig(weight=WeightOnlyConfig(format=first.format, granularity=PerGroup(32), selector=sel))
 
 
 def evaluate_gguf(path: Path, tasks: dict[str, CausalLMTask]) -> dict[str, float]:
@@ -60,18 +95,30 @@ def main() -> None:
         for qtype in args.types:
             fmt = GRIDS[qtype]
             ref = Path(d) / f"ref-{qtype}.gguf"
-            export_gguf(art_float, ref, qtype=qtype, embed_type="Q8_0")     # every layer rounded: llama.cpp's grid
+            variants = []
+            if fmt is not None:
+                export_gguf(art_float, ref, qtype=qtype, embed_type="Q8_0")     # every layer rounded: llama.cpp's grid
+                variants.append((f"{qtype} reference rounding (llama-quantize's)", ref,
+                                 "round-to-nearest, as llama.cpp's quantizer without an importance matrix"))
+                config = GPTQConfig(weight=WeightOnlyConfig(format=fmt, granularity=PerGroup(32), selector=torchslim.Selector(
+                    include=(torch.nn.Linear,), exclude=("lm_head",))))
+            else:
+                if llamacpp.tools():
+                    variants.append((f"{qtype} llama-quantize", llamacpp.make_ggufs(
+                        ROOT / "benchmarks/.cache/gguf", (qtype,))[qtype], "llama.cpp's own quantizer, no imatrix"))
+                info = export_gguf(art_float, ref, qtype=qtype, embed_type="Q8_0")
+                variants.append((f"{qtype} torchslim rounding", ref, f"torchslim's export of the float model: "
+                                 f"{info['rounded_layers']} tensors rounded"))
+                config = mix_config(base, qtype)
             m = copy.deepcopy(base)
-            sel = torchslim.Selector(include=(torch.nn.Linear,), exclude=("lm_head",))
-            torchslim.quantize_(m, GPTQConfig(weight=WeightOnlyConfig(format=fmt, granularity=PerGroup(32),
-                                                                      selector=sel)), calibration=task)
+            torchslim.quantize_(m, config, calibration=task)
             art = torchslim.save(m, Path(d) / f"gptq-{qtype}", source=loaded.source)
             ours = Path(d) / f"gptq-{qtype}.gguf"
             info = export_gguf(art, ours, qtype=qtype, embed_type="Q8_0")
-            for name, path, note in ((f"{qtype} reference rounding (llama-quantize's)", ref,
-                                      "round-to-nearest, as llama.cpp's quantizer without an importance matrix"),
-                                     (f"{qtype} torchslim GPTQ", ours, f"GPTQ on the {qtype} grid, "
-                                      f"{info['exact_layers']} layers' codes written as they are")):
+            variants.append((f"{qtype} torchslim GPTQ", ours, f"GPTQ on each tensor's {qtype} grid, "
+                             f"{info['exact_layers']} layers' codes written as they are, {info['rounded_layers']} "
+                             "rounded"))
+            for name, path, note in variants:
                 ppl = evaluate_gguf(path, tasks)
                 values = {"file MiB": path.stat().st_size / 2**20}
                 for n, v in ppl.items():
@@ -84,7 +131,10 @@ def main() -> None:
                 "by transformers and evaluated by torchslim's task on GPL-3 and on the held-out Python reference "
                 "topics (calibration used the license texts). Regenerate: `python benchmarks/speed/gguf_quality.py`.",
                 cols, rows, ["SmolLM2's weights come from a Q4_1 file (groups of 32, asymmetric): Q4_1 round-trips "
-                             "that grid almost exactly, so Q4_0 is the informative comparison."])
+                             "that grid almost exactly, so Q4_0 is the informative comparison.",
+                             "SmolLM2's 576-wide rows are not whole 256-weight super-blocks, so both Q4_K_M files hold "
+                             "Q5_0 for attn_q/k/output, ffn_gate/up and 16 attn_v, Q8_0 for the other 14 attn_v (Q6_K's "
+                             "fallback) and Q4_K (16) / Q6_K (14) only for ffn_down, as llama.cpp decides per tensor."])
 
 
 if __name__ == "__main__":

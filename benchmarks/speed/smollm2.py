@@ -4,8 +4,10 @@ bf16, int4 g128 and int8 per channel, optionally compiled), every variant timed 
 Decode: tokens/s over 64 greedy tokens after a 6-token prompt (median of rounds, round-robin). Prefill: one
 forward at 1x128 and 1x512 (median, interleaved), as a ratio to fp32. Bandwidth efficiency: weight bytes read
 per token x tokens/s against the measured large-copy bandwidth. The int4/int8 layers are round-to-nearest (speed
-does not depend on how the codes were chosen). llama.cpp's figures are quoted from a run on the same machine type
-(docs in ../shared/reference/environment.md), not this run. Regenerates docs/results/speed_smollm2.md (+ .json).
+does not depend on how the codes were chosen). llama.cpp (built by ``build_llamacpp.sh``: ``make llama-cpp``) runs
+in the same rounds: each round calls llama-bench once per GGUF type (tg 64, pp128, pp512, one repetition), in
+turn with torchslim's decoders; without the tools its figures are quoted from a reference run and marked so.
+Regenerates docs/results/speed_smollm2.md (+ .json).
 
     python benchmarks/speed/smollm2.py [--rounds 3] [--compile]
 """
@@ -23,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ROOT, Row, artifact_bytes, interleaved, write_table  # noqa: E402
+import llamacpp  # noqa: E402
 
 import torchslim  # noqa: E402
 from torchslim import WeightOnlyConfig  # noqa: E402
@@ -91,21 +94,37 @@ def main() -> None:
     if args.compile:
         for name, m in (("bf16", bf16), ("int4 g128", int4)):
             decoders[f"{name}, fast path compiled"] = fast_decoder(m, ids, compile=True)
+    ggufs = llamacpp.make_ggufs(ROOT / "benchmarks/.cache/gguf") if llamacpp.tools() else {}
+    peer: dict[str, list[dict[str, float]]] = {t: [] for t in ggufs}
+    threads = torch.get_num_threads()
+
+    def peer_decoder(t: str):
+        def run() -> float:
+            r = llamacpp.bench(ggufs[t], threads, NEW, (128, 512))
+            peer[t].append(r)
+            return r["tg"]
+        return run
+    for t in ggufs:
+        decoders[f"llama.cpp {t}"] = peer_decoder(t)
     with torch.inference_mode():
         for fn in decoders.values():              # warm-up (and compilation)
             fn()
         runs: dict[str, list[float]] = {k: [] for k in decoders}
+        for v in peer.values():
+            v.clear()                             # the warm-up call is not a measurement
         for _ in range(args.rounds):
             for k, fn in decoders.items():
                 runs[k].append(fn())
         prefill = {}
         for seq in (128, 512):
             x = task.example_inputs(1, seq)
-            lat = interleaved({k: (lambda m=m: m(**x)) for k, m in models.items()}, rounds=5)
+            lat = interleaved({k: (lambda m=m: m(**x)) for k, m in models.items()}, rounds=5, warm_calls=1)
             prefill[seq] = lat
     bw = copy_bandwidth()
     rows = []
     for k, v in runs.items():
+        if k.startswith("llama.cpp "):
+            continue
         tps = statistics.median(v)
         model = models[next(m for m in models if k.startswith(m.split(" ")[0]))]
         wbytes = memory_bytes(model)
@@ -118,11 +137,22 @@ def main() -> None:
         spread = (max(v) - min(v)) / tps
         rows.append(Row(k, f"decode spread {spread:.0%} over {args.rounds} rounds", values))
         print(rows[-1], flush=True)
-    for name, t in LLAMA_CPP.items():
-        rows.append(Row(f"llama.cpp {name} (reference run)", "llama-bench tg128, 2 threads, same machine type, "
-                        "2026-11-29; not this run", {"decode tok/s": t}))
+    for t, results in peer.items():
+        tps = statistics.median(r["tg"] for r in results)
+        values = {"artifact MiB": ggufs[t].stat().st_size / 2**20, "decode tok/s": tps,
+                  "decode vs fp32 HF": f"{tps / statistics.median(runs['fp32, HF generate']):.2f}x"}
+        for seq in (128, 512):
+            ms = 1e3 * seq / statistics.median(r[f"pp{seq}"] for r in results)
+            values[f"prefill {seq} ms"] = ms
+            values[f"prefill {seq} vs fp32"] = f"{1e3 * prefill[seq]['fp32'] / ms:.2f}x"
+        rows.append(Row(f"llama.cpp {t} (this run)", f"llama-bench, {threads} threads, its own quantizer, no imatrix; "
+                        f"spread {(max(runs[f'llama.cpp {t}']) - min(runs[f'llama.cpp {t}'])) / tps:.0%}", values))
+    if not peer:
+        for name, t in LLAMA_CPP.items():
+            rows.append(Row(f"llama.cpp {name} (reference run)", "llama-bench tg128, 2 threads, same machine type, "
+                            "2026-11-29; not this run (tools not built here: make llama-cpp)", {"decode tok/s": t}))
     write_table(OUT, "Decode and prefill speed: SmolLM2-135M", f"Greedy decode of {NEW} tokens (median of "
-                f"{args.rounds} interleaved rounds), prefill = one forward at 1x128 / 1x512 (median of 5 interleaved). "
+                f"{args.rounds} interleaved rounds), prefill = one forward at 1x128 / 1x512 (median of 5 interleaved, each after an untimed call of the same model). "
                 f"Large-copy bandwidth measured here: {bw / 1e9:.1f} GB/s. Regenerate: "
                 "`python benchmarks/speed/smollm2.py`.",
                 ["artifact MiB", "decode tok/s", "decode vs fp32 HF", "weights MiB", "bandwidth efficiency", "prefill 128 ms",

