@@ -125,3 +125,23 @@ def test_real_quantlinear_bits_per_weight() -> None:
     assert count_parameters(model)[0] == elems + 128 + 64
     if size is not None:
         assert size.bits_per_weight == 4.5 and size.artifact_bytes > nbytes
+
+
+def test_a_tied_embedding_reading_the_heads_codes_counts_once() -> None:
+    import torchslim
+    from torchslim import WeightOnlyConfig
+    from torchslim.quantization import IntFormat, PerChannel, PerGroup
+    from torchslim.zoo.tiny import tiny_llama
+
+    model = tiny_llama().model
+    before, _ = count_parameters(model)
+    head = WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel())
+    torchslim.quantize_(model, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32),
+                                                selector=torchslim.Selector(overrides={"lm_head": head})))
+    assert type(model.model.embed_tokens).__name__ == "PackedEmbedding"
+    after, _ = count_parameters(model)
+    assert after == before                      # the same logical weights, the shared table once
+    nbytes, elements = weight_storage(model)
+    table = model.config.vocab_size * model.config.hidden_size
+    linears = sum(m.in_features * m.out_features for n, m in model.named_modules() if n.endswith("_proj"))
+    assert elements == table + linears

@@ -50,8 +50,11 @@ def _storage_key(t: torch.Tensor) -> tuple:
 
 
 def _packed_modules(model: nn.Module) -> dict[str, _Packed]:
-    """Modules that declare a packed weight via ``torchslim_layer_info()["weight_elements"]``."""
+    """Modules that declare a packed weight via ``torchslim_layer_info()["weight_elements"]``. A module whose
+    packed tensors all alias another's (a tied embedding reading the output head's codes) counts 0 elements:
+    one stored weight is one set of parameters, as a tied float embedding is."""
     out: dict[str, _Packed] = {}
+    seen: set[tuple] = set()
     for name, module in model.named_modules():
         info_fn = getattr(module, "torchslim_layer_info", None)
         if not callable(info_fn):
@@ -64,6 +67,11 @@ def _packed_modules(model: nn.Module) -> dict[str, _Packed]:
         own = {k for k in own if "." not in k}
         names = set(info.get("weight_tensors") or (own - {"bias"}))
         nz = info.get("weight_nonzero")
+        tensors = module.state_dict(keep_vars=True)
+        keys = {_storage_key(tensors[n]) for n in names if isinstance(tensors.get(n), torch.Tensor)}
+        if keys and keys <= seen:
+            elements, nz = 0, 0
+        seen |= keys
         out[name] = _Packed(elements, None if nz is None else int(nz), names)
     return out
 
