@@ -140,3 +140,11 @@ def test_packed_layers_with_different_formats_are_not_fused() -> None:
     report = fuse_shared_inputs(lm.model)
     assert len(report.fused) == lm.model.config.num_hidden_layers                  # q/k/v only
     assert all("differ" in why for why in report.skipped.values()) and len(report.skipped) == 2
+
+
+def test_saving_a_fused_model_is_refused_in_one_line(tmp_path) -> None:
+    lm = tiny_llama()
+    fuse_shared_inputs(lm.model)
+    with pytest.raises(torchslim.ArtifactError, match="save the model before preparing it"):
+        torchslim.save(lm.model, tmp_path / "a", source=lm.source)
+    assert not (tmp_path / "a").exists()

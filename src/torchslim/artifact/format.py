@@ -52,6 +52,14 @@ def _refuse_training_only(model: nn.Module) -> None:
                             "convert them to real quantized layers first (QATConfig does so when training ends)")
 
 
+def _refuse_runtime_only(model: nn.Module) -> None:
+    """Layers rearranged for running (fused by a fast path) are not the architecture an artifact describes."""
+    found = [n for n, m in model.named_modules() if getattr(m, "torchslim_runtime_only", False)]
+    if found:
+        raise ArtifactError(f"'{found[0]}' (and {len(found) - 1} more) were fused by a torchslim.runtime fast path, "
+                            "which only rearranges a model for running: save the model before preparing it")
+
+
 def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = None,
          metadata: dict[str, Any] | None = None) -> Path:
     """Save ``model`` as an artifact folder at ``path`` and return the path."""
@@ -59,6 +67,7 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
 
     path = Path(path)
     _refuse_training_only(model)
+    _refuse_runtime_only(model)
     old = checks.check_target(path)
     state = state_of(model)
     source = source or state.source or {"kind": "module"}

@@ -55,7 +55,10 @@ class SharedInput(nn.Module):
 
 
 class SharedInputSlice(nn.Module):
-    """Stands where one member layer was; its weights live in the block's :class:`SharedInput`."""
+    """Stands where one member layer was; its weights live in the block's :class:`SharedInput`. A running
+    arrangement only: ``torchslim.save`` refuses a model holding one."""
+
+    torchslim_runtime_only = True
 
     def __init__(self, owner: SharedInput, index: int, in_features: int, out_features: int) -> None:
         super().__init__()
