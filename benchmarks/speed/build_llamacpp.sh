@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Build llama.cpp's benchmark tools (llama-bench, llama-quantize, llama-perplexity) from the llama.cpp source
+# Build llama.cpp's benchmark tools (llama-bench, llama-quantize, llama-perplexity, llama-imatrix) from the llama.cpp source
 # vendored in PyPI's llama-cpp-python sdist: a peer to measure against, never a torchslim dependency.
 # About 6-15 minutes on 2 cores. Result: benchmarks/.cache/llama.cpp/build/bin (or $LLAMA_CPP_BIN if set).
 set -euo pipefail
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 DEST="$HERE/.cache/llama.cpp"
-if [ -x "$DEST/build/bin/llama-bench" ] && [ -x "$DEST/build/bin/llama-quantize" ]; then
+if [ -x "$DEST/build/bin/llama-bench" ] && [ -x "$DEST/build/bin/llama-imatrix" ]; then
   echo "llama.cpp tools already built in $DEST/build/bin"; exit 0
 fi
 TMP="$(mktemp -d)"
@@ -18,5 +18,5 @@ mv "$TMP/llama_cpp_python-$VERSION/vendor/llama.cpp" "$DEST"
 cd "$DEST"
 cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release > build.log
-cmake --build build -j"$(nproc)" --target llama-bench llama-quantize llama-perplexity >> build.log
+cmake --build build -j"$(nproc)" --target llama-bench llama-quantize llama-perplexity llama-imatrix >> build.log
 echo "built: $DEST/build/bin"

@@ -104,8 +104,15 @@ def main() -> None:
                     include=(torch.nn.Linear,), exclude=("lm_head",))))
             else:
                 if llamacpp.tools():
-                    variants.append((f"{qtype} llama-quantize", llamacpp.make_ggufs(
-                        ROOT / "benchmarks/.cache/gguf", (qtype,))[qtype], "llama.cpp's own quantizer, no imatrix"))
+                    cache = ROOT / "benchmarks/.cache/gguf"
+                    variants.append((f"{qtype} llama-quantize", llamacpp.make_ggufs(cache, (qtype,))[qtype],
+                                     "llama.cpp's own quantizer, no imatrix"))
+                    imat = llamacpp.imatrix_quantize(llamacpp.make_ggufs(cache, ("F32",))["F32"],
+                                                     text_data.calibration_text(), qtype, cache / "imatrix")
+                    if imat is not None:
+                        variants.append((f"{qtype} llama-quantize with imatrix", imat, "llama.cpp's quantizer with "
+                                         "an importance matrix from llama-imatrix on the license texts torchslim "
+                                         "calibrates on"))
                 info = export_gguf(art_float, ref, qtype=qtype, embed_type="Q8_0")
                 variants.append((f"{qtype} torchslim rounding", ref, f"torchslim's export of the float model: "
                                  f"{info['rounded_layers']} tensors rounded"))

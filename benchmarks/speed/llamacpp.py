@@ -47,6 +47,22 @@ def make_ggufs(folder: Path, types: tuple[str, ...] = TYPES) -> dict[str, Path]:
     return out
 
 
+def imatrix_quantize(f32: Path, text: str, qtype: str, folder: Path) -> Path | None:
+    """``qtype`` quantized by llama-quantize with an importance matrix that llama-imatrix computed on ``text``
+    (the same text torchslim calibrates on); None when llama-imatrix is not built."""
+    bin_ = tools()
+    if not (bin_ / "llama-imatrix").is_file():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    data, matrix, out = folder / "calibration.txt", folder / "imatrix.gguf", folder / f"smollm2-{qtype}-imatrix.gguf"
+    data.write_text(text)
+    subprocess.run([str(bin_ / "llama-imatrix"), "-m", str(f32), "-f", str(data), "-o", str(matrix), "-c", "512",
+                    "-t", str(os.cpu_count() or 1)], check=True, capture_output=True)
+    subprocess.run([str(bin_ / "llama-quantize"), "--imatrix", str(matrix), str(f32), str(out), qtype], check=True,
+                   capture_output=True)
+    return out
+
+
 def bench(path: Path, threads: int, n_gen: int, prompts: tuple[int, ...] = ()) -> dict[str, float]:
     """One llama-bench run (one repetition): ``{"tg": tok/s, "pp128": tok/s, ...}``."""
     cmd = [str(tools() / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", "1", "-o", "json",
