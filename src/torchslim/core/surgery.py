@@ -35,6 +35,15 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def stacked_bias(layers: list[nn.Module]) -> torch.Tensor | None:
+    """The bias of layers concatenated along their outputs: each layer's bias (float32), zeros where a layer has
+    none; ``None`` when none of them has one."""
+    if all(getattr(l, "bias", None) is None for l in layers):
+        return None
+    return torch.cat([l.bias.detach().float() if l.bias is not None else torch.zeros(l.out_features)
+                      for l in layers])
+
+
 def walk(model: nn.Module, types: tuple[type, ...] | type | None = None) -> Iterator[tuple[str, nn.Module]]:
     """Named submodules (root excluded), optionally only those of ``types``."""
     for n, m in model.named_modules():

@@ -63,11 +63,10 @@ def _packed_modules(model: nn.Module) -> dict[str, _Packed]:
         elements = _logical_elements(info)
         if elements is None:
             continue
-        own = set(module.state_dict(keep_vars=True).keys())
-        own = {k for k in own if "." not in k}
+        tensors = module.state_dict(keep_vars=True)
+        own = {k for k in tensors if "." not in k}
         names = set(info.get("weight_tensors") or (own - {"bias"}))
         nz = info.get("weight_nonzero")
-        tensors = module.state_dict(keep_vars=True)
         keys = {_storage_key(tensors[n]) for n in names if isinstance(tensors.get(n), torch.Tensor)}
         if keys and keys <= seen:
             elements, nz = 0, 0

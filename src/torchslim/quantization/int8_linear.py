@@ -20,6 +20,7 @@ from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.modules import StandIn, register_module_format
+from torchslim.core.surgery import stacked_bias
 from torchslim.quantization.kernels import act_bits_of, act_qmax, act_qparams, row_absmax
 
 
@@ -68,16 +69,16 @@ class _Int8Base(StandIn, nn.Module):
             return "their SmoothQuant factors differ, so the input would be scaled differently per layer"
         if any(not l._same_activation_grid(first) for l in layers):
             return "their activation ranges differ"
-        m = cls(first.in_features, sum(l.out_features for l in layers), any(l.bias is not None for l in layers),
-                first.config, **first._init_kwargs())
+        bias = stacked_bias(layers)
+        m = cls(first.in_features, sum(l.out_features for l in layers), bias is not None, first.config,
+                **first._init_kwargs())
         m.weight_int8.copy_(torch.cat([l.weight_int8 for l in layers]))
         m.weight_scale.copy_(torch.cat([l.weight_scale for l in layers]))
         m.smooth.copy_(first.smooth)
         m.use_smooth = first.use_smooth
         m._copy_activation_grid(first)
-        if m.bias is not None:
-            m.bias.data.copy_(torch.cat([l.bias.detach() if l.bias is not None else torch.zeros(l.out_features)
-                                         for l in layers]))
+        if bias is not None:
+            m.bias.data.copy_(bias)
         return m
 
     def _init_kwargs(self) -> dict[str, Any]:
@@ -150,7 +151,6 @@ class Int8DynamicLinear(_Int8Base):
         # one pass over the output for the row scales and the bias (addcmul: 2.5x faster than ``y * r + b``)
         y = torch.addcmul(self.bias, y, r) if self.bias is not None else y.mul_(r)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-
 
     def _int_mm_rows(self, x2: torch.Tensor) -> torch.Tensor:
         """The same per-token W8A8 product in plain aten ops, for ``torch.compile``: each row quantized

@@ -15,6 +15,7 @@ from torch import nn
 
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.modules import StandIn, register_module_format
+from torchslim.core.surgery import stacked_bias
 from torchslim.quantization import kernel_table
 from torchslim.quantization import kernels as K
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
@@ -102,8 +103,9 @@ class QuantLinear(StandIn, nn.Module):
             return "their input scales (AWQ) differ"
         if a.levels is not None and any(not torch.equal(l.levels, a.levels) for l in layers):
             return "their levels differ"
-        m = cls(a.in_features, sum(l.out_features for l in layers), any(l.bias is not None for l in layers), a.fmt,
-                a.gran, a.scale.shape[1], a.choice.kernel, a.config, a.input_scale is not None)
+        bias = stacked_bias(layers)
+        m = cls(a.in_features, sum(l.out_features for l in layers), bias is not None, a.fmt, a.gran,
+                a.scale.shape[1], a.choice.kernel, a.config, a.input_scale is not None)
         bits = a.fmt.storage_bits
         codes = torch.cat([l.codes() for l in layers])
         m.packed.copy_(pack_bits(to_unsigned(codes.reshape(-1), bits, signed_codes(a.fmt)), bits))
@@ -114,9 +116,8 @@ class QuantLinear(StandIn, nn.Module):
             m.levels.copy_(a.levels)
         if m.input_scale is not None:
             m.input_scale.copy_(a.input_scale)
-        if m.bias is not None:
-            m.bias.data.copy_(torch.cat([l.bias.detach().float() if l.bias is not None else torch.zeros(l.out_features)
-                                         for l in layers]))
+        if bias is not None:
+            m.bias.data.copy_(bias)
         return m
 
     def codes(self) -> torch.Tensor:

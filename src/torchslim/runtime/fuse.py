@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from torchslim.core.archs import arch_of, find_blocks, resolve
+from torchslim.core.surgery import replace_module, stacked_bias
 
 log = logging.getLogger("torchslim")
 
@@ -75,12 +76,11 @@ class SharedInputSlice(nn.Module):
 def concat_linears(layers: list[nn.Linear]) -> nn.Linear:
     """One ``nn.Linear`` computing ``cat([l(x) for l in layers], -1)`` (a missing bias is zeros)."""
     w = torch.cat([l.weight.detach() for l in layers])
-    out = nn.Linear(w.shape[1], w.shape[0], bias=any(l.bias is not None for l in layers),
-                    device=w.device, dtype=w.dtype)
+    bias = stacked_bias(layers)
+    out = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device=w.device, dtype=w.dtype)
     out.weight.data.copy_(w)
-    if out.bias is not None:
-        out.bias.data.copy_(torch.cat([l.bias.detach() if l.bias is not None else w.new_zeros(l.out_features)
-                                       for l in layers]))
+    if bias is not None:
+        out.bias.data.copy_(bias)
     return out
 
 
@@ -138,9 +138,7 @@ def fuse_shared_inputs(model: nn.Module) -> FuseReport:
             owner = SharedInput(fused, [l.out_features for l in layers])
             block.add_module(f"torchslim_fused_{role}", owner)
             for i, (n, l) in enumerate(zip(names, layers)):
-                parent, _, leaf = n.rpartition(".")
-                setattr(block.get_submodule(parent) if parent else block, leaf,
-                        SharedInputSlice(owner, i, l.in_features, l.out_features))
+                replace_module(block, n, SharedInputSlice(owner, i, l.in_features, l.out_features))
             report.fused.append(label)
     for label, why in report.skipped.items():
         log.warning("fast path: %s not fused: %s", label, why)
