@@ -45,25 +45,23 @@ EXACT = {"Q5_0": IntFormat(5), "Q8_0": IntFormat(8), "Q4_0": IntFormat(4)}   # b
 
 
 def mix_config(model, qtype: str) -> GPTQConfig | None:
-    """GPTQ on each tensor's own grid in the mix ``qtype``; tensors of a K-quant type stay float (rounded at
-    export). None when no tensor has a block type GPTQ can aim at."""
-    from torchslim.artifact.gguf_kquants import FALLBACK, QK
+    """GPTQ on each tensor's own grid in the mix ``qtype`` (the type export_gguf will store it in, fallbacks
+    included); tensors of a K-quant type stay float (rounded at export). None when no tensor has a block type
+    GPTQ can aim at."""
+    import gguf
 
     n = model.config.num_hidden_layers
-    gg = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-          "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-          "mlp.down_proj": "ffn_down"}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n)
     overrides, keep_float = {}, ["lm_head"]
-    for i, layer in enumerate(model.model.layers):
-        for path, short in gg.items():
-            name = f"model.layers.{i}.{path}"
-            t = tensor_type(qtype, f"blk.{i}.{short}", n)
-            if layer.get_submodule(path).in_features % QK:
-                t = FALLBACK.get(t, t)
-            if t in EXACT:
-                overrides[name] = GPTQConfig(weight=WeightOnlyConfig(format=EXACT[t], granularity=PerGroup(32)))
-            else:
-                keep_float.append(name)
+    for name, layer in model.named_modules():
+        gg = names.get_name(name) if isinstance(layer, torch.nn.Linear) and name != "lm_head" else None
+        if gg is None:
+            continue
+        t = tensor_type(qtype, gg, n, layer.in_features)
+        if t in EXACT:
+            overrides[name] = GPTQConfig(weight=WeightOnlyConfig(format=EXACT[t], granularity=PerGroup(32)))
+        else:
+            keep_float.append(name)
     if not overrides:
         return None
     first = next(iter(overrides.values())).weight

@@ -5,8 +5,9 @@ Weight layers go to the chosen block type (``Q8_0``, ``Q5_0``, ``Q4_0``, ``Q4_1`
 third of the blocks in Q6_K, the rest Q4_K; rows that are not whole 256-weight super-blocks take llama.cpp's
 fallback, Q5_0 for Q4_K and Q8_0 for Q6_K) or a float type (``F32``, ``F16``, ``BF16``). A packed layer whose
 codes already lie on the chosen block type's grid (int8 / int5 / int4 symmetric per group of 32 for ``Q8_0`` /
-``Q5_0`` / ``Q4_0``, int4 asymmetric per group of 32 for ``Q4_1``, no AWQ input scale) is written code for code, so a GPTQ or AWQ+GPTQ result keeps its calibrated codes; every other layer is rounded to the
-grid from its float weight, and the result counts both kinds. The token embedding (and an untied output head)
+``Q5_0`` / ``Q4_0``, int4 asymmetric per group of 32 for ``Q4_1``, no AWQ input scale) is written code for code,
+so a GPTQ or AWQ+GPTQ result keeps its calibrated codes; every other layer is rounded to the grid from its float
+weight, and the result counts both kinds. The token embedding (and an untied output head)
 take ``embed_type`` (default ``Q8_0``); norms stay F32. q/k rows are permuted into llama.cpp's rotary layout.
 
 The tokenizer comes from the GGUF file the model was converted from, when there is one (its ``tokenizer.*``
@@ -49,14 +50,15 @@ def _more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def tensor_type(qtype: str, gguf_name: str, n_blocks: int) -> str:
-    """The type one weight tensor takes in ``qtype`` (a mix such as Q4_K_M decides per tensor)."""
-    if qtype != "Q4_K_M":
-        return qtype
-    parts = gguf_name.split(".")
-    if parts[0] == "blk" and parts[-1] in ("attn_v", "ffn_down") and _more_bits(int(parts[1]), n_blocks):
-        return "Q6_K"
-    return "Q4_K"
+def tensor_type(qtype: str, gguf_name: str, n_blocks: int, cols: int) -> str:
+    """The type one weight tensor of row length ``cols`` is stored in for ``qtype``: a mix such as Q4_K_M decides
+    per tensor, and a K-quant takes llama.cpp's fallback when rows are not whole super-blocks."""
+    t = qtype
+    if qtype == "Q4_K_M":
+        parts = gguf_name.split(".")
+        more = parts[0] == "blk" and parts[-1] in ("attn_v", "ffn_down") and _more_bits(int(parts[1]), n_blocks)
+        t = "Q6_K" if more else "Q4_K"
+    return FALLBACK[t] if t in K_TYPES and cols % QK else t
 
 
 def exact_codes(module: nn.Module, t: BlockType) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
@@ -98,13 +100,10 @@ def encode(module: nn.Module, qtype: str, rows: torch.Tensor | None, counts: dic
         if qtype == "BF16":
             return gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.BF16), gguf.GGMLQuantizationType.BF16
         return w.numpy().astype(np.float16 if qtype == "F16" else np.float32), None
-    if qtype in K_TYPES:
+    if qtype in K_TYPES:                         # whole super-blocks: tensor_type resolved the fallback
         w = weight_of(module)
-        if w.shape[1] % QK == 0:
-            counts["rounded"] += 1
-            return pack_rounded(qtype, w[rows] if rows is not None else w), getattr(gguf.GGMLQuantizationType, qtype)
-        qtype = FALLBACK[qtype]                  # as llama.cpp does for rows that are not whole super-blocks
-        counts["fallback"] += 1
+        counts["rounded"] += 1
+        return pack_rounded(qtype, w[rows] if rows is not None else w), getattr(gguf.GGMLQuantizationType, qtype)
     t = TYPES[qtype]
     got = exact_codes(module, t)
     if got is None:
@@ -126,6 +125,19 @@ def _rows(module: nn.Module) -> int:
     """Output rows of a (possibly packed) linear layer, without dequantizing it."""
     n = getattr(module, "out_features", None)
     return int(n) if isinstance(n, int) else int(weight_of(module).shape[0])
+
+
+def _cols(module: nn.Module) -> int:
+    """Row length of a (possibly packed) linear layer or embedding, without dequantizing it."""
+    n = getattr(module, "in_features", getattr(module, "embedding_dim", None))
+    return int(n) if isinstance(n, int) else int(weight_of(module).shape[1])
+
+
+def _stored(qtype: str, gg: str, module: nn.Module, n_blocks: int, counts: dict[str, int]) -> str:
+    t = tensor_type(qtype, gg, n_blocks, _cols(module))
+    if t != tensor_type(qtype, gg, n_blocks, QK):      # the mix's choice did not fit whole super-blocks
+        counts["fallback"] += 1
+    return t
 
 
 def _shape_facts(model: nn.Module) -> dict[str, int]:
@@ -214,7 +226,8 @@ def _tensors(model: nn.Module, facts: dict[str, int], qtype: str, embed_type: st
         if module is model.get_input_embeddings() or is_head:
             packed_head = model.get_output_embeddings()       # a tied table read from a packed head: its codes
             source = packed_head if tied and hasattr(packed_head, "packed") else module
-            out.append((gg + ".weight", *encode(source, embed_type, None, counts)))
+            out.append((gg + ".weight", *encode(source, _stored(embed_type, gg, source, facts["blocks"], counts),
+                                                 None, counts)))
         elif type(module).__name__.endswith("RMSNorm"):
             out.append((gg + ".weight", module.weight.detach().float().numpy(), None))
         else:
@@ -225,7 +238,8 @@ def _tensors(model: nn.Module, facts: dict[str, int], qtype: str, embed_type: st
                 rows = llama_rope_rows(_rows(module), facts["n_kv"])
             if getattr(module, "bias", None) is not None:
                 raise TorchSlimError(f"GGUF export: {hf_name} has a bias, which llama.cpp's Llama graph does not read")
-            out.append((gg + ".weight", *encode(module, tensor_type(qtype, gg, facts["blocks"]), rows, counts)))
+            out.append((gg + ".weight", *encode(module, _stored(qtype, gg, module, facts["blocks"], counts), rows,
+                                                 counts)))
     return out
 
 
