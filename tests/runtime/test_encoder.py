@@ -74,3 +74,13 @@ def test_retaining_freed_memory_is_idempotent_on_glibc() -> None:
 
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert first is True
+
+
+def test_compiled_w8a8_encoder_runs_with_gradients_enabled() -> None:
+    lm = tiny_bert()
+    torchslim.quantize_(lm.model, W8A8Config())
+    batch = lm.task.example_inputs(2, 12)
+    want = _out(lm.model, batch)
+    report = prepare_fast_encoder(copy.deepcopy(lm.model), compile=True)
+    got = report.model(**batch).last_hidden_state          # no inference_mode: autograd traces the graph
+    assert (got.detach() - want).abs().max() < 1e-2                 # int8 rounding apart, as eager
