@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from torchslim.cli.options import data_flags as _data, parse_shape
 from torchslim.core.errors import TorchSlimError
 
 app = typer.Typer(
@@ -33,23 +34,6 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     return Console(stderr=stderr)
-
-
-def parse_shape(text: str) -> tuple[int, int | None]:
-    """``"8x128"`` -> ``(8, 128)``; ``"8"`` -> ``(8, None)``."""
-    parts = text.lower().split("x")
-    try:
-        if len(parts) == 1:
-            shape = (int(parts[0]), None)
-        elif len(parts) == 2:
-            shape = (int(parts[0]), int(parts[1]))
-        else:
-            raise ValueError
-    except ValueError:
-        raise TorchSlimError(f"bad shape '{text}': expected BATCH or BATCHxSEQ_LEN, e.g. 8x128") from None
-    if shape[0] < 1 or (shape[1] is not None and shape[1] < 1):
-        raise TorchSlimError(f"bad shape '{text}': sizes must be positive")
-    return shape
 
 
 @zoo_app.command("list")
@@ -88,11 +72,6 @@ EVAL_HELP = "Evaluation data: a text file, a JSONL file (\"text\", \"label\") or
 SEQ_HELP = "Sequence length of the task's windows (capped at the model's context)."
 
 
-def _data(calib_data: Optional[Path], eval_data: Optional[Path], seq_len: Optional[int]) -> dict:
-    return {k: v for k, v in (("calib_data", calib_data), ("eval_data", eval_data), ("seq_len", seq_len))
-            if v is not None}
-
-
 def _load_with_task(model: str, task: Optional[str], data: dict | None = None):
     from torchslim.models import load_model
 
@@ -123,7 +102,8 @@ def eval_cmd(
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
 ) -> None:
     """Evaluate a model: quality, size, latency, FLOPs, memory and energy."""
-    from torchslim.eval import evaluate, render_table
+    from torchslim.api import evaluate
+    from torchslim.eval import render_table
 
     spec = _eval_spec(shape, iters, warmup, threads, decode_tokens, no_speed)
     if json_out is not None and (json_out.is_dir() or (json_out.parent.exists() and not json_out.parent.is_dir())):

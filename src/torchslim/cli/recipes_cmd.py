@@ -17,7 +17,7 @@ def _console():
 
 def _options(resume: bool, report: bool, speed: bool, iters: int, decode_tokens: int, shapes: list[str],
              data: dict | None = None, max_steps: int | None = None):
-    from torchslim.cli.main import parse_shape
+    from torchslim.cli.options import parse_shape
     from torchslim.recipes import RunOptions
 
     return RunOptions(resume=resume, report=report, speed=speed, iters=iters, decode_tokens=decode_tokens,
@@ -43,13 +43,13 @@ def run_cmd(
                                             help="Cap every training stage at this many steps (a quick trial run)."),
 ) -> None:
     """Run a recipe (ordered stages) on a model; resumable; writes the artifact and a report of every stage."""
-    from torchslim.cli.main import _data
+    from torchslim.cli.options import data_flags
     from torchslim.recipes import load_recipe, run_recipe
 
     rec = load_recipe(recipe)
     console = _console()
     console.print(f"recipe [bold]{rec.name}[/bold] ({len(rec.stages)} stages) on {model} -> {out}")
-    data = _data(calib_data, eval_data, seq_len)
+    data = data_flags(calib_data, eval_data, seq_len)
     run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps), console)
     console.print(f"artifact: {out}   report: {out / 'report.md'}" if report else f"artifact: {out}")
 

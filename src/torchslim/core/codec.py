@@ -118,8 +118,6 @@ def _name(hint: Any) -> str:
 
 
 def decode_scalar(v: Any, hint: type, where: str, lenient: bool = False) -> Any:
-    from torchslim.core.config import BaseConfig, config_from_dict
-
     if issubclass(hint, enum.Enum):
         if isinstance(v, hint):
             return v
@@ -127,8 +125,9 @@ def decode_scalar(v: Any, hint: type, where: str, lenient: bool = False) -> Any:
             return hint(v)
         except (ValueError, TypeError):
             raise ConfigError(f"{where}: {shown(v)} is not one of {', '.join(str(m.value) for m in hint)}") from None
-    if issubclass(hint, BaseConfig):
-        return v if isinstance(v, BaseConfig) else config_from_dict(v, expected=hint, where=where)
+    from_config = getattr(hint, "from_config_dict", None)     # a BaseConfig (core.config): a typed, versioned config
+    if from_config is not None:
+        return v if isinstance(v, hint) else from_config(v, where=where)
     if hint is torch.dtype:
         if isinstance(v, torch.dtype):
             return v

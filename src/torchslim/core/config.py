@@ -88,6 +88,11 @@ class BaseConfig:
     def from_dict(cls, d: dict[str, Any]) -> BaseConfig:
         return config_from_dict(d, expected=cls)
 
+    @classmethod
+    def from_config_dict(cls, d: Any, where: str | None = None) -> BaseConfig:
+        """The codec's hook for a field typed as this config (``where`` names the field in errors)."""
+        return config_from_dict(d, expected=cls, where=where)
+
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from torchslim.train.trainer_view import TrainerView as Trainer
+
 if TYPE_CHECKING:
-    from torchslim.train.engine import Trainer
     from torchslim.tasks.base import Batch
 
 

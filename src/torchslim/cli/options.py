@@ -1,0 +1,29 @@
+"""Option parsers the CLI verbs share (kept apart from ``cli.main`` so that verb modules need not import it)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from torchslim.core.errors import TorchSlimError
+
+
+def parse_shape(text: str) -> tuple[int, int | None]:
+    """``"8x128"`` -> ``(8, 128)``; ``"8"`` -> ``(8, None)``."""
+    parts = text.lower().split("x")
+    try:
+        if len(parts) == 1:
+            shape = (int(parts[0]), None)
+        elif len(parts) == 2:
+            shape = (int(parts[0]), int(parts[1]))
+        else:
+            raise ValueError
+    except ValueError:
+        raise TorchSlimError(f"bad shape '{text}': expected BATCH or BATCHxSEQ_LEN, e.g. 8x128") from None
+    if shape[0] < 1 or (shape[1] is not None and shape[1] < 1):
+        raise TorchSlimError(f"bad shape '{text}': sizes must be positive")
+    return shape
+
+
+def data_flags(calib_data: Optional[Path], eval_data: Optional[Path], seq_len: Optional[int]) -> dict:
+    return {k: v for k, v in (("calib_data", calib_data), ("eval_data", eval_data), ("seq_len", seq_len))
+            if v is not None}
