@@ -24,7 +24,7 @@ class Row:
 
 def machine_line() -> str:
     """CPU, ISA features (AVX2 / AVX512-VNNI / AMX decide the kernels), threads, torch, and the date."""
-    from torchslim.eval.machine import machine_line as line
+    from torchslim.runtime.machine import machine_line as line
 
     return f"{line()}, {time.strftime('%Y-%m-%d')}"
 

@@ -11,7 +11,7 @@ Verbs change a model in place, one per technique family::
 from torchslim.version import __version__
 
 # verbs
-from torchslim.api import distill_, finetune_, prune_, quantize_
+from torchslim.api import distill_, evaluate, finetune_, prune_, quantize_
 from torchslim.core.registry import apply_
 
 # building blocks
@@ -31,14 +31,6 @@ from torchslim.quantization import (ActQuant, AWQConfig, CastConfig, GPTQConfig,
 from torchslim.pruning import GradualConfig, IterativeConfig, LotteryConfig, StructuredConfig, UnstructuredConfig
 from torchslim.train import FinetuneConfig, TrainConfig
 from torchslim.distill import BlackBoxDistillConfig, DistillConfig
-
-
-def evaluate(*args, **kwargs):
-    """Evaluate a model on a task; see :func:`torchslim.eval.evaluate`."""
-    from torchslim.eval import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
-
 
 __all__ = [
     "__version__",

@@ -7,10 +7,13 @@ needs (``calibration=``, ``task=``, ``train=``, ``teacher=``, ``example_inputs=`
 """
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from torchslim.artifact import load as load_artifact
 from torchslim.core.config import BaseConfig
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
@@ -19,7 +22,17 @@ from torchslim.core.registry import apply_, get_entry, warn_unused
 Configs = BaseConfig | list[BaseConfig] | tuple[BaseConfig, ...]
 
 
+def _load_teacher(ctx: ApplyContext | None, kwargs: dict) -> ApplyContext | None:
+    """A teacher given as an artifact folder is loaded here, at the edge (techniques take a model or a callable)."""
+    if isinstance(kwargs.get("teacher"), (str, Path)):
+        kwargs["teacher"] = load_artifact(kwargs["teacher"])
+    if ctx is not None and isinstance(ctx.teacher, (str, Path)):
+        ctx = dataclasses.replace(ctx, teacher=load_artifact(ctx.teacher))
+    return ctx
+
+
 def _apply(model: nn.Module, config: Configs, ctx: ApplyContext | None, family: str, kwargs: dict) -> nn.Module:
+    ctx = _load_teacher(ctx, kwargs)
     if not isinstance(config, (list, tuple)):
         return apply_(model, config, ctx, family=family, **kwargs)
     from torchslim.calibration.plan import apply_sequence_
@@ -57,3 +70,14 @@ def distill_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None,
     """Train ``model`` (the student) in place to imitate ``teacher=`` (a model, an artifact folder or a callable;
     for :class:`~torchslim.distill.BlackBoxDistillConfig` a function from prompts to texts) on ``task=``."""
     return _apply(model, config, ctx, "distillation", kwargs)
+
+
+def evaluate(model: nn.Module, task: Any, spec: Any = None, **kwargs: Any) -> Any:
+    """:func:`torchslim.eval.evaluate` with the artifact format measuring bytes on disk (``spec.sizer``)."""
+    from torchslim.artifact.size import artifact_size
+    from torchslim.eval import EvalSpec, evaluate as _evaluate
+
+    spec = spec or EvalSpec()
+    if spec.sizer is None:
+        spec = dataclasses.replace(spec, sizer=artifact_size)
+    return _evaluate(model, task, spec, **kwargs)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from torchslim.artifact.size import artifact_size
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.eval import EvalSpec, Report, evaluate, layer_info, model_label
 from torchslim.eval import energy as energy_mod
@@ -19,7 +20,7 @@ FAST = dict(warmup=1, iters=3)
 def test_evaluate_end_to_end(model: TinyClassifier, task: TinyClassification, artifact_save) -> None:
     before_threads = torch.get_num_threads()
     model.train()
-    report = evaluate(model, task, EvalSpec(threads=1, powercap_root="/nonexistent-powercap", **FAST))
+    report = evaluate(model, task, EvalSpec(threads=1, powercap_root="/nonexistent-powercap", sizer=artifact_size, **FAST))
     assert torch.get_num_threads() == before_threads and model.training      # both restored
     assert report.model == "TinyClassifier" and report.task == "tiny-classification" and report.threads == 1
     assert report.torch_version == torch.__version__
@@ -67,7 +68,7 @@ def test_flags_switch_sections_off(model: TinyClassifier, task: TinyClassificati
 
 def test_existing_artifact_dir(model: TinyClassifier, task: TinyClassification, tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"0" * 4321)
-    r = evaluate(model, task, EvalSpec(artifact_dir=tmp_path, measure_quality=False, measure_speed=False, measure_memory=False,
+    r = evaluate(model, task, EvalSpec(artifact_dir=tmp_path, sizer=artifact_size, measure_quality=False, measure_speed=False, measure_memory=False,
                                        measure_energy=False, measure_flops=False, **FAST))
     assert r.size.artifact_bytes == 4321 and r.settings["artifact_dir"] == str(tmp_path)
 
@@ -152,7 +153,8 @@ def test_console_progress_and_artifact_dir_kwarg(model: TinyClassifier, task: Ti
 
     (tmp_path / "model.safetensors").write_bytes(b"0" * 100)
     console = Console(file=io.StringIO(), width=200, color_system=None)
-    r = evaluate(model, task, EvalSpec(measure_quality=False, measure_energy=False, **FAST), artifact_dir=tmp_path,
+    r = evaluate(model, task, EvalSpec(measure_quality=False, measure_energy=False, sizer=artifact_size, **FAST),
+                 artifact_dir=tmp_path,
                  console=console)
     assert r.size.artifact_bytes == 100
     assert "timing 2 shape(s): 1 warm-up + 3 timed forwards each" in console.file.getvalue()

@@ -4,10 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-import torchslim.artifact
-from torchslim.core.errors import TorchSlimError
-from torchslim.eval.size import (artifact_bytes, count_parameters, folder_bytes, measure_size, memory_bytes,
-                                 weight_storage)
+from torchslim.artifact.size import artifact_size
+from torchslim.eval.size import count_parameters, measure_size, memory_bytes, weight_storage
 
 
 class PackedInt4Linear(nn.Module):
@@ -75,29 +73,18 @@ def test_memory_bytes_includes_non_persistent_buffers() -> None:
     assert memory_bytes(lin) == (16 + 4) * 4 + 400
 
 
-def test_folder_bytes_and_existing_artifact(tmp_path) -> None:
-    (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
-    (tmp_path / "manifest.json").write_bytes(b"{}" * 12)
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "extra.bin").write_bytes(b"y" * 7)
-    assert folder_bytes(tmp_path) == 1031
-    size = measure_size(nn.Linear(2, 2), artifact_dir=tmp_path)
-    assert size.artifact_bytes == 1031 and str(tmp_path) in size.artifact_note
-    with pytest.raises(TorchSlimError, match="does not exist"):
-        folder_bytes(tmp_path / "missing")
+def test_without_a_sizer_bytes_on_disk_are_not_measured_and_the_note_says_so() -> None:
+    size = measure_size(nn.Linear(2, 2))
+    assert size.artifact_bytes is None and "not measured" in size.artifact_note
+    assert size.parameters == 6
 
 
-def test_artifact_bytes_saves_for_real(artifact_save) -> None:
-    model = nn.Linear(256, 128)
-    n, note = artifact_bytes(model)
-    assert n is not None and n > (256 * 128 + 128) * 4   # tensors + header + manifest
-    assert "torchslim.artifact.save" in note
-
-
-def test_artifact_bytes_without_artifact_module(monkeypatch) -> None:
-    monkeypatch.delattr(torchslim.artifact, "save", raising=False)
-    n, note = artifact_bytes(nn.Linear(2, 2))
-    assert n is None and "not available" in note
+def test_the_sizer_is_called_with_the_model_folder_and_source() -> None:
+    seen = []
+    lin = nn.Linear(2, 2)
+    size = measure_size(lin, artifact_dir="somewhere", source={"kind": "module"},
+                        sizer=lambda m, d, src: seen.append((m, d, src)) or (123, "measured"))
+    assert seen == [(lin, "somewhere", {"kind": "module"})] and size.artifact_bytes == 123
 
 
 def test_packed_weight_elements_from_shape() -> None:
@@ -118,13 +105,12 @@ def test_real_quantlinear_bits_per_weight() -> None:
 
     model = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 64))
     quantize_(model, wo.WeightOnlyConfig())
-    size = measure_size(model, artifact_dir=None) if hasattr(torchslim.artifact, "save") else None
+    size = measure_size(model, sizer=artifact_size)
     nbytes, elems = weight_storage(model)
     assert elems == 256 * 128 + 128 * 64
     assert 8 * nbytes / elems == 4.5
     assert count_parameters(model)[0] == elems + 128 + 64
-    if size is not None:
-        assert size.bits_per_weight == 4.5 and size.artifact_bytes > nbytes
+    assert size.bits_per_weight == 4.5 and size.artifact_bytes > nbytes
 
 
 def test_a_tied_embedding_reading_the_heads_codes_counts_once() -> None:

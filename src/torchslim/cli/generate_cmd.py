@@ -18,7 +18,7 @@ def generate_cmd(
     from rich.console import Console
 
     from torchslim.core.errors import ConfigError, TorchSlimError
-    from torchslim.eval.machine import cpu_features
+    from torchslim.runtime.machine import cpu_features
     from torchslim.models import load_model
     from torchslim.runtime import FastDecoder, prepare_fast
 

@@ -12,7 +12,7 @@ def kernels_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from torchslim.eval.machine import machine_line
+    from torchslim.runtime.machine import machine_line
     from torchslim.quantization import kernel_table as kt
 
     console = Console()

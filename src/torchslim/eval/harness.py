@@ -20,7 +20,7 @@ from torchslim.eval.flops import measure_flops
 from torchslim.eval.memory import RssSampler, cuda_peak, reset_cuda_peak
 from torchslim.eval.report import (EnergyResult, QualityResult, Report, ShapeEnergy, SpeedResult,
                                    jsonable)
-from torchslim.eval.size import measure_size
+from torchslim.eval.size import Sizer, measure_size
 from torchslim.eval.speed import (forward_fn, measure_decode, measure_latency, model_device,
                                   shape_speed, to_device)
 from torchslim.tasks.base import Task
@@ -35,6 +35,7 @@ class EvalSpec:
     the first). ``threads``: intra-op threads during the run (default: the current setting;
     restored afterwards). ``decode_tokens``: new tokens for generation speed (0 disables).
     ``artifact_dir``: measure this existing artifact's bytes instead of saving a temporary one.
+    ``sizer``: measures bytes on disk (the artifact format's; without one they are not measured).
     ``powercap_root``: where RAPL counters live (default ``/sys/class/powercap``).
     Memory (RSS sampling) and energy are measured around the same timed loops as latency.
     """
@@ -54,6 +55,7 @@ class EvalSpec:
     powercap_root: str | os.PathLike | None = None
     rss_interval_s: float = 0.002
     flops_by_module: bool = True
+    sizer: Sizer | None = None      # bytes on disk (torchslim.artifact.size.artifact_size; torchslim.evaluate's default)
 
 
 def _shapes(spec: EvalSpec, task: Task) -> list[tuple[int, int | None]]:
@@ -215,7 +217,7 @@ def _run(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple[int, i
     report.layers = layer_info(model)
     if spec.measure_size:
         with _stage(console, "measuring size (saving a temporary artifact)"):
-            report.size = measure_size(model, artifact_dir=spec.artifact_dir, source=source)
+            report.size = measure_size(model, artifact_dir=spec.artifact_dir, source=source, sizer=spec.sizer)
     if spec.measure_flops:
         b, n = shapes[0]
         with _stage(console, "counting FLOPs"):
@@ -239,7 +241,7 @@ def evaluate(model: nn.Module, task: Task, spec: EvalSpec | None = None, *, labe
     """Measure ``model`` on ``task`` (in eval mode, with ``spec.threads`` threads) and return a Report.
 
     ``label`` names the model in the report (default: :func:`model_label`); ``source`` is passed to
-    ``torchslim.artifact.save`` when the artifact size is measured; ``artifact_dir`` overrides
+    ``spec.sizer`` when the artifact size is measured; ``artifact_dir`` overrides
     ``spec.artifact_dir``; ``console`` (a ``rich.console.Console``) shows progress.
     """
     spec = spec or EvalSpec()

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchslim.core.codec import jsonable
+from torchslim.core.codec import jsonable  # noqa: F401 - re-exported (eval.harness)
 from torchslim.core.errors import TorchSlimError
 from torchslim.core.io import atomic_file
+from torchslim.runtime.timing import LatencyStats
 
 SCHEMA_VERSION = 1
 
@@ -41,19 +42,6 @@ class SizeResult:
     weight_bytes: int                  # real storage of those tensors (packed data + scales + zero points)
     bits_per_weight: float | None      # 8 * weight_bytes / weight_elements
     memory_bytes: int                  # in-memory bytes of all parameters and buffers
-
-
-@dataclass
-class LatencyStats:
-    """Wall-clock statistics of repeated calls, in milliseconds."""
-
-    iters: int
-    median_ms: float
-    p90_ms: float
-    mean_ms: float
-    min_ms: float
-    max_ms: float
-    std_ms: float
 
 
 @dataclass

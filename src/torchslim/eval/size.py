@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from torchslim.core.errors import TorchSlimError
 from torchslim.eval.report import SizeResult
 
 
@@ -140,49 +137,18 @@ def memory_bytes(model: nn.Module) -> int:
     return total
 
 
-def folder_bytes(path: str | os.PathLike) -> int:
-    """Bytes of the artifact at ``path``: the files its manifest lists (a folder may also hold reports and
-    other files that are not part of it); for a folder without such a list, every regular file under it."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    if not path.is_dir():
-        raise TorchSlimError(f"artifact path {path} does not exist")
-    files = _artifact_files(path)
-    if files is not None:
-        return sum((path / f).stat().st_size for f in files if (path / f).is_file())
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def _artifact_files(path: Path) -> list[str] | None:
-    try:
-        from torchslim.artifact.format import read_manifest
-
-        files = read_manifest(path).get("files")
-    except TorchSlimError:
-        return None
-    return [f for f in files if isinstance(f, str) and "/" not in f] if isinstance(files, list) else None
-
-
-def artifact_bytes(model: nn.Module, *, source: dict[str, Any] | None = None) -> tuple[int | None, str]:
-    """Save ``model`` with ``torchslim.artifact.save`` to a temporary folder and measure it."""
-    try:
-        from torchslim.artifact import save
-    except ImportError:
-        return None, "torchslim.artifact.save is not available; artifact size not measured"
-    with tempfile.TemporaryDirectory(prefix="torchslim-eval-") as tmp:
-        out = save(model, Path(tmp) / "artifact", source=source)
-        return folder_bytes(out), "saved with torchslim.artifact.save to a temporary folder"
+Sizer = Callable[[nn.Module, "str | os.PathLike | None", "dict[str, Any] | None"], "tuple[int | None, str]"]
 
 
 def measure_size(model: nn.Module, *, artifact_dir: str | os.PathLike | None = None,
-                 source: dict[str, Any] | None = None) -> SizeResult:
-    """All size figures; ``artifact_dir`` measures an existing artifact instead of saving one."""
-    if artifact_dir is not None:
-        disk: int | None = folder_bytes(artifact_dir)
-        note = f"existing artifact at {artifact_dir}"
+                 source: dict[str, Any] | None = None, sizer: Sizer | None = None) -> SizeResult:
+    """All size figures. Bytes on disk come from ``sizer(model, artifact_dir, source)`` (an artifact format's
+    measurement: ``torchslim.artifact.size.artifact_size`` saves a temporary artifact, or measures the existing
+    one at ``artifact_dir``); without a sizer they are not measured and the note says so."""
+    if sizer is None:
+        disk, note = None, "not measured: no artifact sizer given (torchslim.evaluate passes torchslim.artifact's)"
     else:
-        disk, note = artifact_bytes(model, source=source)
+        disk, note = sizer(model, artifact_dir, source)
     params, nonzero = count_parameters(model)
     wbytes, welems = weight_storage(model)
     return SizeResult(

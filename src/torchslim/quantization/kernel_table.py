@@ -39,7 +39,7 @@ FORMATS = ("int4-g32", "int4-g64", "int4-g128", "int4-g256", "int8-channel")
 
 
 def machine_key() -> str:
-    from torchslim.eval.machine import machine_info
+    from torchslim.runtime.machine import machine_info
 
     info = machine_info()
     raw = json.dumps([info["cpu"], info["isa"], info["threads"], info["torch"], TABLE_VERSION])
@@ -56,7 +56,7 @@ def table_path() -> Path:
 
 def _interleaved(fns: dict[str, Any], reps: int) -> dict[str, float]:
     """Median seconds of each function, called round-robin after one warm-up (a busy machine slows all alike)."""
-    from torchslim.eval.speed import measure_interleaved
+    from torchslim.runtime.timing import measure_interleaved
 
     return {k: st.median_ms / 1e3 for k, st in measure_interleaved(fns, warmup=1, iters=reps).items()}
 
@@ -84,7 +84,7 @@ def _candidates(fmt: str, n: int, k: int) -> dict[str, Any]:
 def measure(rows: tuple[int, ...] = ROWS, n: int = 1536, k: int = 1024, reps: int = 7,
             formats: tuple[str, ...] = FORMATS) -> dict[str, Any]:
     """Median seconds of each candidate and of the fp32 matmul at every row count (an ``n x k`` layer)."""
-    from torchslim.eval.machine import machine_info
+    from torchslim.runtime.machine import machine_info
 
     w32 = torch.randn(n, k)
     out: dict[str, Any] = {"version": TABLE_VERSION, "machine": machine_info(), "layer": [n, k], "rows": list(rows),

@@ -219,7 +219,7 @@ def _commit(recipe: Recipe, i: int, run: RunContext, folder: _RunFolder, st: dic
 def _finish(recipe: Recipe, spec: str, run: RunContext, task: Any, reference: nn.Module | None,
             st: dict[str, Any], options: RunOptions, final_saved: bool) -> dict[str, Any]:
     from torchslim.artifact import save
-    from torchslim.eval.machine import machine_info, machine_line
+    from torchslim.runtime.machine import machine_info, machine_line
 
     model = run.model
     history = state_of(model).history
@@ -247,12 +247,13 @@ def _side_by_side(reference: nn.Module, model: nn.Module, task: Any, out: Path, 
                   options: RunOptions) -> tuple[Any, Any]:
     """Reports of the uncompressed and the final model: quality from the history's first and last
     evaluations, size and FLOPs measured, speed timed interleaved."""
+    from torchslim.artifact.size import artifact_size
     from torchslim.eval import EvalSpec, evaluate
     from torchslim.eval.report import QualityResult
 
     evals = [h for h in history if h.kind == "evaluate"]
     spec = EvalSpec(shapes=options.shapes, measure_quality=False, measure_speed=False, measure_memory=False,
-                    measure_energy=False)
+                    measure_energy=False, sizer=artifact_size)
     base = evaluate(reference, task, spec, label="uncompressed")
     final = evaluate(model, task, spec, label="compressed", artifact_dir=out)
     for r, entry in ((base, evals[0] if evals else None), (final, evals[-1] if evals else None)):
