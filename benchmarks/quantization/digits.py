@@ -36,7 +36,8 @@ from torchslim.quantization import (ActMode, Binary, Int8StaticLinear, PerChanne
                                     WeightOnlyConfig)
 from torchslim.quantization.int8_conv import conv_input_stats, convert_conv, quantize_conv_weight_only  # noqa: E402
 from torchslim.quantization.w8a8 import static_range  # noqa: E402
-from torchslim.transforms import fold_bn_, fuse_int8_relu_  # noqa: E402
+from torchslim.quantization.fuse_int8 import fuse_int8_relu_  # noqa: E402
+from torchslim.transforms import fold_bn_  # noqa: E402
 
 warnings.filterwarnings("ignore")
 N_CALIB = 128

@@ -18,7 +18,8 @@ from torchslim.quantization import (ActMode, Binary, IntFormat, Kernel, PerChann
                                     WeightOnlyConfig)
 from torchslim.quantization.int8_conv import (Int8StaticConv2d, conv_input_stats, convert_conv,
                                               quantize_conv_weight_only)
-from torchslim.transforms import FoldedAway, fold_bn_, fuse_int8_relu_
+from torchslim.quantization.fuse_int8 import fuse_int8_relu_
+from torchslim.transforms import FoldedAway, fold_bn_
 from torchslim.zoo.digits_cnn import build_digits_cnn, load_digits_cnn
 from torchslim.core.state import state_of
 

@@ -5,7 +5,7 @@ import torch
 import torchslim
 from torchslim.core.errors import ConfigError
 from torchslim.pruning import UnstructuredConfig
-from torchslim.pruning.sparse_quant import SparseQuantLinear
+from torchslim.quantization.sparse_quant import SparseQuantLinear
 from torchslim.quantization import GPTQConfig, IntFormat, PerChannel, PerGroup, WeightOnlyConfig
 from torchslim.zoo.tiny import build_tiny_llama
 from torchslim.core.state import state_of

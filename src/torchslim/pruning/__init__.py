@@ -5,7 +5,7 @@ Layers: ``importance``/``masks``/``sparsegpt_math`` are pure math; ``sparse_line
 ``surgery`` are the representation (compressed storage, sparse kernels, smaller modules); the
 rest is model flow. Importing this package registers the ``prune_`` handlers.
 """
-from torchslim.pruning import sparse_linear, sparse_quant, structured, unstructured  # noqa: F401 - register handlers, formats
+from torchslim.pruning import sparse_linear, structured, unstructured  # noqa: F401 - register handlers, formats
 from torchslim.pruning.config import Scope, SparseKernel, Storage, StructuredConfig, Target, UnstructuredConfig
 from torchslim.pruning.importance import Importance
 from torchslim.pruning.lottery import IterativeConfig, LotteryConfig, iterative_prune, lottery_ticket

@@ -111,6 +111,7 @@ class SparseLinear(nn.Module):
     """Masked linear layer with compressed storage. Build with :meth:`from_linear`."""
 
     stands_for = nn.Linear   # selectors' nn.Linear rules pick it (quantize_ after prune_ reaches it)
+    keeps_zeros = True       # quantization keeps its pruned weights at exactly zero (quantization.sparse_quant)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  storage: Storage = Storage.AUTO, kernel: SparseKernel = SparseKernel.AUTO,
@@ -177,12 +178,6 @@ class SparseLinear(nn.Module):
         if bool((mask.reshape(self.out_features, -1, m).sum(-1) > n).any()):
             raise ConfigError(f"mask does not follow the {self.pattern} pattern: "
                               f"a group of {m} inputs keeps more than {n}")
-
-    def quantize_values(self, config: BaseConfig) -> nn.Module:
-        """This layer pruned *and* quantized (``quantize_`` calls it): kept weights as int codes under the mask."""
-        from torchslim.pruning.sparse_quant import SparseQuantLinear
-
-        return SparseQuantLinear.from_sparse(self, config)
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` with the masked weight (same device, dtype and train/eval mode)."""

@@ -15,7 +15,7 @@ from torchslim.core.archs import ArchSpec, arch_of, find_blocks, resolve
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.linear import out_in
-from torchslim.core.registry import register_handler
+from torchslim.core.registry import apply_, register_handler
 from torchslim.pruning.config import StructuredConfig, Target
 from torchslim.pruning.importance import Importance
 
@@ -141,8 +141,6 @@ def prune_block_fraction_(model: nn.Module, fraction: float, *, importance: Impo
                           calibration: Any = None, n_samples: int = 32, head_share: float = 1.0) -> nn.Module:
     """Remove ``fraction`` of the transformer blocks' parameters: attention heads at ``fraction * head_share``
     (as near as GQA groups allow; 0 keeps every head), then as many MLP neurons as the rest needs."""
-    from torchslim.api import prune_
-
     spec = arch_of(model)
     if spec is None or not (spec.mlp_in or spec.mlp_in_fused):
         raise ConfigError(f"prune_block_fraction_ needs a transformer in the architecture tables, "
@@ -151,11 +149,11 @@ def prune_block_fraction_(model: nn.Module, fraction: float, *, importance: Impo
     mlp = sum(model.get_submodule(f"{n}.{rel}").weight.numel() for n, b in find_blocks(model)
               for rel in (resolve(b, p) for p in (*spec.mlp_in, spec.mlp_in_fused, spec.mlp_out)) if rel)
     if fraction * head_share > 0:
-        prune_(model, StructuredConfig(targets=(Target.HEADS,), ratio=fraction * head_share, importance=importance,
-                                       n_samples=n_samples), calibration=calibration)
+        apply_(model, StructuredConfig(targets=(Target.HEADS,), ratio=fraction * head_share, importance=importance,
+                                       n_samples=n_samples), family="pruning", calibration=calibration)
     need = fraction * total - (total - block_params(model))
     ratio = min(max(need / mlp, 0.0), 0.95)
     if ratio > 0:
-        prune_(model, StructuredConfig(targets=(Target.NEURONS,), ratio=ratio, importance=importance,
-                                       n_samples=n_samples), calibration=calibration)
+        apply_(model, StructuredConfig(targets=(Target.NEURONS,), ratio=ratio, importance=importance,
+                                       n_samples=n_samples), family="pruning", calibration=calibration)
     return model

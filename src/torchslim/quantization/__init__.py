@@ -4,6 +4,7 @@ from torchslim.quantization.cast import CastConfig, CastEmbedding, CastLinear
 from torchslim.quantization.formats import (NF4, Binary, Codebook, IntFormat, PerChannel, PerGroup, PerTensor,
                                             Ternary)
 from torchslim.quantization.gptq import GPTQConfig
+from torchslim.quantization.fuse_int8 import fuse_int8_relu_
 from torchslim.quantization.int8_conv import Int8StaticConv2d, convert_conv
 from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
 from torchslim.quantization.qconv import QuantConv2d, quantize_conv_weight_only
@@ -14,10 +15,13 @@ from torchslim.quantization.kv_cache import (KVCacheConfig, QuantizedKVCache, ap
                                              kv_cache_config, remove_kv_cache)
 from torchslim.quantization.observers import KL, MSE, MinMax, Percentile, compare_observers
 from torchslim.quantization.qlinear import QuantLinear
+from torchslim.quantization.sparse_quant import SparseQuantLinear
 from torchslim.quantization.w8a8 import ActMode, W8A8Config
 from torchslim.quantization.weight_only import WeightOnlyConfig, plan
 
 __all__ = [
+    "SparseQuantLinear",
+    "fuse_int8_relu_",
     # configs
     "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig", "ActMode",
     "QATConfig", "ActQuant",

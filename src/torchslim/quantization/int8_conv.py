@@ -4,7 +4,7 @@
 with one calibrated scale and zero point per tensor, run by ``onednn::qconv2d_pointwise`` (the op
 torch inductor's x86 quantizer lowers to) with float output. It can also apply the ReLU that
 follows it and emit uint8 at the next int8 conv's input scale, so that conv skips quantizing
-(see :func:`torchslim.transforms.fuse_int8_relu_`); both are exact rewrites.
+(see :func:`torchslim.quantization.fuse_int8_relu_`); both are exact rewrites.
 
 :func:`convert_conv` builds it from an ``nn.Conv2d`` (or a BN-folded
 :class:`~torchslim.transforms.FoldedConv2d`) and calibration statistics gathered by

@@ -5,7 +5,8 @@ both sparsity and bit width, and its manifest records both techniques.
 At run time the codes are expanded once into a weight-only quantized layer
 (:class:`~torchslim.quantization.qlinear.QuantLinear`) and its kernel runs (int8: torch's
 ``_weight_int8pack_mm``); pruned weights are exact zeros there. Built by ``quantize_`` with a
-:class:`~torchslim.quantization.WeightOnlyConfig` on a model that holds SparseLinear layers.
+:class:`~torchslim.quantization.WeightOnlyConfig` on a model that holds pruned layers (pruning's SparseLinear,
+read through its ``weight``, ``mask``, ``bias``, ``pattern`` and ``config``: this family does not import pruning).
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.core.bits import pack_mask, unpack_mask
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.errors import ConfigError
 from torchslim.core.modules import StandIn, register_module_format
-from torchslim.pruning import sparse_format as SF
 from torchslim.quantization.formats import IntFormat, PerChannel
 from torchslim.quantization.kernels import Kernel, choose
 from torchslim.quantization.packing import from_unsigned, pack_bits, packed_numel, to_unsigned, unpack_bits
@@ -64,13 +65,13 @@ class SparseQuantLinear(StandIn, nn.Module):
                 sparse.pattern, cfg, sparse.config, cfg.kernel)
         m.codes.copy_(pack_bits(to_unsigned(q[mask], fmt.bits, True), fmt.bits))
         m.scale.copy_(scale)
-        m.mask_bits.copy_(SF.pack_mask(mask))
+        m.mask_bits.copy_(pack_mask(mask))
         if sparse.bias is not None:
             m.bias.data.copy_(sparse.bias.detach().float())
         return m
 
     def mask(self) -> torch.Tensor:
-        return SF.unpack_mask(self.mask_bits, (self.out_features, self.in_features))
+        return unpack_mask(self.mask_bits, (self.out_features, self.in_features))
 
     def dense_codes(self) -> torch.Tensor:
         """``[out, in]`` int8 codes with zeros at pruned positions."""

@@ -27,6 +27,7 @@ from torchslim.quantization.primitives import QTensor, quantize_groups, to_group
 from torchslim.quantization.qconv import QuantConv2d, quantize_conv_weight_only
 from torchslim.quantization.qlinear import QuantLinear
 from torchslim.quantization.scaled import ScaledLinear, input_scale_of
+from torchslim.quantization.sparse_quant import SparseQuantLinear
 
 log = logging.getLogger("torchslim.quantization")
 
@@ -66,8 +67,9 @@ def quantize_weight(w: torch.Tensor, config: WeightOnlyConfig) -> QTensor:
 
 
 def is_sparse(module: nn.Module) -> bool:
-    """A pruned layer that quantizes itself (keeping its zeros): it has ``quantize_values(config)``."""
-    return callable(getattr(module, "quantize_values", None))
+    """A pruned layer whose zeros quantization keeps (``keeps_zeros``, e.g. pruning's SparseLinear): it becomes a
+    :class:`~torchslim.quantization.sparse_quant.SparseQuantLinear`."""
+    return getattr(module, "keeps_zeros", False) is True and isinstance(getattr(module, "mask", None), torch.Tensor)
 
 
 def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = False,
@@ -145,7 +147,7 @@ def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: ApplyContext) 
     warn_slow_layers(plan(model, config), "before quantizing")
     for name, lin, cfg in track(selected_linears(model, config, convs=True, sparse=True, scaled=True), "RTN"):
         if is_sparse(lin):
-            replace_module(model, name, lin.quantize_values(cfg))
+            replace_module(model, name, SparseQuantLinear.from_sparse(lin, cfg))
             continue
         if isinstance(lin, nn.Conv2d):
             replace_module(model, name, quantize_conv_weight_only(lin, cfg))

@@ -6,7 +6,8 @@ stage. ``prepare`` swaps the layers for QAT layers: layers a post-training stage
 start from round-to-nearest in ``format`` / ``granularity``. The Trainer then trains the latent weights
 with the straight-through estimator together with the learned step sizes (LSQ / LSQ+) and activation
 ranges (LSQ or PACT), on the task's loss or, with ``distill``, on a distillation loss from the teacher
-(the uncompressed model in a recipe). ``convert`` packs every layer into the very modules post-training
+(the uncompressed model in a recipe). ``distill`` is any training config whose ``prepare`` adds loss hooks,
+normally ``torchslim.distill.DistillConfig``: the caller passes it in, so this family does not import another. ``convert`` packs every layer into the very modules post-training
 quantization produces, so the result runs on the same real kernels; no fake-quantized layer remains.
 """
 from __future__ import annotations
@@ -26,7 +27,6 @@ from torchslim.core.progress import track
 from torchslim.core.registry import register_handler
 from torchslim.core.select import Selector
 from torchslim.core.surgery import replace_module
-from torchslim.distill.config import DistillConfig
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerChannel, PerGroup
 from torchslim.quantization.kernels import Kernel
 from torchslim.quantization.qat.convert import PACKED, from_float, from_packed, to_packed
@@ -75,11 +75,14 @@ class QATConfig(TrainingConfig):
     learn_scales: bool = True
     scale_lr_scale: float = between(1.0, 0.0, 1e6)
     n_samples: int = between(32, 1, 1 << 16)      # calibration samples that set float layers' activation ranges
-    distill: DistillConfig | None = None          # train on a distillation loss from the teacher
+    distill: TrainingConfig | None = None         # a loss from the teacher (a DistillConfig), trained alongside
     kernel: Kernel = Kernel.AUTO
     selector: Selector | None = None
 
     def validate(self) -> None:
+        if self.distill is not None and not self.distill.needs_teacher():
+            raise ConfigError(f"QATConfig.distill trains against a teacher (a DistillConfig), got "
+                              f"{type(self.distill).__name__}")
         if self.activations is not None and not (isinstance(self.format, IntFormat) and self.format.symmetric
                                                  and isinstance(self.granularity, PerChannel)):
             raise ConfigError("QATConfig with activations: weights must be symmetric integers per channel (the int8 "
