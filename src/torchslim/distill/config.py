@@ -63,16 +63,12 @@ class DistillConfig(TrainingConfig):
 
 
 def resolve_teacher(teacher: Any) -> Any:
-    """A teacher model from a model, a torchslim artifact folder, or a callable (used as given)."""
-    from pathlib import Path
-
-    if isinstance(teacher, (str, Path)):
-        from torchslim.artifact import load
-
-        return load(teacher)
+    """A teacher model or a callable, as given (a folder is loaded by the caller: ``torchslim.distill_`` and
+    recipes load an artifact folder before the technique sees it)."""
     if isinstance(teacher, nn.Module) or callable(teacher):
         return teacher
-    raise ConfigError(f"a teacher is a model, an artifact folder or a callable, got {type(teacher).__name__}")
+    raise ConfigError(f"a teacher is a model, an artifact folder (through torchslim.distill_ or a recipe) or a "
+                      f"callable, got {type(teacher).__name__}")
 
 
 @register_handler(DistillConfig, uses=TRAINING_USES, modifies="weights")

@@ -16,7 +16,7 @@ def task_with_user_data(loaded: Any, calib: str | Path | None = None, evaluation
     """The task of ``loaded`` (a LoadedModel) on the user's data; unchanged when none is given."""
     if calib is None and evaluation is None and seq_len is None:
         return loaded.task
-    from torchslim.zoo.hf import context_length, task_kind
+    from torchslim.tasks.model_facts import context_length, task_kind
 
     cal = read_user_data(calib) if calib is not None else None
     ev = read_user_data(evaluation) if evaluation is not None else None

@@ -22,13 +22,13 @@ from torchslim.core.skeletons import register_skeleton
 from torchslim.tasks.base import Task
 from torchslim.tasks.causal_lm import CausalLMTask
 from torchslim.tasks.embedding import SentenceEmbeddingTask
+from torchslim.tasks.model_facts import CAUSAL_SUFFIXES, context_length, task_kind  # noqa: F401 - re-exported
 from torchslim.zoo.registry import LoadedModel, ZooEntry
 
 log = logging.getLogger("torchslim.zoo")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model")
 
-CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 TASK_KINDS = ("causal-lm", "sentence-embedding")
 
 
@@ -68,28 +68,6 @@ def is_causal_lm(config: Any) -> bool:
         return any(c.__name__.endswith(CAUSAL_SUFFIXES) for c in valid)
     model_type = getattr(config, "model_type", None)
     return model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-def task_kind(model: nn.Module) -> str:
-    """The kind of task a transformers model's class implies (its head)."""
-    name = type(model).__name__
-    if name.endswith(CAUSAL_SUFFIXES):
-        return "causal-lm"
-    for suffix, kind in (("ForSequenceClassification", "text-classification"),
-                         ("ForImageClassification", "image-classification"),
-                         ("ForConditionalGeneration", "seq2seq")):
-        if name.endswith(suffix):
-            return kind
-    return "sentence-embedding"
-
-
-def context_length(config: Any, default: int = 512) -> int:
-    """The longest sequence the model takes (perplexity windows are capped to it)."""
-    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        v = getattr(config, attr, None)
-        if isinstance(v, int) and v > 1:
-            return min(default, v)
-    return default
 
 
 def _folder(path: str | Path) -> Path:
