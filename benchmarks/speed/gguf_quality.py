@@ -32,7 +32,8 @@ from common import ROOT, Row, write_table  # noqa: E402
 
 import torchslim  # noqa: E402
 from torchslim import GPTQConfig, WeightOnlyConfig  # noqa: E402
-from torchslim.artifact.export_gguf import export_gguf, tensor_type  # noqa: E402
+from torchslim.artifact.export_gguf import tensor_type  # noqa: E402
+from torchslim.exports import export_gguf  # noqa: E402
 import llamacpp  # noqa: E402
 from torchslim.data import text as text_data  # noqa: E402
 from torchslim.quantization import IntFormat, PerGroup  # noqa: E402

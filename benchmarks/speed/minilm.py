@@ -25,7 +25,7 @@ from common import ROOT, Row, artifact_bytes, interleaved, write_table  # noqa: 
 from quantization.minilm import OrtModel, export_onnx  # noqa: E402
 
 import torchslim  # noqa: E402
-from torchslim.artifact.export_onnx import export_onnx as torchslim_onnx  # noqa: E402
+from torchslim.exports import export_onnx as torchslim_onnx  # noqa: E402
 from torchslim.quantization import W8A8Config  # noqa: E402
 from torchslim.runtime import prepare_fast_encoder  # noqa: E402
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import torchslim
 from torchslim import WeightOnlyConfig
-from torchslim.artifact.export_gguf import export_gguf
+from torchslim.exports import export_gguf
 from torchslim.artifact.gguf_blocks import TYPES, dequantize
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.quantization import IntFormat, PerGroup

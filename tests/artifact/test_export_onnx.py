@@ -10,7 +10,7 @@ import torch
 
 import torchslim
 from torchslim import W8A8Config, WeightOnlyConfig
-from torchslim.artifact.export_onnx import export_onnx
+from torchslim.exports import export_onnx
 from torchslim.quantization import ActMode, IntFormat, PerChannel, PerGroup
 from torchslim.zoo.tiny import tiny_bert, tiny_llama
 

@@ -243,36 +243,34 @@ def _tensors(model: nn.Module, facts: dict[str, int], qtype: str, embed_type: st
     return out
 
 
-def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embed_type: str = "Q8_0",
-                source_gguf: str | Path | None = None) -> dict[str, Any]:
-    """Write the Llama-family artifact (or model folder / zoo name) ``artifact`` as the GGUF file ``out``."""
+def write_gguf(model: nn.Module, out: str | Path, *, qtype: str = "Q4_0", embed_type: str = "Q8_0",
+               tokenizer: Any = None, source_gguf: str | Path | None = None, name: str = "model") -> dict[str, Any]:
+    """Write the Llama-family ``model`` as the GGUF file ``out``: tokenizer keys copied from ``source_gguf`` (the GGUF
+    file the model came from) or built from ``tokenizer``. ``torchslim.exports.export_gguf`` loads a model first."""
     import gguf
 
     from torchslim.core.io import atomic_path
-    from torchslim.models import load_model
 
     for what, v, allowed in (("type", qtype, GGUF_TYPES), ("embedding type", embed_type,
                                                           tuple(t for t in GGUF_TYPES if t not in MIXES))):
         if v not in allowed:
             raise ConfigError(f"GGUF {what} {v!r} is not written here; use one of: {', '.join(allowed)}")
-    loaded = load_model(str(artifact))
-    model = loaded.model
     if getattr(getattr(model, "config", None), "model_type", None) not in LLAMA_TYPES:
-        raise TorchSlimError(f"{artifact}: GGUF export writes Llama-family models ({', '.join(LLAMA_TYPES)}); this "
+        raise TorchSlimError(f"{name}: GGUF export writes Llama-family models ({', '.join(LLAMA_TYPES)}); this "
                              f"is {getattr(getattr(model, 'config', None), 'model_type', type(model).__name__)!r}")
-    source_gguf = Path(source_gguf) if source_gguf else _source_gguf(loaded.source)
-    if source_gguf is None and loaded.tokenizer is None:
-        raise TorchSlimError(f"{artifact}: no tokenizer to write into the GGUF file")
+    source_gguf = Path(source_gguf) if source_gguf else None
+    if source_gguf is None and tokenizer is None:
+        raise TorchSlimError(f"{name}: no tokenizer to write into the GGUF file")
     facts = _shape_facts(model)
     counts = {"exact": 0, "rounded": 0, "float": 0, "fallback": 0}
     tensors = _tensors(model, facts, qtype, embed_type, counts)
     with atomic_path(Path(out)) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
-        _write_metadata(w, model, facts, qtype, loaded.name)
+        _write_metadata(w, model, facts, qtype, name)
         if source_gguf is not None:
             _copy_tokenizer(w, source_gguf)
         else:
-            _hf_tokenizer(w, loaded.tokenizer)
+            _hf_tokenizer(w, tokenizer)
         for name, data, raw in tensors:
             w.add_tensor(name, data, raw_dtype=raw)
         w.write_header_to_file()
@@ -289,13 +287,3 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
     return {"file": str(out), "bytes": Path(out).stat().st_size, "type": qtype, "embed_type": embed_type,
             "tokenizer": "copied from " + source_gguf.name if source_gguf else "from the Hugging Face tokenizer",
             **{f"{k}_layers": v for k, v in counts.items()}}
-
-
-def _source_gguf(source: dict[str, Any]) -> Path | None:
-    """The GGUF file a zoo model was converted from (its tokenizer keys are reused as they are)."""
-    if source.get("kind") != "zoo":
-        return None
-    from torchslim.zoo.registry import get_entry
-
-    finder = getattr(get_entry(source["name"]), "gguf_file", None)
-    return Path(finder()) if callable(finder) else None

@@ -230,8 +230,7 @@ def rewrite(model_proto: Any, packed: dict[str, nn.Module]) -> dict[str, int]:
     return counts
 
 
-def _inputs(loaded: Any, model: nn.Module) -> tuple[list[str], tuple[torch.Tensor, ...], bool]:
-    task = loaded.task
+def _inputs(task: Any, model: nn.Module) -> tuple[list[str], tuple[torch.Tensor, ...], bool]:
     causal = bool(getattr(getattr(model, "config", None), "is_decoder", False)) or callable(
         getattr(model, "generate", None)) and hasattr(model, "lm_head") or type(model).__name__.endswith("ForCausalLM")
     if task is None:
@@ -246,8 +245,9 @@ def _inputs(loaded: Any, model: nn.Module) -> tuple[list[str], tuple[torch.Tenso
     return names, tuple(batch[n] for n in names), causal
 
 
-def export_onnx(model_spec: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write ``model_spec`` as the ONNX file ``out`` (weights inside it); returns what was rewritten."""
+def write_onnx(model: nn.Module, out: str | Path, task: Any) -> dict[str, Any]:
+    """Write ``model`` as the ONNX file ``out`` (weights inside it; ``task`` gives example inputs); returns what was
+    rewritten. ``torchslim.exports.export_onnx`` loads a model by name or folder first."""
     import copy
 
     try:
@@ -257,11 +257,9 @@ def export_onnx(model_spec: str | Path, out: str | Path) -> dict[str, Any]:
         raise TorchSlimError(f"ONNX export needs onnx and onnxscript ({e}): pip install 'torchslim[onnx]'") from None
 
     from torchslim.core.io import atomic_path
-    from torchslim.models import load_model
 
-    loaded = load_model(str(model_spec))
-    model = copy.deepcopy(loaded.model).eval()
-    names, args, causal = _inputs(loaded, model)
+    model = copy.deepcopy(model).eval()
+    names, args, causal = _inputs(task, model)
     packed = _densify(model)
     dyn = {n: {0: "batch", 1: "seq"} if args[i].dim() >= 2 and n != "pixel_values" and n != "x" else {0: "batch"}
            for i, n in enumerate(names)}

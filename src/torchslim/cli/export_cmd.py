@@ -33,7 +33,7 @@ def export_gguf_cmd(
     """Write a Llama-family model as one GGUF file for llama.cpp (calibrated codes kept where on the grid)."""
     from rich.console import Console
 
-    from torchslim.artifact.export_gguf import export_gguf
+    from torchslim.exports import export_gguf
 
     if out.is_dir():
         from torchslim.core.errors import ConfigError
@@ -55,7 +55,7 @@ def export_onnx_cmd(
     """Write a model as ONNX for ONNX Runtime, its packed layers as MatMulNBits / int8 QDQ / dynamic int8."""
     from rich.console import Console
 
-    from torchslim.artifact.export_onnx import export_onnx
+    from torchslim.exports import export_onnx
 
     if out.is_dir():
         from torchslim.core.errors import ConfigError
