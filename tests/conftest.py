@@ -1,11 +1,13 @@
 """Fixtures shared across test folders."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
-import os
-
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "tools"))     # test tools (support_matrix) import by name
 
 # The demo measures this machine's kernel table once (about 30 s) and caches it in the user's folder: tests use
 # the documented default instead, so that they neither spend that time nor depend on a table measured elsewhere.

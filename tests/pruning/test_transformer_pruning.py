@@ -152,7 +152,7 @@ def test_a_head_ratio_that_rounds_to_nothing_warns(caplog):
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
 def test_head_pruned_artifacts_reload_and_from_pretrained_loads_or_refuses_clearly(tmp_path, family):
     from torchslim.zoo.families import build_family
-    from torchslim.zoo.support import _from_pretrained
+    from support_matrix import _from_pretrained
 
     fam = build_family(family)
     torchslim.prune_(fam.model, StructuredConfig(targets=("heads",), ratio=0.5))

@@ -5,7 +5,7 @@ import warnings
 import pytest
 
 from torchslim.zoo.families import FAMILIES
-from torchslim.zoo.support import CELLS, run_cell
+from support_matrix import CELLS, run_cell
 
 # (family, technique) -> a fragment of the one-line reason it is refused. Everything else must work.
 REFUSED = {
