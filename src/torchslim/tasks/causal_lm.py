@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.core.progress import track
 from torchslim.core.surgery import model_device
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.data import text as text_data
@@ -150,7 +151,7 @@ class CausalLMTask(Task):
         device = model_device(model)
         nll_sum, count = 0.0, 0
         with eval_mode(model):
-            for chunk in windows.split(self.eval_batch_size):
+            for chunk in track(windows.split(self.eval_batch_size), f"perplexity ({len(windows)} windows)"):
                 chunk = chunk.to(device)
                 logits = logits_of(self.forward(model, self._batch(chunk)))
                 nll_sum += shifted_nll(logits, chunk, reduction="sum").item()

@@ -86,7 +86,7 @@ class TrainConfig(BaseConfig):
     resume: bool = False                        # continue from the newest checkpoint in checkpoint_dir
     force_resume: bool = False                  # resume even if settings that change the math differ
     seed: int = between(0, 0, 2**63 - 1)
-    progress: bool = True                       # progress bar on rank 0 (only when stderr is a terminal)
+    progress: bool = True                       # progress on rank 0: a bar on a terminal, else lines (TORCHSLIM_PROGRESS)
     param_groups: tuple[ParamGroup, ...] = ()   # per-parameter-group learning rates / weight decay
 
     def validate(self) -> None:

@@ -355,23 +355,22 @@ class Trainer:
 
     # -- progress ------------------------------------------------------------------------
     def _progress(self) -> Any:
-        from tqdm.auto import tqdm
+        from torchslim.core.progress import Progress
 
-        show = self.config.progress and self.dist.is_main
-        # disable=None: tqdm shows the bar only when stderr is a terminal.
-        return tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step",
-                    disable=None if show else True, dynamic_ncols=True, leave=False)
+        return Progress("train", self.config.steps, unit="steps", initial=self.step,
+                        show=self.config.progress and self.dist.is_main)
 
     def _report(self, bar: Any, loss: float, terms: dict[str, float] | None = None) -> None:
-        bar.update(1)
+        note = None
         if self.step % self.config.log_every == 0 or self.step == self.config.steps:
             lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0
             shown = {k: f"{v:.4f}" for k, v in (terms or {}).items()} if terms and len(terms) > 1 else {}
-            bar.set_postfix(loss=f"{loss:.4f}", **shown, lr=f"{lr:.2e}", refresh=False)
+            note = " ".join(f"{k}={v}" for k, v in {"loss": f"{loss:.4f}", **shown, "lr": f"{lr:.2e}"}.items())
             if self.dist.is_main:
                 parts = " ".join(f"{k}={v:.4f}" for k, v in (terms or {}).items()) if terms and len(terms) > 1 else ""
                 log.info("step %d/%d loss %.4f %slr %.3g", self.step, self.config.steps, loss,
                          parts + " " if parts else "", lr)
+        bar.update(1, note=note)
 
 
 def _reseed(seed: int, device: torch.device) -> None:
