@@ -12,6 +12,7 @@ from torch import nn
 
 from torchslim.artifact import hf_files
 from torchslim.artifact.checks import check_target
+from torchslim.core.io import user_mode_tree
 from torchslim.core.errors import TorchSlimError
 from torchslim.core.linear import is_conv1d
 from torchslim.core.surgery import get_module, replace_module
@@ -79,4 +80,5 @@ def export_hf(artifact: str | Path, out: str | Path, dense: bool = False) -> dic
     copied = [f for f in hf_files.COMPANIONS if (artifact / f).is_file()]
     for f in copied:
         shutil.copyfile(artifact / f, out / f)
+    user_mode_tree(out)                      # safetensors writes 0600; a serving container must read the folder
     return {"densified_layers": n, "files": sorted(p.name for p in out.iterdir())}

@@ -18,12 +18,35 @@ RUN_DIR = ".torchslim-run"
 OWNED_NAMES = frozenset({STAGING, RUN_DIR})
 
 
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def user_mode(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would (0666/0777 less the umask): temporary files are
+    created 0600/0700, and an artifact, report or export must stay readable by a serving container or a colleague
+    where the user's umask allows it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+def user_mode_tree(root: str | os.PathLike) -> None:
+    """:func:`user_mode` for ``root`` and everything under it (a folder another library wrote)."""
+    root = Path(root)
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink():
+            user_mode(p, folder=p.is_dir())
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
     """Open a temporary file next to ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    user_mode(tmp)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -46,6 +69,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        user_mode(tmp, folder=Path(tmp).is_dir())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -64,6 +88,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    user_mode(tmp, folder=True)
     try:
         yield tmp
         old = None
@@ -113,6 +138,7 @@ def staged_files(folder: str | os.PathLike, marker: str, stale: list[str] = ()) 
         names = [p.name for p in stage.iterdir()]
         for name in names:
             _fsync(stage / name)
+            user_mode(stage / name, folder=(stage / name).is_dir())     # safetensors writes 0600
         (stage / COMPLETE).write_text("")
         _fsync(stage)
         _commit(folder, stage, marker)
