@@ -1,6 +1,7 @@
 """Resolve what a user names (zoo name, Hugging Face folder, artifact folder) into a LoadedModel."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,10 @@ def _load(spec: str, **kwargs: Any) -> LoadedModel:
 
         loaded = load_hf_folder(path, **kwargs)
     elif "/" in spec or spec.startswith("."):
-        raise UnknownModelError(f"{spec}: no such model folder or artifact")
+        hub = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec) is not None and not path.exists()
+        hint = (" (it looks like a Hugging Face Hub id: torchslim reads local folders only and never downloads; "
+                "fetch it first, e.g. `hf download " + spec + " --local-dir DIR`, then pass DIR)") if hub else ""
+        raise UnknownModelError(f"{spec}: no such model folder or artifact{hint}")
     else:
         names = {e.name for e in list_entries()}
         if spec not in names:

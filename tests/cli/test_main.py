@@ -144,3 +144,12 @@ def test_user_data_options(tmp_path):
     assert_user_error(run("eval", "tiny-llama", "--no-speed", "--eval-data", str(bad)), "bad.jsonl:2")
     assert_user_error(run("quantize", "tiny-llama", "-c", "x.yaml", "-o", str(tmp_path / "o"), "--calib-data",
                           str(tmp_path / "none.txt")), "config file not found")
+
+
+def test_version_and_a_hint_for_hub_ids(tmp_path):
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"torchslim {torchslim.__version__}"
+    assert_user_error(run("eval", "HuggingFaceTB/SmolLM2-135M", cwd=tmp_path), "reads local folders only")
+    res = run("eval", "./not-here", cwd=tmp_path)
+    assert_user_error(res, "no such model folder")
+    assert "Hub id" not in res.stderr

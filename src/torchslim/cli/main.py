@@ -18,6 +18,20 @@ app = typer.Typer(
     add_completion=False,
 )
 zoo_app = typer.Typer(help="The embedded model zoo.", no_args_is_help=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from torchslim.version import __version__
+
+        typer.echo(f"torchslim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print torchslim's version and exit.")) -> None:
+    """torchslim: make trained models smaller and faster, with measured results."""
 app.add_typer(zoo_app, name="zoo")
 
 
@@ -307,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     _log_warnings()
+    _quiet_peers()
     try:
         rc = app(args=argv, prog_name="torchslim", standalone_mode=False)
     except TorchSlimError as e:
@@ -343,6 +358,20 @@ def _log_warnings() -> None:
         handler.setLevel(logging.WARNING)
         handler._torchslim_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+
+
+def _quiet_peers() -> None:
+    """Benchmark-only peers (torchao, installed by `make install-bench`) print failed native-library loads and
+    deprecation warnings when transformers imports them: not the user's concern in torchslim's own commands."""
+    import logging
+    import warnings
+
+    for name in ("torchao", "torchao.kernel", "torchao.quantization"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in (r"torchao(\..*)?", r"torch\.ao(\..*)?"):
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+    warnings.filterwarnings("ignore", message=r".*torchao.*", category=DeprecationWarning)
 
 
 def _one_line(text: str, limit: int = 600) -> str:
