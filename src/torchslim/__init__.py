@@ -2,6 +2,7 @@
 
 Verbs change a model in place, one per technique family::
 
+    import torch
     import torchslim
     loaded = torchslim.load_model("smollm2-135m")
     torchslim.quantize_(loaded.model, torchslim.CastConfig(dtype=torch.bfloat16))
@@ -24,6 +25,7 @@ from torchslim.core.select import Selector
 from torchslim.artifact import load, save
 from torchslim.models import load_model
 import torchslim.zoo.hf  # noqa: F401,E402 - registers the transformers skeleton builder
+import torchslim.runtime  # noqa: F401,E402 - torchslim.runtime.prepare_fast / prepare_fast_encoder
 
 # techniques (importing registers their handlers)
 from torchslim.quantization import (ActQuant, AWQConfig, CastConfig, GPTQConfig, KVCacheConfig, QATConfig, W8A8Config,

@@ -22,3 +22,63 @@ def test_example_runs(doc, index, code, tmp_path, monkeypatch):
         code = code.replace(a, b)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{doc}[{index}]", "exec"), {"__name__": "__docs__"})
+
+
+def _docstring_block(doc: str) -> str:
+    """The indented block after the first ``::`` of a docstring, dedented."""
+    import textwrap
+
+    tail = doc.split("::", 1)[1]
+    lines = []
+    for line in tail.splitlines()[1:]:
+        if line.strip() and not line.startswith("    "):
+            break
+        lines.append(line)
+    return textwrap.dedent("\n".join(lines))
+
+
+def test_the_package_docstring_example_runs(tmp_path, monkeypatch):
+    import torchslim
+
+    code = _docstring_block(torchslim.__doc__)
+    assert "torchslim.quantize_" in code
+    for a, b in SWAP.items():
+        code = code.replace(a, b)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "torchslim.__doc__", "exec"), {"__name__": "__docs__"})
+
+
+def _inline_calls() -> list[tuple[str, str]]:
+    out = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for m in re.finditer(r"`[^`\n]*?\b(torchslim(?:\.[A-Za-z_]\w*)+)\(([^`]*)`", doc.read_text()):
+            out.append((doc.name, m.group(0)))
+    return out
+
+
+@pytest.mark.parametrize("doc,span", _inline_calls(), ids=lambda v: str(v)[:50])
+def test_inline_calls_name_what_exists(doc, span):
+    """An inline call in the prose (`torchslim.x.y(..., key=...)`) names a function reachable after
+    ``import torchslim`` as written, and every keyword it shows is a parameter of that function."""
+    import ast
+    import inspect
+
+    import torchslim
+
+    text = span.strip("`")
+    dotted = re.search(r"\b(torchslim(?:\.[A-Za-z_]\w*)+)\(", text).group(1)
+    obj = torchslim
+    for part in dotted.split(".")[1:]:
+        assert hasattr(obj, part), f"{doc}: `{dotted}` is not reachable after `import torchslim` (no {part!r})"
+        obj = getattr(obj, part)
+    assert callable(obj), dotted
+    call = text[text.index(dotted):]
+    try:
+        node = ast.parse(call, mode="eval").body
+    except SyntaxError:
+        return                                   # prose elides arguments (`...`): the name is what can be checked
+    params = inspect.signature(obj).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for kw in node.keywords:
+        assert kw.arg in params, f"{doc}: `{dotted}` has no parameter {kw.arg!r}"
