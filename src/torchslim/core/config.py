@@ -96,10 +96,32 @@ class BaseConfig:
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
+    def to_short_dict(self) -> dict[str, Any]:
+        """The form recipes and config files use: ``_type`` plus the fields that differ from their defaults
+        (nested configs alike); ``config_from_dict`` reads it back to an equal config."""
+        out: dict[str, Any] = {"_type": type(self).__name__}
+        if self.VERSION != 1:
+            out["_version"] = self.VERSION
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if not f.init:
+                continue
+            value = _short(getattr(self, f.name))
+            if f.default is not dataclasses.MISSING:
+                default: Any = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                out[f.name] = value
+                continue
+            if value != _short(default):
+                out[f.name] = value
+        return out
+
     def to_yaml(self) -> str:
+        """The short form (:meth:`to_short_dict`) as YAML, as a recipe stage or a ``--config`` file writes it."""
         import yaml
 
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.safe_dump(self.to_short_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -111,6 +133,14 @@ class BaseConfig:
     def load(path: str | Path) -> BaseConfig:
         """Read a config from a JSON or YAML file."""
         return config_from_dict(read_mapping(path))
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, BaseConfig):
+        return value.to_short_dict()
+    if isinstance(value, (list, tuple)) and any(isinstance(v, BaseConfig) for v in value):
+        return [_short(v) for v in value]
+    return encode(value)
 
 
 def between(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
@@ -131,14 +161,14 @@ MAX_CONFIG_BYTES = 16 << 20
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
-    """Parse a JSON or YAML file into a dict, with one-line errors.
+    """Parse a JSON (``.json``) or YAML (any other name) file into a dict, with one-line errors.
 
     Files over 16 MB, text that is not UTF-8, YAML aliases (``*name``: a "billion laughs" file
     expands exponentially) and nesting deeper than Python can walk are refused.
     """
     path = Path(path)
     text = read_text(path, MAX_CONFIG_BYTES, "config file not found")
-    kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"      # YAML also reads JSON text
     try:
         data = _safe_yaml(text) if kind == "YAML" else json.loads(text)
     except RecursionError:
