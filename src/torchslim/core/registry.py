@@ -137,13 +137,18 @@ def _record(model: nn.Module, config: BaseConfig, entry: HandlerEntry, ctx: Appl
 
 
 def _report_coverage(config: BaseConfig, before: dict[str, nn.Module], changed: set[str], what: dict) -> None:
-    """Say how many of the model's weight layers (linear-like and convolutions) the stage changed; loudly when
-    it is fewer than half (a selector that misses most of a model is rarely what the user meant)."""
+    """Say how many of the model's weight layers (linear-like, convolutions, and layers an earlier stage replaced:
+    pruned, quantized) the stage changed, and what it produced; loudly when it is fewer than half (a selector that
+    misses most of a model is rarely what the user meant)."""
     from torch.nn.modules.conv import _ConvNd
 
     from torchslim.core.linear import is_linear_like
 
-    layers = {n: m for n, m in before.items() if n and (is_linear_like(m) or isinstance(m, _ConvNd))}
+    def weight_layer(m: nn.Module) -> bool:
+        return is_linear_like(m) or isinstance(m, _ConvNd) or getattr(m, "stands_for", None) is not None \
+            or callable(getattr(m, "torchslim_layer_info", None))
+
+    layers = {n: m for n, m in before.items() if n and weight_layer(m)}
     if not layers:
         return
     kept: dict[str, int] = {}
@@ -153,9 +158,13 @@ def _report_coverage(config: BaseConfig, before: dict[str, nn.Module], changed: 
     done = len(layers) - sum(kept.values())
     if kept:
         what["not_changed"] = kept
+    made = what.get("by_type") or {}
+    produced = f" ({', '.join(f'{c} {t}' for t, c in sorted(made.items(), key=lambda kv: -kv[1]))})" if made else ""
     rest = ", ".join(f"{c} {t}" for t, c in sorted(kept.items(), key=lambda kv: -kv[1]))
-    msg = f"%s changed %d of %d weight layers" + (f"; not changed: {rest} (not selected, or not supported)" if rest else "")
-    log.log(logging.WARNING if done < len(layers) / 2 else logging.INFO, msg, type(config).__name__, done, len(layers))
+    msg = "%s changed %d of %d weight layers%s" + (f"; not changed: {rest} (not selected, or not supported)"
+                                                   if rest else "")
+    log.log(logging.WARNING if done < len(layers) / 2 else logging.INFO, msg, type(config).__name__, done, len(layers),
+            produced)
 
 
 def config_dict(config: BaseConfig) -> dict[str, Any]:

@@ -1,0 +1,19 @@
+"""The 'changed N of M weight layers' line counts the layers a stage produced, replaced layers included."""
+from __future__ import annotations
+
+import logging
+
+import torchslim
+from torchslim.quantization import IntFormat, PerChannel, WeightOnlyConfig
+
+
+def test_quantizing_pruned_layers_counts_them(caplog) -> None:
+    lm = torchslim.load_model("tiny-llama")
+    torchslim.prune_(lm.model, torchslim.UnstructuredConfig(sparsity=0.5, importance="magnitude",
+                                                            selector=torchslim.Selector(exclude=("lm_head",))))
+    with caplog.at_level(logging.INFO, logger="torchslim"):
+        torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
+    lines = [r.getMessage() for r in caplog.records if "weight layers" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("WeightOnlyConfig changed 15 of 15 weight layers")
+    assert "14 SparseQuantLinear" in lines[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "weight layers" in r.getMessage()]
