@@ -63,7 +63,7 @@ class BaseConfig:
         """Accept an enum field's value as its string (``importance="wanda"``), as the edges do."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            hint, value = hints.get(f.name), getattr(self, f.name)
+            hint, value = _optional_of(hints.get(f.name)), getattr(self, f.name)
             where = f"{type(self).__name__}.{f.name}"
             if isinstance(value, str) and isinstance(hint, type) and issubclass(hint, enum.Enum):
                 object.__setattr__(self, f.name, decode_scalar(value, hint, where))
@@ -146,6 +146,14 @@ def _short(value: Any) -> Any:
 def between(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
     """A dataclass field whose value must lie in ``[lo, hi]`` (checked for every config at construction)."""
     return dataclasses.field(default=default, metadata={"range": (lo, hi)})
+
+
+def _optional_of(hint: Any) -> Any:
+    """``X`` for ``X | None`` (an optional enum field takes its value's string too), else ``hint``."""
+    args = typing.get_args(hint)
+    if args and type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return hint
 
 
 def _enum_tuple(hint: Any) -> type[enum.Enum] | None:

@@ -138,7 +138,8 @@ def prune_channels_(model: nn.Module, config: StructuredConfig, example_inputs: 
     if groups and not any(selectable):
         raise ConfigError("channel pruning: the selector picks no producer of any prunable channel group")
     generator = torch.Generator().manual_seed(0)
-    group_score = [group_scores(model, g, config.importance, grads, generator) if ok else None
+    importance = config.importance or Importance.MAGNITUDE_L2      # unresolved default: no task here
+    group_score = [group_scores(model, g, importance, grads, generator) if ok else None
                    for g, ok in zip(groups, selectable)]
     keeps = choose_channels(groups, group_score, config)
     before = count_params(model)

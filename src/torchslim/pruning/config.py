@@ -94,14 +94,15 @@ class StructuredConfig(BaseConfig):
     of all of them with ``scope=global``, giving per-layer sizes). ``round_to`` keeps kept counts
     multiples of it (kernels like multiples of 8). Importance: magnitude (L2 of the coupled
     weights), Taylor (gradients of the task loss on calibration batches), Wanda-style activation
-    x weight, or random.
+    x weight, or random. ``None`` (the default): Taylor when a task with a loss is given, as the shipped
+    recipes use (weight magnitude alone can collapse a pretrained LLM), else magnitude_l2 with a warning.
     """
 
     family = "pruning"
     technique = "structured"
     targets: tuple[Target, ...] = (Target.HEADS, Target.NEURONS)
     ratio: float = 0.25
-    importance: Importance = Importance.MAGNITUDE_L2
+    importance: Importance | None = None        # None: taylor with a task, else magnitude_l2 (warned)
     scope: Scope = Scope.LAYER
     round_to: int = between(1, 1, 4096)
     n_samples: int = between(32, 1, 1 << 16)

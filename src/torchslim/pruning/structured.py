@@ -3,6 +3,8 @@
 the new sizes in the Hugging Face config so the model reloads at its new shape."""
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from typing import Any
 
@@ -120,8 +122,27 @@ def _channels(model: nn.Module, config: StructuredConfig, ctx: ApplyContext) -> 
     return {"channel_groups": len(groups), "pruned_groups": sum(g["kept"] < g["size"] for g in groups)}
 
 
+def with_importance(config: StructuredConfig, ctx: ApplyContext) -> StructuredConfig:
+    """``config`` with its default importance resolved: Taylor when a task with a loss is given, else magnitude_l2
+    (said loudly: magnitude alone can collapse a pretrained language model)."""
+    if config.importance is not None:
+        return config
+    task = ctx.training_task
+    if task is not None and callable(getattr(task, "loss", None)):
+        chosen = Importance.TAYLOR
+    else:
+        chosen = Importance.MAGNITUDE_L2
+        if set(config.targets) != {Target.LAYERS}:
+            log.warning("StructuredConfig: no task given to take gradients from, so importance is magnitude_l2, "
+                        "which can collapse a pretrained model's quality; pass task= (Taylor importance, as the "
+                        "shipped recipes use) or set importance explicitly")
+    ctx.record.details["importance"] = chosen.value
+    return dataclasses.replace(config, importance=chosen)
+
+
 @register_handler(StructuredConfig, uses=("calibration", "task", "example_inputs"))
 def _structured(model: nn.Module, config: StructuredConfig, ctx: ApplyContext) -> nn.Module:
+    config = with_importance(config, ctx)
     before = sum(p.numel() for p in model.parameters())
     if config.targets == (Target.CHANNELS,):
         ctx.record.details.update(_channels(model, config, ctx))

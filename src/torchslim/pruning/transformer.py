@@ -126,7 +126,7 @@ def neuron_parts(model: nn.Module, spec: ArchSpec, info: BlockInfo) -> list[Part
 def _elem(model: nn.Module, part: Part, config: StructuredConfig, grads: dict | None,
           norms: dict | None) -> torch.Tensor:
     """Element scores of ``part.layer``'s weight (zeros where the criterion does not score this side)."""
-    module, name, imp = model.get_submodule(part.layer), part.layer, config.importance
+    module, name, imp = model.get_submodule(part.layer), part.layer, config.importance or Importance.MAGNITUDE_L2
     w = weight_matrix(module)                 # [out, in], whatever the storage layout
     if imp is Importance.TAYLOR:
         if not grads or name + ".weight" not in grads:
