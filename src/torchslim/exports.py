@@ -14,7 +14,7 @@ from torchslim.zoo.registry import get_entry
 
 def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embed_type: str = "Q8_0",
                 source_gguf: str | Path | None = None) -> dict[str, Any]:
-    """Write the Llama-family artifact (or model folder / zoo name) ``artifact`` as the GGUF file ``out``."""
+    """Write the decoder artifact (or model folder / zoo name) ``artifact`` as the GGUF file ``out``."""
     loaded = load_model(str(artifact))
     source_gguf = Path(source_gguf) if source_gguf else _source_gguf(loaded.source)
     return write_gguf(loaded.model, out, qtype=qtype, embed_type=embed_type, tokenizer=loaded.tokenizer,

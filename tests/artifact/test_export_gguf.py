@@ -76,7 +76,7 @@ def test_what_gguf_cannot_hold_is_refused_in_one_line(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Q5_K"):
         export_gguf(art, tmp_path / "m.gguf", qtype="Q5_K")
     bert = torchslim.save(torchslim.load_model("tiny-bert").model, tmp_path / "bert")
-    with pytest.raises(TorchSlimError, match="Llama-family"):
+    with pytest.raises(TorchSlimError, match="decoder families llama.cpp runs"):
         export_gguf(bert, tmp_path / "b.gguf")
     assert not (tmp_path / "m.gguf").exists() and not list(tmp_path.glob(".*.tmp"))
 

@@ -1,14 +1,17 @@
-"""Export a Llama-family artifact as one GGUF file that llama.cpp runs and transformers reads (``gguf_file=``).
+"""Export a decoder model as one GGUF file that llama.cpp runs and transformers reads (``gguf_file=``), for every
+family llama.cpp converts (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Gemma3, Phi-3, GPT-2, GPT-NeoX, Falcon;
+names, metadata and per-family transforms in :mod:`torchslim.artifact.gguf_families`).
 
 Weight layers go to the chosen block type (``Q8_0``, ``Q5_0``, ``Q4_0``, ``Q4_1``), a K-quant (``Q6_K``,
 ``Q4_K``), llama.cpp's ``Q4_K_M`` mix (per tensor, by llama.cpp's own rule: ``attn_v`` and ``ffn_down`` of a
 third of the blocks in Q6_K, the rest Q4_K; rows that are not whole 256-weight super-blocks take llama.cpp's
 fallback, Q5_0 for Q4_K and Q8_0 for Q6_K) or a float type (``F32``, ``F16``, ``BF16``). A packed layer whose
-codes already lie on the chosen block type's grid (int8 / int5 / int4 symmetric per group of 32 for ``Q8_0`` /
-``Q5_0`` / ``Q4_0``, int4 asymmetric per group of 32 for ``Q4_1``, no AWQ input scale) is written code for code,
-so a GPTQ or AWQ+GPTQ result keeps its calibrated codes; every other layer is rounded to the grid from its float
-weight, and the result counts both kinds. The token embedding (and an untied output head)
-take ``embed_type`` (default ``Q8_0``); norms stay F32. q/k rows are permuted into llama.cpp's rotary layout.
+codes already lie on the type's grid (int8 / int5 / int4 symmetric per group of 32 for ``Q8_0`` / ``Q5_0`` /
+``Q4_0``, int4 asymmetric per group of 32 for ``Q4_1``, no AWQ input scale) is written code for code, so a GPTQ
+or AWQ+GPTQ result keeps its calibrated codes; a packed layer off that grid is refused (:class:`OffGridError`:
+rounding codes onto another grid loses accuracy silently), and float layers are rounded to the grid from their
+weights, as llama-quantize does; the result counts each kind. The token embedding (and an untied output head)
+take ``embed_type`` (default ``Q8_0``); norms, biases and position tables stay F32.
 
 The tokenizer comes from the GGUF file the model was converted from, when there is one (its ``tokenizer.*``
 keys copied as they are), else from the model's Hugging Face tokenizer (BPE or SentencePiece).
@@ -24,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchslim.artifact.gguf_families import Family, family_of, qkv_rows, write_metadata
+from torchslim.artifact.gguf_families import facts as family_facts
 from torchslim.artifact.gguf_blocks import TYPES, BlockType, llama_rope_rows, pack, round_to_grid
 from torchslim.artifact.gguf_kquants import FALLBACK, QK, pack_rounded
 from torchslim.core.errors import ConfigError, TorchSlimError
@@ -33,7 +38,6 @@ FLOAT_TYPES = ("F32", "F16", "BF16")
 K_TYPES = ("Q4_K", "Q6_K")
 MIXES = ("Q4_K_M",)
 GGUF_TYPES = (*FLOAT_TYPES, *TYPES, *K_TYPES, *MIXES)
-LLAMA_TYPES = ("llama", "mistral")
 
 
 def _file_type(name: str) -> int:
@@ -82,6 +86,8 @@ def weight_of(module: nn.Module) -> torch.Tensor:
 
     if isinstance(module, nn.Embedding) or type(module).__name__ == "PackedEmbedding":
         return module.weight.detach().float()
+    if type(module).__name__ == "Conv1D":                       # GPT-2 stores [in, out]
+        return module.weight.detach().float().t()
     lin = dense_linear(module)
     w = lin.weight if lin is not None else getattr(module, "weight", None)
     if not isinstance(w, torch.Tensor):
@@ -101,12 +107,16 @@ def encode(module: nn.Module, qtype: str, rows: torch.Tensor | None, counts: dic
             return gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.BF16), gguf.GGMLQuantizationType.BF16
         return w.numpy().astype(np.float16 if qtype == "F16" else np.float32), None
     if qtype in K_TYPES:                         # whole super-blocks: tensor_type resolved the fallback
+        if not _is_float(module):
+            raise _NotOnGrid(qtype)
         w = weight_of(module)
         counts["rounded"] += 1
         return pack_rounded(qtype, w[rows] if rows is not None else w), getattr(gguf.GGMLQuantizationType, qtype)
     t = TYPES[qtype]
     got = exact_codes(module, t)
     if got is None:
+        if not _is_float(module):
+            raise _NotOnGrid(qtype)
         w = weight_of(module)
         if w.shape[1] % 32:
             raise TorchSlimError(f"GGUF {qtype} needs rows of a multiple of 32 weights; a layer has {w.shape[1]}")
@@ -119,6 +129,10 @@ def encode(module: nn.Module, qtype: str, rows: torch.Tensor | None, counts: dic
         codes, scale = codes[rows], scale[rows]
         minimum = minimum[rows] if minimum is not None else None
     return pack(t, codes, scale, minimum), getattr(gguf.GGMLQuantizationType, qtype)
+
+
+class _NotOnGrid(Exception):
+    """A packed layer whose codes are not on ``qtype``'s grid (collected, then refused as one OffGridError)."""
 
 
 def _rows(module: nn.Module) -> int:
@@ -138,40 +152,6 @@ def _stored(qtype: str, gg: str, module: nn.Module, n_blocks: int, counts: dict[
     if t != tensor_type(qtype, gg, n_blocks, QK):      # the mix's choice did not fit whole super-blocks
         counts["fallback"] += 1
     return t
-
-
-def _shape_facts(model: nn.Module) -> dict[str, int]:
-    """Block dimensions from the weights themselves (a pruned model's config may not say), checked uniform."""
-    cfg, layers = model.config, model.model.layers
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    facts = [(_rows(b.self_attn.q_proj) // head_dim, _rows(b.self_attn.k_proj) // head_dim, _rows(b.mlp.gate_proj))
-             for b in layers]
-    if len(set(facts)) != 1:
-        raise TorchSlimError("GGUF export needs every block the same shape (llama.cpp reads one head count and "
-                             f"one MLP width); blocks differ: {sorted(set(facts))[:3]}")
-    n_head, n_kv, n_ff = facts[0]
-    return {"head_dim": head_dim, "n_head": n_head, "n_kv": n_kv, "n_ff": n_ff, "blocks": len(layers)}
-
-
-def _write_metadata(w: Any, model: nn.Module, facts: dict[str, int], qtype: str, name: str) -> None:
-    cfg = model.config
-    scaling = getattr(cfg, "rope_scaling", None) or {}
-    if isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type", "default")) not in ("default", None):
-        raise TorchSlimError(f"GGUF export: rope scaling {scaling.get('rope_type')!r} is not written; only plain RoPE")
-    theta = getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 1e4)
-    w.add_name(name)
-    w.add_context_length(int(cfg.max_position_embeddings))
-    w.add_embedding_length(int(cfg.hidden_size))
-    w.add_block_count(facts["blocks"])
-    w.add_feed_forward_length(facts["n_ff"])
-    w.add_rope_dimension_count(facts["head_dim"])
-    w.add_head_count(facts["n_head"])
-    w.add_head_count_kv(facts["n_kv"])
-    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    w.add_rope_freq_base(float(theta))
-    w.add_vocab_size(int(cfg.vocab_size))
-    w.add_file_type(int(_file_type(qtype)))
-    w.add_quantization_version(2)
 
 
 def _copy_tokenizer(w: Any, source_gguf: Path) -> None:
@@ -208,44 +188,123 @@ def _hf_tokenizer(w: Any, tokenizer: Any) -> None:
         gguf.SpecialVocab(path, load_merges=not isinstance(vocab, gguf.vocab.SentencePieceVocab)).add_to_gguf(w)
 
 
-def _tensors(model: nn.Module, facts: dict[str, int], qtype: str, embed_type: str,
-             counts: dict[str, int]) -> list[tuple[str, np.ndarray, Any]]:
+def _is_float(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Embedding)) or type(module).__name__ == "Conv1D"
+
+
+def describe(module: nn.Module) -> str:
+    """A packed layer's format in words (``int4 symmetric g128``)."""
+    fmt, gran = getattr(module, "fmt", None), getattr(module, "gran", None)
+    if fmt is None:
+        return type(module).__name__
+    bits = getattr(fmt, "bits", None)
+    kind = (f"int{bits} {'symmetric' if getattr(fmt, 'symmetric', True) else 'asymmetric'}" if bits
+            else type(fmt).__name__)
+    size = getattr(gran, "size", None)
+    extra = " with an AWQ input scale" if getattr(module, "input_scale", None) is not None else ""
+    return f"{kind} {'g' + str(size) if size else type(gran).__name__}{extra}"
+
+
+class OffGridError(TorchSlimError):
+    """Packed layers whose codes are not on the grid of the type they would be stored in: rounding them again
+    (codes on codes) is refused; ``layers`` is ``[(gguf name, format in words, stored type)]``."""
+
+    def __init__(self, name: str, layers: list[tuple[str, str, str]]):
+        self.layers = layers
+        gg, fmt, t = layers[0]
+        super().__init__(f"{name}: {len(layers)} packed layer(s) (first {gg}: {fmt}) are not on the grid of the GGUF "
+                         f"type they would be stored in ({t}); rounding codes onto another grid is refused")
+
+
+def _plan(model: nn.Module, fam: Family, named: dict[str, nn.Module], tied: bool, name: str) -> None:
+    """Refuse what the file cannot hold: an untied head the architecture has no tensor for, biases its graph does
+    not read, and any weight the name map does not place (nothing is dropped without a word)."""
+    head, placed = model.get_output_embeddings(), {id(m) for m in named.values()}
+    if head is not None and not tied and id(head) not in placed:
+        raise TorchSlimError(f"{name}: GGUF export: an untied output head, which llama.cpp's {fam.arch.lower()} "
+                             "graph does not read (it reuses the token embedding)")
+    inside = {p for p, m in model.named_modules() if id(m) in placed}
+    for hf_name, module in model.named_modules():
+        has_weight = isinstance(getattr(module, "weight", None), torch.Tensor) or hasattr(module, "packed")
+        parents = {hf_name.rsplit(".", k)[0] for k in range(1, hf_name.count(".") + 1)}
+        if has_weight and id(module) not in placed and module is not head and not parents & inside:
+            raise TorchSlimError(f"{name}: GGUF export: {hf_name} ({type(module).__name__}) has no tensor in "
+                                 f"llama.cpp's {fam.arch.lower()} architecture")
+    for gg, module in named.items():
+        base = gg.split(".")[-1]
+        if getattr(module, "bias", None) is not None and base not in fam.biases and not _is_norm(module):
+            raise TorchSlimError(f"{name}: GGUF export: {gg} has a bias, which llama.cpp's {fam.arch.lower()} "
+                                 "graph does not read")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return "Norm" in type(module).__name__
+
+
+def named_tensors(model: nn.Module, fam: Family, blocks: int) -> dict[str, nn.Module]:
+    """``{gguf base name: module}`` through the gguf package's own name map for ``fam``'s architecture."""
     import gguf
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, facts["blocks"])
-    out: list[tuple[str, np.ndarray, Any]] = []
-    tied = bool(getattr(model.config, "tie_word_embeddings", False)) or (
-        model.get_output_embeddings().weight is model.get_input_embeddings().weight)
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, fam.arch), blocks)
+    out: dict[str, nn.Module] = {}
     for hf_name, module in model.named_modules():
-        is_head = module is model.get_output_embeddings()
-        if is_head and tied:
+        gg = names.get_name(hf_name) if hf_name else None
+        if gg is None or gg in out:
             continue
-        gg = names.get_name(hf_name)
-        if gg is None or gg.endswith(".rotary_emb") or not hasattr(module, "weight") and not hasattr(module, "packed"):
+        if isinstance(getattr(module, "weight", None), torch.Tensor) or hasattr(module, "packed"):
+            out[gg] = module
+    return out
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().contiguous().numpy()
+
+
+def _tensors(model: nn.Module, fam: Family, f: dict[str, Any], named: dict[str, nn.Module], qtype: str,
+             embed_type: str, tied: bool, counts: dict[str, int], name: str) -> list[tuple[str, np.ndarray, Any]]:
+    out: list[tuple[str, np.ndarray, Any]] = []
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    fused = qkv_rows(fam, f)
+    off: list[tuple[str, str, str]] = []
+    for gg, module in named.items():
+        base = gg.split(".")[-1]
+        if module is head and tied:
             continue
-        if module is model.get_input_embeddings() or is_head:
-            packed_head = model.get_output_embeddings()       # a tied table read from a packed head: its codes
-            source = packed_head if tied and hasattr(packed_head, "packed") else module
-            out.append((gg + ".weight", *encode(source, _stored(embed_type, gg, source, facts["blocks"], counts),
-                                                 None, counts)))
-        elif type(module).__name__.endswith("RMSNorm"):
-            out.append((gg + ".weight", module.weight.detach().float().numpy(), None))
-        else:
-            rows = None
-            if gg.endswith("attn_q"):
-                rows = llama_rope_rows(_rows(module), facts["n_head"])
-            elif gg.endswith("attn_k"):
-                rows = llama_rope_rows(_rows(module), facts["n_kv"])
+        if module is embed or module is head:
+            source = head if tied and hasattr(head, "packed") else module      # a tied table read from a packed head
+            t = _stored(embed_type, gg, source, f["blocks"], counts)
+            try:
+                out.append((gg + ".weight", *encode(source, t, None, counts)))
+            except _NotOnGrid:
+                off.append((gg, describe(source), t))
+            continue
+        if _is_norm(module) or base == "position_embd":
+            w = module.weight.detach().float() + (1 if fam.norm_plus_one and _is_norm(module) else 0)
+            out.append((gg + ".weight", _f32(w), None))
             if getattr(module, "bias", None) is not None:
-                raise TorchSlimError(f"GGUF export: {hf_name} has a bias, which llama.cpp's Llama graph does not read")
-            out.append((gg + ".weight", *encode(module, _stored(qtype, gg, module, facts["blocks"], counts), rows,
-                                                 counts)))
+                out.append((gg + ".bias", _f32(module.bias), None))
+            continue
+        rows = None
+        if fam.rope_permute and base in ("attn_q", "attn_k"):
+            rows = llama_rope_rows(_rows(module), f["n_head"] if base == "attn_q" else f["n_kv"])
+        elif base == "attn_qkv":
+            rows = fused
+        t = _stored(qtype, gg, module, f["blocks"], counts)
+        try:
+            out.append((gg + ".weight", *encode(module, t, rows, counts)))
+        except _NotOnGrid:
+            off.append((gg, describe(module), t))
+        if getattr(module, "bias", None) is not None:
+            b = module.bias.detach().float()
+            out.append((gg + ".bias", _f32(b[rows] if rows is not None else b), None))
+    if off:
+        raise OffGridError(name, off)
     return out
 
 
 def write_gguf(model: nn.Module, out: str | Path, *, qtype: str = "Q4_0", embed_type: str = "Q8_0",
                tokenizer: Any = None, source_gguf: str | Path | None = None, name: str = "model") -> dict[str, Any]:
-    """Write the Llama-family ``model`` as the GGUF file ``out``: tokenizer keys copied from ``source_gguf`` (the GGUF
+    """Write the decoder ``model`` as the GGUF file ``out``: tokenizer keys copied from ``source_gguf`` (the GGUF
     file the model came from) or built from ``tokenizer``. ``torchslim.exports.export_gguf`` loads a model first."""
     import gguf
 
@@ -255,35 +314,43 @@ def write_gguf(model: nn.Module, out: str | Path, *, qtype: str = "Q4_0", embed_
                                                           tuple(t for t in GGUF_TYPES if t not in MIXES))):
         if v not in allowed:
             raise ConfigError(f"GGUF {what} {v!r} is not written here; use one of: {', '.join(allowed)}")
-    if getattr(getattr(model, "config", None), "model_type", None) not in LLAMA_TYPES:
-        raise TorchSlimError(f"{name}: GGUF export writes Llama-family models ({', '.join(LLAMA_TYPES)}); this "
-                             f"is {getattr(getattr(model, 'config', None), 'model_type', type(model).__name__)!r}")
+    fam = family_of(model, name)
     source_gguf = Path(source_gguf) if source_gguf else None
     if source_gguf is None and tokenizer is None:
         raise TorchSlimError(f"{name}: no tokenizer to write into the GGUF file")
-    facts = _shape_facts(model)
+    blocks = int(getattr(model.config, "num_hidden_layers", None) or model.config.n_layer)
+    named = named_tensors(model, fam, blocks)
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is None or bool(getattr(model.config, "tie_word_embeddings", False)) or head.weight is embed.weight
+    _plan(model, fam, named, tied, name)
+    facts = family_facts(model, fam, named, name)
     counts = {"exact": 0, "rounded": 0, "float": 0, "fallback": 0}
-    tensors = _tensors(model, facts, qtype, embed_type, counts)
+    tensors = _tensors(model, fam, facts, named, qtype, embed_type, tied, counts, name)
     with atomic_path(Path(out)) as tmp:
-        w = gguf.GGUFWriter(str(tmp), "llama")
-        _write_metadata(w, model, facts, qtype, name)
+        w = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, fam.arch)])
+        w.add_name(name)
+        write_metadata(w, fam, facts)
+        w.add_file_type(int(_file_type(qtype)))
+        w.add_quantization_version(2)
         if source_gguf is not None:
             _copy_tokenizer(w, source_gguf)
         else:
             _hf_tokenizer(w, tokenizer)
-        for name, data, raw in tensors:
-            w.add_tensor(name, data, raw_dtype=raw)
+        for tensor_name, data, raw in tensors:
+            w.add_tensor(tensor_name, data, raw_dtype=raw)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+    for warning in facts["warnings"]:
+        log.warning("GGUF export: %s", warning)
     if counts["fallback"]:
         log.info("GGUF export: %d tensor(s) with rows that are not whole super-blocks of %d took llama.cpp's fallback "
                  "type (Q5_0 for Q4_K, Q8_0 for Q6_K)", counts["fallback"], QK)
     if counts["rounded"]:
-        log.warning("GGUF export: %d weight layer(s) were not on the %s grid and were rounded to it "
-                    "(round-to-nearest from their weights); %d kept their codes exactly", counts["rounded"], qtype,
-                    counts["exact"])
+        log.warning("GGUF export: %d float weight layer(s) were rounded to the %s grid (round-to-nearest from their "
+                    "weights, as llama-quantize without an importance matrix); %d packed layer(s) kept their codes "
+                    "exactly", counts["rounded"], qtype, counts["exact"])
     return {"file": str(out), "bytes": Path(out).stat().st_size, "type": qtype, "embed_type": embed_type,
             "tokenizer": "copied from " + source_gguf.name if source_gguf else "from the Hugging Face tokenizer",
             **{f"{k}_layers": v for k, v in counts.items()}}
