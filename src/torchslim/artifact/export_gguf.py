@@ -66,7 +66,8 @@ def tensor_type(qtype: str, gguf_name: str, n_blocks: int, cols: int) -> str:
 
 
 def exact_codes(module: nn.Module, t: BlockType) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-    """(codes, scales, minimums) of a packed layer whose codes lie on ``t``'s grid, else None."""
+    """(codes, scales, minimums) of a packed layer whose codes lie on ``t``'s grid, else None: groups of 32 of the
+    same kind (symmetric / with a minimum) and at most ``t``'s bits (int4 codes are exact in Q5_0 and Q8_0)."""
     from torchslim.quantization.formats import IntFormat, PerGroup
     from torchslim.quantization.qlinear import QuantLinear
 
@@ -75,7 +76,7 @@ def exact_codes(module: nn.Module, t: BlockType) -> tuple[torch.Tensor, torch.Te
     fmt, gran = module.fmt, module.gran
     if not (isinstance(fmt, IntFormat) and isinstance(gran, PerGroup) and gran.size == 32):
         return None
-    if fmt.bits != t.bits or fmt.symmetric != t.signed or module.padded_in != module.in_features:
+    if fmt.bits > t.bits or fmt.symmetric != t.signed or module.padded_in != module.in_features:  # a sub-grid fits
         return None
     return module.codes(), module.scale, module.offset
 
@@ -302,6 +303,21 @@ def _tensors(model: nn.Module, fam: Family, f: dict[str, Any], named: dict[str, 
     return out
 
 
+def _layout(model: nn.Module, name: str) -> tuple[Family, dict[str, nn.Module], bool, dict[str, Any]]:
+    fam = family_of(model, name)
+    blocks = int(getattr(model.config, "num_hidden_layers", None) or model.config.n_layer)
+    named = named_tensors(model, fam, blocks)
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is None or bool(getattr(model.config, "tie_word_embeddings", False)) or head.weight is embed.weight
+    _plan(model, fam, named, tied, name)
+    return fam, named, tied, family_facts(model, fam, named, name)
+
+
+def check_gguf(model: nn.Module, name: str = "model") -> None:
+    """Raise TorchSlimError (one line) when ``model`` has a family, setting or tensor a GGUF file cannot hold."""
+    _layout(model, name)
+
+
 def write_gguf(model: nn.Module, out: str | Path, *, qtype: str = "Q4_0", embed_type: str = "Q8_0",
                tokenizer: Any = None, source_gguf: str | Path | None = None, name: str = "model") -> dict[str, Any]:
     """Write the decoder ``model`` as the GGUF file ``out``: tokenizer keys copied from ``source_gguf`` (the GGUF
@@ -314,16 +330,10 @@ def write_gguf(model: nn.Module, out: str | Path, *, qtype: str = "Q4_0", embed_
                                                           tuple(t for t in GGUF_TYPES if t not in MIXES))):
         if v not in allowed:
             raise ConfigError(f"GGUF {what} {v!r} is not written here; use one of: {', '.join(allowed)}")
-    fam = family_of(model, name)
     source_gguf = Path(source_gguf) if source_gguf else None
     if source_gguf is None and tokenizer is None:
         raise TorchSlimError(f"{name}: no tokenizer to write into the GGUF file")
-    blocks = int(getattr(model.config, "num_hidden_layers", None) or model.config.n_layer)
-    named = named_tensors(model, fam, blocks)
-    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    tied = head is None or bool(getattr(model.config, "tie_word_embeddings", False)) or head.weight is embed.weight
-    _plan(model, fam, named, tied, name)
-    facts = family_facts(model, fam, named, name)
+    fam, named, tied, facts = _layout(model, name)
     counts = {"exact": 0, "rounded": 0, "float": 0, "fallback": 0}
     tensors = _tensors(model, fam, facts, named, qtype, embed_type, tied, counts, name)
     with atomic_path(Path(out)) as tmp:
