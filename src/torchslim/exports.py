@@ -9,8 +9,14 @@ from typing import Any
 
 from torch import nn
 
-from torchslim.artifact.export_gguf import (FLOAT_TYPES, OffGridError, check_gguf, named_tensors, tensor_type,
-                                           write_gguf)
+from torchslim.artifact.export_gguf import (
+    FLOAT_TYPES,
+    OffGridError,
+    check_gguf,
+    named_tensors,
+    tensor_type,
+    write_gguf,
+)
 from torchslim.artifact.export_onnx import write_onnx
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import TorchSlimError

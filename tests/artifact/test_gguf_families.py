@@ -17,8 +17,8 @@ from torchslim.zoo.tiny import EOS, byte_tokenizer
 
 WINDOW, LENGTH = 8, 40
 # config of the tiny model: a short window, and the query scale llama.cpp applies (1/sqrt(head_dim))
-OVERRIDES = {"gemma2": dict(sliding_window=WINDOW, query_pre_attn_scalar=16),
-             "gemma3": dict(sliding_window=WINDOW, query_pre_attn_scalar=16), "phi3": dict(sliding_window=WINDOW)}
+OVERRIDES = {"gemma2": {"sliding_window": WINDOW, "query_pre_attn_scalar": 16},
+             "gemma3": {"sliding_window": WINDOW, "query_pre_attn_scalar": 16}, "phi3": {"sliding_window": WINDOW}}
 # settings transformers' GGUF reader does not take from the file (each is checked in the file by key first)
 READER_GAPS = {"qwen3": {"head_dim": ("attention.key_length", 16)},
                "phi3": {"sliding_window": ("attention.sliding_window", WINDOW)},
@@ -84,6 +84,7 @@ def test_gemma_without_a_transformers_reader_holds_the_model_tensors_with_norms_
     np.testing.assert_array_equal(got["blk.1.attn_q.weight"], layer.self_attn.q_proj.weight.detach().numpy())
     np.testing.assert_array_equal(got["blk.1.ffn_norm.weight"], 1 + layer.post_attention_layernorm.weight.detach().numpy())
     assert "output.weight" not in got and _field(reader, "general.architecture") == "gemma"   # tied head
+    assert len(_field(reader, "tokenizer.ggml.merges")) == 1       # llama.cpp needs the key; the byte vocab has none
 
 
 def test_gpt_neox_fused_qkv_is_regrouped_as_q_k_v_with_its_bias(tmp_path) -> None:

@@ -27,9 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchslim.artifact.gguf_blocks import (
+    TYPES,
+    BlockType,
+    llama_rope_rows,
+    pack,
+    round_to_grid,
+)
 from torchslim.artifact.gguf_families import Family, family_of, qkv_rows, write_metadata
 from torchslim.artifact.gguf_families import facts as family_facts
-from torchslim.artifact.gguf_blocks import TYPES, BlockType, llama_rope_rows, pack, round_to_grid
 from torchslim.artifact.gguf_kquants import FALLBACK, QK, pack_rounded
 from torchslim.core.errors import ConfigError, TorchSlimError
 
@@ -186,7 +192,23 @@ def _hf_tokenizer(w: Any, tokenizer: Any) -> None:
         w.add_token_list(list(tokens))
         w.add_token_scores(list(scores))
         w.add_token_types([int(t) for t in types])
-        gguf.SpecialVocab(path, load_merges=not isinstance(vocab, gguf.vocab.SentencePieceVocab)).add_to_gguf(w)
+        special = gguf.SpecialVocab(path, load_merges=not isinstance(vocab, gguf.vocab.SentencePieceVocab))
+        if not isinstance(vocab, gguf.vocab.SentencePieceVocab) and not special.merges:
+            special.merges = [_inert_merge(list(tokens))]
+        special.add_to_gguf(w)
+
+
+def _inert_merge(tokens: list[str]) -> str:
+    """llama.cpp refuses a BPE vocabulary without ``tokenizer.ggml.merges`` and GGUF cannot hold an empty array:
+    a byte-level vocabulary with no merges (the tiny models') gets one merge whose result is no token, so
+    llama.cpp falls back to the two bytes and tokenizes exactly as without it."""
+    have = set(tokens)
+    singles = [t for t in tokens if len(t) == 1]
+    for a in singles:
+        for b in singles:
+            if a + b not in have and " " not in a + b:
+                return f"{a} {b}"
+    raise TorchSlimError("GGUF export: a BPE vocabulary without merges, and no inert merge to satisfy llama.cpp")
 
 
 def _is_float(module: nn.Module) -> bool:
