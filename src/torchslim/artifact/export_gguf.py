@@ -201,9 +201,9 @@ def _hf_tokenizer(w: Any, tokenizer: Any) -> None:
 def _inert_merge(tokens: list[str]) -> str:
     """llama.cpp refuses a BPE vocabulary without ``tokenizer.ggml.merges`` and GGUF cannot hold an empty array:
     a byte-level vocabulary with no merges (the tiny models') gets one merge whose result is no token, so
-    llama.cpp falls back to the two bytes and tokenizes exactly as without it."""
+    llama.cpp falls back to the two single-byte tokens and tokenizes exactly as without it."""
     have = set(tokens)
-    singles = [t for t in tokens if len(t) == 1]
+    singles = [t for t in tokens if len(t) == 1 and t.isascii() and t.isalnum()]     # one UTF-8 byte each
     for a in singles:
         for b in singles:
             if a + b not in have and " " not in a + b:
