@@ -212,7 +212,9 @@ def _inert_merge(tokens: list[str]) -> str:
 
 
 def _is_float(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Embedding)) or type(module).__name__ == "Conv1D"
+    """Whether the layer computes with float weights (plain, Conv1D, sparse, cast, AWQ-scaled), as opposed to packed
+    integer codes (QuantLinear, SparseQuantLinear, PackedEmbedding, int8 layers), which are never rounded again."""
+    return not hasattr(module, "fmt") and not type(module).__name__.startswith("Int8")
 
 
 def describe(module: nn.Module) -> str:
