@@ -61,15 +61,24 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
 
 
 def _working_command(source: dict[str, Any], out: str | Path, qtype: str, err: OffGridError) -> str:
-    """The command that writes ``qtype`` from float weights with calibration (GPTQ on the grid), or the types
-    that keep the codes."""
+    """The command that writes ``qtype`` from float weights with calibration (GPTQ on the grid), the grid a
+    quantization would have to aim at, and the types that keep the codes."""
     float_model = source.get("name") if source.get("kind") == "zoo" else source.get("path")
-    keep = "-t F16 / --embed-type F16 keeps them as they are (dequantized)"
+    grids = sorted({t for _, _, t in err.layers})
+    aim = "; ".join(f"{t}: {_grid_words(t)}" for t in grids if t in GRID_FORMATS)
+    keep = "-t F16 --embed-type F16 keeps the codes as they are (dequantized)"
+    onto = f"quantize onto the grid ({aim}) before exporting, or " if aim else ""
     if float_model:
-        return (f"Re-quantize from the float model on the {qtype} grid: `torchslim export gguf {float_model} "
-                f"-o {out} -t {qtype}` (GPTQ with calibration); or {keep}")
+        return (f"Re-quantize from the source's float weights on the {qtype} grid: `torchslim export gguf "
+                f"{float_model} -o {out} -t {qtype}` (GPTQ with calibration; other stages of this artifact are not "
+                f"in it); or {onto}{keep}")
     return (f"Export the float model instead (`torchslim export gguf <float model folder> -o {out} -t {qtype}` runs "
-            f"GPTQ on that grid), or {keep}")
+            f"GPTQ on that grid), or {onto}{keep}")
+
+
+def _grid_words(t: str) -> str:
+    fmt = GRID_FORMATS[t]
+    return f"int{fmt.bits} {'symmetric' if fmt.symmetric else 'asymmetric'} per group of 32"
 
 
 def grid_gptq_config(model: nn.Module, qtype: str) -> tuple[GPTQConfig | None, int]:

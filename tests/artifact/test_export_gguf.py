@@ -110,7 +110,7 @@ def test_with_calibration_every_float_layer_is_gptq_quantized_on_its_own_grid(tm
 def test_codes_off_the_target_grid_are_refused_with_the_command_that_works(tmp_path) -> None:
     _, art = _artifact(tmp_path, IntFormat(4))                       # int4 g32 symmetric: the Q4_0 grid, not Q4_1's
     with pytest.raises(TorchSlimError, match=r"first blk\.0\..*not on the grid .*\(Q4_1\).*`torchslim export gguf "
-                                             r"tiny-llama .* -t Q4_1` \(GPTQ with calibration\)"):
+                                             r"tiny-llama .* -t Q4_1` \(GPTQ with calibration.*Q4_1: int4 asymmetric per group of 32"):
         export_gguf(art, tmp_path / "m.gguf", qtype="Q4_1")
     info = export_gguf(art, tmp_path / "m.gguf", qtype="Q5_0", embed_type="Q8_0")    # a sub-grid: codes kept
     assert info["exact_layers"] == 15 and info["rounded_layers"] == 0
