@@ -129,3 +129,15 @@ def test_a_mistral_whose_window_covers_its_context_is_written_as_llama(tmp_path)
     assert _field(reader, "general.architecture") == "llama" and "mistral" in FAMILIES
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
     torch.testing.assert_close(_logits(hf, IDS), _logits(model, IDS), rtol=0, atol=1e-5)
+
+
+def test_falcon_grouped_qkv_is_regrouped_as_llama_cpp_reads_it(tmp_path) -> None:
+    """Falcon's new decoder (kv groups of [q.., k, v] rows, two norms): transformers' GGUF reader does not undo the
+    regrouping llama.cpp's converter applies, so the tensors are checked against the model's weights."""
+    model, _, reader = _export(tmp_path, "falcon", new_decoder_architecture=True, num_kv_heads=2)
+    got = _stored(reader)
+    w = model.transformer.h[1].self_attention.query_key_value.weight.detach().reshape(2, 4, 16, 64)  # 2 groups: q q k v
+    want = torch.cat([w[:, :2].reshape(-1, 64), w[:, 2].reshape(-1, 64), w[:, 3].reshape(-1, 64)])
+    np.testing.assert_array_equal(got["blk.1.attn_qkv.weight"], want.numpy())
+    np.testing.assert_array_equal(got["blk.1.attn_norm_2.weight"], model.transformer.h[1].ln_mlp.weight.detach().numpy())
+    assert _field(reader, "falcon.attention.head_count_kv") == 2
