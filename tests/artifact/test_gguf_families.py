@@ -141,3 +141,25 @@ def test_falcon_grouped_qkv_is_regrouped_as_llama_cpp_reads_it(tmp_path) -> None
     np.testing.assert_array_equal(got["blk.1.attn_qkv.weight"], want.numpy())
     np.testing.assert_array_equal(got["blk.1.attn_norm_2.weight"], model.transformer.h[1].ln_mlp.weight.detach().numpy())
     assert _field(reader, "falcon.attention.head_count_kv") == 2
+
+
+def test_llama3_rope_scaling_is_written_as_the_rope_freqs_llama_cpp_divides_by(tmp_path) -> None:
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    model, _, reader = _export(tmp_path, "llama", rope_parameters=rope)
+    factors = torch.tensor(_stored(reader)["rope_freqs.weight"], dtype=torch.float64)
+    plain = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
+    torch.testing.assert_close(plain / factors, model.model.rotary_emb.inv_freq.double(), rtol=1e-6, atol=0)
+    assert float(factors[0]) == 1.0 and float(factors[-1]) == 8.0 and ((factors > 1) & (factors < 8)).any()
+    with pytest.raises(TorchSlimError, match="rope scaling 'yarn'"):
+        _export(tmp_path, "llama", rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0})
+
+
+def test_linear_rope_scaling_is_written_under_llama_cpp_keys(tmp_path) -> None:
+    rope = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+    model, _, reader = _export(tmp_path, "qwen2", rope_parameters=rope)
+    assert _field(reader, gguf.Keys.Rope.SCALING_TYPE.format(arch="qwen2")) == "linear"
+    assert _field(reader, gguf.Keys.Rope.SCALING_FACTOR.format(arch="qwen2")) == 2.0
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32,   # reader gap
+                                              rope_parameters=rope).eval()
+    torch.testing.assert_close(_logits(hf, IDS), _logits(model, IDS), rtol=0, atol=1e-5)

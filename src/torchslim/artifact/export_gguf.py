@@ -324,6 +324,8 @@ def _tensors(model: nn.Module, fam: Family, f: dict[str, Any], named: dict[str, 
             out.append((gg + ".bias", _f32(b[rows] if rows is not None else b), None))
     if off:
         raise OffGridError(name, off)
+    if "rope_freqs" in f:
+        out.append(("rope_freqs.weight", _f32(f["rope_freqs"]), None))
     return out
 
 

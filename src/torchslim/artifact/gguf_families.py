@@ -127,9 +127,13 @@ def _settings(model: nn.Module, fam: Family, out: dict[str, Any], name: str) -> 
     layer_types = list(getattr(cfg, "layer_types", None) or [])
     rope = _rope(cfg, "full_attention" if fam.sliding == "gemma3" else None)
     kind = rope.get("rope_type", rope.get("type", "default"))
-    if fam.rope and kind not in ("default", None):
-        _refuse(name, f"rope scaling {kind!r} (only plain RoPE is written)")
     out["rope_theta"] = float(rope.get("rope_theta", _get(cfg, "rope_theta", default=1e4)))
+    if fam.rope and kind == "linear":
+        out["rope_linear"] = float(rope["factor"])
+    elif fam.rope and kind == "llama3" and fam.arch == "LLAMA":
+        out["rope_freqs"] = llama3_rope_factors(rope, out["rope_theta"], out["head_dim"])
+    elif fam.rope and kind not in ("default", None):
+        _refuse(name, f"rope scaling {kind!r} (written: plain, linear, and Llama 3's as llama.cpp's rope_freqs)")
     partial = float(rope.get("partial_rotary_factor", _get(cfg, "partial_rotary_factor", "rotary_pct", default=1.0)))
     out["rope_dims"] = int(out["head_dim"] * partial)
     if partial != 1.0 and fam.arch in ("LLAMA", "FALCON"):
@@ -184,6 +188,27 @@ def _settings(model: nn.Module, fam: Family, out: dict[str, Any], name: str) -> 
         _refuse(name, f"activation {act!r} in llama.cpp's {fam.arch.lower()} graph (it applies {expected})")
 
 
+def llama3_rope_factors(rope: dict[str, Any], theta: float, head_dim: int) -> torch.Tensor:
+    """Llama 3's frequency-dependent rope scaling as llama.cpp's ``rope_freqs`` tensor (it divides each rotary
+    frequency by its factor), computed as its converter does from the rope parameters."""
+    import math
+
+    factor, low, high = float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+    old_ctx = float(rope["original_max_position_embeddings"])
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    out = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_ctx / high:
+            out.append(1.0)
+        elif wavelen > old_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(out, dtype=torch.float32)
+
+
 def write_metadata(w: Any, fam: Family, f: dict[str, Any]) -> None:
     """The architecture keys llama.cpp reads for ``fam``, through GGUFWriter.add_*."""
     w.add_context_length(f["ctx"])
@@ -198,6 +223,11 @@ def write_metadata(w: Any, fam: Family, f: dict[str, Any]) -> None:
     if fam.rope:
         w.add_rope_dimension_count(f["rope_dims"])
         w.add_rope_freq_base(f["rope_theta"])
+    if "rope_linear" in f:
+        import gguf
+
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(f["rope_linear"])
     if "rope_theta_swa" in f:
         w.add_rope_freq_base_swa(f["rope_theta_swa"])
     (w.add_layer_norm_rms_eps if fam.rms else w.add_layer_norm_eps)(f["eps"])
