@@ -293,7 +293,7 @@ def _tensors(model: nn.Module, fam: Family, f: dict[str, Any], named: dict[str, 
     off: list[tuple[str, str, str]] = []
     for gg, module in named.items():
         base = gg.split(".")[-1]
-        if module is head and tied:
+        if module is head and tied and not fam.tied_output:
             continue
         if module is embed or module is head:
             source = head if tied and hasattr(head, "packed") else module      # a tied table read from a packed head

@@ -31,6 +31,7 @@ class Family:
     biases: frozenset[str] = frozenset()
     rope: bool = True
     sliding: str = "none"            # "none": refuse a window shorter than the context; "all" / "gemma2" / "gemma3"
+    tied_output: bool = False        # GPT-2: llama.cpp's converter writes the tied head as output.weight too
 
 
 FAMILIES: dict[str, Family] = {
@@ -42,7 +43,7 @@ FAMILIES: dict[str, Family] = {
     "gemma2": Family("GEMMA2", norm_plus_one=True, sliding="gemma2"),
     "gemma3_text": Family("GEMMA3", norm_plus_one=True, sliding="gemma3"),
     "phi3": Family("PHI3", sliding="all"),
-    "gpt2": Family("GPT2", rms=False, biases=ALL, rope=False),
+    "gpt2": Family("GPT2", rms=False, biases=ALL, rope=False, tied_output=True),
     "gpt_neox": Family("GPTNEOX", rms=False, fused_qkv="neox", biases=ALL),
     "falcon": Family("FALCON", rms=False, fused_qkv="falcon"),
 }
