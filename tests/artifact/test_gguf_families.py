@@ -165,3 +165,12 @@ def test_linear_rope_scaling_is_written_under_llama_cpp_keys(tmp_path) -> None:
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32,   # reader gap
                                               rope_parameters=rope).eval()
     torch.testing.assert_close(_logits(hf, IDS), _logits(model, IDS), rtol=0, atol=1e-5)
+
+
+def test_q4_k_m_gives_a_fused_qkv_more_bits_like_llama_cpp(tmp_path) -> None:
+    """llama.cpp stores Q4_K_M's attn_qkv in Q5_K (not written here): it takes Q6_K, on 64-wide rows its fallback
+    Q8_0, while the other weights take Q4_K's fallback Q5_0."""
+    _, info, reader = _export(tmp_path, "phi3", qtype="Q4_K_M")
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_qkv.weight"] == "Q8_0" and types["blk.0.ffn_up.weight"] == "Q5_0"
+    assert info["fallback_layers"] == 8

@@ -4,14 +4,15 @@ names, metadata and per-family transforms in :mod:`torchslim.artifact.gguf_famil
 
 Weight layers go to the chosen block type (``Q8_0``, ``Q5_0``, ``Q4_0``, ``Q4_1``), a K-quant (``Q6_K``,
 ``Q4_K``), llama.cpp's ``Q4_K_M`` mix (per tensor, by llama.cpp's own rule: ``attn_v`` and ``ffn_down`` of a
-third of the blocks in Q6_K, the rest Q4_K; rows that are not whole 256-weight super-blocks take llama.cpp's
-fallback, Q5_0 for Q4_K and Q8_0 for Q6_K) or a float type (``F32``, ``F16``, ``BF16``). A packed layer whose
-codes already lie on the type's grid (int8 / int5 / int4 symmetric per group of 32 for ``Q8_0`` / ``Q5_0`` /
-``Q4_0``, int4 asymmetric per group of 32 for ``Q4_1``, no AWQ input scale) is written code for code, so a GPTQ
-or AWQ+GPTQ result keeps its calibrated codes; a packed layer off that grid is refused (:class:`OffGridError`:
-rounding codes onto another grid loses accuracy silently), and float layers are rounded to the grid from their
-weights, as llama-quantize does; the result counts each kind. The token embedding (and an untied output head)
-take ``embed_type`` (default ``Q8_0``); norms, biases and position tables stay F32.
+third of the blocks in Q6_K, the rest Q4_K; a fused ``attn_qkv``, Q5_K in llama.cpp, takes Q6_K here; rows that
+are not whole 256-weight super-blocks take llama.cpp's fallback, Q5_0 for Q4_K and Q8_0 for Q6_K) or a float type
+(``F32``, ``F16``, ``BF16``). A packed layer whose codes already lie on the type's grid (int8 / int5 / int4
+symmetric per group of 32 for ``Q8_0`` / ``Q5_0`` / ``Q4_0``, int4 asymmetric per group of 32 for ``Q4_1``, or
+fewer bits of the same kind; no AWQ input scale) is written code for code, so a GPTQ or AWQ+GPTQ result keeps its
+calibrated codes; a packed layer off that grid is refused (:class:`OffGridError`: rounding codes onto another
+grid loses accuracy silently), and float layers are rounded to the grid from their weights, as llama-quantize
+does; the result counts each kind. The token embedding (and an untied output head) take ``embed_type``
+(default ``Q8_0``); norms, biases and position tables stay F32.
 
 The tokenizer comes from the GGUF file the model was converted from, when there is one (its ``tokenizer.*``
 keys copied as they are), else from the model's Hugging Face tokenizer (BPE or SentencePiece).
@@ -67,7 +68,8 @@ def tensor_type(qtype: str, gguf_name: str, n_blocks: int, cols: int) -> str:
     if qtype == "Q4_K_M":
         parts = gguf_name.split(".")
         more = parts[0] == "blk" and parts[-1] in ("attn_v", "ffn_down") and _more_bits(int(parts[1]), n_blocks)
-        t = "Q6_K" if more else "Q4_K"
+        # a fused attn_qkv holds the values too: llama.cpp gives it Q5_K, not written here, so it takes Q6_K
+        t = "Q6_K" if more or parts[-1] == "attn_qkv" else "Q4_K"
     return FALLBACK[t] if t in K_TYPES and cols % QK else t
 
 
