@@ -18,7 +18,8 @@ from torchslim.zoo.tiny import EOS, byte_tokenizer
 WINDOW, LENGTH = 8, 40
 # config of the tiny model: a short window, and the query scale llama.cpp applies (1/sqrt(head_dim))
 OVERRIDES = {"gemma2": {"sliding_window": WINDOW, "query_pre_attn_scalar": 16},
-             "gemma3": {"sliding_window": WINDOW, "query_pre_attn_scalar": 16}, "phi3": {"sliding_window": WINDOW}}
+             "gemma3": {"sliding_window": WINDOW, "query_pre_attn_scalar": 16, "num_hidden_layers": 6},  # 5 local + 1
+             "phi3": {"sliding_window": WINDOW}}
 # settings transformers' GGUF reader does not take from the file (each is checked in the file by key first)
 READER_GAPS = {"qwen3": {"head_dim": ("attention.key_length", 16)},
                "phi3": {"sliding_window": ("attention.sliding_window", WINDOW)},
