@@ -197,6 +197,9 @@ def _hf_tokenizer(w: Any, tokenizer: Any) -> None:
         special = gguf.SpecialVocab(path, load_merges=not isinstance(vocab, gguf.vocab.SentencePieceVocab))
         if not isinstance(vocab, gguf.vocab.SentencePieceVocab) and not special.merges:
             special.merges = [_inert_merge(list(tokens))]
+        if "bos" not in special.add_special_token:       # say it: llama.cpp's default differs by vocabulary type
+            bos = getattr(tokenizer, "bos_token_id", None)
+            special.add_special_token["bos"] = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
         special.add_to_gguf(w)
 
 
