@@ -46,6 +46,9 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
     source_gguf = Path(source_gguf) if source_gguf else _source_gguf(loaded.source)
     calibrated = 0
     check_gguf(loaded.model, loaded.name)            # refuse what llama.cpp cannot run before calibrating
+    if calibrate and loaded.task is None and qtype not in FLOAT_TYPES:
+        log.warning("GGUF export: no calibration data is known for %s; its float layers are rounded to the %s grid, "
+                    "not GPTQ-calibrated", loaded.name, qtype)
     if calibrate and loaded.task is not None and qtype not in FLOAT_TYPES:
         config, calibrated = grid_gptq_config(loaded.model, qtype)
         if config is not None:
