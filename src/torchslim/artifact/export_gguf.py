@@ -339,7 +339,8 @@ def _layout(model: nn.Module, name: str) -> tuple[Family, dict[str, nn.Module], 
     blocks = int(getattr(model.config, "num_hidden_layers", None) or model.config.n_layer)
     named = named_tensors(model, fam, blocks)
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    tied = head is None or bool(getattr(model.config, "tie_word_embeddings", False)) or head.weight is embed.weight
+    tied = head is None or bool(getattr(model.config, "tie_word_embeddings", False)) or (
+        getattr(head, "weight", None) is getattr(embed, "weight", False))
     _plan(model, fam, named, tied, name)
     return fam, named, tied, family_facts(model, fam, named, name)
 
