@@ -45,7 +45,10 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
     loaded = load_model(str(artifact))
     source_gguf = Path(source_gguf) if source_gguf else _source_gguf(loaded.source)
     calibrated = 0
-    check_gguf(loaded.model, loaded.name)            # refuse what llama.cpp cannot run before calibrating
+    try:                                             # refuse what the file cannot hold before calibrating
+        check_gguf(loaded.model, loaded.name, qtype, embed_type)
+    except OffGridError as e:
+        raise TorchSlimError(f"{e}. {_working_command(loaded.source, out, qtype, e)}") from None
     if calibrate and loaded.task is None and qtype not in FLOAT_TYPES:
         log.warning("GGUF export: no calibration data is known for %s; its float layers are rounded to the %s grid, "
                     "not GPTQ-calibrated", loaded.name, qtype)

@@ -345,9 +345,25 @@ def _layout(model: nn.Module, name: str) -> tuple[Family, dict[str, nn.Module], 
     return fam, named, tied, family_facts(model, fam, named, name)
 
 
-def check_gguf(model: nn.Module, name: str = "model") -> None:
-    """Raise TorchSlimError (one line) when ``model`` has a family, setting or tensor a GGUF file cannot hold."""
-    _layout(model, name)
+def check_gguf(model: nn.Module, name: str = "model", qtype: str = "F32", embed_type: str = "F32") -> None:
+    """Raise TorchSlimError (one line) when ``model`` has a family, setting or tensor a GGUF file cannot hold, or
+    packed layers whose codes are off the grid they would be stored in (OffGridError), before any writing."""
+    _fam, named, tied, f = _layout(model, name)
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    off = []
+    for gg, module in named.items():
+        if module is head and tied:
+            continue
+        is_table = module is embed or module is head
+        if module is embed and tied and hasattr(head, "packed"):
+            module = head                                  # a tied table is written from the packed head's codes
+        if _is_float(module) or _is_norm(module):
+            continue
+        t = tensor_type(embed_type if is_table else qtype, gg, f["blocks"], _cols(module))
+        if t in TYPES and exact_codes(module, TYPES[t]) is None or t in K_TYPES:
+            off.append((gg, describe(module), t))
+    if off:
+        raise OffGridError(name, off)
 
 
 def write_gguf(model: nn.Module, out: str | Path, *, qtype: str = "Q4_0", embed_type: str = "Q8_0",
