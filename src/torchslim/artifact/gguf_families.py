@@ -164,9 +164,12 @@ def _settings(model: nn.Module, fam: Family, out: dict[str, Any], name: str) -> 
                     f"graph slides on all but every {period}th layer")
         out["window"] = int(window)
         scalar = getattr(cfg, "query_pre_attn_scalar", None)
-        if scalar is not None and int(scalar) != out["head_dim"]:
-            _refuse(name, f"query_pre_attn_scalar={scalar} (llama.cpp scales queries by 1/sqrt(head_dim="
-                    f"{out['head_dim']}))")
+        # llama.cpp scales queries by 1/sqrt(head_dim), or by 1/sqrt(hidden / heads) for its 27B size class
+        big = out["blocks"] == (46 if fam.sliding == "gemma2" else 62)
+        allowed = (out["hidden"] // out["n_head"],) if big else (out["head_dim"],)
+        if scalar is not None and int(scalar) not in allowed:
+            _refuse(name, f"query_pre_attn_scalar={scalar} (llama.cpp scales queries by 1/sqrt({allowed[0]}) for "
+                    f"this {fam.arch.lower()} size)")
         if fam.sliding == "gemma3":
             local = _rope(cfg, "sliding_attention")
             out["rope_theta_swa"] = float(local.get("rope_theta", _get(cfg, "rope_local_base_freq", default=1e4)))
