@@ -2,16 +2,17 @@
 llama.cpp's reference quantizer of the same type, at the same file size.
 
 For Q4_0 and Q4_1 (groups of 32): "reference" rounds every weight to the grid exactly as llama-quantize does
-(``gguf_blocks.round_to_grid`` is byte-identical to it, checked by the unit tests); "torchslim GPTQ" runs GPTQ
-with that type's grid (symmetric int4 g32 for Q4_0, asymmetric for Q4_1) and exports its codes as they are.
+(``gguf_blocks.round_to_grid`` is byte-identical to it, checked by the unit tests); "torchslim GPTQ" is what
+``torchslim export gguf`` writes by default: GPTQ with that type's grid (symmetric int4 g32 for Q4_0, asymmetric for
+Q4_1) on the model's calibration data, its codes exported as they are.
 Both files take the same embedding type (Q8_0) and are read back by transformers (``gguf_file=``),
 dequantized, and evaluated by torchslim's causal-LM task on two texts of different domains: GPL-3 and the
 held-out Python reference topics. No importance matrix is used by either.
 
 Q4_K_M is llama.cpp's per-tensor mix; SmolLM2's 576-wide rows are not whole 256-weight super-blocks, so
 llama.cpp itself writes most tensors in its fallback Q5_0 (and Q8_0 for the promoted attn_v). "llama-quantize"
-is its real file (when the tools are built: ``make llama-cpp``); "torchslim GPTQ" runs GPTQ on exactly the
-per-tensor grids of the same mix (int5 / int8 symmetric groups of 32 for the Q5_0 / Q8_0 tensors) and rounds
+is its real file (when the tools are built: ``make llama-cpp``); "torchslim GPTQ" (the default export) runs GPTQ
+on exactly the per-tensor grids of the same mix (int5 / int8 symmetric groups of 32 for the Q5_0 / Q8_0 tensors) and rounds
 ffn_down (whole super-blocks: Q4_K / Q6_K) from float, so both files hold the same types tensor for tensor.
 Regenerates docs/results/speed_gguf_quality.md (+ .json).
 
@@ -19,7 +20,6 @@ Regenerates docs/results/speed_gguf_quality.md (+ .json).
 """
 from __future__ import annotations
 
-import copy
 import sys
 import tempfile
 import warnings
@@ -31,43 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ROOT, Row, write_table  # noqa: E402
 
 import torchslim  # noqa: E402
-from torchslim import GPTQConfig, WeightOnlyConfig  # noqa: E402
-from torchslim.artifact.export_gguf import tensor_type  # noqa: E402
 from torchslim.exports import export_gguf  # noqa: E402
 import llamacpp  # noqa: E402
 from torchslim.data import text as text_data  # noqa: E402
-from torchslim.quantization import IntFormat, PerGroup  # noqa: E402
 from torchslim.tasks.causal_lm import CausalLMTask  # noqa: E402
 
 warnings.filterwarnings("ignore")
 OUT = ROOT / "docs/results/speed_gguf_quality.md"
-GRIDS = {"Q4_0": IntFormat(4), "Q4_1": IntFormat(4, symmetric=False), "Q4_K_M": None}
-EXACT = {"Q5_0": IntFormat(5), "Q8_0": IntFormat(8), "Q4_0": IntFormat(4)}   # block types GPTQ can aim at exactly
-
-
-def mix_config(model, qtype: str) -> GPTQConfig | None:
-    """GPTQ on each tensor's own grid in the mix ``qtype`` (the type export_gguf will store it in, fallbacks
-    included); tensors of a K-quant type stay float (rounded at export). None when no tensor has a block type
-    GPTQ can aim at."""
-    import gguf
-
-    n = model.config.num_hidden_layers
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n)
-    overrides, keep_float = {}, ["lm_head"]
-    for name, layer in model.named_modules():
-        gg = names.get_name(name) if isinstance(layer, torch.nn.Linear) and name != "lm_head" else None
-        if gg is None:
-            continue
-        t = tensor_type(qtype, gg, n, layer.in_features)
-        if t in EXACT:
-            overrides[name] = GPTQConfig(weight=WeightOnlyConfig(format=EXACT[t], granularity=PerGroup(32)))
-        else:
-            keep_float.append(name)
-    if not overrides:
-        return None
-    first = next(iter(overrides.values())).weight
-    sel = torchslim.Selector(include=(torch.nn.Linear,), exclude=tuple(keep_float), overrides=overrides)
-    return GPTQConfig(weight=WeightOnlyConfig(format=first.format, granularity=PerGroup(32), selector=sel))
+GRIDS = ("Q4_0", "Q4_1", "Q4_K_M")            # Q4_K_M: compared with llama-quantize's own file when it is built
 
 
 def evaluate_gguf(path: Path, tasks: dict[str, CausalLMTask]) -> dict[str, float]:
@@ -81,7 +52,7 @@ def main() -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--types", nargs="*", default=["Q4_0"], choices=sorted(GRIDS))
+    ap.add_argument("--types", nargs="*", default=["Q4_0"], choices=GRIDS)
     args = ap.parse_args()
     loaded = torchslim.load_model("smollm2-135m")
     base, task = loaded.model.eval(), loaded.task
@@ -92,15 +63,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="torchslim-gguf-") as d:
         art_float = torchslim.save(base, Path(d) / "fp32", source=loaded.source)
         for qtype in args.types:
-            fmt = GRIDS[qtype]
             ref = Path(d) / f"ref-{qtype}.gguf"
             variants = []
-            if fmt is not None:
-                export_gguf(art_float, ref, qtype=qtype, embed_type="Q8_0")     # every layer rounded: llama.cpp's grid
+            if qtype != "Q4_K_M":
+                export_gguf(art_float, ref, qtype=qtype, embed_type="Q8_0", calibrate=False)   # llama.cpp's rounding
                 variants.append((f"{qtype} reference rounding (llama-quantize's)", ref,
                                  "round-to-nearest, as llama.cpp's quantizer without an importance matrix"))
-                config = GPTQConfig(weight=WeightOnlyConfig(format=fmt, granularity=PerGroup(32), selector=torchslim.Selector(
-                    include=(torch.nn.Linear,), exclude=("lm_head",))))
             else:
                 if llamacpp.tools():
                     cache = ROOT / "benchmarks/.cache/gguf"
@@ -112,18 +80,14 @@ def main() -> None:
                         variants.append((f"{qtype} llama-quantize with imatrix", imat, "llama.cpp's quantizer with "
                                          "an importance matrix from llama-imatrix on the license texts torchslim "
                                          "calibrates on"))
-                info = export_gguf(art_float, ref, qtype=qtype, embed_type="Q8_0")
-                variants.append((f"{qtype} torchslim rounding", ref, f"torchslim's export of the float model: "
+                info = export_gguf(art_float, ref, qtype=qtype, embed_type="Q8_0", calibrate=False)
+                variants.append((f"{qtype} torchslim rounding", ref, f"`torchslim export gguf --no-calibrate`: "
                                  f"{info['rounded_layers']} tensors rounded"))
-                config = mix_config(base, qtype)
-            m = copy.deepcopy(base)
-            torchslim.quantize_(m, config, calibration=task)
-            art = torchslim.save(m, Path(d) / f"gptq-{qtype}", source=loaded.source)
-            ours = Path(d) / f"gptq-{qtype}.gguf"
-            info = export_gguf(art, ours, qtype=qtype, embed_type="Q8_0")
-            variants.append((f"{qtype} torchslim GPTQ", ours, f"GPTQ on each tensor's {qtype} grid, "
-                             f"{info['exact_layers']} layers' codes written as they are, {info['rounded_layers']} "
-                             "rounded"))
+            ours = Path(d) / f"gptq-{qtype}.gguf"        # what `torchslim export gguf smollm2-135m -t <type>` writes
+            info = export_gguf(art_float, ours, qtype=qtype, embed_type="Q8_0")
+            variants.append((f"{qtype} torchslim GPTQ", ours, f"`torchslim export gguf` (calibrated by default): GPTQ "
+                             f"on each tensor's {qtype} grid, {info['exact_layers']} layers' codes written as they "
+                             f"are, {info['rounded_layers']} rounded"))
             for name, path, note in variants:
                 ppl = evaluate_gguf(path, tasks)
                 values = {"file MiB": path.stat().st_size / 2**20}

@@ -73,3 +73,17 @@ def bench(path: Path, threads: int, n_gen: int, prompts: tuple[int, ...] = ()) -
         key = f"pp{r['n_prompt']}" if r["n_prompt"] else "tg"
         out[key] = float(r["avg_ts"])
     return out
+
+
+def perplexity(path: Path, text_file: Path, ctx: int, chunks: int, threads: int) -> float:
+    """llama-perplexity's final estimate on ``text_file`` (chunks of ``ctx`` tokens, the second half of each scored)."""
+    import re
+
+    cmd = [str(tools() / "llama-perplexity"), "-m", str(path), "-f", str(text_file), "-c", str(ctx), "-b", str(ctx),
+           "--chunks", str(chunks), "-t", str(threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    found = re.search(r"Final estimate: PPL = ([0-9.]+)", res.stdout + res.stderr)
+    if res.returncode != 0 or found is None:
+        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.returncode}"]
+        raise RuntimeError(f"llama-perplexity failed: {tail[0]}")
+    return float(found.group(1))

@@ -3,22 +3,113 @@ the model to the artifact layer's writers (``artifact.export_gguf.write_gguf``, 
 which take a model and know nothing of where models come from."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from torchslim.artifact.export_gguf import write_gguf
+from torch import nn
+
+from torchslim.artifact.export_gguf import (
+    FLOAT_TYPES,
+    OffGridError,
+    check_gguf,
+    named_tensors,
+    tensor_type,
+    write_gguf,
+)
 from torchslim.artifact.export_onnx import write_onnx
+from torchslim.core.context import ApplyContext
+from torchslim.core.errors import TorchSlimError
+from torchslim.core.registry import apply_
+from torchslim.core.select import Selector
 from torchslim.models import load_model
+from torchslim.quantization import GPTQConfig, IntFormat, PerGroup, WeightOnlyConfig
 from torchslim.zoo.registry import get_entry
+
+log = logging.getLogger("torchslim")
+# the block types GPTQ can aim at exactly (symmetric int8 / int5 / int4 and asymmetric int4, groups of 32)
+GRID_FORMATS = {"Q8_0": IntFormat(8), "Q5_0": IntFormat(5), "Q4_0": IntFormat(4),
+                "Q4_1": IntFormat(4, symmetric=False)}
 
 
 def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embed_type: str = "Q8_0",
-                source_gguf: str | Path | None = None) -> dict[str, Any]:
-    """Write the Llama-family artifact (or model folder / zoo name) ``artifact`` as the GGUF file ``out``."""
+                source_gguf: str | Path | None = None, calibrate: bool = True) -> dict[str, Any]:
+    """Write the decoder artifact (or model folder / zoo name) ``artifact`` as the GGUF file ``out``.
+
+    The best file the type allows: with ``calibrate`` and calibration data (the model's task: a zoo model's, an
+    artifact's source's, or a folder's), every float layer stored in a block type (Q8_0, Q5_0, Q4_0, Q4_1, and the
+    per-tensor types of a mix such as Q4_K_M, fallbacks included) is first quantized by GPTQ on exactly that grid
+    and its codes written as they are; K-quant tensors (whole Q4_K / Q6_K super-blocks) are rounded from the float
+    weights. Packed layers off the target grid are refused with the command that re-quantizes from the float model.
+    """
     loaded = load_model(str(artifact))
     source_gguf = Path(source_gguf) if source_gguf else _source_gguf(loaded.source)
-    return write_gguf(loaded.model, out, qtype=qtype, embed_type=embed_type, tokenizer=loaded.tokenizer,
-                      source_gguf=source_gguf, name=loaded.name)
+    calibrated = 0
+    try:                                             # refuse what the file cannot hold before calibrating
+        check_gguf(loaded.model, loaded.name, qtype, embed_type)
+    except OffGridError as e:
+        raise TorchSlimError(f"{e}. {_working_command(loaded.source, out, qtype, e)}") from None
+    if calibrate and loaded.task is None and qtype not in FLOAT_TYPES:
+        log.warning("GGUF export: no calibration data is known for %s; its float layers are rounded to the %s grid, "
+                    "not GPTQ-calibrated", loaded.name, qtype)
+    if calibrate and loaded.task is not None and qtype not in FLOAT_TYPES:
+        config, calibrated = grid_gptq_config(loaded.model, qtype)
+        if config is not None:
+            log.info("GGUF export: GPTQ on the %s grid for %d float layer(s) (calibration: the model's task)",
+                     qtype, calibrated)
+            apply_(loaded.model, config, ApplyContext(task=loaded.task), family="quantization", record=False)
+    try:
+        done = write_gguf(loaded.model, out, qtype=qtype, embed_type=embed_type, tokenizer=loaded.tokenizer,
+                          source_gguf=source_gguf, name=loaded.name)
+    except OffGridError as e:
+        raise TorchSlimError(f"{e}. {_working_command(loaded.source, out, qtype, e)}") from None
+    return {**done, "calibrated_layers": calibrated}
+
+
+def _working_command(source: dict[str, Any], out: str | Path, qtype: str, err: OffGridError) -> str:
+    """The command that writes ``qtype`` from float weights with calibration (GPTQ on the grid), the grid a
+    quantization would have to aim at, and the types that keep the codes."""
+    float_model = source.get("name") if source.get("kind") == "zoo" else source.get("path")
+    grids = sorted({t for _, _, t in err.layers})
+    aim = "; ".join(f"{t}: {_grid_words(t)}" for t in grids if t in GRID_FORMATS)
+    keep = "-t F16 --embed-type F16 keeps the codes as they are (dequantized)"
+    onto = f"quantize onto the grid ({aim}) before exporting, or " if aim else ""
+    if float_model:
+        return (f"Re-quantize from the source's float weights on the {qtype} grid: `torchslim export gguf "
+                f"{float_model} -o {out} -t {qtype}` (GPTQ with calibration; other stages of this artifact are not "
+                f"in it); or {onto}{keep}")
+    return (f"Export the float model instead (`torchslim export gguf <float model folder> -o {out} -t {qtype}` runs "
+            f"GPTQ on that grid), or {onto}{keep}")
+
+
+def _grid_words(t: str) -> str:
+    fmt = GRID_FORMATS[t]
+    return f"int{fmt.bits} {'symmetric' if fmt.symmetric else 'asymmetric'} per group of 32"
+
+
+def grid_gptq_config(model: nn.Module, qtype: str) -> tuple[GPTQConfig | None, int]:
+    """(GPTQ on each float linear layer's own grid in ``qtype`` (the block type export_gguf will store it in,
+    a mix's per-tensor choice and fallbacks included), layer count); None when no layer has a block type GPTQ
+    can aim at. The head and K-quant tensors stay float (rounded at export)."""
+    from torchslim.artifact.gguf_families import family_of
+
+    fam = family_of(model, getattr(getattr(model, "config", None), "model_type", "model"))
+    blocks = int(getattr(model.config, "num_hidden_layers", None) or model.config.n_layer)
+    by_module = {id(m): gg for gg, m in named_tensors(model, fam, blocks).items()}
+    head = model.get_output_embeddings()
+    overrides: dict[str, Any] = {}
+    for name, layer in model.named_modules():
+        gg = by_module.get(id(layer))
+        if type(layer) is not nn.Linear and type(layer).__name__ != "FalconLinear" or gg is None or layer is head:
+            continue
+        t = tensor_type(qtype, gg, blocks, layer.in_features)
+        if t in GRID_FORMATS and layer.in_features % 32 == 0:
+            overrides[name] = GPTQConfig(weight=WeightOnlyConfig(format=GRID_FORMATS[t], granularity=PerGroup(32)))
+    if not overrides:
+        return None, 0
+    first = next(iter(overrides.values())).weight
+    sel = Selector(include=tuple(overrides), overrides=overrides)
+    return GPTQConfig(weight=WeightOnlyConfig(format=first.format, granularity=PerGroup(32), selector=sel)), len(overrides)
 
 
 def export_onnx(model_spec: str | Path, out: str | Path) -> dict[str, Any]:

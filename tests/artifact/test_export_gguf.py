@@ -48,9 +48,9 @@ def test_codes_on_the_grid_are_written_exactly_and_transformers_reads_the_same_m
     torch.testing.assert_close(_logits(hf, ids), _logits(model, ids), rtol=0, atol=2e-2)   # fp16 scales only
 
 
-def test_float_layers_are_rounded_to_the_grid_and_counted(tmp_path, caplog) -> None:
+def test_without_calibration_float_layers_are_rounded_to_the_grid_and_counted(tmp_path, caplog) -> None:
     model, art = _artifact(tmp_path)
-    info = export_gguf(art, tmp_path / "m.gguf", qtype="Q8_0")
+    info = export_gguf(art, tmp_path / "m.gguf", qtype="Q8_0", calibrate=False)
     assert info["rounded_layers"] == 15 and info["exact_layers"] == 0        # 14 linears + the embedding
     assert "rounded" in caplog.text
     names = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
@@ -76,7 +76,7 @@ def test_what_gguf_cannot_hold_is_refused_in_one_line(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Q5_K"):
         export_gguf(art, tmp_path / "m.gguf", qtype="Q5_K")
     bert = torchslim.save(torchslim.load_model("tiny-bert").model, tmp_path / "bert")
-    with pytest.raises(TorchSlimError, match="Llama-family"):
+    with pytest.raises(TorchSlimError, match="decoder families llama.cpp runs"):
         export_gguf(bert, tmp_path / "b.gguf")
     assert not (tmp_path / "m.gguf").exists() and not list(tmp_path.glob(".*.tmp"))
 
@@ -92,3 +92,33 @@ def test_a_tied_packed_table_is_written_once_as_token_embd(tmp_path) -> None:
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
     ids = torch.randint(0, 257, (1, 16), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(_logits(hf, ids), _logits(lm.model, ids), rtol=0, atol=2e-2)
+
+
+def test_with_calibration_every_float_layer_is_gptq_quantized_on_its_own_grid(tmp_path) -> None:
+    """The export a user reaches is the calibrated one: GPTQ on each tensor's stored type (Q4_K_M on 64-wide rows is
+    llama.cpp's fallback mix of Q5_0 and, for the promoted attn_v/ffn_down, Q8_0), codes written as they are."""
+    model, art = _artifact(tmp_path)
+    info = export_gguf(art, tmp_path / "m.gguf", qtype="Q4_K_M", embed_type="F32")
+    assert info["calibrated_layers"] == 14 and info["exact_layers"] == 14 and info["rounded_layers"] == 0
+    stored = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert {v for k, v in stored.items() if k.startswith("blk.") and not k.endswith("norm.weight")} == {"Q5_0", "Q8_0"}
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    ids = torch.randint(0, 257, (1, 16), generator=torch.Generator().manual_seed(5))
+    assert torch.isfinite(_logits(hf, ids)).all()
+
+
+def test_codes_off_the_target_grid_are_refused_with_the_command_that_works(tmp_path) -> None:
+    _, art = _artifact(tmp_path, IntFormat(4))                       # int4 g32 symmetric: the Q4_0 grid, not Q4_1's
+    with pytest.raises(TorchSlimError, match=r"first blk\.0\..*not on the grid .*\(Q4_1\).*`torchslim export gguf "
+                                             r"tiny-llama .* -t Q4_1` \(GPTQ with calibration.*Q4_1: int4 asymmetric per group of 32"):
+        export_gguf(art, tmp_path / "m.gguf", qtype="Q4_1")
+    info = export_gguf(art, tmp_path / "m.gguf", qtype="Q5_0", embed_type="Q8_0")    # a sub-grid: codes kept
+    assert info["exact_layers"] == 15 and info["rounded_layers"] == 0
+    (tmp_path / "m.gguf").unlink()
+    lm = tiny_llama()
+    torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(4), granularity=PerGroup(128)))
+    art = torchslim.save(lm.model, tmp_path / "g128", source=lm.source)
+    with pytest.raises(TorchSlimError, match="int4 symmetric g128"):
+        export_gguf(art, tmp_path / "m.gguf", qtype="Q4_0")
+    assert not (tmp_path / "m.gguf").exists()
+    export_gguf(art, tmp_path / "m.gguf", qtype="F16", embed_type="F16")       # the codes kept, dequantized

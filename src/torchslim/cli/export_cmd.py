@@ -25,12 +25,13 @@ def export_hf_cmd(
 
 @export_app.command("gguf")
 def export_gguf_cmd(
-    artifact: str = typer.Argument(..., help="Artifact folder, Hugging Face folder or zoo name (Llama family)."),
+    artifact: str = typer.Argument(..., help="Artifact folder, Hugging Face folder or zoo name (a decoder family llama.cpp runs)."),
     out: Path = typer.Option(..., "--out", "-o", help="GGUF file to write."),
     qtype: str = typer.Option("Q4_0", "--type", "-t", help="Q4_K_M (llama.cpp's per-tensor mix), Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q8_0, F16, BF16 or F32."),
     embed_type: str = typer.Option("Q8_0", "--embed-type", help="Type of the token embedding (and untied head)."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="GPTQ float layers on their GGUF grid with the model's calibration data (--no-calibrate: round to nearest, as llama-quantize)."),
 ) -> None:
-    """Write a Llama-family model as one GGUF file for llama.cpp (calibrated codes kept where on the grid)."""
+    """Write a decoder model as one GGUF file for llama.cpp (calibrated codes kept where on the grid)."""
     from rich.console import Console
 
     from torchslim.exports import export_gguf
@@ -39,9 +40,10 @@ def export_gguf_cmd(
         from torchslim.core.errors import ConfigError
 
         raise ConfigError(f"--out {out} is a folder; name the .gguf file to write")
-    done = export_gguf(artifact, out, qtype=qtype.upper(), embed_type=embed_type.upper())
+    done = export_gguf(artifact, out, qtype=qtype.upper(), embed_type=embed_type.upper(), calibrate=calibrate)
     Console().print(f"wrote {out} ({done['bytes'] / 2**20:.1f} MiB, {done['type']}): {done['exact_layers']} layers "
-                    f"kept their codes, {done['rounded_layers']} rounded to the grid, {done['float_layers']} float"
+                    f"kept their codes ({done['calibrated_layers']} calibrated now by GPTQ), {done['rounded_layers']} rounded "
+                    f"to the grid, {done['float_layers']} float"
                     + (f", {done['fallback_layers']} in llama.cpp's fallback type" if done["fallback_layers"] else "")
                     + "; "
                     f"tokenizer {done['tokenizer']}")

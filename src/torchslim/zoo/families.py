@@ -103,12 +103,12 @@ FAMILIES = tuple(_specs())
 _INPUTS = {"causal-lm": _lm, "encoder": _enc, "seq2seq": _s2s, "vision": _vision}
 
 
-def build_family(name: str, seed: int = 0) -> TinyFamily:
-    """A tiny random model of family ``name`` (see :data:`FAMILIES`), eval mode."""
+def build_family(name: str, seed: int = 0, **overrides: Any) -> TinyFamily:
+    """A tiny random model of family ``name`` (see :data:`FAMILIES`), eval mode; ``overrides`` change its config."""
     import transformers
 
     cfg_cls, model_cls, kwargs, kind = _specs()[name]
-    config = getattr(transformers, cfg_cls)(**kwargs)
+    config = getattr(transformers, cfg_cls)(**{**kwargs, **overrides})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = getattr(transformers, model_cls)(config).eval()
