@@ -68,7 +68,8 @@ def test_causal_lm_folder_generates_with_past_key_values(tmp_path, family) -> No
         assert got == torch_greedy_causal(model, ids, 5)
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) for f in ("bart", "t5")])  # 3 graphs: 40-70 s
+# three graphs each: 40-70 s on shared CPUs, so with the slow suite
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) for f in ("bart", "t5")])
 def test_encoder_decoder_folder_generates_with_past_key_values(tmp_path, family) -> None:
     model = build_family(family).model
     torchslim.quantize_(model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
