@@ -100,15 +100,14 @@ def test_unsupported_layers_fail_before_the_export(tmp_path, monkeypatch) -> Non
     """A layer ONNX cannot run is refused before the (slow) torch exporter starts."""
     import torch
 
+    from torchslim.artifact.export_onnx import write_onnx
     from torchslim.core.errors import TorchSlimError
+    from torchslim.quantization.int8_linear import Int8StaticLinear
 
-    lm = tiny_bert()
-    torchslim.quantize_(lm.model, W8A8Config(mode=ActMode.STATIC), calibration=lm.task)
-    layer = next(m for m in lm.model.modules() if type(m).__name__ == "Int8StaticLinear")
+    layer = Int8StaticLinear.from_linear(torch.nn.Linear(8, 4), None)
+    layer.set_range(-1.0, 1.0)
     layer.act_qmax = lambda: 127           # 7-bit activation codes (CPUs without VNNI): not ONNX's uint8 QDQ
     monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: pytest.fail("the exporter ran"))
-    from torchslim.artifact.export_onnx import write_onnx
-
     with pytest.raises(TorchSlimError, match="uint8"):
-        write_onnx(lm.model, tmp_path / "m.onnx", lm.task)
+        write_onnx(torch.nn.Sequential(layer), tmp_path / "m.onnx", example_inputs=torch.randn(2, 8))
     assert not (tmp_path / "m.onnx").exists()
