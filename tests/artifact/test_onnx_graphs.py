@@ -102,6 +102,26 @@ def test_vit_exports_from_example_inputs_with_int4_layers(tmp_path) -> None:
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
+def test_static_int8_cnn_exports_from_its_task_as_qdq(tmp_path) -> None:
+    from torchslim import W8A8Config
+    from torchslim.quantization import ActMode
+    from torchslim.zoo.digits_cnn import build_digits_cnn, digits_task
+
+    torch.manual_seed(0)
+    cnn, task = build_digits_cnn().eval(), digits_task()
+    torchslim.quantize_(cnn, W8A8Config(mode=ActMode.STATIC, n_samples=16), calibration=task)
+    info = write_onnx(cnn, tmp_path / "cnn.onnx", task)
+    n = sum(1 for m in cnn.modules() if type(m).__name__ in ("Int8StaticConv2d", "Int8StaticLinear"))
+    assert info["inputs"] == ["x"] and info["rewritten"] == {"static": n} and info["float_layers"] == 0
+    ops = _ops(tmp_path / "cnn.onnx")     # per layer: a uint8 QuantizeLinear input, two DequantizeLinear
+    assert ops["QuantizeLinear"] == n and ops["DequantizeLinear"] == 2 * n
+    x = task.example_inputs(5)["x"]
+    got = ort.InferenceSession(str(tmp_path / "cnn.onnx")).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        want = cnn(x).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()     # the same uint8 x int8 products
+
+
 class _Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
