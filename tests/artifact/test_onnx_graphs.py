@@ -93,9 +93,12 @@ def test_vit_exports_from_example_inputs_with_int4_layers(tmp_path) -> None:
     torchslim.quantize_(fam.model, WeightOnlyConfig(format=IntFormat(4), granularity=PerGroup(32)))
     example = fam.make_inputs(1, 0)
     info = write_onnx(fam.model, tmp_path / "vit.onnx", example_inputs=example)
-    # the patch embedding is an int4 conv: ONNX Runtime has no int4 conv, so it alone runs in float
-    assert info["inputs"] == ["pixel_values"] and info["float_layers"] == 1
-    assert _ops(tmp_path / "vit.onnx")["MatMulNBits"] == info["rewritten"]["nbits"] == _packed(fam.model) - 1
+    # the linears run MatMulNBits; the patch embedding (an int4 conv) an int4 blocked DequantizeLinear + Conv
+    assert info["inputs"] == ["pixel_values"] and info["float_layers"] == 0
+    assert info["rewritten"] == {"nbits": _packed(fam.model) - 1, "blocked": 1}
+    assert _ops(tmp_path / "vit.onnx")["MatMulNBits"] == _packed(fam.model) - 1
+    int4 = [i for i in onnx.load(tmp_path / "vit.onnx").graph.initializer if i.data_type == onnx.TensorProto.INT4]
+    assert [tuple(i.dims) for i in int4] == [(64, 192)]          # 64 channels x 3*8*8 inputs, stored as int4
     x = torch.randn(3, 3, 32, 32)                               # another batch size than exported with
     got = ort.InferenceSession(str(tmp_path / "vit.onnx")).run(None, {"pixel_values": x.numpy()})[0]
     want = fam.output({"pixel_values": x}).numpy()
@@ -133,17 +136,20 @@ class _Net(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_plain_module_with_example_inputs_keeps_gemm_and_conv_codes(tmp_path, bits) -> None:
+@pytest.mark.parametrize("bits, grouped", [(4, True), (8, False), (8, True)])
+def test_plain_module_with_example_inputs_keeps_gemm_and_conv_codes(tmp_path, bits, grouped) -> None:
     torch.manual_seed(0)
     net = _Net().eval()
-    gran = PerGroup(64) if bits == 4 else PerChannel()               # int4: 96 inputs are 1.5 groups of 64
+    gran = PerGroup(64) if grouped else PerChannel()               # 96 inputs are 1.5 groups of 64
     torchslim.quantize_(net, WeightOnlyConfig(format=IntFormat(bits), granularity=gran))
     info = write_onnx(net, tmp_path / "net.onnx", example_inputs=torch.randn(1, 3, 8, 8))
     ops = _ops(tmp_path / "net.onnx")
     assert info["inputs"] == ["image"] and info["packed_layers"] == _packed(net) == 3 and "Gemm" not in ops
-    if bits == 4:     # the linears run MatMulNBits; ONNX Runtime has no int4 conv, so the conv alone runs in float
-        assert ops.get("MatMulNBits") == 2 and info["float_layers"] == 1
+    if bits == 4:     # the linears run MatMulNBits, the conv an int4 blocked DequantizeLinear (opset 21)
+        assert ops.get("MatMulNBits") == 2 and info["rewritten"] == {"nbits": 2, "blocked": 1}
+        assert info["float_layers"] == 0
+    elif grouped:     # int8 groups: blocked DequantizeLinear (opset 21) of the int8 codes, one scale per group
+        assert info["rewritten"] == {"blocked": 3} and info["float_layers"] == 0
     else:             # int8 DequantizeLinear weights feeding the MatMuls and the Conv (ORT fuses them to int8)
         assert info["rewritten"] == {"int8": 3} and info["float_layers"] == 0 and ops["DequantizeLinear"] == 3
     x = torch.randn(4, 3, 8, 8)

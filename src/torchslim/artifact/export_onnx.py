@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from torchslim.artifact.onnx_graphs import Graph, causal_graphs, model_kind, plain_graph, seq2seq_graphs
-from torchslim.artifact.onnx_rewrite import densify, plan, rewrite, rewrite_kind
+from torchslim.artifact.onnx_rewrite import densify, needs_opset21, plan, rewrite, rewrite_kind
 from torchslim.core.errors import ConfigError, TorchSlimError
 
 log = logging.getLogger("torchslim")
@@ -50,7 +50,7 @@ def _graphs(model: nn.Module, kind: str, task: Any, example_inputs: Any) -> list
     return [plain_graph(model, batch, task_names=True)]
 
 
-def _export(graph: Graph, path: Path, name: str) -> None:
+def _export(graph: Graph, path: Path, name: str, opset: int | None) -> None:
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -60,7 +60,8 @@ def _export(graph: Graph, path: Path, name: str) -> None:
             warnings.simplefilter("ignore")
             torch.onnx.export(graph.module.eval(), graph.args, str(path), kwargs=graph.kwargs or None, dynamo=True,
                               input_names=graph.input_names, output_names=graph.output_names,
-                              dynamic_shapes=graph.dynamic, verbose=False)
+                              dynamic_shapes=graph.dynamic, verbose=False,
+                              **({"opset_version": opset} if opset else {}))
     except ImportError:
         raise
     except Exception as e:  # noqa: BLE001 - the exporter's own failure, in one line
@@ -125,6 +126,7 @@ def write_onnx(model: nn.Module, out: str | Path, task: Any = None, example_inpu
     layers = plan(model)                                    # fail fast: before the copy and the slow export
     for name in layers["float"]:
         log.warning("ONNX export: packed layer %s has no ONNX Runtime int operator and runs in float", name)
+    opset = 21 if needs_opset21(model) else None              # blocked int4 / int8 DequantizeLinear
     model = copy.deepcopy(model).eval()
     packed = densify(model)
     graphs = _graphs(model, kind, task, example_inputs)
@@ -133,7 +135,7 @@ def write_onnx(model: nn.Module, out: str | Path, task: Any = None, example_inpu
         protos = []
         for graph in graphs:
             tmp = Path(d) / graph.file
-            _export(graph, tmp, type(model).__name__)
+            _export(graph, tmp, type(model).__name__, opset)
             proto = onnx.load(str(tmp))
             for m in rewrite(proto, packed):
                 seen[id(m)] = rewrite_kind(m)

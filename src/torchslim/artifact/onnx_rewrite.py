@@ -5,6 +5,8 @@ again (by the weight's hash) and replaced by ONNX Runtime's int operator on the 
 * int4 weight-only (``QuantLinear``, groups of 16..256, also when the width is not whole groups)
   -> ``com.microsoft.MatMulNBits`` (``w = (q - zp) * scale``, the same codes, scales and zero points);
 * int8 weight-only per channel (linear or conv) -> int8 ``DequantizeLinear`` + ``MatMul`` / ``Conv``;
+* other symmetric int4 / int8 weight-only layers (int4 convs, per-channel int4, grouped int8) -> opset 21's blocked
+  int4 / int8 ``DequantizeLinear`` (the codes stored as int4 / int8) + ``MatMul`` / ``Conv``;
 * W8A8 dynamic (``Int8DynamicLinear``) -> ``DynamicQuantizeLinear`` (one per input tensor) +
   ``com.microsoft.MatMulIntegerToFloat`` (activations per tensor at run time: ONNX Runtime has no per-token form);
 * W8A8 static (``Int8StaticLinear`` / ``Int8StaticConv2d``) -> ``QuantizeLinear``/``DequantizeLinear`` around the
@@ -51,7 +53,14 @@ def rewrite_kind(m: nn.Module) -> str | None:
             return "nbits"
         if m.fmt.bits == 8 and m.fmt.symmetric and isinstance(m.gran, PerChannel):
             return "int8"
+        if m.fmt.bits in (4, 8) and m.fmt.symmetric and isinstance(m.gran, (PerChannel, PerGroup)):
+            return "blocked"          # opset 21's blocked DequantizeLinear of int4 / int8 codes
     return None
+
+
+def needs_opset21(model: nn.Module) -> bool:
+    """Whether a packed layer is written as a blocked (opset 21) DequantizeLinear."""
+    return any(rewrite_kind(m) == "blocked" for _, m in _packed(model))
 
 
 def _packed(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -175,6 +184,38 @@ def _int8_weight(m: nn.Module, prefix: str, conv: bool) -> tuple[list[Any], list
     return [node], inits, f"{prefix}_W"
 
 
+def _blocked_weight(m: nn.Module, prefix: str, conv: bool) -> tuple[list[Any], list[Any], str]:
+    """Blocked DequantizeLinear (opset 21) of the layer's int4 / int8 codes ``[out, padded cols]`` with one scale per
+    group, then the columns cut to the layer's width and shaped as the node needs (conv ``W``, MatMul ``W^T``)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    codes = m.codes().to(torch.int8)
+    n, padded = codes.shape
+    groups = m.scale.shape[-1] if m.scale.dim() > 1 else 1
+    cols = m.cols if conv else m.in_features
+    dtype = TensorProto.INT4 if m.fmt.bits == 4 else TensorProto.INT8
+    inits = [helper.make_tensor(f"{prefix}_Wq", dtype, [n, padded], codes.reshape(-1).tolist()),
+             numpy_helper.from_array(m.scale.float().reshape(n, groups).numpy() if groups > 1
+                                     else m.scale.float().reshape(n).numpy(), f"{prefix}_Ws")]
+    attrs = {"axis": 1, "block_size": padded // groups} if groups > 1 else {"axis": 0}
+    nodes = [helper.make_node("DequantizeLinear", [f"{prefix}_Wq", f"{prefix}_Ws"], [f"{prefix}_Wp"],
+                              name=f"{prefix}_dqw", **attrs)]
+    w = f"{prefix}_Wp"
+    if padded != cols:
+        inits += [numpy_helper.from_array(np.array([0], np.int64), f"{prefix}_s0"),
+                  numpy_helper.from_array(np.array([cols], np.int64), f"{prefix}_s1"),
+                  numpy_helper.from_array(np.array([1], np.int64), f"{prefix}_s2")]
+        nodes.append(helper.make_node("Slice", [w, f"{prefix}_s0", f"{prefix}_s1", f"{prefix}_s2"], [f"{prefix}_Wc"],
+                                      name=f"{prefix}_cut"))
+        w = f"{prefix}_Wc"
+    if conv:
+        inits.append(numpy_helper.from_array(np.array(m.geometry.weight_shape, np.int64), f"{prefix}_shape"))
+        nodes.append(helper.make_node("Reshape", [w, f"{prefix}_shape"], [f"{prefix}_W"], name=f"{prefix}_shape"))
+    else:
+        nodes.append(helper.make_node("Transpose", [w], [f"{prefix}_W"], perm=[1, 0], name=f"{prefix}_t"))
+    return nodes, inits, f"{prefix}_W"
+
+
 def _replacement(m: nn.Module, kind: str, node: Any, out: str, prefix: str,
                  quantized: dict[str, list[str]]) -> tuple[list[Any], list[Any]]:
     """Nodes and initializers computing ``out`` from ``node``'s input with ``m``'s codes; ``quantized`` maps graph
@@ -201,7 +242,7 @@ def _replacement(m: nn.Module, kind: str, node: Any, out: str, prefix: str,
         nodes.append(helper.make_node("MatMulIntegerToFloat", [xq, f"{prefix}_Wq", xs, f"{prefix}_Ws", xz],
                                       [out], domain=MS, name=f"{prefix}_matmul_i8"))
         return nodes, inits
-    wn, wi, w = _int8_weight(m, prefix, conv)
+    wn, wi, w = _blocked_weight(m, prefix, conv) if kind == "blocked" else _int8_weight(m, prefix, conv)
     nodes, inits = nodes + wn, inits + wi
     if kind == "static":
         inits += [numpy_helper.from_array(np.array(float(m.act_scale), np.float32), f"{prefix}_as"),
