@@ -7,7 +7,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from onnx_run import ort_greedy_causal
 
 import torchslim

@@ -14,6 +14,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx_run import (
+    ort_greedy_causal,
+    ort_greedy_seq2seq,
+    torch_greedy_causal,
+    torch_greedy_seq2seq,
+)
 from torch import nn
 
 import torchslim
@@ -22,8 +28,6 @@ from torchslim.artifact.export_onnx import write_onnx
 from torchslim.core.errors import ConfigError
 from torchslim.quantization import IntFormat, PerChannel, PerGroup
 from torchslim.zoo.families import build_family
-
-from onnx_run import ort_greedy_causal, ort_greedy_seq2seq, torch_greedy_causal, torch_greedy_seq2seq
 
 INT4_SYM = WeightOnlyConfig(format=IntFormat(4), granularity=PerGroup(128))        # 64 inputs: one partial group
 INT4_ASYM = WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32))

@@ -28,8 +28,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.artifact.onnx_graphs import Graph, causal_graphs, model_kind, plain_graph, seq2seq_graphs
-from torchslim.artifact.onnx_rewrite import densify, needs_opset21, plan, rewrite, rewrite_kind
+from torchslim.artifact.onnx_graphs import (
+    Graph,
+    causal_graphs,
+    model_kind,
+    plain_graph,
+    seq2seq_graphs,
+)
+from torchslim.artifact.onnx_rewrite import (
+    densify,
+    needs_opset21,
+    plan,
+    rewrite,
+    rewrite_kind,
+)
 from torchslim.core.errors import ConfigError, TorchSlimError
 
 log = logging.getLogger("torchslim")
@@ -64,7 +76,7 @@ def _export(graph: Graph, path: Path, name: str, opset: int | None) -> None:
                               **({"opset_version": opset} if opset else {}))
     except ImportError:
         raise
-    except Exception as e:  # noqa: BLE001 - the exporter's own failure, in one line
+    except Exception as e:
         log.debug("exporter failure", exc_info=True)
         raise TorchSlimError(f"the torch ONNX exporter failed on {name} ({graph.file}): "
                              f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from None
