@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from torchslim.artifact.export_gguf import (
@@ -19,7 +20,7 @@ from torchslim.artifact.export_gguf import (
 )
 from torchslim.artifact.export_onnx import write_onnx
 from torchslim.core.context import ApplyContext
-from torchslim.core.errors import TorchSlimError
+from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.registry import apply_
 from torchslim.core.select import Selector
 from torchslim.models import load_model
@@ -112,10 +113,50 @@ def grid_gptq_config(model: nn.Module, qtype: str) -> tuple[GPTQConfig | None, i
     return GPTQConfig(weight=WeightOnlyConfig(format=first.format, granularity=PerGroup(32), selector=sel)), len(overrides)
 
 
-def export_onnx(model_spec: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write ``model_spec`` (an artifact, model folder or zoo name) as the ONNX file ``out``."""
+def export_onnx(model_spec: str | Path, out: str | Path, example_inputs: Any = None) -> dict[str, Any]:
+    """Write ``model_spec`` (an artifact, model folder or zoo name) for ONNX Runtime at ``out``: a folder for causal
+    LMs and encoder-decoders, else one ``.onnx`` file whose inputs come from the model's task or ``example_inputs``
+    (a tensor, tuple or dict of tensors; see :func:`example_inputs_from`)."""
     loaded = load_model(str(model_spec))
-    return write_onnx(loaded.model, out, loaded.task)
+    return write_onnx(loaded.model, out, loaded.task, example_inputs=example_inputs, tokenizer=loaded.tokenizer)
+
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "int64": torch.long,
+           "long": torch.long, "int32": torch.int32, "bool": torch.bool}
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if not dims or any(d < 1 for d in dims):
+        raise ConfigError(f"shape {text!r}: expected positive sizes joined by x, such as 1x3x32x32")
+    return dims
+
+
+def example_inputs_from(shapes: list[str] | None = None, inputs: list[str] | None = None) -> Any:
+    """Example inputs from the CLI: ``shapes`` (``1x3x32x32``, one float tensor per positional input) or ``inputs``
+    (``NAME=SHAPE[:DTYPE]``, named; integer inputs hold zeros, float ones random values); None when neither."""
+    if shapes and inputs:
+        raise ConfigError("give --shape (positional inputs) or --input (named inputs), not both")
+    g = torch.Generator().manual_seed(0)
+    if shapes:
+        return tuple(torch.randn(_shape(s), generator=g) for s in shapes)
+    if not inputs:
+        return None
+    named: dict[str, torch.Tensor] = {}
+    for spec in inputs:
+        name, eq, rest = spec.partition("=")
+        shape, _, dtype = rest.partition(":")
+        if not eq or not name.isidentifier():
+            raise ConfigError(f"--input {spec!r}: expected NAME=SHAPE[:DTYPE], such as input_ids=1x16:int64")
+        dt = _DTYPES.get(dtype or "float32")
+        if dt is None:
+            raise ConfigError(f"--input {spec!r}: dtype {dtype!r} is not one of {', '.join(sorted(_DTYPES))}")
+        dims = _shape(shape)
+        named[name] = torch.randn(dims, generator=g).to(dt) if dt.is_floating_point else torch.zeros(dims, dtype=dt)
+    return named
 
 
 def _source_gguf(source: dict[str, Any]) -> Path | None:

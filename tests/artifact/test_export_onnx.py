@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx_run import ort_greedy_causal
 
 import torchslim
 from torchslim import W8A8Config, WeightOnlyConfig
@@ -40,17 +41,24 @@ def test_exported_model_runs_the_packed_codes_in_onnx_runtime(tmp_path, case) ->
     if cfg is not None:
         torchslim.quantize_(lm.model, cfg, **({"calibration": lm.task} if isinstance(cfg, W8A8Config) else {}))
     art = torchslim.save(lm.model, tmp_path / "a", source=lm.source)
-    info = export_onnx(art, tmp_path / "m.onnx")
+    causal = make is tiny_llama                     # causal LMs export as a folder with past key/values
+    out = tmp_path / ("m" if causal else "m.onnx")
+    info = export_onnx(art, out)
+    path = out / "model.onnx" if causal else out
     n_packed = sum(1 for m in lm.model.modules() if type(m).__name__ in ("QuantLinear", "Int8DynamicLinear",
                                                                          "Int8StaticLinear"))
     assert info["packed_layers"] == n_packed and info["float_layers"] == 0
-    graph = onnx.load(tmp_path / "m.onnx").graph
+    graph = onnx.load(path).graph
     if op is not None:
         assert sum(n.op_type == op for n in graph.node) >= n_packed
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
     batch = lm.task.example_inputs(3, 12)                      # another batch and length than exported with
-    feeds = {i.name: batch[i.name].numpy() for i in sess.get_inputs()}
-    got, want = sess.run(None, feeds)[0], _out(lm.model, feeds)
+    if causal:
+        got = ort_greedy_causal(out, batch["input_ids"].numpy(), 1)[1]
+        want = _out(lm.model, {"input_ids": batch["input_ids"].numpy()})
+    else:
+        sess = ort.InferenceSession(str(path))
+        feeds = {i.name: batch[i.name].numpy() for i in sess.get_inputs()}
+        got, want = sess.run(None, feeds)[0], _out(lm.model, feeds)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max())
 
@@ -70,10 +78,11 @@ def test_int4_initializers_hold_the_codes_not_a_float_copy(tmp_path) -> None:
     lm = tiny_llama()
     torchslim.quantize_(lm.model, CASES["int4-asym"][1])
     art = torchslim.save(lm.model, tmp_path / "a", source=lm.source)
-    export_onnx(art, tmp_path / "m.onnx")
-    graph = onnx.load(tmp_path / "m.onnx").graph
+    export_onnx(art, tmp_path / "m")
+    graph = onnx.load(tmp_path / "m" / "model.onnx").graph
     float_mats = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2]
-    assert float_mats == ["model.model.embed_tokens.weight"]     # every linear weight went; the lookup table stays
+    # every linear weight went; the lookup table stays
+    assert [n.split(".")[-2:] for n in float_mats] == [["embed_tokens", "weight"]]
     packed = [i for i in graph.initializer if i.name.endswith("_B")]
     assert len(packed) == 15 and all(i.data_type == onnx.TensorProto.UINT8 for i in packed)
 
@@ -83,4 +92,21 @@ def test_export_errors_are_one_line(tmp_path) -> None:
 
     with pytest.raises((TorchSlimError, UnknownModelError)):
         export_onnx(tmp_path / "missing", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_unsupported_layers_fail_before_the_export(tmp_path, monkeypatch) -> None:
+    """A layer ONNX cannot run is refused before the (slow) torch exporter starts."""
+    import torch
+
+    from torchslim.artifact.export_onnx import write_onnx
+    from torchslim.core.errors import TorchSlimError
+    from torchslim.quantization.int8_linear import Int8StaticLinear
+
+    layer = Int8StaticLinear.from_linear(torch.nn.Linear(8, 4), None)
+    layer.set_range(-1.0, 1.0)
+    layer.act_qmax = lambda: 127           # 7-bit activation codes (CPUs without VNNI): not ONNX's uint8 QDQ
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: pytest.fail("the exporter ran"))
+    with pytest.raises(TorchSlimError, match="uint8"):
+        write_onnx(torch.nn.Sequential(layer), tmp_path / "m.onnx", example_inputs=torch.randn(2, 8))
     assert not (tmp_path / "m.onnx").exists()

@@ -52,21 +52,24 @@ def export_gguf_cmd(
 @export_app.command("onnx")
 def export_onnx_cmd(
     model: str = typer.Argument(..., help="Artifact folder, Hugging Face folder or zoo name."),
-    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write."),
+    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write; a folder for causal LMs and "
+                                                      "encoder-decoders (optimum's ORTModelFor* layout)."),
+    shape: list[str] = typer.Option(None, "--shape", help="Example input shape such as 1x3x32x32, one per positional "
+                                                          "input (float); for models without a task."),
+    inputs: list[str] = typer.Option(None, "--input", help="Named example input NAME=SHAPE[:DTYPE], such as "
+                                                           "input_ids=1x16:int64; repeatable."),
 ) -> None:
-    """Write a model as ONNX for ONNX Runtime, its packed layers as MatMulNBits / int8 QDQ / dynamic int8."""
+    """Write a model for ONNX Runtime, its packed layers as MatMulNBits / int8 QDQ / dynamic int8."""
     from rich.console import Console
 
-    from torchslim.exports import export_onnx
+    from torchslim.exports import example_inputs_from, export_onnx
 
-    if out.is_dir():
-        from torchslim.core.errors import ConfigError
-
-        raise ConfigError(f"--out {out} is a folder; name the .onnx file to write")
-    done = export_onnx(model, out)
+    done = export_onnx(model, out, example_inputs=example_inputs_from(shape, inputs))
     kinds = ", ".join(f"{v} {k}" for k, v in done["rewritten"].items()) or "none"
-    Console().print(f"wrote {out} ({done['bytes'] / 2**20:.1f} MiB; inputs {', '.join(done['inputs'])}); packed layers "
-                    f"kept: {kinds}; left in float: {done['float_layers']}")
+    names = done["inputs"] if isinstance(done["inputs"], list) else done["inputs"][done["files"][0]]
+    Console().print(f"wrote {out} ({done['bytes'] / 2**20:.1f} MiB; {', '.join(done['files'])}; inputs "
+                    f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); packed layers kept: {kinds}; "
+                    f"left in float: {done['float_layers']}")
 
 
 def register(app: typer.Typer) -> None:
