@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from torchslim.core.errors import ConfigError
+from torchslim.core.errors import ConfigError, first_line
 from torchslim.data.user import UserData, label_ids, read_user_data
 
 
@@ -92,7 +92,13 @@ def _pixels(loaded: Any, data: UserData) -> torch.Tensor:
         folder = loaded.source.get("path")
         if not folder:
             raise ConfigError(f"{loaded.name}: images need the model's image processor (preprocessor_config.json)")
-        processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        from torchslim.zoo.hf_guard import LOADER_KWARGS, check_folder
+
+        check_folder(Path(folder))
+        try:
+            processor = AutoImageProcessor.from_pretrained(folder, **LOADER_KWARGS)
+        except Exception as e:  # noqa: BLE001 - a bad preprocessor_config.json: one line
+            raise ConfigError(f"{folder}: cannot load the image processor ({first_line(e)})") from None
     images = []
     for p in data.paths:
         try:

@@ -22,6 +22,8 @@ from torchslim.core.skeletons import register_skeleton
 from torchslim.tasks.base import Task
 from torchslim.tasks.causal_lm import CausalLMTask
 from torchslim.tasks.embedding import SentenceEmbeddingTask
+from torchslim.zoo.hf_guard import (LOADER_KWARGS, check_config_numbers, check_folder, check_model_size,
+                                   quiet_transformers, read_json, weight_tensor_count)
 from torchslim.zoo.registry import LoadedModel, ZooEntry
 
 log = logging.getLogger("torchslim.zoo")
@@ -106,8 +108,11 @@ def load_config(path: str | Path) -> Any:
     from transformers import AutoConfig
 
     folder = _folder(path)
+    check_folder(folder)
+    config_file = folder / "config.json"
+    check_config_numbers(read_json(config_file), config_file, weight_tensor_count(folder) or None)
     try:
-        return AutoConfig.from_pretrained(folder, local_files_only=True)
+        return AutoConfig.from_pretrained(folder, **LOADER_KWARGS)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a bad config.json
         raise UnknownModelError(f"cannot read the model config in {folder}: {_first_line(e)}") from None
 
@@ -117,17 +122,23 @@ def load_pretrained(path: str | Path, causal: bool | None = None) -> nn.Module:
     from transformers import AutoModel, AutoModelForCausalLM
 
     folder = _folder(path)
+    config = load_config(folder)
     if causal is None:
-        causal = is_causal_lm(load_config(folder))
-    classes = architecture_classes(load_config(folder))
+        causal = is_causal_lm(config)
+    classes = architecture_classes(config)
     auto = classes[0] if classes else (AutoModelForCausalLM if causal else AutoModel)
     if not any(folder.glob("*.safetensors")):
         raise UnknownModelError(f"{folder} has no .safetensors weights; torchslim does not load pickle checkpoints "
                                 "(convert them with safetensors first)")
+    check_model_size(folder, auto, config)
     try:
-        model, info = auto.from_pretrained(folder, dtype=torch.float32, local_files_only=True, use_safetensors=True,
-                                           output_loading_info=True)
+        with quiet_transformers():
+            model, info = auto.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
+                                               output_loading_info=True, **LOADER_KWARGS)
     except Exception as e:  # noqa: BLE001 - a bad config or truncated weights: one line
+        if "ignore_mismatched_sizes" in str(e):
+            raise UnknownModelError(f"{folder}: config.json and the weights do not match (tensors of another "
+                                    "shape)") from None
         raise UnknownModelError(f"cannot load the model in {folder}: {_first_line(e)}") from None
     _check_loading_info(folder, info)
     return model.eval()
@@ -160,8 +171,9 @@ def load_tokenizer(path: str | Path) -> Any:
     """The tokenizer saved in ``path`` (offline)."""
     from transformers import AutoTokenizer
 
+    check_folder(Path(path))
     try:
-        return AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(Path(path), **LOADER_KWARGS)
     except Exception as e:  # noqa: BLE001
         raise UnknownModelError(f"cannot load the tokenizer in {path}: {_first_line(e)}") from None
 
@@ -242,8 +254,13 @@ def read_artifact_config(path: Path, name: str = "config.json", cls: Any = None)
     if not file.is_file():
         raise ArtifactError(f"{path}: {name} is missing (a transformers artifact needs it)")
     try:
+        check_folder(Path(path))
+        check_config_numbers(read_json(file), file)
+    except UnknownModelError as e:
+        raise ArtifactError(str(e)) from None
+    try:
         if name == "config.json":
-            return AutoConfig.from_pretrained(str(path), local_files_only=True)
+            return AutoConfig.from_pretrained(str(path), **LOADER_KWARGS)
         return cls.config_class.from_dict(json.loads(file.read_text()))
     except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt config
         raise ArtifactError(f"{path}: unreadable {name} ({first_line(e)})") from None
