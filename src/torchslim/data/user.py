@@ -24,7 +24,7 @@ from torchslim.core.errors import ConfigError
 
 log = logging.getLogger("torchslim.data")
 
-MAX_TEXT_BYTES = 4 << 20       # text used per file or folder: ~1 M tokens, far more than calibration draws
+MAX_TEXT_BYTES = 2 << 20       # text used per file or folder: ~500 k tokens, more than calibration draws
 MAX_EXAMPLES = 100_000         # JSONL lines
 MAX_FILES = 10_000             # entries of a data folder looked at
 MAX_IMAGES = 1024              # images used (1024 x 3 x 224 x 224 float32 is 600 MiB)
