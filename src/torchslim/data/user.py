@@ -78,8 +78,9 @@ def read_capped(path: Path, limit: int) -> tuple[str, bool]:
             raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         text = raw[: e.start].decode("utf-8")
     if cut:
-        log.warning("%s is larger than %d MiB: only its first %d MiB are used (the bound on user data read per "
-                    "file)", path, limit >> 20, limit >> 20)
+        size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+        log.warning("%s is larger than %s: only its first %s are used (the bound on user data read per file)", path,
+                    size, size)
     return text, cut
 
 
