@@ -72,16 +72,17 @@ def regular_file(path: Path, limit: int) -> bool:
     return True
 
 
-def read_json(path: Path, limit: int = MAX_CONFIG_BYTES) -> Any:
-    """A JSON file of at most ``limit`` bytes (``None`` when absent), with one-line errors."""
+def read_json(path: Path, limit: int = MAX_CONFIG_BYTES, strict: bool = True) -> Any:
+    """A JSON file of at most ``limit`` bytes (``None`` when absent), with one-line errors; ``strict=False``:
+    ``None`` for a file that does not parse (the reader that needs it says so in its own words)."""
     if not regular_file(path, limit):
         return None
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        _refuse(path, f"not valid JSON ({str(e)[:80]})")
-    except RecursionError:
-        _refuse(path, "not valid JSON (nested too deeply)")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        if strict:
+            _refuse(path, f"not valid JSON ({first_line(e, 80)})")
+        return None
 
 
 def _walk(doc: Any, prefix: str = "") -> Iterator[tuple[str, str, Any]]:
@@ -101,7 +102,7 @@ def check_folder(folder: Path) -> None:
     for name in TOKENIZER_DATA:
         regular_file(folder / name, MAX_TOKENIZER_BYTES)
     for name in CONFIG_FILES:
-        doc = read_json(folder / name)
+        doc = read_json(folder / name, strict=False)     # one that does not parse cannot name code either
         for path, key, _ in _walk(doc):
             if key == "auto_map":
                 _refuse(folder / name, f"'{path}' asks to run code from the folder; torchslim never runs "
