@@ -50,8 +50,13 @@ def architecture_classes(config: Any) -> list[type]:
     import transformers
 
     model_type = getattr(config, "model_type", None)
+    names = getattr(config, "architectures", None) or []
+    if not isinstance(names, list):
+        where = str(getattr(config, "name_or_path", "") or "model")
+        raise UnknownModelError(f"{where}: config.json: 'architectures' must be a list of class names, got "
+                                f"{str(names)[:60]!r}")
     valid = []
-    for name in getattr(config, "architectures", None) or []:
+    for name in names:
         cls = getattr(transformers, str(name), None) if isinstance(name, str) else None
         if getattr(getattr(cls, "config_class", None), "model_type", None) == model_type:
             valid.append(cls)

@@ -177,8 +177,8 @@ def check_model_size(folder: Path, auto: Any, config: Any) -> None:
                 model = auto.from_config(config, trust_remote_code=False)
             else:
                 model = auto._from_config(config)
-    except Exception as e:  # noqa: BLE001 - transformers' own refusal of the config, as one line
-        _refuse(folder / "config.json", f"cannot build its model ({first_line(e)})")
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta: transformers' own load answers
+        return
     n = sum(p.numel() for p in model.parameters())
     if n > bound:
         _refuse(folder / "config.json", f"describes a model of {n:,} parameters, but the weights hold {values:,} "
