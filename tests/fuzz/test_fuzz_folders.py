@@ -1,8 +1,9 @@
 """Seeded fuzzing of model folders and user data through the CLI, in the capped worker of test_fuzz.py.
 
-Surfaces: Hugging Face folders (config.json numbers, tokenizer files, shard indexes, symbolic links, code
-planted behind an ``auto_map``), torchslim artifacts that carry or point at such a folder, user data files
-(``--calib-data`` / ``--eval-data``: text, CSV, JSONL, folders, images) and absurd command-line numbers.
+Surfaces: Hugging Face folders (config.json numbers, tokenizer files, image processor configs, shard indexes,
+symbolic links, code planted behind an ``auto_map``), torchslim artifacts that carry or point at such a
+folder, user data files (``--calib-data`` / ``--eval-data``: text, CSV, JSONL, folders, images) and absurd
+command-line numbers.
 Every case must end in exit 0, or exit 2 with one ``error:`` line; never a traceback, never beyond the time
 bound, never a file changed outside the case's output folder, never the planted code's marker file; and
 the cases marked ``must_refuse`` (an absurd value, code to run, a path out of the folder) must exit 2.
@@ -110,6 +111,23 @@ def _tokenizer_cases(cases: list, base: Path, root: Path, rng: random.Random, n:
             {"fifo": lambda: os.mkfifo(tok), "devzero": lambda: tok.symlink_to("/dev/zero"),
              "loop": lambda: tok.symlink_to(tok), "dir": tok.mkdir}[what]()
         _case(cases, d, f"tokenizer {what}", _gen(folder), what in ("fifo", "devzero", "loop", "dir"))
+
+
+def _processor_cases(cases: list, base: Path, root: Path, rng: random.Random, n: int) -> None:
+    doc0 = json.loads((base / "preprocessor_config.json").read_text())
+    for i in range(n):
+        if i % 2:                                 # an absurd output size or a non-finite number: refused
+            doc, path = json.loads(json.dumps(doc0)), ("size", rng.choice(["height", "width"]))
+            doc["size"][path[1]] = rng.choice(ABSURD)
+            refuse = True
+        else:
+            doc, path, _ = mutate(doc0, rng)
+            refuse = False
+        d = root / f"proc{i}"
+        folder = _copy(base, d)
+        (folder / "preprocessor_config.json").write_text(json.dumps(doc))
+        _case(cases, d, f"preprocessor_config.json {path}", ["eval", str(folder), "--no-speed", "--eval-data",
+                                                             str(_images(d, [(16, 16)]))], refuse)
 
 
 def _shard_cases(cases: list, base: Path, root: Path) -> None:
@@ -287,6 +305,7 @@ def _all_cases(folders: dict[str, Path], root: Path, seed: int, n: int) -> list[
     cases: list[dict] = []
     _config_cases(cases, folders["lm"], root, rng, n)
     _tokenizer_cases(cases, folders["lm"], root, rng, n // 2)
+    _processor_cases(cases, folders["vit"], root, rng, max(n // 3, 4))
     _shard_cases(cases, folders["sharded"], root)
     _remote_code_cases(cases, folders, root)
     _data_cases(cases, folders, root, rng)

@@ -108,3 +108,25 @@ def test_special_files_are_refused_without_reading_them(lm, tmp_path):
     (folder / "tokenizer.json").unlink()
     (folder / "tokenizer.json").symlink_to(lm / "tokenizer.json")      # a link to a regular file (HF cache layout)
     check_folder(folder)
+
+
+def test_image_processor_sizes_and_numbers_are_bounded():
+    from torchslim.zoo.hf_guard import check_processor_numbers
+
+    where = Path("preprocessor_config.json")
+    check_processor_numbers({"size": {"height": 224, "width": 224}, "image_mean": [0.5, 0.5, 0.5]}, where)
+    with pytest.raises(UnknownModelError, match=r"'size.height' is 1000000000: out of range \(0 to 16384\)"):
+        check_processor_numbers({"size": {"height": 10**9, "width": 224}}, where)
+    with pytest.raises(UnknownModelError, match=r"'image_mean\[1\]' is nan: a processor number must be finite"):
+        check_processor_numbers({"image_mean": [0.5, math.nan, 0.5]}, where)
+    with pytest.raises(UnknownModelError, match=r"'max_pixels' is 1099511627776: out of range \(0 to 67108864\)"):
+        check_processor_numbers({"max_pixels": 1 << 40}, where)
+
+
+def test_a_tokenizer_setting_of_the_wrong_type_is_refused_at_load(lm, tmp_path):
+    from torchslim.zoo.hf import load_tokenizer
+
+    folder = _copy(lm, tmp_path)
+    _edit(folder / "tokenizer_config.json", model_max_length="x")
+    with pytest.raises(UnknownModelError, match="tokenizer_config.json: 'model_max_length' must be a number, got 'x'"):
+        load_tokenizer(folder)

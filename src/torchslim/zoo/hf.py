@@ -178,9 +178,18 @@ def load_tokenizer(path: str | Path) -> Any:
 
     check_folder(Path(path))
     try:
-        return AutoTokenizer.from_pretrained(Path(path), **LOADER_KWARGS)
+        tokenizer = AutoTokenizer.from_pretrained(Path(path), **LOADER_KWARGS)
     except Exception as e:  # noqa: BLE001
         raise UnknownModelError(f"cannot load the tokenizer in {path}: {_first_line(e)}") from None
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))):
+        raise UnknownModelError(f"{path}: tokenizer_config.json: 'model_max_length' must be a number, got "
+                                f"{str(limit)[:40]!r}")
+    try:
+        tokenizer.decode(tokenizer("torchslim", verbose=False)["input_ids"])   # a bad setting fails here, not later
+    except Exception as e:  # noqa: BLE001
+        raise UnknownModelError(f"{path}: the tokenizer fails on a plain word ({_first_line(e)})") from None
+    return tokenizer
 
 
 def make_task(kind: str, tokenizer: Any, reference: Callable[[], nn.Module] | None = None, **kwargs: Any) -> Task:

@@ -37,6 +37,11 @@ CONFIG_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.jso
 TOKENIZER_DATA = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
                   "sentencepiece.bpe.model", "chat_template.jinja")
 
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "image_processor_config.json")
+MAX_IMAGE_EDGE = 1 << 14             # an image processor's output height / width / edge
+MAX_PIXELS = 1 << 26                 # an image processor's min/max pixel counts
+EDGE_KEYS = frozenset({"height", "width", "shortest_edge", "longest_edge", "size", "crop_size", "patch_size",
+                       "max_image_size", "image_size"})
 LAYER_KEYS = frozenset({"num_hidden_layers", "n_layer", "n_layers", "num_layers", "num_decoder_layers",
                         "num_encoder_layers", "decoder_layers", "encoder_layers"})
 WIDTH_KEYS = frozenset({"hidden_size", "intermediate_size", "n_embd", "n_inner", "d_model", "d_ff", "ffn_dim",
@@ -107,9 +112,24 @@ def check_folder(folder: Path) -> None:
             if key == "auto_map":
                 _refuse(folder / name, f"'{path}' asks to run code from the folder; torchslim never runs "
                                        "code from a model folder: refused")
+    for name in PROCESSOR_FILES:
+        check_processor_numbers(read_json(folder / name, strict=False), folder / name)
     check_shard_index(folder)
     for p in folder.glob("*.safetensors"):
         regular_file(p, 1 << 50)
+
+
+def check_processor_numbers(doc: Any, where: Path) -> None:
+    """Refuse an image processor config with non-finite numbers (NaN pixels), or an output size beyond
+    :data:`MAX_IMAGE_EDGE` per side or :data:`MAX_PIXELS` in all (every image would be resized to it)."""
+    for path, key, v in _walk(doc):
+        if isinstance(v, float) and not math.isfinite(v):
+            _refuse(where, f"'{path}' is {v}: a processor number must be finite")
+        if not _is_number(v):
+            continue
+        bound = MAX_PIXELS if "pixels" in key else MAX_IMAGE_EDGE if key in EDGE_KEYS else None
+        if bound is not None and not 0 <= v <= bound:
+            _refuse(where, f"'{path}' is {v}: out of range (0 to {bound})")
 
 
 def check_shard_index(folder: Path) -> list[str]:
