@@ -99,6 +99,7 @@ def _walk(doc: Any, prefix: str = "") -> Iterator[tuple[str, str, Any]]:
             yield from _walk(v, path)
     elif isinstance(doc, list):
         for i, v in enumerate(doc[:10000]):
+            yield f"{prefix}[{i}]", "", v
             yield from _walk(v, f"{prefix}[{i}]")
 
 
