@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import stat
 import struct
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,7 +51,7 @@ WIDTH_KEYS = frozenset({"hidden_size", "intermediate_size", "n_embd", "n_inner",
                         "num_channels", "embedding_size", "type_vocab_size", "moe_intermediate_size",
                         "num_experts", "num_local_experts"})
 CONTEXT_KEYS = frozenset({"max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_seq_len",
-                          "max_sequence_length", "sliding_window", "model_max_length"})
+                          "max_sequence_length", "sliding_window"})
 EPS_KEYS = frozenset({"rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "norm_epsilon"})
 POSITIVE_FLOAT_KEYS = frozenset({"rope_theta", "rope_local_base_freq"})
 
@@ -68,8 +69,6 @@ def regular_file(path: Path, limit: int) -> bool:
         st = path.stat()
     except (OSError, RuntimeError):
         _refuse(path, "a broken or looping link")
-    import stat
-
     if not stat.S_ISREG(st.st_mode):
         _refuse(path, "not a regular file (a folder, a device, a FIFO?): refused")
     if st.st_size > limit:
@@ -240,8 +239,6 @@ def _check_size(where: Path, path: str, key: str, v: Any, tensors: int | None) -
     if v is None or not _is_number(v):
         return                                   # absent / of another type: transformers' own checks answer
     bound = MAX_LAYERS if key in LAYER_KEYS else MAX_CONTEXT if key in CONTEXT_KEYS else MAX_WIDTH
-    if key == "model_max_length":
-        return                                   # tokenizers write 1e30 for "no limit"; read by context_limit
     if v < 0 or v > bound:
         _refuse(where, f"'{path}' is {v}: out of range (0 to {bound})")
     if key in LAYER_KEYS and tensors is not None and v > tensors:
