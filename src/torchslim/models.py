@@ -48,8 +48,12 @@ def _load(spec: str, **kwargs: Any) -> LoadedModel:
         model = load(path)
         source = state_of(model).source or {}
         task, tokenizer = _task_for_source(source, path, model)
-        return LoadedModel(name=path.name, model=model, task=task, source=source,
-                           tokenizer=tokenizer, extra={"artifact": str(path)})
+        extra: dict[str, Any] = {"artifact": str(path)}
+        if source.get("kind") == "hf" and Path(source.get("path", "")).is_dir():
+            from torchslim.zoo.hf import image_processor_loader
+
+            extra["image_processor_loader"] = image_processor_loader(source["path"])
+        return LoadedModel(name=path.name, model=model, task=task, source=source, tokenizer=tokenizer, extra=extra)
     if path.is_dir():
         from torchslim.zoo.hf import load_hf_folder
 

@@ -97,7 +97,7 @@ def _from_pretrained(fam: TinyFamily, path: Path, inputs: dict[str, Any], out: t
 
     marker = "torchslim.load" in json.loads((path / "config.json").read_text()).get("model_type", "")
     try:
-        hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+        hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False).eval()
     except ValueError as e:
         assert marker and "torchslim.load" in str(e), f"from_pretrained failed without naming torchslim.load: {e}"
         return "; from_pretrained refuses (the config cannot express the new shapes): use torchslim.load"

@@ -16,16 +16,19 @@ def generate_cmd(
     """Generate greedily and print the text and the measured tokens/s."""
     import torch
     from rich.console import Console
+    from rich.markup import escape
 
+    from torchslim.core.bounds import check_new_tokens, check_text
     from torchslim.core.errors import ConfigError, TorchSlimError
     from torchslim.runtime.machine import cpu_features
     from torchslim.models import load_model
     from torchslim.runtime import FastDecoder, prepare_fast
 
+    check_text(prompt, "--prompt")
     if dtype not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"--dtype must be bf16, fp32 or auto, got {dtype!r}")
     console = Console()
-    with console.status(f"loading {model}"):
+    with console.status(f"loading {escape(model)}"):
         loaded = load_model(model)
     if loaded.tokenizer is None:
         raise TorchSlimError(f"{model}: no tokenizer is known for this model")
@@ -35,6 +38,7 @@ def generate_cmd(
     ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     if ids.shape[1] == 0:
         raise ConfigError("--prompt is empty after tokenization")
+    check_new_tokens(ids.shape[1], max_new_tokens, loaded.model)
     decoder = FastDecoder(loaded.model, max_len=ids.shape[1] + max_new_tokens, compile=compile)
     out, timing = decoder.generate(ids, max_new_tokens, eos_token_id=loaded.tokenizer.eos_token_id)
     console.print(loaded.tokenizer.decode(out[0], skip_special_tokens=True), markup=False, highlight=False)

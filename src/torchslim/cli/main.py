@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from rich.markup import escape
+
 from torchslim.cli.options import data_flags as _data, parse_shape
 from torchslim.core.errors import TorchSlimError
 
@@ -124,7 +126,7 @@ def eval_cmd(
     if json_out is not None and (json_out.is_dir() or (json_out.parent.exists() and not json_out.parent.is_dir())):
         raise TorchSlimError(f"--json {json_out}: not a file path (it is a folder, or inside a file)")
     console = _console()
-    with console.status(f"loading {model}"):
+    with console.status(f"loading {escape(model)}"):
         loaded = _load_with_task(model, task, _data(calib_data, eval_data, seq_len))
     report = evaluate(loaded.model, loaded.task, spec, label=loaded.name, console=console)
     console.print(render_table([report]))
@@ -135,7 +137,7 @@ def eval_cmd(
 
         with atomic_file(json_out) as f:
             f.write(report.to_json())
-        console.print(f"report written to {json_out}")
+        console.print(f"report written to {escape(str(json_out))}")
 
 
 def _print_plan(console, model) -> None:
@@ -165,8 +167,8 @@ def _layers_table(layers: list[dict]):
         key = kernel_table.key_for_layer(info)       # measured on this machine now, not where it was saved
         speed = kernel_table.short(key) if key else ("slower than fp32" if info.get("slower_than_fp32") else
                                                      "not measured")
-        table.add_row(info.get("name", ""), str(info.get("technique", "")), storage, str(info.get("kernel", "")),
-                      str(speed))
+        table.add_row(*(escape(str(c)) for c in (info.get("name", ""), info.get("technique", ""), storage,
+                                                  info.get("kernel", ""), speed)))
     return table
 
 
@@ -187,12 +189,12 @@ def quantize_cmd(
 
     cfg = BaseConfig.load(config)
     console = _console()
-    with console.status(f"loading {model}"):
+    with console.status(f"loading {escape(model)}"):
         loaded = load_model(model, **_data(calib_data, None, seq_len))
     console.print(f"quantizing with {type(cfg).__name__} (progress per layer)")
     quantize_(loaded.model, cfg, ApplyContext(task=loaded.task))
     save(loaded.model, out, source=loaded.source)
-    console.print(f"saved {out}")
+    console.print(f"saved {escape(str(out))}")
     _print_plan(console, loaded.model)
 
 
@@ -226,9 +228,9 @@ def prune_cmd(
     touched = history[0].touched
     before, after = touched.get("params_before"), touched.get("params_after")
     if before is not None:
-        console.print(f"saved {out}: {before:,} -> {after:,} parameters ({after / max(before, 1):.2f}x)")
+        console.print(f"saved {escape(str(out))}: {before:,} -> {after:,} parameters ({after / max(before, 1):.2f}x)")
     else:
-        console.print(f"saved {out}: parameters unchanged (weights zeroed, stored sparse)")
+        console.print(f"saved {escape(str(out))}: parameters unchanged (weights zeroed, stored sparse)")
     _print_sparse_notes(console, result.model)
 
 
@@ -282,7 +284,7 @@ def finetune_cmd(
     d = entry.details
     summary = {"world_size": d["world_size"], "steps": d["steps"], "final_loss": d["final_loss"],
                "metrics": entry.metrics, "wall_s": d["wall_s"]}
-    _console().print(f"fine-tuned {model} on {d['world_size']} process(es): {summary['metrics']}")
+    _console().print(f"fine-tuned {escape(model)} on {d['world_size']} process(es): {summary['metrics']}")
     if out is not None:
         save(loaded.model, out, source=loaded.source)
     if json_out is not None:
@@ -298,9 +300,10 @@ def info_cmd(artifact: Path = typer.Argument(..., help="torchslim artifact folde
     manifest = read_manifest(artifact)
     console = _console()
     w = manifest["weights"]
-    console.print(f"[bold]{artifact}[/bold]  format v{manifest['format_version']}  torchslim {manifest['torchslim_version']}")
-    console.print(f"source: {manifest['source']}   architecture: {manifest['architecture']}")
-    console.print(f"weights: {w['file']}  {w['bytes'] / 1e6:.2f} MB  sha256 {w['sha256'][:16]}...")
+    console.print(f"[bold]{escape(str(artifact))}[/bold]  format v{manifest['format_version']}  "
+                  f"torchslim {escape(str(manifest['torchslim_version']))}")
+    console.print(escape(f"source: {manifest['source']}   architecture: {manifest['architecture']}"))
+    console.print(escape(f"weights: {w['file']}  {w['bytes'] / 1e6:.2f} MB  sha256 {w['sha256'][:16]}..."))
     history = manifest.get("history") or []
     if history:
         from torchslim.core.state import history_lines

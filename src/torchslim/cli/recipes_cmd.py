@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 recipes_app = typer.Typer(help="Shipped recipes: starting templates for `torchslim run`.", no_args_is_help=True)
 
@@ -48,10 +49,11 @@ def run_cmd(
 
     rec = load_recipe(recipe)
     console = _console()
-    console.print(f"recipe [bold]{rec.name}[/bold] ({len(rec.stages)} stages) on {model} -> {out}")
+    console.print(f"recipe [bold]{escape(rec.name)}[/bold] ({len(rec.stages)} stages) on {escape(model)} -> "
+                  f"{escape(str(out))}")
     data = data_flags(calib_data, eval_data, seq_len)
     run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps), console)
-    console.print(f"artifact: {out}   report: {out / 'report.md'}" if report else f"artifact: {out}")
+    console.print(escape(f"artifact: {out}   report: {out / 'report.md'}" if report else f"artifact: {out}"))
 
 
 @recipes_app.command("list")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.core.bounds import check_activation_memory, check_seq_len, model_width
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.eval.energy import EnergyCounter, counter_note, open_energy_counter
 from torchslim.eval.flops import measure_flops
@@ -206,6 +207,9 @@ def _stage(console: Any, text: str, *, spinner: bool = True) -> Any:
     """
     if console is None:
         return contextlib.nullcontext()
+    from rich.markup import escape
+
+    text = escape(text)                       # it quotes the model's label: user text, never markup
     if spinner:
         return console.status(text)
     console.print(f"[dim]{text}[/dim]")
@@ -248,6 +252,10 @@ def evaluate(model: nn.Module, task: Task, spec: EvalSpec | None = None, *, labe
     if artifact_dir is not None:
         spec = dataclasses.replace(spec, artifact_dir=artifact_dir)
     shapes = _shapes(spec, task)
+    for b, n in shapes:                      # bounds before allocating: a shape's activations and its context
+        if n is not None and n > 1:
+            check_seq_len(n, model, f"shape {b}x{n}: the sequence length")
+        check_activation_memory(b, n or 1, model_width(model), f"shape {b}x{n}")
     threads = spec.threads if spec.threads is not None else torch.get_num_threads()
     _validate(spec, threads)
     device = model_device(model)

@@ -243,15 +243,17 @@ def table_rows(reports: list[Report], baseline_index: int = 0) -> tuple[list[str
 
 def render_table(reports: list[Report], baseline_index: int = 0) -> Any:
     """A ``rich.table.Table`` with one column per report and ratios vs the baseline in the cells."""
+    from rich.markup import escape
     from rich.table import Table
 
     headers, rows, notes = table_rows(reports, baseline_index)
+    headers = [escape(h) for h in headers]              # model labels are user text, never markup
     table = Table(title="torchslim evaluation", caption="\n".join(notes), caption_justify="left")
     table.add_column("Metric", style="bold")
     for h in headers:
         table.add_column(h, justify="right")
     for label, cells in rows:
-        table.add_row(label, *cells)
+        table.add_row(escape(label), *map(escape, cells))
     return table
 
 

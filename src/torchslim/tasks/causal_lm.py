@@ -73,6 +73,9 @@ def _window_starts(n_tokens: int, seq_len: int, count: int, generator: torch.Gen
     return torch.randint(0, n_tokens - seq_len + 1, (count,), generator=generator).tolist()
 
 
+ENCODE_CHUNK = 1 << 20          # characters tokenized at once (the built-in texts are shorter: one piece)
+
+
 class CausalLMTask(Task):
     """Perplexity on the GPL-3 text (see the module docstring for the exact protocol)."""
 
@@ -122,10 +125,22 @@ class CausalLMTask(Task):
     def token_ids(self, split: str) -> torch.Tensor:
         """The whole text of ``split`` (``"eval"`` / ``"calibration"``) as one 1-D id tensor (cached)."""
         if split not in self._ids:
-            text = self.text(split)
-            ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-            self._ids[split] = torch.tensor(ids, dtype=torch.long)
+            self._ids[split] = self._encode(self.text(split))
         return self._ids[split]
+
+    def _encode(self, text: str) -> torch.Tensor:
+        """``text`` as ids; a text over :data:`ENCODE_CHUNK` characters is tokenized a piece at a time (cut
+        after a newline), so the tokenizer's per-token bookkeeping never holds the whole text at once."""
+        parts, start = [], 0
+        while start < len(text):
+            end = len(text) if len(text) - start <= ENCODE_CHUNK else start + ENCODE_CHUNK
+            if end < len(text):
+                cut = text.rfind("\n", start, end)
+                end = cut + 1 if cut > start else end
+            ids = self.tokenizer(text[start:end], add_special_tokens=False, verbose=False)["input_ids"]
+            parts.append(torch.tensor(ids, dtype=torch.long))
+            start = end
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
     def eval_windows(self) -> torch.Tensor:
         """The evaluation windows, shape ``(n_windows, seq_len)``."""

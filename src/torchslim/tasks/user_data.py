@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from torchslim.core.errors import ConfigError
+from torchslim.core.bounds import check_seq_len
+from torchslim.core.errors import ConfigError, first_line
 from torchslim.data.user import UserData, label_ids, read_user_data
 
 
@@ -21,8 +22,7 @@ def task_with_user_data(loaded: Any, calib: str | Path | None = None, evaluation
     cal = read_user_data(calib) if calib is not None else None
     ev = read_user_data(evaluation) if evaluation is not None else None
     kind = loaded.task.name if loaded.task is not None else task_kind(loaded.model)
-    if seq_len is not None and seq_len < 2:
-        raise ConfigError(f"--seq-len must be at least 2, got {seq_len}")
+    check_seq_len(seq_len, loaded.model)
     if kind == "causal-lm":
         from torchslim.tasks.causal_lm import CausalLMTask
 
@@ -83,20 +83,36 @@ def _image_classification(loaded: Any, cal: UserData | None, ev: UserData | None
 
 
 def _pixels(loaded: Any, data: UserData) -> torch.Tensor:
-    from PIL import Image
-
     processor = loaded.extra.get("image_processor")
     if processor is None:
-        from transformers import AutoImageProcessor
-
-        folder = loaded.source.get("path")
-        if not folder:
+        load = loaded.extra.get("image_processor_loader")      # the model loader's (zoo.hf): it checks the folder
+        if load is None:
             raise ConfigError(f"{loaded.name}: images need the model's image processor (preprocessor_config.json)")
-        processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-    images = []
-    for p in data.paths:
+        processor = load()
+    chunks = []
+    for i in range(0, len(data.paths), 64):          # decoded images are held 64 at a time
+        images = [_image(p) for p in data.paths[i : i + 64]]
         try:
-            images.append(Image.open(p).convert("RGB"))
-        except OSError as e:
-            raise ConfigError(f"{p}: not a readable image ({str(e)[:80]})") from None
-    return processor(images=images, return_tensors="pt")["pixel_values"]
+            chunks.append(processor(images=images, return_tensors="pt")["pixel_values"])
+        except Exception as e:  # noqa: BLE001 - the processor refuses an image: one line
+            raise ConfigError(f"{data.source}: the image processor refused an image ({first_line(e)})") from None
+    return torch.cat(chunks)
+
+
+MAX_IMAGE_PIXELS = 1 << 26          # 67 M pixels (8192 x 8192): checked from the header, before decoding
+
+
+def _image(p: Path) -> Any:
+    """The image at ``p`` as RGB, refusing one over :data:`MAX_IMAGE_PIXELS` before decoding it."""
+    from PIL import Image
+
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ConfigError(f"{p}: {w} x {h} pixels, more than the bound of {MAX_IMAGE_PIXELS:,} pixels")
+            return im.convert("RGB")
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a damaged image (and a decompression bomb)
+        raise ConfigError(f"{p}: not a readable image ({first_line(e, 80)})") from None

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from torchslim.core.bounds import check_activation_memory, model_width
 from torchslim.core.errors import ArtifactError, ConfigError, TorchSlimError
 from torchslim.core.rng import mix_seed
 from torchslim.core.surgery import model_device
@@ -273,6 +274,8 @@ class Trainer:
                 f"batch_size / grad_accum = {micro_global} must be divisible by the number of processes ({world})"
             )
         per_rank = micro_global // world
+        check_activation_memory(per_rank, getattr(self.task, "seq_len", 1) or 1, model_width(self.model),
+                                "TrainConfig.batch_size")
         src = self.train_data
         if src is None:
             stream = self.task.train_batches(per_rank, seed=cfg.seed, rank=self.dist.rank, world_size=world)

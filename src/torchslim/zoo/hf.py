@@ -23,6 +23,8 @@ from torchslim.tasks.base import Task
 from torchslim.tasks.causal_lm import CausalLMTask
 from torchslim.tasks.embedding import SentenceEmbeddingTask
 from torchslim.tasks.model_facts import CAUSAL_SUFFIXES, context_length, task_kind  # noqa: F401 - re-exported
+from torchslim.zoo.hf_guard import (LOADER_KWARGS, check_config_numbers, check_folder, check_model_size,
+                                   quiet_transformers, read_json, weight_tensor_count)
 from torchslim.zoo.registry import LoadedModel, ZooEntry
 
 log = logging.getLogger("torchslim.zoo")
@@ -48,8 +50,13 @@ def architecture_classes(config: Any) -> list[type]:
     import transformers
 
     model_type = getattr(config, "model_type", None)
+    names = getattr(config, "architectures", None) or []
+    if not isinstance(names, list):
+        where = str(getattr(config, "name_or_path", "") or "model")
+        raise UnknownModelError(f"{where}: config.json: 'architectures' must be a list of class names, got "
+                                f"{str(names)[:60]!r}")
     valid = []
-    for name in getattr(config, "architectures", None) or []:
+    for name in names:
         cls = getattr(transformers, str(name), None) if isinstance(name, str) else None
         if getattr(getattr(cls, "config_class", None), "model_type", None) == model_type:
             valid.append(cls)
@@ -84,8 +91,11 @@ def load_config(path: str | Path) -> Any:
     from transformers import AutoConfig
 
     folder = _folder(path)
+    check_folder(folder)
+    config_file = folder / "config.json"
+    check_config_numbers(read_json(config_file), config_file, weight_tensor_count(folder) or None)
     try:
-        return AutoConfig.from_pretrained(folder, local_files_only=True)
+        return AutoConfig.from_pretrained(folder, **LOADER_KWARGS)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a bad config.json
         raise UnknownModelError(f"cannot read the model config in {folder}: {_first_line(e)}") from None
 
@@ -95,17 +105,23 @@ def load_pretrained(path: str | Path, causal: bool | None = None) -> nn.Module:
     from transformers import AutoModel, AutoModelForCausalLM
 
     folder = _folder(path)
+    config = load_config(folder)
     if causal is None:
-        causal = is_causal_lm(load_config(folder))
-    classes = architecture_classes(load_config(folder))
+        causal = is_causal_lm(config)
+    classes = architecture_classes(config)
     auto = classes[0] if classes else (AutoModelForCausalLM if causal else AutoModel)
     if not any(folder.glob("*.safetensors")):
         raise UnknownModelError(f"{folder} has no .safetensors weights; torchslim does not load pickle checkpoints "
                                 "(convert them with safetensors first)")
+    check_model_size(folder, auto, config)
     try:
-        model, info = auto.from_pretrained(folder, dtype=torch.float32, local_files_only=True, use_safetensors=True,
-                                           output_loading_info=True)
+        with quiet_transformers():
+            model, info = auto.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
+                                               output_loading_info=True, **LOADER_KWARGS)
     except Exception as e:  # noqa: BLE001 - a bad config or truncated weights: one line
+        if "ignore_mismatched_sizes" in str(e):
+            raise UnknownModelError(f"{folder}: config.json and the weights do not match (tensors of another "
+                                    "shape)") from None
         raise UnknownModelError(f"cannot load the model in {folder}: {_first_line(e)}") from None
     _check_loading_info(folder, info)
     return model.eval()
@@ -138,10 +154,20 @@ def load_tokenizer(path: str | Path) -> Any:
     """The tokenizer saved in ``path`` (offline)."""
     from transformers import AutoTokenizer
 
+    check_folder(Path(path))
     try:
-        return AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(Path(path), **LOADER_KWARGS)
     except Exception as e:  # noqa: BLE001
         raise UnknownModelError(f"cannot load the tokenizer in {path}: {_first_line(e)}") from None
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))):
+        raise UnknownModelError(f"{path}: tokenizer_config.json: 'model_max_length' must be a number, got "
+                                f"{str(limit)[:40]!r}")
+    try:
+        tokenizer.decode(tokenizer("torchslim", verbose=False)["input_ids"])   # a bad setting fails here, not later
+    except Exception as e:  # noqa: BLE001
+        raise UnknownModelError(f"{path}: the tokenizer fails on a plain word ({_first_line(e)})") from None
+    return tokenizer
 
 
 def make_task(kind: str, tokenizer: Any, reference: Callable[[], nn.Module] | None = None, **kwargs: Any) -> Task:
@@ -181,8 +207,22 @@ def load_hf_folder(path: str | Path, task: Task | str | None = None, **task_kwar
         task=attached,
         source={"kind": "hf", "path": str(folder)},
         tokenizer=tokenizer,
-        extra={"causal_lm": causal},
+        extra={"causal_lm": causal, "image_processor_loader": image_processor_loader(folder)},
     )
+
+
+def image_processor_loader(folder: str | Path) -> Callable[[], Any]:
+    """A function that loads ``folder``'s image processor when images need it (checked, no remote code)."""
+    def load() -> Any:
+        from transformers import AutoImageProcessor
+
+        check_folder(Path(folder))
+        try:
+            return AutoImageProcessor.from_pretrained(folder, **LOADER_KWARGS)
+        except Exception as e:  # noqa: BLE001 - a bad preprocessor_config.json: one line
+            raise ConfigError(f"{folder}: cannot load the image processor ({first_line(e)})") from None
+
+    return load
 
 
 @register_skeleton(architecture="transformers")
@@ -220,8 +260,17 @@ def read_artifact_config(path: Path, name: str = "config.json", cls: Any = None)
     if not file.is_file():
         raise ArtifactError(f"{path}: {name} is missing (a transformers artifact needs it)")
     try:
+        check_folder(Path(path))
+        try:
+            tensors = weight_tensor_count(Path(path)) or None     # a layer has at least one tensor
+        except UnknownModelError:
+            tensors = None                                         # a damaged header: the artifact checks say so
+        check_config_numbers(read_json(file, strict=False), file, tensors)
+    except UnknownModelError as e:
+        raise ArtifactError(str(e)) from None
+    try:
         if name == "config.json":
-            return AutoConfig.from_pretrained(str(path), local_files_only=True)
+            return AutoConfig.from_pretrained(str(path), **LOADER_KWARGS)
         return cls.config_class.from_dict(json.loads(file.read_text()))
     except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt config
         raise ArtifactError(f"{path}: unreadable {name} ({first_line(e)})") from None

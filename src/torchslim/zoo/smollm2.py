@@ -60,7 +60,7 @@ def load_gguf(gguf: Path | None = None) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     gguf = gguf or gguf_path()
-    kwargs: dict[str, Any] = {"gguf_file": gguf.name, "local_files_only": True}
+    kwargs: dict[str, Any] = {"gguf_file": gguf.name, "local_files_only": True, "trust_remote_code": False}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True), **kwargs
