@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 
+FORCE_HELP = "Replace an existing output (another artifact, a non-empty folder, a file); never the source."
 export_app = typer.Typer(help="Export an artifact to another format.", no_args_is_help=True)
 
 
@@ -13,14 +14,19 @@ def export_hf_cmd(
     artifact: Path = typer.Argument(..., help="torchslim artifact folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Hugging Face folder to write (save_pretrained layout)."),
     dense: bool = typer.Option(False, "--dense", help="Write packed, sparse and scaled layers back in float."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Write an artifact as an ordinary Hugging Face folder (from_pretrained loads it)."""
     from rich.console import Console
+    from rich.markup import escape
 
     from torchslim.artifact.export_hf import export_hf
+    from torchslim.core.targets import folder_export
 
-    done = export_hf(artifact, out, dense=dense)
-    Console().print(f"wrote {out}" + (f" ({done['densified_layers']} layers dequantized to float)" if dense else ""))
+    with folder_export(out, artifact, force) as tmp:     # never a half-written folder, never the source
+        done = export_hf(artifact, tmp, dense=dense)
+    Console().print(escape(f"wrote {out}") + (f" ({done['densified_layers']} layers dequantized to float)"
+                                               if dense else ""))
 
 
 @export_app.command("gguf")
@@ -29,18 +35,19 @@ def export_gguf_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="GGUF file to write."),
     qtype: str = typer.Option("Q4_0", "--type", "-t", help="Q4_K_M (llama.cpp's per-tensor mix), Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q8_0, F16, BF16 or F32."),
     embed_type: str = typer.Option("Q8_0", "--embed-type", help="Type of the token embedding (and untied head)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Write a Llama-family model as one GGUF file for llama.cpp (calibrated codes kept where on the grid)."""
     from rich.console import Console
 
+    from rich.markup import escape
+
     from torchslim.artifact.export_gguf import export_gguf
+    from torchslim.core.targets import check_export
 
-    if out.is_dir():
-        from torchslim.core.errors import ConfigError
-
-        raise ConfigError(f"--out {out} is a folder; name the .gguf file to write")
+    check_export(out, artifact, force, folder=False)        # the writer renames a complete temporary file
     done = export_gguf(artifact, out, qtype=qtype.upper(), embed_type=embed_type.upper())
-    Console().print(f"wrote {out} ({done['bytes'] / 2**20:.1f} MiB, {done['type']}): {done['exact_layers']} layers "
+    Console().print(f"wrote {escape(str(out))} ({done['bytes'] / 2**20:.1f} MiB, {done['type']}): {done['exact_layers']} layers "
                     f"kept their codes, {done['rounded_layers']} rounded to the grid, {done['float_layers']} float"
                     + (f", {done['fallback_layers']} in llama.cpp's fallback type" if done["fallback_layers"] else "")
                     + "; "
@@ -51,19 +58,20 @@ def export_gguf_cmd(
 def export_onnx_cmd(
     model: str = typer.Argument(..., help="Artifact folder, Hugging Face folder or zoo name."),
     out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Write a model as ONNX for ONNX Runtime, its packed layers as MatMulNBits / int8 QDQ / dynamic int8."""
     from rich.console import Console
 
+    from rich.markup import escape
+
     from torchslim.artifact.export_onnx import export_onnx
+    from torchslim.core.targets import check_export
 
-    if out.is_dir():
-        from torchslim.core.errors import ConfigError
-
-        raise ConfigError(f"--out {out} is a folder; name the .onnx file to write")
+    check_export(out, model, force, folder=False)           # the writer renames a complete temporary file
     done = export_onnx(model, out)
     kinds = ", ".join(f"{v} {k}" for k, v in done["rewritten"].items()) or "none"
-    Console().print(f"wrote {out} ({done['bytes'] / 2**20:.1f} MiB; inputs {', '.join(done['inputs'])}); packed layers "
+    Console().print(f"wrote {escape(str(out))} ({done['bytes'] / 2**20:.1f} MiB; inputs {', '.join(done['inputs'])}); packed layers "
                     f"kept: {kinds}; left in float: {done['float_layers']}")
 
 

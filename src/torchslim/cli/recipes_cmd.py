@@ -46,12 +46,15 @@ def run_cmd(
     from torchslim.cli.main import _data
     from torchslim.recipes import load_recipe, run_recipe
 
+    from rich.markup import escape
+
     rec = load_recipe(recipe)
     console = _console()
-    console.print(f"recipe [bold]{rec.name}[/bold] ({len(rec.stages)} stages) on {model} -> {out}")
+    console.print(f"recipe [bold]{escape(rec.name)}[/bold] ({len(rec.stages)} stages) on {escape(model)} -> "
+                  f"{escape(str(out))}")
     data = _data(calib_data, eval_data, seq_len)
     run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps), console)
-    console.print(f"artifact: {out}   report: {out / 'report.md'}" if report else f"artifact: {out}")
+    console.print(escape(f"artifact: {out}   report: {out / 'report.md'}" if report else f"artifact: {out}"))
 
 
 @recipes_app.command("list")
