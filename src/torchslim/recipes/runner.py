@@ -139,10 +139,17 @@ def _start(recipe: Recipe, spec: str, out: Path, folder: _RunFolder, resume: boo
 def _recipe_folders(recipe: Recipe, out: Path) -> tuple[str, ...]:
     """The folders the recipe's configs name (``checkpoint_dir``, ``teacher_cache``), checked to lie inside
     ``out`` before any stage runs; returns their top-level names (the run's own, beside the artifact)."""
+    from torchslim.core.paths import check_entry_name
+    from torchslim.recipes.stages import reserved_names
+
+    taken = reserved_names() | {s.path for s in recipe.stages if isinstance(s, SaveStage) and s.path}
     names = []
     for i, stage in enumerate(recipe.stages):
         for name, rel in folder_fields(stage.config) if isinstance(stage, ApplyStage) else []:
-            names.append(confined(out, rel, f"stage {i + 1} ({stage.kind}): {name}").relative_to(out).parts[0])
+            what = f"stage {i + 1} ({stage.kind}): {name}"
+            top = confined(out, rel, what).relative_to(out).parts[0]
+            check_entry_name(top, what, taken)      # not the artifact's files, a save stage's folder, hidden
+            names.append(top)
     return tuple(dict.fromkeys(names))
 
 
