@@ -58,12 +58,12 @@ def out_lock(out: str | os.PathLike) -> Iterator[Path]:
     this call created and left empty is removed again."""
     out = refuse_link(Path(out))
     created = not out.exists()
+    if not created and not out.is_dir():
+        raise TorchSlimError(f"--out {out} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TorchSlimError(f"cannot create the output folder {out} ({e.strerror or e})") from None
-    if not out.is_dir():
-        raise TorchSlimError(f"--out {out} is a file, not a folder")
     path = out / LOCK
     fd = _acquire(path)
     try:

@@ -117,6 +117,9 @@ def _start(recipe: Recipe, spec: str, out: Path, folder: _RunFolder, resume: boo
     state that fails validation is reported in one warning line and the run starts from the first stage."""
     from torchslim.artifact.checks import check_target
 
+    for name in ("report.md", "report.json"):        # written last: refuse now what would fail then
+        if (out / name).is_symlink() or (out / name).exists() and not (out / name).is_file():
+            raise TorchSlimError(f"{out / name} is a folder or a link; the run writes its report there")
     if folder.exists():
         if not resume:
             raise TorchSlimError(f"{out} holds an interrupted run; pass --resume to continue it (or remove {folder.root})")
