@@ -148,6 +148,8 @@ def _recipe_folders(recipe: Recipe, out: Path) -> tuple[str, ...]:
     taken = reserved_names() | {s.path for s in recipe.stages if isinstance(s, SaveStage) and s.path}
     names = []
     for i, stage in enumerate(recipe.stages):
+        if isinstance(stage, SaveStage) and stage.path:
+            confined(out, stage.path, f"stage {i + 1} (save): save.path")      # not a link, before any stage
         for name, rel in folder_fields(stage.config) if isinstance(stage, ApplyStage) else []:
             what = f"stage {i + 1} ({stage.kind}): {name}"
             top = confined(out, rel, what).relative_to(out).parts[0]
