@@ -166,8 +166,8 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, options: RunOptions 
 
     options = options or RunOptions()
     owned = _recipe_folders(recipe, Path(out))
-    with out_lock(out) as out:
-        return _run(recipe, model, out, options, console, owned)
+    with out_lock(out) as folder:
+        return _run(recipe, model, folder, options, console, owned)
 
 
 def _resume_model(st: dict[str, Any] | None, folder: _RunFolder, out: Path, owned: tuple[str, ...]) -> Any:
