@@ -21,12 +21,16 @@ def run_demo(model: str = "smollm2-135m", out: Path = Path("out/demo"), recipe: 
 
     rec = load_recipe(recipe)
     if console is not None:
-        console.print(f"demo: recipe [bold]{rec.name}[/bold] on {model}: {rec.description}")
+        from rich.markup import escape
+
+        console.print(f"demo: recipe [bold]{escape(rec.name)}[/bold] on {escape(model)}: {escape(rec.description)}")
     if kernel_table.load() is None and kernel_table.may_measure():   # measured once on this machine
         if console is not None:
             console.print("measuring packed kernels against fp32 on this machine (once, about 30 s)")
         kernel_table.ensure()
     result = run_recipe(rec, model, out, RunOptions(resume=resume, iters=iters, decode_tokens=32), console)
     if console is not None:
-        console.print(f"artifact: {out}   (load it with torchslim.load('{out}'))   report: {Path(out) / 'report.md'}")
+        from rich.markup import escape
+
+        console.print(escape(f"artifact: {out}   (load it with torchslim.load('{out}'))   report: {Path(out) / 'report.md'}"))
     return result

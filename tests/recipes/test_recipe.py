@@ -37,7 +37,9 @@ def test_a_recipe_file_parses_into_typed_stages_and_round_trips(tmp_path):
     ("  - quantize: {_type: UnstructuredConfig}", "stage 1 \\(quantize\\).*pruning config, not for a 'quantize'"),
     ("  - compress: {}", "stage 1: unknown stage 'compress'; known: apply, checkpoint, distill, evaluate"),
     ("  - evaluate: {}\n    save: {}", "stage 1: a stage is a mapping with one key"),
-    ("  - save: {path: ../outside}", "stage 1 \\(save\\).*relative folder inside the output folder"),
+    ("  - save: {path: ../outside}", "stage 1 \\(save\\): save.path must stay inside the output folder"),
+    ("  - save: {path: a/b}", "stage 1 \\(save\\): save.path must be one folder name .*not nested"),
+    ("  - save: {path: report.md}", "stage 1 \\(save\\): save.path 'report.md' is reserved"),
     ("  - quantize: {_type: GPTQConfig, weight: {granularity: {_type: PerGroup, size: 0}}}",
      "stage 1 \\(quantize\\): .*GPTQConfig.weight.granularity.*size"),
 ])

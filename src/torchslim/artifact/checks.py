@@ -40,8 +40,13 @@ def inside(folder: Path, name: Any) -> Path:
 
 
 # -- save target ---------------------------------------------------------------------------------
-def check_target(path: Path) -> dict[str, Any] | None:
-    """Refuse to save where that would overwrite something not ours; return the old manifest, if any."""
+def check_target(path: Path, keep: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """Refuse to save where that would overwrite something not ours (or write through a link); return the
+    old manifest, if any. ``keep``: sub-folder names the caller owns (tolerated in an otherwise empty folder)."""
+    if path.is_symlink() or (path / STAGING).is_symlink():
+        link = path if path.is_symlink() else path / STAGING
+        raise TorchSlimError(f"refusing to save an artifact to {path}: {link} is a symbolic link "
+                             f"(torchslim does not write through links)")
     if path.is_file() or (path.exists() and not path.is_dir()):
         raise TorchSlimError(f"cannot save an artifact to {path}: it is a file")
     if not path.is_dir():
@@ -57,7 +62,8 @@ def check_target(path: Path) -> dict[str, Any] | None:
         if not isinstance(old, dict) or old.get("format") != FORMAT_NAME:
             raise TorchSlimError(f"refusing to overwrite {path}: its {MANIFEST} is not a torchslim artifact manifest")
         return old
-    foreign = [p.name for p in path.iterdir() if p.name not in OWNED_NAMES and not _is_artifact_dir(p)]
+    foreign = [p.name for p in path.iterdir() if p.name not in OWNED_NAMES and p.name not in keep
+               and not _is_artifact_dir(p)]
     if foreign:
         raise TorchSlimError(f"refusing to overwrite {path}: it is a non-empty folder that is not a torchslim "
                              f"artifact (it holds {foreign[0]!r}); choose an empty or new folder")
@@ -66,6 +72,8 @@ def check_target(path: Path) -> dict[str, Any] | None:
 
 def _is_artifact_dir(p: Path) -> bool:
     """A sub-folder holding a torchslim artifact (a recipe's ``save: {path: ...}`` stage wrote it)."""
+    if p.is_symlink():
+        return False                  # a link to an artifact elsewhere is not ours to keep beside a save
     try:
         m = _parse(p / MANIFEST) if (p / MANIFEST).is_file() else None
     except (ArtifactError, OSError):

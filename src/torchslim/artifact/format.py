@@ -40,7 +40,6 @@ FORMAT_VERSION = checks.FORMAT_VERSION
 MANIFEST = checks.MANIFEST
 WEIGHTS = "model.safetensors"
 HF_CONFIG = "config.json"
-_V1_FILES = (WEIGHTS, HF_CONFIG)
 
 
 # -- save --------------------------------------------------------------------------------
@@ -61,20 +60,21 @@ def _refuse_runtime_only(model: nn.Module) -> None:
 
 
 def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = None,
-         metadata: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` as an artifact folder at ``path`` and return the path."""
+         metadata: dict[str, Any] | None = None, keep: tuple[str, ...] = ()) -> Path:
+    """Save ``model`` as an artifact folder at ``path`` and return the path. ``keep``: sub-folders of
+    ``path`` that are not the artifact's but may be there (a recipe run's checkpoint folders)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     _refuse_training_only(model)
     _refuse_runtime_only(model)
-    old = checks.check_target(path)
+    old = checks.check_target(path, keep)
     state = state_of(model)
     source = source or state.source or {"kind": "module"}
     tensors, aliases = _dedup(model.state_dict())
     arch = _architecture(model)
     history = [h.to_dict() for h in state.history]
-    with io.staged_files(path, MANIFEST, stale=_stale_files(old)) as stage:
+    with io.staged_files(path, MANIFEST, stale=_stale_files(path, old)) as stage:
         save_file(tensors, str(stage / WEIGHTS), metadata={"format": FORMAT_NAME})
         files = [WEIGHTS]
         if arch["kind"] == "transformers":
@@ -89,6 +89,7 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
             "source": source,
             "architecture": arch,
             "files": [*files, MANIFEST],
+            "hashes": {f: io.sha256(stage / f) for f in files},     # what a later save may replace
             "weights": {"file": WEIGHTS, "bytes": (stage / WEIGHTS).stat().st_size, "sha256": io.sha256(stage / WEIGHTS)},
             "aliases": aliases,
             "history": history,
@@ -102,16 +103,23 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
     return path
 
 
-def _stale_files(old: dict[str, Any] | None) -> list[str]:
-    """Files a previous artifact in the folder wrote (to remove if the new one does not write them)."""
+def _stale_files(path: Path, old: dict[str, Any] | None) -> list[str]:
+    """Files a previous save wrote into the folder (to remove if the new one does not write them): only those
+    whose content still has the SHA-256 that save recorded, never merely a name the manifest lists (a
+    tampered ``files`` list must not make a save delete a user's file)."""
     if old is None:
         return []
-    files = old.get("files")
-    if isinstance(files, list):
-        return [f for f in files if isinstance(f, str) and checks.is_plain_name(f)]
-    if old.get("architecture", {}).get("kind") == "transformers":
-        return list(_V1_FILES)
-    return [WEIGHTS]
+    hashes = old.get("hashes")
+    recorded = dict(hashes) if isinstance(hashes, dict) else {}
+    weights = old.get("weights")
+    if isinstance(weights, dict) and isinstance(weights.get("file"), str):
+        recorded.setdefault(weights["file"], weights.get("sha256"))
+    stale = []
+    for name, digest in recorded.items():
+        p = path / name if checks.is_plain_name(name) and name != MANIFEST else None
+        if p is not None and isinstance(digest, str) and p.is_file() and not p.is_symlink() and io.sha256(p) == digest:
+            stale.append(name)
+    return stale
 
 
 def _compact_layers(layers: dict[str, dict[str, Any]], history: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 
+FORCE_HELP = "Replace an existing output (another artifact, a non-empty folder, a file); never the source."
 export_app = typer.Typer(help="Export an artifact to another format.", no_args_is_help=True)
 
 
@@ -13,61 +14,74 @@ def export_hf_cmd(
     artifact: Path = typer.Argument(..., help="torchslim artifact folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Hugging Face folder to write (save_pretrained layout)."),
     dense: bool = typer.Option(False, "--dense", help="Write packed, sparse and scaled layers back in float."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Write an artifact as an ordinary Hugging Face folder (from_pretrained loads it)."""
     from rich.console import Console
+    from rich.markup import escape
 
     from torchslim.artifact.export_hf import export_hf
+    from torchslim.core.targets import folder_export
 
-    done = export_hf(artifact, out, dense=dense)
-    Console().print(f"wrote {out}" + (f" ({done['densified_layers']} layers dequantized to float)" if dense else ""))
+    with folder_export(out, artifact, force) as tmp:     # never a half-written folder, never the source
+        done = export_hf(artifact, tmp, dense=dense)
+    Console().print(escape(f"wrote {out}") + (f" ({done['densified_layers']} layers dequantized to float)"
+                                               if dense else ""))
 
 
 @export_app.command("gguf")
 def export_gguf_cmd(
-    artifact: str = typer.Argument(..., help="Artifact folder, Hugging Face folder or zoo name (a decoder family llama.cpp runs)."),
+    artifact: str = typer.Argument(..., help="Artifact folder, Hugging Face folder or zoo name (a decoder LM)."),
     out: Path = typer.Option(..., "--out", "-o", help="GGUF file to write."),
     qtype: str = typer.Option("Q4_0", "--type", "-t", help="Q4_K_M (llama.cpp's per-tensor mix), Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q8_0, F16, BF16 or F32."),
     embed_type: str = typer.Option("Q8_0", "--embed-type", help="Type of the token embedding (and untied head)."),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="GPTQ float layers on their GGUF grid with the model's calibration data (--no-calibrate: round to nearest, as llama-quantize)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Write a decoder model as one GGUF file for llama.cpp (calibrated codes kept where on the grid)."""
     from rich.console import Console
+    from rich.markup import escape
 
+    from torchslim.core.targets import check_export
     from torchslim.exports import export_gguf
 
-    if out.is_dir():
-        from torchslim.core.errors import ConfigError
-
-        raise ConfigError(f"--out {out} is a folder; name the .gguf file to write")
+    check_export(out, artifact, force, folder=False)        # the writer renames a complete temporary file
     done = export_gguf(artifact, out, qtype=qtype.upper(), embed_type=embed_type.upper(), calibrate=calibrate)
-    Console().print(f"wrote {out} ({done['bytes'] / 2**20:.1f} MiB, {done['type']}): {done['exact_layers']} layers "
-                    f"kept their codes ({done['calibrated_layers']} calibrated now by GPTQ), {done['rounded_layers']} rounded "
-                    f"to the grid, {done['float_layers']} float"
+    Console().print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.1f} MiB, {done['type']}): "
+                    f"{done['exact_layers']} layers kept their codes ({done['calibrated_layers']} calibrated now by "
+                    f"GPTQ), {done['rounded_layers']} rounded to the grid, {done['float_layers']} float"
                     + (f", {done['fallback_layers']} in llama.cpp's fallback type" if done["fallback_layers"] else "")
-                    + "; "
-                    f"tokenizer {done['tokenizer']}")
+                    + "; " + escape(f"tokenizer {done['tokenizer']}"))
 
 
 @export_app.command("onnx")
 def export_onnx_cmd(
     model: str = typer.Argument(..., help="Artifact folder, Hugging Face folder or zoo name."),
-    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write; a folder for causal LMs and "
+    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write (NAME.onnx); a folder for causal LMs and "
                                                       "encoder-decoders (optimum's ORTModelFor* layout)."),
     shape: list[str] = typer.Option(None, "--shape", help="Example input shape such as 1x3x32x32, one per positional "
                                                           "input (float); for models without a task."),
     inputs: list[str] = typer.Option(None, "--input", help="Named example input NAME=SHAPE[:DTYPE], such as "
                                                            "input_ids=1x16:int64; repeatable."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Write a model for ONNX Runtime, its packed layers as MatMulNBits / int8 QDQ / dynamic int8."""
     from rich.console import Console
+    from rich.markup import escape
 
+    from torchslim.core.targets import check_export, folder_export
     from torchslim.exports import example_inputs_from, export_onnx
 
-    done = export_onnx(model, out, example_inputs=example_inputs_from(shape, inputs))
+    example = example_inputs_from(shape, inputs)             # bad shapes fail before the model loads
+    if out.suffix.lower() == ".onnx":
+        check_export(out, model, force, folder=False)        # the writer renames a complete temporary file
+        done = export_onnx(model, out, example_inputs=example)
+    else:
+        with folder_export(out, model, force) as tmp:        # never a half-written folder, never the source
+            done = export_onnx(model, tmp, example_inputs=example)
     kinds = ", ".join(f"{v} {k}" for k, v in done["rewritten"].items()) or "none"
     names = done["inputs"] if isinstance(done["inputs"], list) else done["inputs"][done["files"][0]]
-    Console().print(f"wrote {out} ({done['bytes'] / 2**20:.1f} MiB; {', '.join(done['files'])}; inputs "
+    Console().print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.1f} MiB; {', '.join(done['files'])}; inputs "
                     f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); packed layers kept: {kinds}; "
                     f"left in float: {done['float_layers']}")
 

@@ -14,8 +14,9 @@ from typing import Iterator
 STAGING = ".torchslim-staging"
 REPLACED = ".replaced-"
 RUN_DIR = ".torchslim-run"
+LOCK = ".torchslim-lock"          # a recipe run holds it while it writes the folder (core.lock)
 # Entries torchslim itself creates inside an output folder (besides an artifact's own files).
-OWNED_NAMES = frozenset({STAGING, RUN_DIR})
+OWNED_NAMES = frozenset({STAGING, RUN_DIR, LOCK})
 
 
 def _umask() -> int:

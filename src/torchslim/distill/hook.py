@@ -101,7 +101,7 @@ class DistillHook(TrainHook):
 
     def _output_loss(self, trainer: Any, batch: dict[str, Any], mask: torch.Tensor | None) -> torch.Tensor:
         student = _main_tensor(trainer.last_output)
-        cached = self._cached(batch) if self.cache is not None else None
+        cached = self._cached(batch, student) if self.cache is not None else None
         if cached is not None:
             return L.topk_kd_kl(student, cached["values"].to(student.device), cached["indices"].to(student.device),
                                 self.config.temperature, mask)
@@ -122,22 +122,23 @@ class DistillHook(TrainHook):
                 h.update(v.detach().cpu().contiguous().numpy().tobytes())
         return self.cache / f"{h.hexdigest()}.safetensors"
 
-    def _cached(self, batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-        from safetensors.torch import load_file
+    def _cached(self, batch: dict[str, Any], student: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The cached top-k teacher logits of ``batch``, checked like a manifest: a regular file of a bounded
+        size, exactly ``values`` (float32) and ``indices`` (int32) of the student's shape with k columns,
+        finite values and indices within the vocabulary. An entry failing a check is a warning line and a
+        miss (the teacher recomputes it and the entry is rewritten)."""
+        from torchslim.distill.cache import read_entry
 
         path = self._key(batch)
-        return load_file(str(path)) if path.is_file() else None
+        k = min(self.config.cache_topk, student.shape[-1])
+        return read_entry(path, (*student.shape[:-1], k), student.shape[-1])
 
     def _store(self, batch: dict[str, Any], teacher: torch.Tensor) -> None:
-        from safetensors.torch import save_file
+        from torchslim.distill.cache import write_entry
 
         k = min(self.config.cache_topk, teacher.shape[-1])
         top = teacher.detach().float().topk(k, dim=-1)
-        path = self._key(batch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"values": top.values.cpu().contiguous(), "indices": top.indices.int().cpu().contiguous()}, str(tmp))
-        tmp.replace(path)
+        write_entry(self._key(batch), top.values, top.indices)
 
 
 def _relative_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

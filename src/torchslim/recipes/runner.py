@@ -13,22 +13,27 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from torch import nn
 
 from torchslim.core.context import ApplyContext
-from torchslim.core.errors import TorchSlimError, first_line
+from torchslim.core.errors import ArtifactError, TorchSlimError
 from torchslim.core.io import RUN_DIR, atomic_file
+from torchslim.core.paths import confined, folder_fields
 from torchslim.core.state import Timer, state_of
 from torchslim.recipes.recipe import Recipe
 from torchslim.recipes.report import StageRow, interleaved_speed, markdown, quick_eval, stage_row
+from torchslim.recipes import runstate
+from torchslim.recipes.runstate import RUN_FORMAT
 from torchslim.recipes.stages import ApplyStage, RunContext, SaveStage, needs_teacher
 
-RUN_FORMAT = "torchslim-run"
+log = logging.getLogger("torchslim")
 
 
 @dataclass
@@ -57,44 +62,47 @@ class RunResult:
 
 
 class _RunFolder:
-    """``<out>/.torchslim-run``: the state file and the latest stage checkpoint."""
+    """``<out>/.torchslim-run``: the state file and the latest stage checkpoint (never through a link)."""
 
     def __init__(self, out: Path) -> None:
         self.root = out / RUN_DIR
         self.path = self.root / "run.json"
 
     def exists(self) -> bool:
-        return self.path.is_file()
+        if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
+            raise TorchSlimError(f"{self.root} is not a folder torchslim wrote (a file or a link); remove it")
+        return self.path.is_file() or self.path.is_symlink()
 
-    def read(self) -> dict[str, Any]:
-        try:
-            st = json.loads(self.path.read_text())
-        except (OSError, ValueError) as e:
-            raise TorchSlimError(f"{self.path}: unreadable run state ({first_line(e)}); remove {self.root}") from None
-        if not isinstance(st, dict) or st.get("format") != RUN_FORMAT or not isinstance(st.get("completed"), int):
-            raise TorchSlimError(f"{self.path}: not a torchslim run state; remove {self.root}")
-        return st
+    def read(self, n_stages: int) -> dict[str, Any]:
+        return runstate.check(runstate.read(self.path), self.path, n_stages)
 
     def write(self, st: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_file(self.path) as f:
+        with atomic_file(confined(self.root.parent, f"{RUN_DIR}/run.json", "run state")) as f:
             f.write(json.dumps(st, indent=1))
 
-    def checkpoint(self, model: nn.Module, i: int) -> None:
+    def checkpoint(self, model: nn.Module, i: int) -> str:
         from torchslim.artifact import save
 
-        save(model, self.root / f"stage-{i}")
+        target = confined(self.root.parent, f"{RUN_DIR}/stage-{i}", "stage checkpoint")
+        save(model, target)
         for old in self.root.glob("stage-*"):
             if old.name != f"stage-{i}":
-                shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(old, ignore_errors=True)     # never follows a link
+        return runstate.checkpoint_hash(target)
 
-    def load(self, i: int) -> nn.Module:
+    def load(self, i: int, digest: Any) -> nn.Module:
         from torchslim.artifact import load
 
-        return load(self.root / f"stage-{i}")
+        target = confined(self.root.parent, f"{RUN_DIR}/stage-{i}", "stage checkpoint")
+        if not (target / "manifest.json").is_file() or runstate.checkpoint_hash(target) != digest:
+            raise ArtifactError(f"{target}: the stage checkpoint is missing or does not match the SHA-256 "
+                                "the run state recorded")
+        return load(target)
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not self.root.is_symlink():
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _data_key(options: RunOptions) -> dict[str, Any]:
@@ -104,38 +112,94 @@ def _data_key(options: RunOptions) -> dict[str, Any]:
 
 
 def _start(recipe: Recipe, spec: str, out: Path, folder: _RunFolder, resume: bool, console: Any,
-           options: RunOptions) -> dict[str, Any] | None:
-    """The saved state to resume from, or ``None`` for a fresh run (after checking the output folder)."""
+           options: RunOptions, owned: tuple[str, ...]) -> dict[str, Any] | None:
+    """The saved state to resume from, or ``None`` for a fresh run (after checking the output folder). A run
+    state that fails validation is reported in one warning line and the run starts from the first stage."""
     from torchslim.artifact.checks import check_target
 
+    for name in ("report.md", "report.json"):        # written last: refuse now what would fail then
+        if (out / name).is_symlink() or (out / name).exists() and not (out / name).is_file():
+            raise TorchSlimError(f"{out / name} is a folder or a link; the run writes its report there")
     if folder.exists():
         if not resume:
             raise TorchSlimError(f"{out} holds an interrupted run; pass --resume to continue it (or remove {folder.root})")
-        st = folder.read()
-        if st.get("fingerprint") != recipe.fingerprint() or st.get("model") != spec or \
-                st.get("data", {}) != _data_key(options):
-            raise TorchSlimError(f"{out}: the interrupted run used another recipe or model "
-                                 f"({st.get('recipe_name')!r} on {st.get('model')!r}); remove {folder.root} to start over")
-        return st
-    check_target(out)
-    if resume and console is not None:
-        console.print(f"nothing to resume in {out}: starting from the first stage")
+        try:
+            st = folder.read(len(recipe.stages))
+        except ArtifactError as e:
+            log.warning("%s; starting over from the first stage", e)
+            folder.remove()
+        else:
+            if st["fingerprint"] != recipe.fingerprint() or st["model"] != spec or st.get("data", {}) != _data_key(options):
+                raise TorchSlimError(f"{out}: the interrupted run used another recipe or model "
+                                     f"({st['recipe_name']!r} on {st['model']!r}); remove {folder.root} to start over")
+            return st
+    elif resume and console is not None:
+        console.print(escape(f"nothing to resume in {out}: starting from the first stage"))
+    check_target(out, owned)
     return None
+
+
+def _recipe_folders(recipe: Recipe, out: Path) -> tuple[str, ...]:
+    """The folders the recipe's configs name (``checkpoint_dir``, ``teacher_cache``), checked to lie inside
+    ``out`` before any stage runs; returns their top-level names (the run's own, beside the artifact)."""
+    from torchslim.core.paths import check_entry_name
+    from torchslim.recipes.stages import reserved_names
+
+    taken = reserved_names() | {s.path for s in recipe.stages if isinstance(s, SaveStage) and s.path}
+    names = []
+    for i, stage in enumerate(recipe.stages):
+        if isinstance(stage, SaveStage) and stage.path:
+            confined(out, stage.path, f"stage {i + 1} (save): save.path")      # not a link, before any stage
+        for name, rel in folder_fields(stage.config) if isinstance(stage, ApplyStage) else []:
+            what = f"stage {i + 1} ({stage.kind}): {name}"
+            top = confined(out, rel, what).relative_to(out).parts[0]
+            check_entry_name(top, what, taken)      # not the artifact's files, a save stage's folder, hidden
+            names.append(top)
+    return tuple(dict.fromkeys(names))
 
 
 def run_recipe(recipe: Recipe, model: str, out: str | Path, options: RunOptions | None = None,
                console: Any = None) -> RunResult:
-    """Run ``recipe`` on ``model`` (zoo name, HF folder or artifact folder) and write the artifact to ``out``."""
-    from torchslim.models import load_model
+    """Run ``recipe`` on ``model`` (zoo name, HF folder or artifact folder) and write the artifact to ``out``.
+    Only one run writes ``out`` at a time (a lock inside it); nothing is written outside it."""
+    from torchslim.core.lock import out_lock
 
     options = options or RunOptions()
-    out, folder = Path(out), _RunFolder(Path(out))
-    st = _start(recipe, model, out, folder, options.resume, console, options)
+    owned = _recipe_folders(recipe, Path(out))
+    with out_lock(out) as folder:
+        return _run(recipe, model, folder, options, console, owned)
+
+
+def _resume_model(st: dict[str, Any] | None, folder: _RunFolder, out: Path, owned: tuple[str, ...]) -> Any:
+    """The checkpointed model to resume from (``None``: the loaded one); a checkpoint that fails its checks
+    empties ``st`` (a warning line, then the first stage)."""
+    from torchslim.artifact.checks import check_target
+
+    if st is None or st.get("checkpoint") is None:
+        return None
+    try:
+        return folder.load(st["checkpoint"], st.get("checkpoint_sha256"))
+    except ArtifactError as e:
+        log.warning("%s; starting over from the first stage", e)
+        folder.remove()
+        check_target(out, owned)
+        st.clear()
+        return None
+
+
+def _run(recipe: Recipe, model: str, out: Path, options: RunOptions, console: Any,
+         owned: tuple[str, ...]) -> RunResult:
+    from torchslim.models import load_model
+
+    folder = _RunFolder(out)
+    st = _start(recipe, model, out, folder, options.resume, console, options, owned)
     loaded = load_model(model, **options.data)
     if loaded.task is None:
         raise TorchSlimError(f"{model}: no task is known for this model; run recipes from Python with a Task")
+    current = _resume_model(st, folder, out, owned)
+    st = st or None
     first = st["completed"] + 1 if st is not None else 0
-    current = folder.load(st["checkpoint"]) if st is not None and st.get("checkpoint") is not None else loaded.model
+    current = current if current is not None else loaded.model
     reference = None           # the uncompressed model: measured beside the final one, teacher of distillation
     teach = any(isinstance(s, ApplyStage) and needs_teacher(s.config) for s in recipe.stages[first:])
     if options.report or teach:
@@ -147,7 +211,9 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, options: RunOptions 
             _baseline(current, loaded.task, st, console)
         folder.write(st)
     run = RunContext(current, ApplyContext(task=loaded.task), out, console, teacher=reference if teach else None,
-                     max_steps=options.max_steps)
+                     max_steps=options.max_steps, owned=owned)
+    if owned:
+        run.say(escape(f"folders the recipe names are written inside {out}: {', '.join(owned)}"))
     unit_end, pending = -1, []
     for i in range(first, len(recipe.stages)):
         if i > unit_end:
@@ -193,7 +259,7 @@ def _run_stage(recipe: Recipe, i: int, run: RunContext, folder: _RunFolder, st: 
     stage = recipe.stages[i]
     st["running"] = i
     folder.write(st)
-    run.say(f"[bold]stage {i + 1}/{len(recipe.stages)}[/bold]: {stage.describe()}")
+    run.say(f"[bold]stage {i + 1}/{len(recipe.stages)}[/bold]: {escape(stage.describe())}")
     since = len(state_of(run.model).history)
     with Timer() as t:
         stage.run(run)
@@ -208,7 +274,7 @@ def _commit(recipe: Recipe, i: int, run: RunContext, folder: _RunFolder, st: dic
             rows: list[dict[str, Any]]) -> None:
     """Stages up to ``i`` are done: keep the model as the resume point (unless the stage only saved)."""
     if not isinstance(recipe.stages[i], SaveStage):
-        folder.checkpoint(run.model, i)
+        st["checkpoint_sha256"] = folder.checkpoint(run.model, i)
         st["checkpoint"] = i
     st["rows"].extend(rows)
     st["completed"] = i
@@ -227,8 +293,10 @@ def _finish(recipe: Recipe, spec: str, run: RunContext, task: Any, reference: nn
                               "metric": task.metric, "machine": machine_line(machine_info()), "stages": st["rows"]}
     if options.report and not (history and history[-1].kind == "evaluate"):
         quick_eval(model, task, "final")
+    if run.owned:
+        report["folders"] = [str(run.out / name) for name in run.owned]
     if not final_saved:
-        save(model, run.out)
+        save(model, run.out, keep=run.owned)
     if options.report:
         base_report, final_report = _side_by_side(reference, model, task, run.out, history, options)
         report.update(baseline=base_report.to_dict(), final=final_report.to_dict())

@@ -53,6 +53,7 @@ class RunContext:
     saved: list[Path] = field(default_factory=list)
     teacher: nn.Module | None = None       # the uncompressed model, for stages that learn from it
     max_steps: int | None = None           # cap on the steps of training stages (a trial run)
+    owned: tuple[str, ...] = ()            # folders of the run inside ``out`` (recipe folder fields) a save keeps
 
     def say(self, text: str) -> None:
         if self.console is not None:
@@ -149,7 +150,9 @@ class ApplyStage(Stage):
     def run(self, run: RunContext) -> None:
         from torchslim.core.registry import apply_
 
-        ctx, config = run.ctx, capped(self.config, run.max_steps)
+        from torchslim.core.paths import rebase_folders
+
+        ctx, config = run.ctx, capped(rebase_folders(self.config, run.out, self.describe()), run.max_steps)
         if needs_teacher(config):
             if run.teacher is None:
                 raise ConfigError(f"{type(self.config).__name__} learns from a teacher, and this run has none")
@@ -198,6 +201,14 @@ class TrainStage(ApplyStage):
 
 
 # -- evaluate, save, checkpoint --------------------------------------------------------------------
+def reserved_names() -> frozenset[str]:
+    """Names torchslim writes directly inside an output folder: a ``save`` stage may not take them."""
+    from torchslim.artifact.hf_files import COMPANIONS, REAL_CONFIG
+
+    return frozenset({"manifest.json", "model.safetensors", "config.json", REAL_CONFIG, "report.md", "report.json",
+                      *COMPANIONS})
+
+
 class _FieldsStage(Stage):
     """A stage whose body is its dataclass fields (an empty body takes the defaults)."""
 
@@ -235,10 +246,10 @@ class SaveStage(_FieldsStage):
     kind: ClassVar[str] = "save"
 
     def __post_init__(self) -> None:
-        if self.path is not None:
-            p = Path(self.path)
-            if p.is_absolute() or ".." in p.parts or not self.path.strip() or self.path.startswith("."):
-                raise ConfigError(f"save.path must be a relative folder inside the output folder, got {shown(self.path)}")
+        if self.path is not None:   # one plain folder name, checked before any stage runs
+            from torchslim.core.paths import check_entry_name
+
+            check_entry_name(self.path, "save.path", reserved_names())
 
     def body(self) -> Any:
         return {"path": self.path} if self.path else {}
@@ -246,10 +257,14 @@ class SaveStage(_FieldsStage):
     def run(self, run: RunContext) -> None:
         from torchslim.artifact import save
 
-        target = run.out / self.path if self.path else run.out
-        save(run.model, target)
+        from rich.markup import escape
+
+        from torchslim.core.paths import confined, refuse_link
+
+        target = confined(run.out, self.path, "save.path") if self.path else refuse_link(run.out)
+        save(run.model, target, keep=run.owned)
         run.saved.append(target)
-        run.say(f"saved {target}")
+        run.say(escape(f"saved {target}"))
 
     def describe(self) -> str:
         return f"save {self.path or '(output folder)'}"
