@@ -1,6 +1,9 @@
 """``torchslim generate``: greedy text from a causal LM (artifact, HF folder or zoo name) on the fast path."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 
@@ -11,9 +14,13 @@ def generate_cmd(
     dtype: str = typer.Option("auto", help="Activations: bf16, fp32, or auto (bf16 where the CPU has bf16 "
                                            "instructions, else fp32)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the decode step (static cache; slow "
-                                                          "to start)."),
+                                                          "to start: compile time is reported on its own)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the text and the timings as JSON."),
 ) -> None:
-    """Generate greedily and print the text and the measured tokens/s."""
+    """Generate greedily; print the text, then load, compile, time to first token and decode tokens/s apart."""
+    import json
+    import time
+
     import torch
     from rich.console import Console
     from rich.markup import escape
@@ -28,6 +35,7 @@ def generate_cmd(
     if dtype not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"--dtype must be bf16, fp32 or auto, got {dtype!r}")
     console = Console()
+    t0 = time.perf_counter()
     with console.status(f"loading {escape(model)}"):
         loaded = load_model(model)
     if loaded.tokenizer is None:
@@ -39,13 +47,29 @@ def generate_cmd(
     if ids.shape[1] == 0:
         raise ConfigError("--prompt is empty after tokenization")
     check_new_tokens(ids.shape[1], max_new_tokens, loaded.model)
+    load_s = time.perf_counter() - t0
     decoder = FastDecoder(loaded.model, max_len=ids.shape[1] + max_new_tokens, compile=compile)
+    compile_s = 0.0
+    if compile:
+        with console.status("compiling the decode step (once per process)"):
+            compile_s = decoder.warm_up()
     out, timing = decoder.generate(ids, max_new_tokens, eos_token_id=loaded.tokenizer.eos_token_id)
-    console.print(loaded.tokenizer.decode(out[0], skip_special_tokens=True), markup=False, highlight=False)
-    console.print(f"[dim]{timing.new_tokens} new tokens, {'bf16' if use_bf16 else 'fp32'}"
-                  f"{', compiled' if compile else ''}: decode {timing.tokens_per_s:.1f} tok/s, prefill "
-                  f"{timing.prompt_tokens} tokens in {1e3 * timing.prefill_s:.0f} ms "
-                  f"({timing.prefill_tokens_per_s:.0f} tok/s)[/dim]")
+    text = loaded.tokenizer.decode(out[0], skip_special_tokens=True)
+    console.print(text, markup=False, highlight=False)
+    times = {"load_s": load_s, "compile_s": compile_s, "first_token_s": timing.prefill_s, "decode_s": timing.decode_s}
+    summary = {"text": text, "prompt_tokens": timing.prompt_tokens, "new_tokens": timing.new_tokens,
+               "dtype": "bf16" if use_bf16 else "fp32", "compiled": compile, **times,
+               "total_s": sum(times.values()), "decode_tokens_per_s": timing.tokens_per_s,
+               "prefill_tokens_per_s": timing.prefill_tokens_per_s}
+    console.print(f"[dim]{timing.new_tokens} new tokens, {summary['dtype']}{', compiled' if compile else ''}: "
+                  f"load {load_s:.1f} s" + (f", compile {compile_s:.1f} s" if compile else "") +
+                  f", first token {1e3 * timing.prefill_s:.0f} ms ({timing.prompt_tokens}-token prompt, "
+                  f"{timing.prefill_tokens_per_s:.0f} tok/s), decode {timing.tokens_per_s:.1f} tok/s[/dim]")
+    if json_out is not None:
+        from torchslim.core.io import atomic_file
+
+        with atomic_file(json_out) as f:
+            f.write(json.dumps(summary, indent=2))
 
 
 def register(app: typer.Typer) -> None:

@@ -86,12 +86,29 @@ class FastDecoder:
         if compile and not self.static:
             raise TorchSlimError("a compiled decode step needs the static cache")
         self._step = torch.compile(self._forward, dynamic=False) if compile else self._forward
+        self._static_cache: Any = None
+
+    def warm_up(self, steps: int = 3) -> float:
+        """Run the prefill and ``steps`` decode steps once on a throwaway cache, so that compilation (and first-call
+        allocation) is paid here and not inside a timed generation; returns the seconds it took."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
+            cache = self._cache()
+            tok = self._forward(ids, torch.arange(2, device=self.device), cache).argmax(-1, keepdim=True)
+            for i in range(min(steps, self.max_len - 2)):
+                tok = self._step(tok, torch.tensor([2 + i], device=self.device), cache).argmax(-1, keepdim=True)
+        return time.perf_counter() - t0
 
     def _cache(self) -> Any:
         from transformers import DynamicCache, StaticCache
 
-        if self.static:
-            return StaticCache(config=self.model.config, max_cache_len=self.max_len)
+        if self.static:        # one cache, reset per generation: a compiled step's guards hold it (no recompile)
+            if self._static_cache is None:
+                self._static_cache = StaticCache(config=self.model.config, max_cache_len=self.max_len)
+            else:
+                self._static_cache.reset()
+            return self._static_cache
         return DynamicCache(config=self.model.config)
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
