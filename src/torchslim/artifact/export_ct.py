@@ -240,3 +240,15 @@ def export_ct(artifact: str | Path, out: str | Path) -> dict[str, Any]:
     return {"format": CT_FORMAT, "packed_layers": len(plans), "dense_layers": dict(sorted(dense.items())),
             "bytes": sum(p.stat().st_size for p in out.iterdir() if p.is_file()),
             "files": sorted(p.name for p in out.iterdir())}
+
+
+def export_ct_cli(artifact: Path, out: Path, dense: bool) -> None:
+    """``torchslim export hf --format compressed-tensors``: export and print what was written."""
+    from rich.console import Console
+
+    if dense:
+        raise ConfigError("--dense writes float layers, --format compressed-tensors packed ones: give one of them")
+    done = export_ct(artifact, out)
+    kept = ", ".join(done["dense_layers"]) or "none"
+    Console().print(f"wrote {out} ({done['bytes'] / 2**20:.2f} MiB, compressed-tensors {done['format']}): "
+                    f"{done['packed_layers']} packed layers; left in float: {kept}")

@@ -13,12 +13,22 @@ def export_hf_cmd(
     artifact: Path = typer.Argument(..., help="torchslim artifact folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Hugging Face folder to write (save_pretrained layout)."),
     dense: bool = typer.Option(False, "--dense", help="Write packed, sparse and scaled layers back in float."),
+    fmt: str = typer.Option("hf", "--format", help="hf (save_pretrained layout) or compressed-tensors (packed int "
+                                                   "layers that transformers and vLLM load without torchslim)."),
 ) -> None:
     """Write an artifact as an ordinary Hugging Face folder (from_pretrained loads it)."""
     from rich.console import Console
 
     from torchslim.artifact.export_hf import export_hf
 
+    if fmt == "compressed-tensors":
+        from torchslim.artifact.export_ct import export_ct_cli
+
+        return export_ct_cli(artifact, out, dense)
+    if fmt != "hf":
+        from torchslim.core.errors import ConfigError
+
+        raise ConfigError(f"--format {fmt!r}: expected hf or compressed-tensors")
     done = export_hf(artifact, out, dense=dense)
     Console().print(f"wrote {out}" + (f" ({done['densified_layers']} layers dequantized to float)" if dense else ""))
 
