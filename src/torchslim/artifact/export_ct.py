@@ -11,7 +11,8 @@ Each packed integer layer keeps its codes: they are packed with compressed-tenso
   compressed-tensors ``w = (q - zp) * scale`` with an integer zero point, so the offsets would have to be
   rounded (measured on tiny-llama int4 g32: up to 11% relative output error per layer, 5.7% of the logits),
   and transformers 5.23 with compressed-tensors 0.20 cannot load pack-quantized zero points anyway (its loader
-  builds them unpacked, its decompressor wants them packed into int32).
+  builds them unpacked, its decompressor wants them packed into int32; only ``from_pretrained(...,
+  quantization_config=CompressedTensorsConfig(dequantize=True))`` loads them, at 4.8% logits error).
 * A tied input embedding that reads a packed head's codes is written in float (transformers cannot build a
   compressed ``nn.Embedding``: its weight initialisation fails), and the config is untied.
 * Layers the format cannot express (NF4 / codebook / ternary / binary levels, AWQ input scaling, groups that do
