@@ -14,17 +14,30 @@ def export_hf_cmd(
     artifact: Path = typer.Argument(..., help="torchslim artifact folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Hugging Face folder to write (save_pretrained layout)."),
     dense: bool = typer.Option(False, "--dense", help="Write packed, sparse and scaled layers back in float."),
+    fmt: str = typer.Option("hf", "--format", help="hf (save_pretrained layout) or compressed-tensors (packed int "
+                                                   "layers that transformers and vLLM load without torchslim)."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Write an artifact as an ordinary Hugging Face folder (from_pretrained loads it)."""
     from rich.console import Console
     from rich.markup import escape
 
+    from torchslim.artifact.export_ct import export_ct
     from torchslim.artifact.export_hf import export_hf
+    from torchslim.core.errors import ConfigError
     from torchslim.core.targets import folder_export
 
+    if fmt not in ("hf", "compressed-tensors"):
+        raise ConfigError(f"--format {fmt!r}: expected hf or compressed-tensors")
+    if fmt == "compressed-tensors" and dense:
+        raise ConfigError("--dense writes float layers, --format compressed-tensors packed ones: give one of them")
     with folder_export(out, artifact, force) as tmp:     # never a half-written folder, never the source
-        done = export_hf(artifact, tmp, dense=dense)
+        done = export_ct(artifact, tmp) if fmt == "compressed-tensors" else export_hf(artifact, tmp, dense=dense)
+    if fmt == "compressed-tensors":
+        kept = ", ".join(done["dense_layers"]) or "none"
+        Console().print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.2f} MiB, compressed-tensors "
+                        f"{done['format']}): {done['packed_layers']} packed layers; left in float: " + escape(kept))
+        return
     Console().print(escape(f"wrote {out}") + (f" ({done['densified_layers']} layers dequantized to float)"
                                                if dense else ""))
 
