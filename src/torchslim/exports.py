@@ -113,6 +113,26 @@ def grid_gptq_config(model: nn.Module, qtype: str) -> tuple[GPTQConfig | None, i
     return GPTQConfig(weight=WeightOnlyConfig(format=first.format, granularity=PerGroup(32), selector=sel)), len(overrides)
 
 
+def export_hf_folder(artifact: str | Path, out: str | Path, dense: bool = False, fmt: str = "hf") -> dict[str, Any]:
+    """``artifact`` as a Hugging Face folder at ``out`` (``fmt``: ``hf`` or ``compressed-tensors``), with the
+    tokenizer: copied from the source folder when the model came from one, else the one torchslim loads the model
+    with (a zoo model's, e.g. SmolLM2's from its GGUF file) saved beside the weights."""
+    from torchslim.artifact.export_ct import export_ct
+    from torchslim.artifact.export_hf import export_hf
+    from torchslim.artifact.hf_files import COMPANIONS
+
+    done = export_ct(artifact, out) if fmt == "compressed-tensors" else export_hf(artifact, out, dense=dense)
+    if not any((Path(out) / name).is_file() for name in COMPANIONS if name.startswith(("tokenizer", "vocab", "spiece"))):
+        tokenizer = load_model(str(artifact)).tokenizer
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+            from torchslim.core.io import user_mode_tree
+
+            user_mode_tree(out)
+            done["tokenizer"] = "saved from the tokenizer torchslim loads the model with"
+    return done
+
+
 def export_onnx(model_spec: str | Path, out: str | Path, example_inputs: Any = None) -> dict[str, Any]:
     """Write ``model_spec`` (an artifact, model folder or zoo name) for ONNX Runtime at ``out``: a folder for causal
     LMs and encoder-decoders, else one ``.onnx`` file whose inputs come from the model's task or ``example_inputs``

@@ -22,17 +22,16 @@ def export_hf_cmd(
     from rich.console import Console
     from rich.markup import escape
 
-    from torchslim.artifact.export_ct import export_ct
-    from torchslim.artifact.export_hf import export_hf
     from torchslim.core.errors import ConfigError
     from torchslim.core.targets import folder_export
+    from torchslim.exports import export_hf_folder
 
     if fmt not in ("hf", "compressed-tensors"):
         raise ConfigError(f"--format {fmt!r}: expected hf or compressed-tensors")
     if fmt == "compressed-tensors" and dense:
         raise ConfigError("--dense writes float layers, --format compressed-tensors packed ones: give one of them")
     with folder_export(out, artifact, force) as tmp:     # never a half-written folder, never the source
-        done = export_ct(artifact, tmp) if fmt == "compressed-tensors" else export_hf(artifact, tmp, dense=dense)
+        done = export_hf_folder(artifact, tmp, dense=dense, fmt=fmt)
     if fmt == "compressed-tensors":
         kept = ", ".join(done["dense_layers"]) or "none"
         Console().print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.2f} MiB, compressed-tensors "
