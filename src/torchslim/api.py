@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -72,12 +73,22 @@ def distill_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None,
     return _apply(model, config, ctx, "distillation", kwargs)
 
 
-def evaluate(model: nn.Module, task: Any, spec: Any = None, **kwargs: Any) -> Any:
-    """:func:`torchslim.eval.evaluate` with the artifact format measuring bytes on disk (``spec.sizer``)."""
+def evaluate(model: nn.Module, task: Any, spec: Any = None, *, what: str | Sequence[str] = ("quality",),
+             **kwargs: Any) -> Any:
+    """Evaluate ``model`` on ``task`` and return a :class:`torchslim.eval.Report`.
+
+    ``what`` picks the measurements: by default only the task's quality metrics
+    (``report.quality.metrics["perplexity"]``); ``what="all"`` is the full sweep that ``torchslim eval``
+    runs, or name some of ``"quality"``, ``"size"``, ``"speed"`` (latency per shape and decode tokens/s),
+    ``"flops"``, ``"memory"``, ``"energy"``. ``spec`` (a :class:`torchslim.eval.EvalSpec`) sets how they are
+    measured (shapes, iterations, threads); its ``measure_*`` flags can only turn one off. Other keywords
+    (``label=``, ``artifact_dir=``, ``console=``) go to :func:`torchslim.eval.evaluate`; the artifact format
+    measures bytes on disk (``spec.sizer``).
+    """
     from torchslim.artifact.size import artifact_size
     from torchslim.eval import EvalSpec, evaluate as _evaluate
 
     spec = spec or EvalSpec()
     if spec.sizer is None:
         spec = dataclasses.replace(spec, sizer=artifact_size)
-    return _evaluate(model, task, spec, **kwargs)
+    return _evaluate(model, task, spec, what=what, **kwargs)

@@ -148,6 +148,37 @@ def test_model_label() -> None:
     assert model_label(m) == "HuggingFaceTB/SmolLM2-135M"
 
 
+def test_model_label_never_shows_a_cache_path(tmp_path) -> None:
+    from torchslim.core.state import HistoryEntry, state_of
+
+    cached = tmp_path / ".cache" / "torchslim" / "smollm2-135m-q41-1234-99-v3"
+    m = nn.Linear(1, 1)
+    m.config = type("Cfg", (), {"_name_or_path": str(cached)})()
+    assert model_label(m) == "smollm2-135m-q41-1234-99-v3"            # a folder: its name, not its path
+    state_of(m).source = {"kind": "zoo", "name": "smollm2-135m"}
+    assert model_label(m) == "smollm2-135m"                            # the zoo name wins
+    state_of(m).source = {"kind": "hf", "path": str(tmp_path / "models" / "my-llama")}
+    assert model_label(m) == "my-llama"
+    state_of(m).history = [HistoryEntry(0, "evaluate", "baseline"), HistoryEntry(1, "quantization", "GPTQConfig")]
+    assert model_label(m) == "my-llama + GPTQConfig"                  # compression stages, not evaluations
+
+
+def test_what_picks_the_measurements(model: TinyClassifier, task: TinyClassification) -> None:
+    r = evaluate(model, task, EvalSpec(**FAST), what="quality")
+    assert r.quality is not None and (r.size, r.speed, r.compute, r.memory, r.energy) == (None,) * 5
+    assert r.settings["what"] == ["quality"]
+    r = evaluate(model, task, EvalSpec(**FAST), what=("flops", "speed"))
+    assert r.quality is None and r.compute is not None and r.speed is not None and r.memory is None
+    r = evaluate(model, task, EvalSpec(measure_energy=False, **FAST), what="all")   # a spec flag stays off
+    assert r.energy is None and r.memory is not None and r.quality is not None
+
+
+@pytest.mark.parametrize("what", [("quality", "latency"), (), "everything", (3,)])
+def test_unknown_what_names_the_valid_ones(model: TinyClassifier, task: TinyClassification, what) -> None:
+    with pytest.raises(ConfigError, match="quality, size, speed, flops, memory, energy"):
+        evaluate(model, task, EvalSpec(**FAST), what=what)
+
+
 def test_console_progress_and_artifact_dir_kwarg(model: TinyClassifier, task: TinyClassification, tmp_path) -> None:
     from rich.console import Console
 

@@ -149,3 +149,26 @@ def test_noisy_timings_are_flagged_and_steady_ones_are_not(base: Report) -> None
     assert any("too noisy" in n for n in format_table([base]).splitlines())
     base.speed.shapes[0].latency.p90_ms = base.speed.shapes[0].latency.median_ms * 1.1
     assert noisy_notes([base]) == []
+
+
+def test_str_is_a_short_table_and_json_keeps_everything(base: Report) -> None:
+    text = str(base)
+    assert len(text.splitlines()) <= 10 and len(text) < 800
+    for expected in ("model", "fp32", "causal-lm on Test CPU, 2 threads", "perplexity (lower is better)",
+                     "12", "size on disk", "3.81 MiB", "latency median @ 1x128", "20.0 ms", "decode",
+                     "50.0 tokens/s", "report.to_json()"):
+        assert expected in text, expected
+    assert "layer.0" not in text and "not measured" not in text
+    assert json.loads(base.to_json())["layers"][0]["name"] == "layer.0"
+
+
+def test_str_says_what_was_not_measured() -> None:
+    r = Report(model="m", task="t", device="cpu", device_name="", threads=1, torch_version="", torchslim_version="",
+               timestamp="", quality=QualityResult(metrics={"top1": 0.9}, primary="top1", higher_is_better=True))
+    assert "top1 (higher is better)  0.9" in str(r)
+    assert "not measured: size, speed, flops, memory, energy" in str(r)
+
+
+def test_repr_is_one_short_line(base: Report) -> None:
+    assert repr(base) == ("Report(model='fp32', task='causal-lm', perplexity=12.0, size='3.81 MiB', "
+                          "latency_ms={'1x128': 20.0})")

@@ -128,7 +128,7 @@ def eval_cmd(
     console = _console()
     with console.status(f"loading {escape(model)}"):
         loaded = _load_with_task(model, task, _data(calib_data, eval_data, seq_len))
-    report = evaluate(loaded.model, loaded.task, spec, label=loaded.name, console=console)
+    report = evaluate(loaded.model, loaded.task, spec, what="all", label=loaded.name, console=console)
     console.print(render_table([report]))
     if report.layers:
         console.print(_layers_table(report.layers))

@@ -8,7 +8,9 @@ import functools
 import os
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from torch import nn
 
 from torchslim.core.bounds import check_activation_memory, check_seq_len, model_width
 from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.core.state import has_state, state_of
 from torchslim.eval.energy import EnergyCounter, counter_note, open_energy_counter
 from torchslim.eval.flops import measure_flops
 from torchslim.eval.memory import RssSampler, cuda_peak, reset_cuda_peak
@@ -59,6 +62,27 @@ class EvalSpec:
     sizer: Sizer | None = None      # bytes on disk (torchslim.artifact.size.artifact_size; torchslim.evaluate's default)
 
 
+MEASUREMENTS = ("quality", "size", "speed", "flops", "memory", "energy")
+
+
+def measuring(spec: EvalSpec, what: str | Iterable[str]) -> EvalSpec:
+    """``spec`` measuring only ``what``: ``"all"``, one name or several of :data:`MEASUREMENTS`.
+
+    A measurement the spec itself turns off (``measure_speed=False``) stays off. ``"speed"``
+    includes decode tokens/s; memory and energy are sampled around the same timed loops as latency.
+    """
+    names = (what,) if isinstance(what, str) else tuple(what)
+    valid = ", ".join(MEASUREMENTS)
+    if not names:
+        raise ConfigError(f"what= is empty: choose from {valid}, or 'all'")
+    for n in names:
+        if not isinstance(n, str) or (n not in MEASUREMENTS and n != "all"):
+            raise ConfigError(f"what=: unknown measurement {n!r}: choose from {valid}, or 'all'")
+    chosen = set(MEASUREMENTS) if "all" in names else set(names)
+    return dataclasses.replace(spec, **{f"measure_{m}": getattr(spec, f"measure_{m}") and m in chosen
+                                        for m in MEASUREMENTS})
+
+
 def _shapes(spec: EvalSpec, task: Task) -> list[tuple[int, int | None]]:
     raw = spec.shapes if spec.shapes is not None else task.default_shapes
     out = []
@@ -85,14 +109,36 @@ def _validate(spec: EvalSpec, threads: int) -> None:
         raise ConfigError(f"EvalSpec.decode_tokens must be >= 0, got {spec.decode_tokens}")
 
 
-def model_label(model: nn.Module) -> str:
-    """A readable name: a Hugging Face ``name_or_path`` if present, else the class name."""
+def _path_like(value: str) -> bool:
+    return os.path.isabs(value) or value.startswith(("~", ".")) or os.path.exists(value)
+
+
+def _base_label(model: nn.Module) -> str:
+    source = state_of(model).source if has_state(model) else None
+    if isinstance(source, dict):
+        if source.get("kind") == "zoo" and isinstance(source.get("name"), str) and source["name"]:
+            return source["name"]
+        if source.get("kind") == "hf" and isinstance(source.get("path"), str) and source["path"]:
+            return Path(source["path"]).name or source["path"]
     for obj in (model, getattr(model, "config", None)):
         for attr in ("name_or_path", "_name_or_path"):
             value = getattr(obj, attr, None)
             if isinstance(value, str) and value:
-                return value
+                # a local folder (the zoo's conversion cache, a download) is named by its folder, not its path
+                return (Path(value).name or value) if _path_like(value) else value
     return type(model).__name__
+
+
+def model_label(model: nn.Module) -> str:
+    """A readable name: the zoo name or model folder it was loaded from (never a cache path), a Hugging
+    Face hub id, else the class name; followed by the compression stages applied, if any
+    (``"smollm2-135m + GPTQConfig"``)."""
+    base = _base_label(model)
+    stages = [e.name for e in state_of(model).history if e.kind != "evaluate"] if has_state(model) else []
+    if not stages:
+        return base
+    shown = stages if len(stages) <= 3 else [*stages[:2], f"{len(stages) - 2} more"]
+    return f"{base} + {' + '.join(shown)}"
 
 
 def device_name(device: torch.device) -> str:
@@ -239,16 +285,17 @@ def _run(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple[int, i
             report.quality = _quality(model, task)
 
 
-def evaluate(model: nn.Module, task: Task, spec: EvalSpec | None = None, *, label: str | None = None,
-             source: dict[str, Any] | None = None, artifact_dir: str | os.PathLike | None = None,
-             console: Any = None) -> Report:
+def evaluate(model: nn.Module, task: Task, spec: EvalSpec | None = None, *, what: str | Iterable[str] = "all",
+             label: str | None = None, source: dict[str, Any] | None = None,
+             artifact_dir: str | os.PathLike | None = None, console: Any = None) -> Report:
     """Measure ``model`` on ``task`` (in eval mode, with ``spec.threads`` threads) and return a Report.
 
+    ``what`` picks the measurements (see :func:`measuring`; here the full sweep by default);
     ``label`` names the model in the report (default: :func:`model_label`); ``source`` is passed to
     ``spec.sizer`` when the artifact size is measured; ``artifact_dir`` overrides
     ``spec.artifact_dir``; ``console`` (a ``rich.console.Console``) shows progress.
     """
-    spec = spec or EvalSpec()
+    spec = measuring(spec or EvalSpec(), what)
     if artifact_dir is not None:
         spec = dataclasses.replace(spec, artifact_dir=artifact_dir)
     shapes = _shapes(spec, task)
@@ -265,6 +312,7 @@ def evaluate(model: nn.Module, task: Task, spec: EvalSpec | None = None, *, labe
         timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         settings={"shapes": [[b, n] for b, n in shapes], "warmup": spec.warmup, "iters": spec.iters,
                   "decode_tokens": spec.decode_tokens,
+                  "what": [m for m in MEASUREMENTS if getattr(spec, f"measure_{m}")],
                   "artifact_dir": None if spec.artifact_dir is None else str(spec.artifact_dir)},
     )
     prev_threads, was_training = torch.get_num_threads(), model.training

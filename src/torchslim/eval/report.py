@@ -16,6 +16,7 @@ from typing import Any
 from torchslim.core.codec import jsonable  # noqa: F401 - re-exported (eval.harness)
 from torchslim.core.errors import TorchSlimError
 from torchslim.core.io import atomic_file
+from torchslim.eval.fmt import fmt_bytes, fmt_count, fmt_metric, fmt_num, shape_key
 from torchslim.runtime.timing import LatencyStats
 
 SCHEMA_VERSION = 1
@@ -143,6 +144,49 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def summary(self) -> list[tuple[str, str]]:
+        """``(label, value)`` rows of the headline figures: what ``str(report)`` prints."""
+        rows = [("model", self.model), ("task", f"{self.task} on {self.device_name or self.device}, "
+                                                f"{self.threads} threads")]
+        q = self.quality
+        if q is not None and q.primary in q.metrics:
+            better = "higher" if q.higher_is_better else "lower"
+            rows.append((f"{q.primary} ({better} is better)", fmt_metric(q.metrics[q.primary])))
+        if self.size is not None:
+            if self.size.artifact_bytes is not None:
+                rows.append(("size on disk", fmt_bytes(self.size.artifact_bytes)))
+            rows.append(("parameters", fmt_count(self.size.parameters)))
+        for s in (self.speed.shapes if self.speed is not None else []):
+            rows.append((f"latency median @ {shape_key(s.batch, s.seq_len)}", f"{fmt_num(s.latency.median_ms)} ms"))
+        if self.speed is not None and self.speed.decode is not None:
+            rows.append(("decode", f"{fmt_num(self.speed.decode.decode_tokens_per_s)} tokens/s"))
+        return rows
+
+    def __str__(self) -> str:
+        rows = self.summary()
+        width = max(len(label) for label, _ in rows)
+        lines = [f"{label.ljust(width)}  {value}" for label, value in rows]
+        missing = [name for name, section in (("quality", "quality"), ("size", "size"), ("speed", "speed"),
+                                              ("flops", "compute"), ("memory", "memory"), ("energy", "energy"))
+                   if getattr(self, section) is None]
+        if missing:
+            lines.append(f"not measured: {', '.join(missing)} (torchslim.evaluate(..., what='all') measures all)")
+        lines.append("every figure: report.to_json()")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        parts = [f"model={self.model!r}", f"task={self.task!r}"]
+        q = self.quality
+        if q is not None and q.primary in q.metrics:
+            parts.append(f"{q.primary}={float(fmt_metric(q.metrics[q.primary]).replace(',', ''))!r}")
+        if self.size is not None and self.size.artifact_bytes is not None:
+            parts.append(f"size={fmt_bytes(self.size.artifact_bytes)!r}")
+        if self.speed is not None and self.speed.shapes:
+            latency = {shape_key(s.batch, s.seq_len): float(fmt_num(s.latency.median_ms).replace(",", ""))
+                       for s in self.speed.shapes}
+            parts.append(f"latency_ms={latency!r}")
+        return f"Report({', '.join(parts)})"
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)

@@ -4,7 +4,8 @@ On first load the model is trained deterministically with :class:`torchslim.trai
 (a few seconds on 2 CPU cores) and cached as ``model.safetensors`` + ``config.json`` under
 ``$TORCHSLIM_CACHE/digits-cnn/<key>/`` (default ``~/.cache/torchslim``), written atomically;
 later loads read the cache. ``LoadedModel.source["arch"]`` rebuilds the skeleton with
-:func:`build_digits_cnn`.
+:func:`build_digits_cnn`. Its task's ``top1`` is the percentage right on the 360 images of the stratified 20 %
+test split; the trained fp32 model measured 99.72 (and 100 on another CPU) in docs/results/*digits*.md.
 """
 from __future__ import annotations
 
@@ -250,7 +251,8 @@ def skeleton_from_source(source: dict[str, Any]) -> nn.Module:
 
 register_zoo(ZooEntry(
     name=NAME,
-    summary="residual CNN for scikit-learn 8x8 digits (10 classes), trained locally on first use (~98% top-1)",
+    summary="residual CNN for scikit-learn 8x8 digits (10 classes), trained locally on first use "
+            "(99.7-100% top-1 on the 360 held-out images)",
     kind="image-classification",
     loader=load_digits_cnn,
     needs="scikit-learn",
