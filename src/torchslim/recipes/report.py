@@ -3,6 +3,7 @@ model beside the final one, with speed measured interleaved on this machine (nev
 """
 from __future__ import annotations
 
+import logging
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,8 @@ from torch import nn
 
 from torchslim.core.state import state_of
 from torchslim.eval.size import count_parameters, memory_bytes
+
+log = logging.getLogger("torchslim.recipes")
 
 
 def quick_eval(model: nn.Module, task: Any, label: str) -> dict[str, Any]:
@@ -25,9 +28,29 @@ def quick_eval(model: nn.Module, task: Any, label: str) -> dict[str, Any]:
     with Timer() as t, torch.no_grad():
         metrics = {k: float(v) for k, v in task.evaluate(model).items()}
     model.train(was)
-    state_of(model).add_entry("evaluate", label, None, seconds=t.seconds, metrics=metrics,
-                              touched={"params": count_parameters(model)[0], "memory_bytes": memory_bytes(model)})
+    state = state_of(model)
+    _warn_collapse(state.history, metrics, task, label)
+    state.add_entry("evaluate", label, None, seconds=t.seconds, metrics=metrics,
+                    touched={"params": count_parameters(model)[0], "memory_bytes": memory_bytes(model)})
     return metrics
+
+
+def _warn_collapse(history: list[Any], metrics: dict[str, float], task: Any, label: str) -> None:
+    """Warn, naming the stages since the last evaluation, when they made quality collapse (perplexity up more
+    than tenfold, accuracy near chance)."""
+    from torchslim.eval.collapse import collapse_warning
+
+    last = next((i for i in range(len(history) - 1, -1, -1) if history[i].kind == "evaluate" and history[i].metrics),
+                None)
+    if last is None:
+        return
+    stages = [h.name for h in history[last + 1:] if h.kind != "evaluate"]
+    msg = collapse_warning(history[last].metrics, metrics, task.metric, bool(task.higher_is_better),
+                           " + ".join(stages) or label, getattr(task, "chance", None),
+                           hint="a lower ratio or sparsity, a calibrated importance (Taylor, Wanda), more "
+                                "calibration samples, or a recovery stage after it")
+    if msg:
+        log.warning("%s", msg)
 
 
 @dataclass
