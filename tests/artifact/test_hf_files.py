@@ -64,3 +64,13 @@ def test_export_hf_dense_writes_a_folder_from_pretrained_loads(tmp_path, family)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True)
     got = hf(**ids).logits.detach()          # float matmuls where the int8 kernel takes bf16 activations
     assert float((got - out).norm() / out.norm()) < 0.01
+
+
+def test_a_config_transformers_would_reject_is_refused_at_save_time(tmp_path):
+    from torchslim.core.errors import ArtifactError
+
+    loaded = torchslim.load_model("tiny-llama")
+    loaded.model.config.num_attention_heads = 3          # hidden size 64 is not a multiple of 3
+    with pytest.raises(ArtifactError, match="fails transformers' validation .*not a multiple"):
+        torchslim.save(loaded.model, tmp_path / "bad")
+    assert not (tmp_path / "bad" / "config.json").exists()

@@ -153,3 +153,35 @@ def test_version_and_a_hint_for_hub_ids(tmp_path):
     res = run("eval", "./not-here", cwd=tmp_path)
     assert_user_error(res, "no such model folder")
     assert "Hub id" not in res.stderr
+
+
+def test_every_verb_takes_the_data_flags_an_image_classifier_asks_for(tmp_path):
+    """An image classifier has no task without --eval-data: quantize, prune and finetune accept it (and the other
+    data flags) as eval and run do, instead of asking for the flag and then rejecting it."""
+    import numpy as np
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                    patch_size=8, num_labels=2, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1})
+    ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    from torchslim.pruning import UnstructuredConfig
+    from torchslim.quantization import W8A8Config
+
+    W8A8Config(n_samples=4).save(tmp_path / "q.yaml")
+    UnstructuredConfig(sparsity=0.5, importance="wanda", n_samples=4).save(tmp_path / "p.yaml")
+    vit, imgs = str(tmp_path / "vit"), str(tmp_path / "imgs")
+    assert_user_error(run("quantize", vit, "-c", str(tmp_path / "q.yaml"), "-o", str(tmp_path / "x"), "--calib-data",
+                          imgs), "pass --eval-data")
+    for verb, extra in (("quantize", ["-c", str(tmp_path / "q.yaml")]), ("prune", ["-c", str(tmp_path / "p.yaml")]),
+                        ("finetune", ["--steps", "1", "--batch-size", "2"])):
+        res = run(verb, vit, *extra, "-o", str(tmp_path / verb), "--eval-data", imgs, "--calib-data", imgs)
+        assert res.returncode == 0, f"{verb}: {res.stderr[-1500:]}"
+        assert (tmp_path / verb / "manifest.json").is_file()

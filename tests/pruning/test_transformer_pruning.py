@@ -162,3 +162,36 @@ def test_head_pruned_artifacts_reload_and_from_pretrained_loads_or_refuses_clear
     again = torchslim.load(tmp_path / "h")
     assert torch.allclose(again(**ids).logits, out, atol=1e-5)
     assert _from_pretrained(fam, tmp_path / "h", ids, out)
+
+
+@pytest.mark.parametrize("family,loads", [("llama", False), ("gemma2", False), ("qwen2", True)])
+def test_six_of_eight_heads_save_a_config_transformers_validates_or_say_why_not(tmp_path, family, loads, caplog):
+    """Llama and Gemma2 configs require hidden_size % heads == 0 (6 heads of 8 in width 64 fail it): the config
+    keeps its valid head fields, the prune says why in one line, and torchslim.load rebuilds the shapes. Qwen2 reads
+    an explicit head_dim: the counts and head_dim are written and from_pretrained gives the same outputs."""
+    import json
+
+    import transformers
+
+    from torchslim.zoo.families import _specs
+
+    cfg_cls, model_cls, kw, _ = _specs()[family]
+    kw = {**kw, "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 8}
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kw)).eval()
+    with caplog.at_level("WARNING", logger="torchslim"):
+        torchslim.prune_(model, StructuredConfig(targets=("heads",), ratio=0.25))
+    assert model.model.layers[0].self_attn.q_proj.out_features == 48
+    with torch.no_grad():
+        out = model(input_ids=IDS).logits
+    torchslim.save(model, tmp_path / "h")
+    assert torch.allclose(torchslim.load(tmp_path / "h")(input_ids=IDS).logits, out, atol=1e-5)
+    written = json.loads((tmp_path / "h" / "config.json").read_text())
+    if loads:
+        assert (written["num_attention_heads"], written["num_key_value_heads"], written["head_dim"]) == (6, 6, 8)
+        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "h", local_files_only=True).eval()
+        assert torch.allclose(hf(input_ids=IDS).logits, out, atol=1e-5)
+    else:
+        assert "cannot express 6 heads" in caplog.text and "not a multiple" in caplog.text
+        with pytest.raises(ValueError, match="torchslim.load"):
+            AutoModelForCausalLM.from_pretrained(tmp_path / "h", local_files_only=True)

@@ -89,3 +89,13 @@ def test_calibrated_importance_without_data_is_a_clear_error():
         UnstructuredConfig(importance="movement")
     with pytest.raises(ConfigError, match="layer"):
         UnstructuredConfig(importance="sparsegpt", scope="global")
+
+
+def test_a_cnn_says_its_convolutions_stay_dense_and_names_channel_pruning(caplog):
+    from torchslim.zoo.digits_cnn import build_digits_cnn
+
+    model = build_digits_cnn().eval()
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    with caplog.at_level("WARNING", logger="torchslim"):
+        torchslim.prune_(model, UnstructuredConfig(sparsity=0.5))
+    assert f"{n_convs} Conv2d layer(s) left dense" in caplog.text and "targets=['channels']" in caplog.text

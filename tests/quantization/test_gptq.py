@@ -118,3 +118,29 @@ def test_layers_overridden_with_weight_only_config_use_rtn():
     assert torch.equal(m.lm_head.packed, expected_head.packed)  # RTN, exactly
     assert m.lm_head.torchslim_layer_info()["technique"] == "rtn"
     assert m.model.layers[0].mlp.down_proj.torchslim_layer_info()["technique"] == "gptq"
+
+
+def test_gptq_on_a_cnn_names_the_override_that_covers_its_convolutions_and_the_override_works(caplog):
+    """GPTQ's solver applies to linear layers: a CNN's convolutions stay float by default with a warning naming the
+    selector override, and that override rounds every one of them to nearest while GPTQ solves the linears."""
+    from torch import nn
+
+    from torchslim.core.linear import LinearLike
+    from torchslim.core.select import Selector
+    from torchslim.quantization import GPTQConfig, IntFormat, PerChannel, WeightOnlyConfig
+    from torchslim.quantization.qconv import QuantConv2d
+    from torchslim.zoo.digits_cnn import build_digits_cnn
+
+    torch.manual_seed(0)
+    batches = [{"x": torch.randn(4, 1, 8, 8)} for _ in range(2)]
+    model = build_digits_cnn().eval()
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    with caplog.at_level("WARNING", logger="torchslim"):
+        torchslim.quantize_(model, GPTQConfig(n_samples=8), calibration=batches)
+    assert f"{n_convs} Conv2d layer(s) left float" in caplog.text and "'type:Conv2d': WeightOnlyConfig" in caplog.text
+    rtn = WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel())
+    weight = WeightOnlyConfig(selector=Selector(include=(LinearLike, nn.Conv2d), overrides={nn.Conv2d: rtn}))
+    model = build_digits_cnn().eval()
+    torchslim.quantize_(model, GPTQConfig(weight=weight, n_samples=8), calibration=batches)
+    assert sum(isinstance(m, QuantConv2d) for m in model.modules()) == n_convs
+    assert not any(type(m) in (nn.Conv2d, nn.Linear) for m in model.modules())

@@ -19,7 +19,10 @@ from torchslim.core.surgery import get_module, replace_module
 
 
 def dense_linear(module: nn.Module) -> nn.Linear | None:
-    """The float ``nn.Linear`` computing what a replacement layer computes (None for other modules)."""
+    """The float ``nn.Linear`` computing what a replacement layer computes (None for other modules, packed
+    convolutions and embeddings included: :func:`dense_module` rebuilds those)."""
+    if getattr(module, "geometry", None) is not None or hasattr(module, "num_embeddings"):
+        return None
     dense = getattr(module, "dense_weight", None)
     if callable(dense) or hasattr(module, "to_linear") or type(module).__name__ == "ScaledLinear":
         w = module.dense_weight() if callable(dense) else (module.to_linear().weight if hasattr(module, "to_linear")
@@ -36,12 +39,46 @@ def dense_linear(module: nn.Module) -> nn.Linear | None:
     return None
 
 
+def dense_conv(module: nn.Module) -> nn.Conv2d | None:
+    """The float ``nn.Conv2d`` computing what a packed convolution computes (None for other modules)."""
+    g = getattr(module, "geometry", None)
+    if g is None or not callable(getattr(module, "dense_weight", None)):
+        return None
+    if getattr(module, "fused_relu", False) or getattr(module, "uint8_output", False):
+        raise TorchSlimError(f"{type(module).__name__} ({g.in_channels}->{g.out_channels}) has a ReLU fused into it: "
+                             "a float Conv2d cannot stand for it in the model's own class; export without --dense")
+    bias = getattr(module, "bias", None)
+    conv = nn.Conv2d(g.in_channels, g.out_channels, g.kernel_size, g.stride, g.padding, g.dilation, g.groups,
+                     bias=bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(module.dense_weight().detach().float().reshape(conv.weight.shape))
+        if bias is not None:
+            conv.bias.copy_(bias.detach().float())
+    return conv
+
+
+def dense_embedding(module: nn.Module) -> nn.Embedding | None:
+    """The float ``nn.Embedding`` a packed embedding looks rows up in (None for other modules)."""
+    if not (hasattr(module, "num_embeddings") and callable(getattr(module, "dense_weight", None))):
+        return None
+    emb = nn.Embedding(module.num_embeddings, module.embedding_dim, getattr(module, "padding_idx", None))
+    with torch.no_grad():
+        emb.weight.copy_(module.dense_weight().detach().float())
+    return emb
+
+
+def dense_module(module: nn.Module) -> nn.Module | None:
+    """The float layer (linear, convolution or embedding) computing what a replacement layer computes."""
+    return dense_conv(module) or dense_embedding(module) or dense_linear(module)
+
+
 def densify_(model: nn.Module) -> int:
-    """Replace every packed, sparse or scaled linear layer by its float equivalent; returns how many."""
-    names = [n for n, m in model.named_modules() if n and dense_linear(m) is not None]
-    for n in names:
-        replace_module(model, n, dense_linear(get_module(model, n)))
-    return len(names)
+    """Replace every packed, sparse or scaled layer by its float equivalent; returns how many."""
+    found = [(n, dense_module(m)) for n, m in model.named_modules() if n]
+    found = [(n, d) for n, d in found if d is not None]
+    for n, d in found:
+        replace_module(model, n, d)
+    return len(found)
 
 
 def _restore_conv1d_(model: nn.Module) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.core.archs import config_problem
+from torchslim.core.errors import ArtifactError
 from torchslim.core.modules import layer_infos
 from torchslim.core.state import state_of
 
@@ -47,6 +49,10 @@ def hf_loadable(model: nn.Module, children: list[str] | None = None) -> bool:
 def write_configs(model: nn.Module, arch: dict[str, Any], folder: Path) -> list[str]:
     """Write the config (or the marker and the real config); returns the file names, and records in
     ``arch`` which file holds the real config."""
+    problem = config_problem(model.config)
+    if problem:
+        raise ArtifactError(f"{type(model.config).__name__} fails transformers' validation ({problem}): neither "
+                            f"torchslim.load nor from_pretrained could read it back; fix the config before saving")
     text = model.config.to_json_string()
     if hf_loadable(model, arch.get("children")):
         (folder / "config.json").write_text(text)

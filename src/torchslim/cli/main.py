@@ -178,6 +178,7 @@ def quantize_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="Quantization config (YAML or JSON)."),
     out: Path = typer.Option(..., "--out", "-o", help="Artifact folder to write."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
 ) -> None:
     """Quantize a model with a config file and save the artifact."""
@@ -190,7 +191,7 @@ def quantize_cmd(
     cfg = BaseConfig.load(config)
     console = _console()
     with console.status(f"loading {escape(model)}"):
-        loaded = load_model(model, **_data(calib_data, None, seq_len))
+        loaded = load_model(model, **_data(calib_data, eval_data, seq_len))
     console.print(f"quantizing with {type(cfg).__name__} (progress per layer)")
     quantize_(loaded.model, cfg, ApplyContext(task=loaded.task))
     save(loaded.model, out, source=loaded.source)
@@ -206,6 +207,7 @@ def prune_cmd(
     recover_steps: int = typer.Option(0, min=0, help="Recovery fine-tuning steps on the model's task after pruning."),
     lr: float = typer.Option(1e-4, help="Peak learning rate of recovery fine-tuning."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
 ) -> None:
     """Prune a model with a config file (optionally fine-tune to recover) and save the artifact.
@@ -222,7 +224,7 @@ def prune_cmd(
     console = _console()
     console.print(f"pruning with {type(cfg).__name__} (progress per layer)"
                   + (f", then recovery fine-tuning: {recover_steps} steps" if recover_steps else ""))
-    options = RunOptions(report=False, data=_data(calib_data, None, seq_len))
+    options = RunOptions(report=False, data=_data(calib_data, eval_data, seq_len))
     result = run_recipe(Recipe(f"prune {config.name}", "", stages), model, out, options, console)
     history = state_of(result.model).history
     touched = history[0].touched
@@ -258,6 +260,9 @@ def finetune_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A TrainConfig file (overrides the options)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the fine-tuned model as an artifact here."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write final metrics and losses as JSON here."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
 ) -> None:
     """Fine-tune a model on its task with the training engine. Runs unchanged under
     `torchrun --nproc-per-node N`, which splits the global batch across processes."""
@@ -276,7 +281,7 @@ def finetune_cmd(
                                                              optimizer=optimizer)
     if not isinstance(cfg, TrainConfig):
         raise TorchSlimError(f"{config}: expected a TrainConfig, got {type(cfg).__name__}")
-    loaded = _load_with_task(model, None)
+    loaded = _load_with_task(model, None, _data(calib_data, eval_data, seq_len))
     finetune_(loaded.model, FinetuneConfig(train=cfg), ApplyContext(task=loaded.task))
     if env_rank() != 0:
         return

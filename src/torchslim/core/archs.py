@@ -207,6 +207,18 @@ def _unknown(model: nn.Module) -> TorchSlimError:
                           + f"; architectures with table rows: {', '.join(ARCHS)}")
 
 
+def config_problem(config: Any) -> str | None:
+    """Why transformers' own validation rejects a (modified) Hugging Face config, or ``None`` when it passes: what
+    ``from_pretrained`` (and torchslim.load) would refuse when reading the config back."""
+    try:
+        if callable(getattr(config, "validate", None)):
+            config.validate()
+        return None
+    except Exception as e:  # noqa: BLE001 - transformers' validators raise their own error types
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        return lines[-1].removeprefix("ValueError: ") if lines else type(e).__name__
+
+
 def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, block)`` for every transformer block of ``model``: all stacks, encoder first."""
     spec = arch_of(model)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from torchslim.calibration.pipeline import block_output
-from torchslim.core.archs import find_blocks
+from torchslim.core.archs import arch_of, find_blocks
 from torchslim.core.errors import ConfigError
 from torchslim.core.resize import add_module, remove_added
 from torchslim.distill import losses as L
@@ -25,6 +25,57 @@ def layer_pairs(n_student: int, n_teacher: int, how: str) -> list[tuple[int, int
     if how == "last":
         return [(n_student - 1, n_teacher - 1)]
     return [(i, max(0, round((i + 1) * n_teacher / n_student) - 1)) for i in range(n_student)]
+
+
+def _stacks(model: nn.Module) -> list[list[int]]:
+    """Block indices (of :func:`find_blocks`) per stack, in order: one stack, or an encoder's then a decoder's."""
+    stacks: dict[str, list[int]] = {}
+    for i, (name, _) in enumerate(find_blocks(model)):
+        stacks.setdefault(name.rsplit(".", 1)[0], []).append(i)
+    return list(stacks.values())
+
+
+def stack_pairs(student: nn.Module, teacher: nn.Module, how: str) -> list[tuple[int, int, str]]:
+    """``(student block, teacher block, positions)`` pairs, within each stack (an encoder block only learns from an
+    encoder block: a decoder's positions are not the encoder's); ``positions`` is ``"encoder"`` or ``"decoder"``
+    (the decoder stack of an encoder-decoder model)."""
+    s_stacks, t_stacks = _stacks(student), _stacks(teacher)
+    if len(s_stacks) != len(t_stacks):
+        raise ConfigError(f"hidden-state distillation pairs blocks within stacks, and the student has "
+                          f"{len(s_stacks)} block stack(s) but the teacher {len(t_stacks)}")
+    kinds = ["encoder"] + ["decoder"] * (len(s_stacks) - 1)
+    return [(ss[s], ts[t], kind) for ss, ts, kind in zip(s_stacks, t_stacks, kinds)
+            for s, t in layer_pairs(len(ss), len(ts), how)]
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    """Whether the model's main output (logits, last hidden state) is a decoder's, over the decoder's positions."""
+    spec = arch_of(model)
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False) or
+                (spec is not None and spec.encoder_decoder))
+
+
+def position_masks(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor | None]:
+    """The mask of real positions of each kind of output: the encoder's (and a decoder-only model's) is the batch's
+    ``attention_mask``; an encoder-decoder's decoder positions use ``decoder_attention_mask``, else the labels that
+    are not ignored (-100), else all positions count."""
+    def to(x: Any) -> torch.Tensor | None:
+        return x.to(device) if isinstance(x, torch.Tensor) else None
+
+    dec = to(batch.get("decoder_attention_mask"))
+    if dec is None and isinstance(batch.get("labels"), torch.Tensor) and batch["labels"].dim() == 2:
+        dec = to(batch["labels"] != -100)
+    return {"encoder": to(batch.get("attention_mask")), "decoder": dec}
+
+
+def fitting(mask: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor | None:
+    """``mask`` when it covers ``out``'s ``[batch, positions]``; a mask of other positions is a bug of its caller."""
+    if mask is None or out.dim() < 3:
+        return None
+    if tuple(mask.shape) != tuple(out.shape[:2]):
+        raise ConfigError(f"a position mask of shape {tuple(mask.shape)} does not match an output of "
+                          f"{tuple(out.shape[:2])} positions (set decoder_attention_mask or labels in the batch)")
+    return mask
 
 
 def _width(model: nn.Module) -> int:
@@ -55,14 +106,15 @@ class DistillHook(TrainHook):
 
     def __init__(self, config: Any, student: nn.Module, teacher: Any) -> None:
         self.config, self.teacher = config, teacher
-        self.pairs: list[tuple[int, int]] = []
+        self.pairs: list[tuple[int, int, str]] = []
         self.s_taps = self.t_taps = None
+        self.main_positions = "decoder" if is_encoder_decoder(student) else "encoder"
         if config.hidden_weight or config.relation_weight:
             if not isinstance(teacher, nn.Module):
                 raise ConfigError("hidden-state and relation distillation need a teacher model (not a callable)")
-            self.pairs = layer_pairs(len(find_blocks(student)), len(find_blocks(teacher)), config.layer_map)
-            self.s_taps = _Taps(student, [s for s, _ in self.pairs])
-            self.t_taps = _Taps(teacher, [t for _, t in self.pairs])
+            self.pairs = stack_pairs(student, teacher, config.layer_map)
+            self.s_taps = _Taps(student, [s for s, _, _ in self.pairs])
+            self.t_taps = _Taps(teacher, [t for _, t, _ in self.pairs])
             sw, tw = _width(student), _width(teacher)
             if sw != tw and config.hidden_weight:
                 add_module(student, PROJ, nn.ModuleList(nn.Linear(sw, tw) for _ in self.pairs))
@@ -83,24 +135,28 @@ class DistillHook(TrainHook):
             terms.pop("task", None)
         elif cfg.task_weight != 1:
             terms["task"] = terms["task"] * cfg.task_weight
-        mask = batch.get("attention_mask")
-        mask = mask.to(trainer.device) if isinstance(mask, torch.Tensor) else None
+        masks = position_masks(batch, trainer.device)
         if cfg.output_weight:
-            terms["kd_output"] = cfg.output_weight * self._output_loss(trainer, batch, mask)
+            terms["kd_output"] = cfg.output_weight * self._output_loss(trainer, batch, masks[self.main_positions])
         if self.pairs and not (self.s_taps.out and self.t_taps.out):
             trainer.teacher_output(batch)                           # fills the teacher taps
         if cfg.hidden_weight:
             proj = getattr(trainer.model, PROJ, None)
-            parts = [_relative_mse(proj[k](self.s_taps.out[s]) if proj is not None else self.s_taps.out[s],
-                                   self.t_taps.out[t], mask) for k, (s, t) in enumerate(self.pairs)]
+            parts = []
+            for k, (s, t, where) in enumerate(self.pairs):
+                out = self.s_taps.out[s]
+                parts.append(_relative_mse(proj[k](out) if proj is not None else out, self.t_taps.out[t],
+                                           fitting(masks[where], out)))
             terms["kd_hidden"] = cfg.hidden_weight * torch.stack(parts).mean()
         if cfg.relation_weight:
-            s, t = self.pairs[-1]
+            s, t, where = self.pairs[-1]
+            out = self.s_taps.out[s]
             terms["kd_relation"] = cfg.relation_weight * L.relation_kl(
-                self.s_taps.out[s], self.t_taps.out[t], cfg.relation_heads, mask)
+                out, self.t_taps.out[t], cfg.relation_heads, fitting(masks[where], out))
 
     def _output_loss(self, trainer: Any, batch: dict[str, Any], mask: torch.Tensor | None) -> torch.Tensor:
         student = _main_tensor(trainer.last_output)
+        mask = fitting(mask, student)
         cached = self._cached(batch, student) if self.cache is not None else None
         if cached is not None:
             return L.topk_kd_kl(student, cached["values"].to(student.device), cached["indices"].to(student.device),

@@ -13,7 +13,7 @@ from torch import nn
 
 from torchslim.calibration.pipeline import calibration_batches, run_basic
 from torchslim.calibration.stats import InputNormStats
-from torchslim.core.archs import ArchSpec, arch_of, find_blocks, resolve
+from torchslim.core.archs import ArchSpec, arch_of, config_problem, find_blocks, resolve
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.linear import out_in
@@ -60,16 +60,35 @@ def record_layer_sizes(model: nn.Module, spec: ArchSpec, infos: list) -> None:
     if len(heads) != 1 or (infos[0].heads, infos[0].kv_heads) == _config_heads(cfg, spec):
         return
     hd = infos[0].head_dim
-    explicit = spec.config_head_dim is not None and hasattr(cfg, spec.config_head_dim)
-    if not explicit and hd * infos[0].heads != getattr(cfg, "hidden_size", -1):
+    if spec.config_head_dim is None and hd * infos[0].heads != getattr(cfg, "hidden_size", -1):
         log.warning("%s configs derive the head size from hidden_size / heads: after pruning heads the model "
                     "reloads with torchslim.load, not with from_pretrained", spec.name)
         return
-    if explicit:
-        setattr(cfg, spec.config_head_dim, hd)         # explicit: no longer hidden_size // heads
-    setattr(cfg, spec.num_heads_attr, infos[0].heads)
+    fields = {spec.num_heads_attr: infos[0].heads}
+    if spec.config_head_dim is not None:             # explicit (read by the modeling code even where the config
+        fields[spec.config_head_dim] = hd            # class has no field): no longer hidden_size // heads
     if spec.num_kv_heads_attr and hasattr(cfg, spec.num_kv_heads_attr):
-        setattr(cfg, spec.num_kv_heads_attr, infos[0].kv_heads)
+        fields[spec.num_kv_heads_attr] = infos[0].kv_heads
+    problem = _set_valid(cfg, fields)
+    if problem:
+        log.warning("%s configs cannot express %d heads of size %d (%s): the model reloads with torchslim.load, "
+                    "not with from_pretrained", getattr(cfg, "model_type", spec.name), infos[0].heads, hd, problem)
+
+
+def _set_valid(cfg: Any, fields: dict[str, Any]) -> str | None:
+    """Set ``fields`` on a config if transformers' own validation accepts the result (else leave it unchanged and
+    return the reason): a config it rejects would be written, and then neither loader could read it."""
+    old = {k: getattr(cfg, k) for k in fields if hasattr(cfg, k)}
+    for k, v in fields.items():
+        setattr(cfg, k, v)
+    problem = config_problem(cfg)
+    if problem:
+        for k in fields:
+            if k in old:
+                setattr(cfg, k, old[k])
+            else:
+                delattr(cfg, k)
+    return problem
 
 
 def _config_heads(cfg: Any, spec: ArchSpec) -> tuple[Any, Any]:

@@ -54,6 +54,11 @@ def selected_layers(model: nn.Module, config: UnstructuredConfig) -> dict[str, t
         out[name] = (lin, cfg)
     if not out:
         raise ConfigError("UnstructuredConfig: the selector matched no nn.Linear layer")
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    if convs:
+        log.warning("UnstructuredConfig: %d Conv2d layer(s) left dense (scattered zeros in a convolution have no sparse "
+                    "kernel: stored dense, no faster); StructuredConfig(targets=['channels']) removes whole "
+                    "convolution channels", convs)
     return out
 
 

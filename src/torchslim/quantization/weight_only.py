@@ -171,16 +171,30 @@ def rtn_linear(lin: nn.Module, cfg: WeightOnlyConfig, config: BaseConfig | None 
 
 def split_calibrated(model: nn.Module, config: Any) -> tuple[dict[str, tuple[nn.Module, Any]], dict[str, tuple[nn.Module, Any]]]:
     """The layers a calibrated method (GPTQ, AWQ) picks, split into ``(its own, plain WeightOnlyConfig
-    overrides to round to nearest)``. Pure: the model is not changed."""
+    overrides to round to nearest)``. Its solvers work on linear layers: a selected Conv2d is rounded to nearest
+    where an override gives it a WeightOnlyConfig, else left as it is (see :func:`start_calibrated`). Pure: the model
+    is not changed."""
     own, rtn = {}, {}
-    for n, m, c in selected_linears(model, config, scaled=True):
-        (rtn if isinstance(c, WeightOnlyConfig) else own)[n] = (m, c)
+    for n, m, c in selected_linears(model, config, convs=True, scaled=True):
+        if isinstance(c, WeightOnlyConfig):
+            rtn[n] = (m, c)
+        elif not isinstance(m, nn.Conv2d):
+            own[n] = (m, c)
     return own, rtn
 
 
 def start_calibrated(model: nn.Module, config: Any, label: str) -> None:
     """Common start of a calibrated method's handler: warn about slow kernels and round-to-nearest the layers
-    overridden with a plain WeightOnlyConfig."""
-    warn_slow_layers(plan(model, config.weight), f"before {label}")
-    for name, (lin, cfg) in split_calibrated(model, config)[1].items():
-        replace_module(model, name, rtn_linear(lin, cfg))
+    overridden with a plain WeightOnlyConfig (convolutions included); say which convolutions stay float and how to
+    cover them."""
+    own, rtn = split_calibrated(model, config)
+    convs = [n for n, m, c in selected_linears(model, config, convs=True, scaled=True)
+             if isinstance(m, nn.Conv2d) and n not in rtn and c is not None]
+    if convs:
+        log.warning("%s: %d Conv2d layer(s) left float (its solver applies to linear layers): round them to nearest "
+                    "with a selector override {'type:Conv2d': WeightOnlyConfig(...)} in its weight scheme, or a "
+                    "WeightOnlyConfig stage", type(config).__name__, len(convs))
+    warn_slow_layers([r for r in plan(model, config.weight) if r["name"] in own or r["name"] in rtn], f"before {label}")
+    for name, (lin, cfg) in rtn.items():
+        replace_module(model, name, quantize_conv_weight_only(lin, cfg) if isinstance(lin, nn.Conv2d)
+                       else rtn_linear(lin, cfg))

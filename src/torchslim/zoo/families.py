@@ -113,3 +113,63 @@ def build_family(name: str, seed: int = 0, **overrides: Any) -> TinyFamily:
         torch.manual_seed(seed)
         model = getattr(transformers, model_cls)(config).eval()
     return TinyFamily(name, model, kind, _INPUTS[kind])
+
+
+def family_task(fam: TinyFamily) -> Any:
+    """A task over a tiny family's random inputs, for training techniques (QAT, distillation) in the support matrix."""
+    from torchslim.tasks.base import Task
+
+    class FamilyTask(Task):
+        """Random batches of the family's inputs, with padding where the model takes a mask (an encoder-decoder's
+        decoder gets labels, -100 at padded positions, and no mask of its own: its positions are not the encoder's).
+        The loss: next-token (causal LMs), the decoder's token loss (encoder-decoders), cross-entropy to random
+        classes (vision), the mean square of the hidden states (encoders without a head: a stand-in objective)."""
+
+        name = f"tiny-{fam.name}"
+
+        def evaluate(self, model: nn.Module) -> dict[str, float]:
+            with torch.no_grad():
+                return {"score": -float(self.loss(model, self.calibration_batches(1, 2)[0]))}
+
+        def example_inputs(self, batch: int, seq_len: int | None = None) -> dict[str, Any]:
+            return self._batch(batch, seq_len or 16, None)
+
+        def calibration_batches(self, n_samples: int = 128, batch_size: int = 1) -> list[dict[str, Any]]:
+            g = torch.Generator().manual_seed(1)
+            return [self._batch(batch_size, 16, g) for _ in range(max(1, n_samples // batch_size))]
+
+        def train_batches(self, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+            g = torch.Generator().manual_seed(seed * 1000 + rank + 2)
+            while True:
+                yield self._batch(batch_size, 16, g)
+
+        def _batch(self, b: int, s: int, g: torch.Generator | None) -> dict[str, Any]:
+            inputs = fam.make_inputs(b, s, g)
+            if fam.kind == "seq2seq":
+                inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+                inputs["attention_mask"][-1, -3:] = 0
+                labels = inputs["decoder_input_ids"].clone()
+                labels[-1, -2:] = -100
+                inputs["labels"] = labels
+            elif fam.kind == "encoder":
+                inputs["attention_mask"][-1, -3:] = 0
+            elif fam.kind == "vision":
+                inputs["labels"] = torch.randint(0, 10, (b,), generator=g)
+            return inputs
+
+        def forward(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
+            return model(**{k: v for k, v in inputs.items() if k != "labels" or fam.kind == "seq2seq"})
+
+        def loss_from_output(self, output: Any, batch: dict[str, Any]) -> torch.Tensor:
+            import torch.nn.functional as F
+
+            if fam.kind == "encoder":
+                return output.last_hidden_state.float().pow(2).mean()
+            logits = output.logits.float()
+            if fam.kind == "vision":
+                return F.cross_entropy(logits, batch["labels"])
+            if fam.kind == "seq2seq":
+                return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["input_ids"][:, 1:].flatten())
+
+    return FamilyTask()
