@@ -45,7 +45,7 @@ def test_the_quantize_example_spells_out_int4_groups_of_128() -> None:
 
 def test_the_readme_shows_the_examples_as_printed() -> None:
     blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    for verb in ("quantize", "prune"):
+    for verb in ("quantize", "prune", "finetune"):
         assert _example(verb) in blocks, f"README's {verb} config file differs from `torchslim config example {verb}`"
 
 
