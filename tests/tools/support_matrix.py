@@ -188,23 +188,47 @@ def _export_gguf(fam: TinyFamily) -> str:
 
 
 def _export_onnx(fam: TinyFamily) -> str:
+    """int8 model exported; onnxruntime's outputs against torch's (decoders: the cached folder's first step;
+    encoder-decoders: greedy tokens through encoder, decoder and decoder-with-past graphs)."""
     import numpy as np
     import onnxruntime as ort
 
+    from onnx_run import ort_greedy_causal, ort_greedy_seq2seq, torch_greedy_seq2seq
     from torchslim.artifact.export_onnx import write_onnx
+    from torchslim.artifact.onnx_graphs import model_kind
     from torchslim.zoo.families import family_task
 
     _rtn8(fam)
-    task = family_task(fam)
+    task, kind = family_task(fam), model_kind(fam.model)
+    batch = task.example_inputs(2, 16)
     with tempfile.TemporaryDirectory() as d:
-        done = write_onnx(fam.model, Path(d) / "m.onnx", task)
-        batch = task.example_inputs(2, 16)
-        sess = ort.InferenceSession(str(Path(d) / "m.onnx"), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {n: batch[n].numpy() for n in done["inputs"]})[0]
-    out = fam.output({n: batch[n] for n in done["inputs"]})
-    err = _rel(torch.from_numpy(np.asarray(got)).float(), out)
+        out = Path(d) / ("m" if kind in ("causal-lm", "seq2seq") else "m.onnx")
+        done = write_onnx(fam.model, out, task)
+        kept = f"{sum(done['rewritten'].values())} of {done['packed_layers']} int8 layers kept packed"
+        if kind == "seq2seq":
+            ids, mask = batch["input_ids"], batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
+            start = int(fam.model.config.decoder_start_token_id or 0)
+            got_tok, got_logits = ort_greedy_seq2seq(out, ids.numpy(), mask.numpy(), start, 2)
+            want_tok, want_logits = torch_greedy_seq2seq(fam.model, ids, mask, start, 2)
+            # step 2 runs the decoder-with-past graph; compared where both picked the same first token (a random tiny
+            # model's near-tied logits may flip an argmax within rounding)
+            same = [i for i in range(ids.shape[0]) if got_tok[i][0] == want_tok[i][0]]
+            steps = [np.asarray(got_logits)[0]] + ([np.asarray(got_logits)[1][same]] if same else [])
+            refs = [want_logits[0]] + ([want_logits[1][same]] if same else [])
+            err = max(_rel(torch.from_numpy(g).float(), torch.from_numpy(r).float()) for g, r in zip(steps, refs))
+            assert err < 0.05, f"onnxruntime outputs differ ({err:.3f})"
+            return f"{kept} (encoder, decoder, decoder with past), error {err:.4f}"
+        if kind == "causal-lm":
+            _, logits = ort_greedy_causal(out, batch["input_ids"].numpy(), 1)
+            got, ref = torch.from_numpy(np.asarray(logits)).float(), fam.output({"input_ids": batch["input_ids"]})
+        else:
+            sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            names = done["inputs"]
+            got = torch.from_numpy(np.asarray(sess.run(None, {n: batch[n].numpy() for n in names})[0])).float()
+            ref = fam.output({n: batch[n] for n in names})
+    err = _rel(got, ref)
     assert err < 0.05, f"onnxruntime outputs differ ({err:.3f})"
-    return f"{sum(done['rewritten'].values())} of {done['packed_layers']} int8 layers kept packed, error {err:.4f}"
+    return f"{kept}, error {err:.4f}"
 
 
 # Training and export columns: slower (a few training steps, an exporter run), asserted by a slow test.
