@@ -185,3 +185,18 @@ def test_every_verb_takes_the_data_flags_an_image_classifier_asks_for(tmp_path):
         res = run(verb, vit, *extra, "-o", str(tmp_path / verb), "--eval-data", imgs, "--calib-data", imgs)
         assert res.returncode == 0, f"{verb}: {res.stderr[-1500:]}"
         assert (tmp_path / verb / "manifest.json").is_file()
+
+
+def test_quantize_and_prune_print_quality_before_and_after(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("_type: WeightOnlyConfig\nformat: {_type: IntFormat, bits: 8}\ngranularity: {_type: PerChannel}\n")
+    res = run("quantize", "tiny-llama", "-c", str(cfg), "-o", str(tmp_path / "q"))
+    assert res.returncode == 0, res.stderr
+    line = next(x for x in res.stdout.splitlines() if x.startswith("quality:"))
+    assert "perplexity (lower is better)" in line and "->" in line
+    pcfg = tmp_path / "p.yaml"
+    pcfg.write_text("_type: UnstructuredConfig\nsparsity: 0.5\nimportance: magnitude\n")
+    res = run("prune", "tiny-llama", "-c", str(pcfg), "-o", str(tmp_path / "p"))
+    assert res.returncode == 0 and "quality: perplexity" in res.stdout, res.stderr
+    res = run("prune", "tiny-llama", "-c", str(pcfg), "-o", str(tmp_path / "p2"), "--no-eval")
+    assert res.returncode == 0 and "quality:" not in res.stdout, res.stderr

@@ -87,6 +87,7 @@ def _eval_spec(shapes: list[str], iters: int, warmup: int, threads: Optional[int
 CALIB_HELP = "Calibration/training data: a text file, a JSONL file (\"text\", \"label\") or a folder."
 EVAL_HELP = "Evaluation data: a text file, a JSONL file (\"text\", \"label\") or a folder (images per class)."
 SEQ_HELP = "Sequence length of the task's windows (capped at the model's context)."
+EVAL_FLAG_HELP = "Evaluate the task's quality before and after and print both (two evaluations; --no-eval skips them)."
 
 
 def _load_with_task(model: str, task: Optional[str], data: dict | None = None):
@@ -180,8 +181,9 @@ def quantize_cmd(
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help=EVAL_FLAG_HELP),
 ) -> None:
-    """Quantize a model with a config file and save the artifact."""
+    """Quantize a model with a config file, print its quality before and after, and save the artifact."""
     from torchslim.api import quantize_
     from torchslim.artifact import save
     from torchslim.core.config import BaseConfig
@@ -192,10 +194,13 @@ def quantize_cmd(
     console = _console()
     with console.status(f"loading {escape(model)}"):
         loaded = load_model(model, **_data(calib_data, eval_data, seq_len))
+    before = _quality(loaded, evaluate, "before")
     console.print(f"quantizing with {type(cfg).__name__} (progress per layer)")
     quantize_(loaded.model, cfg, ApplyContext(task=loaded.task))
+    after = _quality(loaded, evaluate, "after")
     save(loaded.model, out, source=loaded.source)
     console.print(f"saved {escape(str(out))}")
+    _print_quality(console, loaded.task, before, after)
     _print_plan(console, loaded.model)
 
 
@@ -209,31 +214,58 @@ def prune_cmd(
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help=EVAL_FLAG_HELP),
 ) -> None:
-    """Prune a model with a config file (optionally fine-tune to recover) and save the artifact.
+    """Prune a model with a config file (optionally fine-tune to recover), print its quality before and after, and
+    save the artifact.
     The same as `torchslim run` of a recipe (prune, then train), without the report."""
     from torchslim.core.config import BaseConfig
     from torchslim.core.state import state_of
     from torchslim.recipes import ApplyStage, Recipe, RunOptions, TrainStage, run_recipe
+    from torchslim.recipes.stages import EvaluateStage
     from torchslim.train import FinetuneConfig, TrainConfig
 
     cfg = BaseConfig.load(config)
     stages = [ApplyStage(cfg, "prune")]
     if recover_steps:
         stages.append(TrainStage(FinetuneConfig(train=TrainConfig(steps=recover_steps, lr=lr)), "finetune"))
+    if evaluate:
+        stages = [EvaluateStage(label="before"), *stages, EvaluateStage(label="after")]
     console = _console()
     console.print(f"pruning with {type(cfg).__name__} (progress per layer)"
                   + (f", then recovery fine-tuning: {recover_steps} steps" if recover_steps else ""))
     options = RunOptions(report=False, data=_data(calib_data, eval_data, seq_len))
     result = run_recipe(Recipe(f"prune {config.name}", "", stages), model, out, options, console)
     history = state_of(result.model).history
-    touched = history[0].touched
+    touched = next(h for h in history if h.kind != "evaluate").touched
     before, after = touched.get("params_before"), touched.get("params_after")
     if before is not None:
         console.print(f"saved {escape(str(out))}: {before:,} -> {after:,} parameters ({after / max(before, 1):.2f}x)")
     else:
         console.print(f"saved {escape(str(out))}: parameters unchanged (weights zeroed, stored sparse)")
+    evals = [h.metrics for h in history if h.kind == "evaluate" and h.metrics]
+    if evaluate and len(evals) >= 2:
+        _print_quality(console, result.task, evals[0], evals[-1])
     _print_sparse_notes(console, result.model)
+
+
+def _quality(loaded, evaluate: bool, label: str) -> dict | None:
+    """The task's metrics of ``loaded.model`` now (recorded in its history), or None when not asked or no task."""
+    if not evaluate or loaded.task is None:
+        return None
+    from torchslim.recipes.report import quick_eval
+
+    return quick_eval(loaded.model, loaded.task, label)
+
+
+def _print_quality(console, task, before: dict | None, after: dict | None) -> None:
+    """``perplexity (lower is better): 12.3 -> 12.6 (+2.4%)`` for the task's primary metric."""
+    if task is None or not before or not after or task.metric not in before or task.metric not in after:
+        return
+    b, a = before[task.metric], after[task.metric]
+    change = f" ({100 * (a - b) / abs(b):+.1f}%)" if b else ""
+    better = "higher" if task.higher_is_better else "lower"
+    console.print(f"quality: {escape(task.metric)} ({better} is better) {b:.4g} -> {a:.4g}{change}")
 
 
 def _print_sparse_notes(console, model) -> None:

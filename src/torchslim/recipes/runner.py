@@ -59,6 +59,7 @@ class RunResult:
     model: nn.Module
     report: dict[str, Any]
     resumed_from: int | None = None
+    task: Any = None               # the task the run evaluated on (its metric and direction)
 
 
 class _RunFolder:
@@ -226,7 +227,7 @@ def _run(recipe: Recipe, model: str, out: Path, options: RunOptions, console: An
     final_saved = any(isinstance(s, SaveStage) and s.path is None for s in recipe.stages)
     report = _finish(recipe, model, run, loaded.task, reference, st, options, final_saved)
     folder.remove()
-    return RunResult(out, run.model, report, first if first > 0 else None)
+    return RunResult(out, run.model, report, first if first > 0 else None, loaded.task)
 
 
 def _baseline(model: nn.Module, task: Any, st: dict[str, Any], console: Any) -> None:
