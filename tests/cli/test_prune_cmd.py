@@ -31,7 +31,7 @@ def test_structured_prune_with_recovery_writes_a_smaller_artifact(tmp_path):
 def test_unstructured_prune_says_when_there_is_no_speed_gain(tmp_path):
     cfg = tmp_path / "u.json"
     UnstructuredConfig(sparsity=0.5).save(cfg)
-    res = run("prune", "tiny-llama", "-c", str(cfg), "-o", str(tmp_path / "u"))
+    res = run("prune", "tiny-llama", "-c", str(cfg), "-o", str(tmp_path / "u"), "--no-eval")
     assert res.returncode == 0, res.stderr
     assert "no speed gain" in res.stdout and "bitmask" in res.stdout
 

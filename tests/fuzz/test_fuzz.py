@@ -57,7 +57,7 @@ def _config_cases(root: Path, rng: random.Random, n: int) -> list[dict]:
         cfg = d / ("c.yaml" if i % 2 else "c.json")
         cfg.write_text(yaml.safe_dump(doc) if i % 2 else json.dumps(doc))
         cases.append({"id": f"config {i}: {verb} {base['_type']} {what} {path}", "kind": "cli", "root": str(d),
-                      "allowed": [str(d / "out")], "argv": [verb, "tiny-llama", "-c", str(cfg), "-o", str(d / "out")],
+                      "allowed": [str(d / "out")], "argv": [verb, "tiny-llama", "-c", str(cfg), "-o", str(d / "out"), "--no-eval"],
                       "names": _names(path) + [base["_type"], str(cfg)]})
     return cases
 
