@@ -158,20 +158,9 @@ def test_version_and_a_hint_for_hub_ids(tmp_path):
 def test_every_verb_takes_the_data_flags_an_image_classifier_asks_for(tmp_path):
     """An image classifier has no task without --eval-data: quantize, prune and finetune accept it (and the other
     data flags) as eval and run do, instead of asking for the flag and then rejecting it."""
-    import numpy as np
-    from PIL import Image
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from tiny_vit import vit_folder_and_images
 
-    torch.manual_seed(0)
-    cfg = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                    patch_size=8, num_labels=2, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1})
-    ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
-    rng = np.random.default_rng(0)
-    for cls in ("cat", "dog"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    vit_folder_and_images(tmp_path)
     from torchslim.pruning import UnstructuredConfig
     from torchslim.quantization import W8A8Config
 

@@ -10,17 +10,14 @@ import json
 import random
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from _judge import clean_exit, one_error, run_worker
 from _mutations import mutate
 
-WORKER = Path(__file__).with_name("_fuzz_worker.py")
-LIMIT = 4 << 30            # address space of the worker: a few GB, far below any "allocate 160 GB" attack
 SEED = int(__import__("os").environ.get("TORCHSLIM_FUZZ_SEED", "20261129"))   # other seeds: more cases
 
 CONFIGS = {
@@ -109,22 +106,13 @@ def test_fuzzed_inputs_fail_cleanly(tmp_path, base_artifact):
     rng = random.Random(SEED)
     cases = (_config_cases(tmp_path, rng, 48) + _manifest_cases(base_artifact, tmp_path, rng, 48)
              + _header_cases(base_artifact, tmp_path, rng, 24))
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    proc = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "cases.json"), str(tmp_path / "results.json"),
-                           str(LIMIT)], capture_output=True, text=True, timeout=900)
-    results = json.loads((tmp_path / "results.json").read_text()) if (tmp_path / "results.json").exists() else []
-    assert proc.returncode == 0 and len(results) == len(cases), (proc.stderr[-3000:], len(results))
+    results = run_worker(tmp_path, cases, timeout=900)
     problems = []
     for case, r in zip(cases, results):
-        lines = [ln for ln in r["stderr"].splitlines() if ln.strip() and not ln.startswith("warning: ")]
-        if r["code"] not in (0, 2) or r["traceback"]:
-            problems.append(f"{case['id']}: exit {r['code']}\n{r['traceback'] or r['stderr']}")
-        elif r["code"] == 2 and not (len(lines) == 1 and lines[0].startswith("error:")):
-            problems.append(f"{case['id']}: not one error line: {r['stderr'][:500]}")
-        elif r["code"] == 2 and not any(n in lines[0] for n in case["names"]):
-            problems.append(f"{case['id']}: the error names neither the field nor the file: {lines[0][:300]}")
-        if r["outside"]:
-            problems.append(f"{case['id']}: touched files outside the target: {r['outside'][:3]}")
+        problems += clean_exit(case, r)
+        line = one_error(r)
+        if line is not None and not any(n in line for n in case["names"]):
+            problems.append(f"{case['id']}: the error names neither the field nor the file: {line[:300]}")
         if r["seconds"] > 60:
             problems.append(f"{case['id']}: took {r['seconds']:.0f} s")
     assert not problems, f"{len(problems)} of {len(cases)} cases:\n" + "\n".join(problems[:15])

@@ -16,17 +16,14 @@ import os
 import random
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 
+from _judge import clean_exit, run_worker
 from _mutations import mutate
 
-WORKER = Path(__file__).with_name("_fuzz_worker.py")
-LIMIT = 4 << 30
 SEED = int(os.environ.get("TORCHSLIM_FUZZ_SEED", "20261206"))
 CASE_SECONDS = 60
 ABSURD = [10**12, 2**70, -1, 1e308, math.inf, -math.inf, math.nan, 10**21]
@@ -272,30 +269,18 @@ def _number_cases(cases: list, f: dict[str, Path], root: Path) -> None:
 
 
 def _run(tmp_path: Path, cases: list[dict]) -> list[dict]:
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    proc = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "cases.json"), str(tmp_path / "results.json"),
-                           str(LIMIT)], capture_output=True, text=True, timeout=CASE_SECONDS * len(cases) + 120,
-                          input="y\n" * 100)      # a prompt asking to run a folder's code would get "y"
-    results = json.loads((tmp_path / "results.json").read_text()) if (tmp_path / "results.json").exists() else []
-    assert proc.returncode == 0 and len(results) == len(cases), (proc.stderr[-3000:], len(results))
-    return results
+    return run_worker(tmp_path, cases, CASE_SECONDS * len(cases) + 120,
+                      stdin="y\n" * 100)      # a prompt asking to run a folder's code would get "y"
 
 
 def _problems(cases: list[dict], results: list[dict]) -> list[str]:
     problems = []
     for case, r in zip(cases, results):
-        lines = [ln for ln in r["stderr"].splitlines() if ln.strip() and not ln.startswith("warning: ")
-                 and "Loading weights" not in ln]
-        if r["code"] not in (0, 2) or r["traceback"]:
-            problems.append(f"{case['id']}: exit {r['code']}\n{r['traceback'] or r['stderr']}")
-        elif r["code"] == 2 and not (len(lines) == 1 and lines[0].startswith("error:")):
-            problems.append(f"{case['id']}: not one error line: {r['stderr'][:500]}")
-        elif case["must_refuse"] and r["code"] != 2:
+        problems += clean_exit(case, r, ignore=("Loading weights",))
+        if case["must_refuse"] and r["code"] == 0 and not r["traceback"]:
             problems.append(f"{case['id']}: accepted silently (exit {r['code']})")
         if Path(case["marker"]).exists():
             problems.append(f"{case['id']}: ran code from the model folder")
-        if r["outside"]:
-            problems.append(f"{case['id']}: touched files outside the target: {r['outside'][:3]}")
         if r["seconds"] > CASE_SECONDS:
             problems.append(f"{case['id']}: took {r['seconds']:.0f} s")
     return problems

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from _judge import clean_exit, run_worker
 from _mutations import BAD_VALUES, _parent, paths
 
-WORKER = Path(__file__).with_name("_fuzz_worker.py")
-LIMIT = 4 << 30
 SEED = int(os.environ.get("TORCHSLIM_FUZZ_SEED", "20261206"))
 # Values a hostile recipe or run state brings for names and folders, besides the generic bad values.
 PATH_VALUES = ["../x", "/tmp/torchslim-fuzz-abs", "a/b", "[/]", "[link=http://e.invalid]x[/link]", "manifest.json",
@@ -195,24 +194,13 @@ def _export_cases(root: Path, rng: random.Random) -> list[dict]:
 
 # -- running and judging ---------------------------------------------------------------------------------
 def _work(tmp_path: Path, cases: list[dict], timeout: int = 600) -> list[dict]:
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    proc = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "cases.json"), str(tmp_path / "results.json"),
-                           str(LIMIT)], capture_output=True, text=True, timeout=timeout)
-    results = json.loads((tmp_path / "results.json").read_text()) if (tmp_path / "results.json").exists() else []
-    assert proc.returncode == 0 and len(results) == len(cases), (proc.stderr[-3000:], len(results))
-    return results
+    return run_worker(tmp_path, cases, timeout)
 
 
 def _problems(cases: list[dict], results: list[dict]) -> list[str]:
     problems = []
     for case, r in zip(cases, results):
-        lines = [ln for ln in r["stderr"].splitlines() if ln.strip() and not ln.startswith("warning: ")]
-        if r["code"] not in (0, 2) or r["traceback"]:
-            problems.append(f"{case['id']}: exit {r['code']}\n{r['traceback'] or r['stderr']}")
-        elif r["code"] == 2 and not (len(lines) == 1 and lines[0].startswith("error:")):
-            problems.append(f"{case['id']}: not one error line: {r['stderr'][:500]}")
-        if r["outside"]:
-            problems.append(f"{case['id']}: touched files outside the target: {r['outside'][:3]}")
+        problems += clean_exit(case, r)
         if r["code"] == 0 and case.get("check_quantized"):
             problems += _check_quantized(case)
         leftovers = [p.name for p in Path(case.get("export_dir", "/nonexistent")).glob(".*.tmp")] + \

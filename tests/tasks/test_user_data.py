@@ -54,20 +54,9 @@ def test_causal_lm_windows_are_capped_by_the_context(tmp_path):
 
 
 def test_an_image_classifier_folder_evaluates_on_a_folder_of_class_subfolders(tmp_path):
-    import numpy as np
-    from PIL import Image
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from tiny_vit import vit_folder_and_images
 
-    torch.manual_seed(0)
-    cfg = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                    patch_size=8, num_labels=2, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1})
-    ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
-    rng = np.random.default_rng(0)
-    for cls in ("cat", "dog"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    vit_folder_and_images(tmp_path)
     loaded = torchslim.load_model(str(tmp_path / "vit"), eval_data=tmp_path / "imgs")
     assert type(loaded.model).__name__ == "ViTForImageClassification"
     assert loaded.task.eval_x.shape == (6, 3, 32, 32) and 0 <= loaded.task.evaluate(loaded.model)["top1"] <= 100
