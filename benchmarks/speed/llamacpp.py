@@ -81,8 +81,11 @@ def perplexity(path: Path, text_file: Path, ctx: int, chunks: int, threads: int)
 
     cmd = [str(tools() / "llama-perplexity"), "-m", str(path), "-f", str(text_file), "-c", str(ctx), "-b", str(ctx),
            "--chunks", str(chunks), "-t", str(threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    found = re.search(r"Final estimate: PPL = ([0-9.]+)", res.stdout + res.stderr)
+    for _ in range(3):     # llama.cpp logs from a worker thread and, under load, can exit before the last lines
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        found = re.search(r"Final estimate: PPL = ([0-9.]+)", res.stdout + res.stderr)
+        if res.returncode != 0 or found is not None:
+            break
     if res.returncode != 0 or found is None:
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.returncode}"]
         raise RuntimeError(f"llama-perplexity failed: {tail[0]}")

@@ -175,3 +175,19 @@ def test_q4_k_m_gives_a_fused_qkv_more_bits_like_llama_cpp(tmp_path) -> None:
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["blk.0.attn_qkv.weight"] == "Q8_0" and types["blk.0.ffn_up.weight"] == "Q5_0"
     assert info["fallback_layers"] == 8
+
+
+def test_a_phi3_named_file_without_the_tokens_llama_cpp_looks_up_is_renamed_with_a_warning(tmp_path, caplog) -> None:
+    model = build_family("phi3", vocab_size=257).model
+    path = tmp_path / "phi3.gguf"
+    write_gguf(model, path, qtype="F32", embed_type="F32", tokenizer=byte_tokenizer((EOS,)), name="tiny-Phi-3")
+    name = gguf.GGUFReader(path).fields["general.name"].contents()
+    assert name == "tiny-Phi_3" and "phi3" not in name.lower() and "phi-3" not in name.lower()
+    assert "lacks </s>, <unk>, <s>" in caplog.text
+
+
+def test_a_vocabulary_with_those_tokens_keeps_its_name() -> None:
+    from torchslim.artifact.export_gguf import llama_name
+
+    assert llama_name("Phi-3-mini", {"</s>", "<unk>", "<s>", "<|endoftext|>", "a"}) == "Phi-3-mini"
+    assert llama_name("smollm2", set()) == "smollm2"

@@ -163,7 +163,7 @@ def _stored(qtype: str, gg: str, module: nn.Module, n_blocks: int, counts: dict[
     return t
 
 
-def _copy_tokenizer(w: Any, source_gguf: Path) -> None:
+def _copy_tokenizer(w: Any, source_gguf: Path) -> set[str]:
     import gguf
 
     reader = gguf.GGUFReader(source_gguf)
@@ -173,9 +173,35 @@ def _copy_tokenizer(w: Any, source_gguf: Path) -> None:
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         w.add_key_value(key, field.contents(), vtype, sub)
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    return set(tokens.contents()) if tokens is not None else set()
 
 
-def _hf_tokenizer(w: Any, tokenizer: Any) -> None:
+# llama.cpp sets token attributes by the file's general.name: a name containing one of these keys makes it look
+# up the listed tokens and abort ("unordered_map::at") when the vocabulary lacks one of them
+_NAME_RULES = {("phi-3", "phi3"): ("</s>", "<unk>", "<s>", "<|endoftext|>")}
+
+
+def llama_name(name: str, vocab: set[str]) -> str:
+    """``name`` as written to ``general.name``: unchanged unless it would trigger one of llama.cpp's name-keyed
+    vocabulary rules whose tokens this vocabulary lacks; then the key is spelled so the rule does not fire
+    (``phi3`` -> ``phi_3``), with a warning."""
+    lowered = name.lower()
+    for keys, tokens in _NAME_RULES.items():
+        missing = [t for t in tokens if t not in vocab]
+        if not missing or not any(k in lowered for k in keys):
+            continue
+        for k in keys:
+            while k in lowered:
+                i = lowered.index(k)
+                name = name[:i] + name[i:i + len(k)].replace("-", "").replace("3", "_3") + name[i + len(k):]
+                lowered = name.lower()
+        log.warning("GGUF export: llama.cpp looks up %s in any model named like %s; this vocabulary lacks %s, so "
+                    "the file is named %r", ", ".join(tokens), " or ".join(keys), ", ".join(missing), name)
+    return name
+
+
+def _hf_tokenizer(w: Any, tokenizer: Any) -> set[str]:
     import gguf
 
     with tempfile.TemporaryDirectory(prefix="torchslim-gguf-") as d:
@@ -201,6 +227,7 @@ def _hf_tokenizer(w: Any, tokenizer: Any) -> None:
             bos = getattr(tokenizer, "bos_token_id", None)
             special.add_special_token["bos"] = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
         special.add_to_gguf(w)
+        return set(tokens)
 
 
 def _inert_merge(tokens: list[str]) -> str:
@@ -386,14 +413,11 @@ def write_gguf(model: nn.Module, out: str | Path, *, qtype: str = "Q4_0", embed_
     tensors = _tensors(model, fam, facts, named, qtype, embed_type, tied, counts, name)
     with atomic_path(Path(out)) as tmp:
         w = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, fam.arch)])
-        w.add_name(name)
         write_metadata(w, fam, facts)
         w.add_file_type(int(_file_type(qtype)))
         w.add_quantization_version(2)
-        if source_gguf is not None:
-            _copy_tokenizer(w, source_gguf)
-        else:
-            _hf_tokenizer(w, tokenizer)
+        vocab = _copy_tokenizer(w, source_gguf) if source_gguf is not None else _hf_tokenizer(w, tokenizer)
+        w.add_name(llama_name(name, vocab))
         for tensor_name, data, raw in tensors:
             w.add_tensor(tensor_name, data, raw_dtype=raw)
         w.write_header_to_file()
