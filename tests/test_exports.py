@@ -16,3 +16,35 @@ def test_a_zoo_artifact_exports_with_its_tokenizer(tmp_path) -> None:
     assert "tokenizer" in done and (tmp_path / "hf" / "tokenizer_config.json").is_file()
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf", trust_remote_code=False)
     assert tok("hello world")["input_ids"] == lm.tokenizer("hello world")["input_ids"]
+
+
+def _close(quality: dict, reader: str, tol: float) -> None:
+    assert quality["reader"] == reader and quality["metric"] == "perplexity"
+    assert abs(quality["exported"] - quality["artifact"]) <= tol * quality["artifact"], quality
+
+
+def test_each_export_reports_the_written_files_quality_next_to_the_models(tmp_path) -> None:
+    from torchslim.exports import export_gguf, export_onnx
+
+    lm = torchslim.load_model("tiny-llama")
+    torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
+    torchslim.save(lm.model, tmp_path / "art", source=lm.source)
+    _close(export_onnx(tmp_path / "art", tmp_path / "onnx", evaluate=True)["quality"], "ONNX Runtime", 1e-3)
+    _close(export_hf_folder(tmp_path / "art", tmp_path / "hf", dense=True, evaluate=True)["quality"],
+           "transformers (from_pretrained)", 1e-4)
+    gguf = export_gguf("tiny-llama", tmp_path / "m.gguf", qtype="Q8_0", calibrate=False, evaluate=True)["quality"]
+    _close(gguf, "transformers' GGUF reader", 5e-3)          # Q8_0 rounding of a float model
+    assert gguf["exported"] != gguf["artifact"]                 # the file was read, not the model again
+
+
+def test_a_file_that_cannot_be_evaluated_says_why(tmp_path) -> None:
+    from torchslim.exports import compare_quality
+
+    lm = torchslim.load_model("tiny-llama")
+
+    def unreadable():
+        raise torchslim.TorchSlimError("no reader for this file")
+
+    assert compare_quality(lm, 1.0, unreadable, "x") == {"skipped": "no reader for this file"}
+    lm.task = None
+    assert "no task" in compare_quality(lm, None, unreadable, "x")["skipped"]

@@ -34,7 +34,8 @@ GRID_FORMATS = {"Q8_0": IntFormat(8), "Q5_0": IntFormat(5), "Q4_0": IntFormat(4)
 
 
 def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embed_type: str = "Q8_0",
-                source_gguf: str | Path | None = None, calibrate: bool = True) -> dict[str, Any]:
+                source_gguf: str | Path | None = None, calibrate: bool = True,
+                evaluate: bool = False) -> dict[str, Any]:
     """Write the decoder artifact (or model folder / zoo name) ``artifact`` as the GGUF file ``out``.
 
     The best file the type allows: with ``calibrate`` and calibration data (the model's task: a zoo model's, an
@@ -42,6 +43,8 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
     per-tensor types of a mix such as Q4_K_M, fallbacks included) is first quantized by GPTQ on exactly that grid
     and its codes written as they are; K-quant tensors (whole Q4_K / Q6_K super-blocks) are rounded from the float
     weights. Packed layers off the target grid are refused with the command that re-quantizes from the float model.
+    With ``evaluate``, ``done["quality"]`` holds the task's metric of the model and of the written file
+    (see :func:`compare_quality`).
     """
     loaded = load_model(str(artifact))
     source_gguf = Path(source_gguf) if source_gguf else _source_gguf(loaded.source)
@@ -50,6 +53,7 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
         check_gguf(loaded.model, loaded.name, qtype, embed_type)
     except OffGridError as e:
         raise TorchSlimError(f"{e}. {_working_command(loaded.source, out, qtype, e)}") from None
+    before = _metric(loaded, loaded.model) if evaluate else None
     if calibrate and loaded.task is None and qtype not in FLOAT_TYPES:
         log.warning("GGUF export: no calibration data is known for %s; its float layers are rounded to the %s grid, "
                     "not GPTQ-calibrated", loaded.name, qtype)
@@ -64,7 +68,32 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
                           source_gguf=source_gguf, name=loaded.name)
     except OffGridError as e:
         raise TorchSlimError(f"{e}. {_working_command(loaded.source, out, qtype, e)}") from None
-    return {**done, "calibrated_layers": calibrated}
+    done = {**done, "calibrated_layers": calibrated}
+    if evaluate:
+        from torchslim.artifact.file_models import gguf_model
+
+        done["quality"] = compare_quality(loaded, before, lambda: gguf_model(out), "transformers' GGUF reader")
+    return done
+
+
+def _metric(loaded: Any, model: nn.Module) -> float | None:
+    """The task's primary metric of ``model``, or None without a task."""
+    if loaded.task is None:
+        return None
+    return float(loaded.task.evaluate(model)[loaded.task.metric])
+
+
+def compare_quality(loaded: Any, before: float | None, read: Any, reader: str) -> dict[str, Any]:
+    """``{"metric", "higher_is_better", "artifact", "exported", "reader"}``: the task's metric of the model
+    (``before``) and of the written file as ``read()`` loads it; ``{"skipped": why}`` when it cannot be measured."""
+    if loaded.task is None or before is None:
+        return {"skipped": "no task is known for this model (nothing to evaluate on)"}
+    try:
+        exported = _metric(loaded, read())
+    except (TorchSlimError, ImportError) as e:
+        return {"skipped": str(e)}
+    return {"metric": loaded.task.metric, "higher_is_better": loaded.task.higher_is_better, "artifact": before,
+            "exported": exported, "reader": reader}
 
 
 def _working_command(source: dict[str, Any], out: str | Path, qtype: str, err: OffGridError) -> str:
@@ -113,7 +142,8 @@ def grid_gptq_config(model: nn.Module, qtype: str) -> tuple[GPTQConfig | None, i
     return GPTQConfig(weight=WeightOnlyConfig(format=first.format, granularity=PerGroup(32), selector=sel)), len(overrides)
 
 
-def export_hf_folder(artifact: str | Path, out: str | Path, dense: bool = False, fmt: str = "hf") -> dict[str, Any]:
+def export_hf_folder(artifact: str | Path, out: str | Path, dense: bool = False, fmt: str = "hf",
+                     evaluate: bool = False) -> dict[str, Any]:
     """``artifact`` as a Hugging Face folder at ``out`` (``fmt``: ``hf`` or ``compressed-tensors``), with the
     tokenizer: copied from the source folder when the model came from one, else the one torchslim loads the model
     with (a zoo model's, e.g. SmolLM2's from its GGUF file) saved beside the weights."""
@@ -130,15 +160,40 @@ def export_hf_folder(artifact: str | Path, out: str | Path, dense: bool = False,
 
             user_mode_tree(out)
             done["tokenizer"] = "saved from the tokenizer torchslim loads the model with"
+    if evaluate:
+        loaded = load_model(str(artifact))
+        done["quality"] = compare_quality(loaded, _metric(loaded, loaded.model), lambda: _hf_folder_model(out),
+                                          "transformers (from_pretrained)")
     return done
 
 
-def export_onnx(model_spec: str | Path, out: str | Path, example_inputs: Any = None) -> dict[str, Any]:
+def _hf_folder_model(folder: str | Path) -> nn.Module:
+    """The exported folder as transformers alone loads it (the Auto class its config names; no torchslim code)."""
+    import transformers
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None:
+        raise TorchSlimError(f"{folder}: config.json names no transformers class to load it with")
+    return cls.from_pretrained(str(folder)).eval()
+
+
+def export_onnx(model_spec: str | Path, out: str | Path, example_inputs: Any = None,
+                evaluate: bool = False) -> dict[str, Any]:
     """Write ``model_spec`` (an artifact, model folder or zoo name) for ONNX Runtime at ``out``: a folder for causal
     LMs and encoder-decoders, else one ``.onnx`` file whose inputs come from the model's task or ``example_inputs``
-    (a tensor, tuple or dict of tensors; see :func:`example_inputs_from`)."""
+    (a tensor, tuple or dict of tensors; see :func:`example_inputs_from`). With ``evaluate``, ``done["quality"]``
+    compares the task's metric of the model and of the graph run by ONNX Runtime."""
     loaded = load_model(str(model_spec))
-    return write_onnx(loaded.model, out, loaded.task, example_inputs=example_inputs, tokenizer=loaded.tokenizer)
+    done = write_onnx(loaded.model, out, loaded.task, example_inputs=example_inputs, tokenizer=loaded.tokenizer)
+    if evaluate:
+        from torchslim.artifact.file_models import ort_model
+
+        done["quality"] = compare_quality(loaded, _metric(loaded, loaded.model), lambda: ort_model(out),
+                                          "ONNX Runtime")
+    return done
 
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "int64": torch.long,

@@ -117,7 +117,9 @@ def test_cli_format_option_writes_the_folder_and_refuses_in_one_error_line(tmp_p
     with pytest.raises(SystemExit) as e:
         main(["export", "hf", str(art), "-o", str(tmp_path / "ct"), "--format", "compressed-tensors"])
     assert e.value.code == 0
-    assert "15 packed layers" in capsys.readouterr().out and (tmp_path / "ct" / "model.safetensors").is_file()
+    out = capsys.readouterr().out
+    assert "15 packed layers" in out and (tmp_path / "ct" / "model.safetensors").is_file()
+    assert "exported file" in out and "read by transformers" in out       # transformers loaded the packed folder
     for extra, fragment in ((["--format", "compressed-tensors", "--dense"], "error: --dense writes float"),
                             (["--format", "gguf"], "error: --format 'gguf'")):
         with pytest.raises(SystemExit) as e:

@@ -28,7 +28,7 @@ def test_export_hf_dense_writes_a_quantized_vit_with_its_patch_convolution_in_fl
     out = fam.output(x)
     torchslim.save(fam.model, tmp_path / "q")
     env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": "240"}
-    r = subprocess.run([EXE, "export", "hf", str(tmp_path / "q"), "--out", str(tmp_path / "hf"), "--dense"],
+    r = subprocess.run([EXE, "export", "hf", str(tmp_path / "q"), "--out", str(tmp_path / "hf"), "--dense", "--no-eval"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     hf = ViTForImageClassification.from_pretrained(tmp_path / "hf", local_files_only=True).eval()

@@ -156,7 +156,7 @@ def _link_cases(root: Path) -> list[dict]:
     (d / "a" / "config.json").unlink()
     (d / "a" / "config.json").symlink_to(d / "secret")
     cases.append({"id": "artifact with a link inside: export", "kind": "cli", "root": str(d), "allowed": [str(d / "hf")],
-                  "argv": ["export", "hf", str(d / "a"), "-o", str(d / "hf"), "--dense"]})
+                  "argv": ["export", "hf", str(d / "a"), "-o", str(d / "hf"), "--dense", "--no-eval"]})
     (d / "r.json").write_text(json.dumps({"recipe": "cast", "stages": [{"quantize": CAST}]}))
     cases.append({"id": "artifact with a link inside: run from it into it", "kind": "cli", "root": str(d),
                   "allowed": [str(d / "a")], "argv": ["run", str(d / "r.json"), "-m", str(d / "a"), "-o", str(d / "a"),
@@ -182,7 +182,7 @@ def _export_cases(root: Path, rng: random.Random) -> list[dict]:
         (d / "mine").mkdir()
         (d / "mine" / "notes.txt").write_text("a user's notes")
         (d / "ln").symlink_to(d / "mine")
-        argv = ["export", fmt, str(d / "src"), "-o", str(out), *(["--dense"] if fmt == "hf" else []),
+        argv = ["export", fmt, str(d / "src"), "-o", str(out), "--no-eval", *(["--dense"] if fmt == "hf" else []),
                 *(["--force"] if force else [])]
         allowed = [str(out)] if force and where in ("other", "file", "foreign", "parent-artifact", "new") else []
         if where == "new":

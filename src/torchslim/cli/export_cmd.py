@@ -6,6 +6,24 @@ from pathlib import Path
 import typer
 
 FORCE_HELP = "Replace an existing output (another artifact, a non-empty folder, a file); never the source."
+EVAL_HELP = ("Evaluate the model and the written file on the model's task and print both (--no-eval skips the two "
+             "evaluations).")
+
+
+def print_quality(console, quality: dict | None) -> None:
+    """``quality: perplexity (lower is better) model 27.2, exported file 27.3 (+0.4%; read by ONNX Runtime)``."""
+    from rich.markup import escape
+
+    if not quality:
+        return
+    if "skipped" in quality:
+        console.print(escape(f"quality of the exported file: not measured ({quality['skipped']})"))
+        return
+    a, e = quality["artifact"], quality["exported"]
+    change = f"{100 * (e - a) / abs(a):+.2f}%; " if a else ""
+    better = "higher" if quality["higher_is_better"] else "lower"
+    console.print(escape(f"quality: {quality['metric']} ({better} is better) model {a:.4g}, exported file {e:.4g} "
+                         f"({change}read by {quality['reader']})"))
 export_app = typer.Typer(help="Export an artifact to another format.", no_args_is_help=True)
 
 
@@ -17,6 +35,7 @@ def export_hf_cmd(
     fmt: str = typer.Option("hf", "--format", help="hf (save_pretrained layout) or compressed-tensors (packed int "
                                                    "layers that transformers and vLLM load without torchslim)."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help=EVAL_HELP),
 ) -> None:
     """Write an artifact as an ordinary Hugging Face folder (from_pretrained loads it)."""
     from rich.console import Console
@@ -31,14 +50,16 @@ def export_hf_cmd(
     if fmt == "compressed-tensors" and dense:
         raise ConfigError("--dense writes float layers, --format compressed-tensors packed ones: give one of them")
     with folder_export(out, artifact, force) as tmp:     # never a half-written folder, never the source
-        done = export_hf_folder(artifact, tmp, dense=dense, fmt=fmt)
+        done = export_hf_folder(artifact, tmp, dense=dense, fmt=fmt, evaluate=evaluate)
+    console = Console()
     if fmt == "compressed-tensors":
         kept = ", ".join(done["dense_layers"]) or "none"
-        Console().print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.2f} MiB, compressed-tensors "
-                        f"{done['format']}): {done['packed_layers']} packed layers; left in float: " + escape(kept))
-        return
-    Console().print(escape(f"wrote {out}") + (f" ({done['densified_layers']} layers dequantized to float)"
-                                               if dense else ""))
+        console.print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.2f} MiB, compressed-tensors "
+                      f"{done['format']}): {done['packed_layers']} packed layers; left in float: " + escape(kept))
+    else:
+        console.print(escape(f"wrote {out}") + (f" ({done['densified_layers']} layers dequantized to float)"
+                                                 if dense else ""))
+    print_quality(console, done.get("quality"))
 
 
 @export_app.command("gguf")
@@ -49,6 +70,7 @@ def export_gguf_cmd(
     embed_type: str = typer.Option("Q8_0", "--embed-type", help="Type of the token embedding (and untied head)."),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="GPTQ float layers on their GGUF grid with the model's calibration data (--no-calibrate: round to nearest, as llama-quantize)."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help=EVAL_HELP),
 ) -> None:
     """Write a decoder model as one GGUF file for llama.cpp (calibrated codes kept where on the grid)."""
     from rich.console import Console
@@ -58,12 +80,15 @@ def export_gguf_cmd(
     from torchslim.exports import export_gguf
 
     check_export(out, artifact, force, folder=False)        # the writer renames a complete temporary file
-    done = export_gguf(artifact, out, qtype=qtype.upper(), embed_type=embed_type.upper(), calibrate=calibrate)
-    Console().print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.1f} MiB, {done['type']}): "
+    done = export_gguf(artifact, out, qtype=qtype.upper(), embed_type=embed_type.upper(), calibrate=calibrate,
+                       evaluate=evaluate)
+    console = Console()
+    console.print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.1f} MiB, {done['type']}): "
                     f"{done['exact_layers']} layers kept their codes ({done['calibrated_layers']} calibrated now by "
                     f"GPTQ), {done['rounded_layers']} rounded to the grid, {done['float_layers']} float"
                     + (f", {done['fallback_layers']} in llama.cpp's fallback type" if done["fallback_layers"] else "")
                     + "; " + escape(f"tokenizer {done['tokenizer']}"))
+    print_quality(console, done.get("quality"))
 
 
 @export_app.command("onnx")
@@ -76,6 +101,7 @@ def export_onnx_cmd(
     inputs: list[str] = typer.Option(None, "--input", help="Named example input NAME=SHAPE[:DTYPE], such as "
                                                            "input_ids=1x16:int64; repeatable."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help=EVAL_HELP),
 ) -> None:
     """Write a model for ONNX Runtime, its packed layers as MatMulNBits / int8 QDQ / dynamic int8."""
     from rich.console import Console
@@ -87,15 +113,17 @@ def export_onnx_cmd(
     example = example_inputs_from(shape, inputs)             # bad shapes fail before the model loads
     if out.suffix.lower() == ".onnx":
         check_export(out, model, force, folder=False)        # the writer renames a complete temporary file
-        done = export_onnx(model, out, example_inputs=example)
+        done = export_onnx(model, out, example_inputs=example, evaluate=evaluate)
     else:
         with folder_export(out, model, force) as tmp:        # never a half-written folder, never the source
-            done = export_onnx(model, tmp, example_inputs=example)
+            done = export_onnx(model, tmp, example_inputs=example, evaluate=evaluate)
     kinds = ", ".join(f"{v} {k}" for k, v in done["rewritten"].items()) or "none"
     names = done["inputs"] if isinstance(done["inputs"], list) else done["inputs"][done["files"][0]]
-    Console().print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.1f} MiB; {', '.join(done['files'])}; inputs "
-                    f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); packed layers kept: {kinds}; "
-                    f"left in float: {done['float_layers']}")
+    console = Console()
+    console.print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.1f} MiB; {', '.join(done['files'])}; inputs "
+                  f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); packed layers kept: {kinds}; "
+                  f"left in float: {done['float_layers']}")
+    print_quality(console, done.get("quality"))
 
 
 def register(app: typer.Typer) -> None:
