@@ -104,3 +104,27 @@ def test_relation_kl_gives_padded_keys_no_probability_and_padded_queries_no_weig
     first = L.relation_kl(s[:1, :3], t[:1, :3], 2)
     second = L.relation_kl(s[1:], t[1:], 2)
     assert got.item() == pytest.approx((first.item() * 3 + second.item() * 5) / 8, rel=1e-5)
+
+
+def test_the_cached_top_k_loss_with_the_rest_of_the_mass_matches_the_live_teacher_loss() -> None:
+    s = torch.randn(3, 7, 200, generator=G)
+    t = 4 * torch.randn(3, 7, 200, generator=G)                     # a peaked teacher, as a trained LM's
+    s = t + torch.randn(3, 7, 200, generator=G)
+    for temp in (1.0, 2.0):
+        live = L.kd_kl(s, t, temp).item()
+        logp = torch.log_softmax(t / temp, -1)
+        everything = L.topk_kd_kl_rest(s, *logp.topk(200, dim=-1), temp).item()
+        assert everything == pytest.approx(live, rel=1e-5)          # all classes cached: the same loss
+        cached = L.topk_kd_kl_rest(s, *logp.topk(32, dim=-1), temp).item()
+        assert cached <= live + 1e-6                                 # merging classes never adds divergence
+        if temp == 1.0:                                              # the top 32 of 200 hold nearly all of it
+            assert cached == pytest.approx(live, rel=0.05)
+
+
+def test_the_rest_bucket_charges_a_student_that_moves_mass_outside_the_top_k() -> None:
+    t = torch.tensor([[5.0, 4.0, 0.0, 0.0, 0.0]])
+    inside = torch.tensor([[5.0, 4.0, -9.0, -9.0, -9.0]])
+    outside = torch.tensor([[5.0, 4.0, 6.0, 6.0, 6.0]])              # same ratio on the top 2, mass elsewhere
+    top = torch.log_softmax(t, -1).topk(2, dim=-1)
+    assert L.topk_kd_kl(outside, *t.topk(2, dim=-1)).item() == pytest.approx(0.0, abs=1e-6)   # renormalised: blind
+    assert L.topk_kd_kl_rest(outside, *top).item() > 10 * L.topk_kd_kl_rest(inside, *top).item()

@@ -57,6 +57,7 @@ def test_a_poisoned_cache_is_recomputed_and_never_written_through(tmp_path, capl
     (torch.zeros(2, 3, dtype=torch.float16), torch.zeros(2, 3, dtype=torch.int32), None),
     (torch.zeros(2, 3), torch.full((2, 3), -1, dtype=torch.int32), None),
     (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.int32), 10**6),
+    (torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.int32), None),          # logits, not log-probabilities
 ])
 def test_read_entry_checks_every_field(tmp_path, values, indices, size):
     path = tmp_path / "e.safetensors"

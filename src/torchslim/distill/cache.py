@@ -35,6 +35,8 @@ def read_entry(path: Path, shape: tuple[int, ...], vocab: int) -> dict[str, torc
             raise ValueError("not a float32 'values' and int32 'indices' pair")
         if tuple(values.shape) != tuple(shape) or tuple(indices.shape) != tuple(shape):
             raise ValueError(f"shape {tuple(values.shape)}, this batch needs {tuple(shape)}")
+        if values.numel() and float(values.max()) > 1e-4:
+            raise ValueError("values are not log-probabilities (some exceed 0)")
         if not bool(torch.isfinite(values).all()) or (indices.numel() and not (0 <= int(indices.min())
                                                                                and int(indices.max()) < vocab)):
             raise ValueError("non-finite logits or token indices outside the vocabulary")

@@ -159,8 +159,8 @@ class DistillHook(TrainHook):
         mask = fitting(mask, student)
         cached = self._cached(batch, student) if self.cache is not None else None
         if cached is not None:
-            return L.topk_kd_kl(student, cached["values"].to(student.device), cached["indices"].to(student.device),
-                                self.config.temperature, mask)
+            return L.topk_kd_kl_rest(student, cached["values"].to(student.device),
+                                     cached["indices"].to(student.device), self.config.temperature, mask)
         teacher = _main_tensor(trainer.teacher_output(batch)).to(student.device)
         if _has_logits(trainer.last_output):
             if self.cache is not None:
@@ -170,7 +170,7 @@ class DistillHook(TrainHook):
 
     # -- teacher cache (top-k logits on disk, keyed by the batch's inputs) ----------------------------
     def _key(self, batch: dict[str, Any]) -> Path:
-        h = hashlib.sha1()
+        h = hashlib.sha1(f"top-k log-probabilities at T={self.config.temperature!r}".encode())
         for k in sorted(batch):
             v = batch[k]
             if isinstance(v, torch.Tensor):
@@ -193,7 +193,8 @@ class DistillHook(TrainHook):
         from torchslim.distill.cache import write_entry
 
         k = min(self.config.cache_topk, teacher.shape[-1])
-        top = teacher.detach().float().topk(k, dim=-1)
+        logp = torch.log_softmax(teacher.detach().float() / self.config.temperature, dim=-1)
+        top = logp.topk(k, dim=-1)
         write_entry(self._key(batch), top.values, top.indices)
 
 

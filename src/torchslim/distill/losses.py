@@ -4,6 +4,9 @@
   averaged over positions (optionally masked).
 * :func:`topk_kd_kl`: the same against a teacher stored as its top-k logits (a cache on disk):
   both distributions are renormalised over the teacher's top-k classes.
+* :func:`topk_kd_kl_rest`: the same against a teacher stored as the log-probabilities of its top-k classes:
+  the KL over those classes plus one bucket holding the rest of each distribution's mass (exact when the top-k
+  hold all the mass; never renormalised, so a student that moves mass outside the top-k pays for it).
 * :func:`hidden_mse`: mean squared error between (projected) hidden states.
 * :func:`cosine_loss`: ``1 - cos`` between embeddings (or hidden states), averaged.
 * :func:`relation_kl`: MiniLM-v2 self-attention relations: for queries, keys or values ``x`` split in
@@ -40,6 +43,21 @@ def topk_kd_kl(student: torch.Tensor, teacher_values: torch.Tensor, teacher_indi
     """:func:`kd_kl` with the teacher known only by its top-k logits (values and class indices)."""
     s = student.float().gather(-1, teacher_indices.long())
     return kd_kl(s, teacher_values.float(), temperature, mask)
+
+
+def topk_kd_kl_rest(student: torch.Tensor, teacher_logp: torch.Tensor, teacher_indices: torch.Tensor,
+                    temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``T^2 * KL`` over the teacher's top-k classes and the bucket of all other classes; ``teacher_logp`` are the
+    teacher's log-probabilities at temperature ``T`` (``log_softmax(t / T)``) of the classes ``teacher_indices``."""
+    t = temperature
+    log_q = F.log_softmax(student.float() / t, dim=-1).gather(-1, teacher_indices.long())
+    log_p = teacher_logp.float()
+    p = log_p.exp()
+    p_rest = (1.0 - p.sum(-1)).clamp_min(0.0)
+    q_rest = (1.0 - log_q.exp().sum(-1)).clamp_min(1e-12)
+    rest = torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-12).log() - q_rest.log()), torch.zeros_like(p_rest))
+    per_pos = (p * (log_p - log_q)).sum(-1) + rest
+    return _masked_mean(per_pos, mask) * (t * t)
 
 
 def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
