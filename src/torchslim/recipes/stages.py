@@ -101,9 +101,13 @@ def stage_from_dict(d: Any, where: str) -> Stage:
 
 
 def capped(config: BaseConfig, max_steps: int | None) -> BaseConfig:
-    """``config`` with its training steps capped at ``max_steps`` (warm-up shortened to fit), if it trains."""
+    """``config`` with its training steps capped at ``max_steps`` (warm-up shortened to fit), if it trains (a
+    ``train`` TrainConfig, or its own ``steps`` per unit, such as block-wise reconstruction's steps per block)."""
     from torchslim.train.config import TrainConfig
 
+    own = getattr(config, "steps", None)
+    if max_steps is not None and isinstance(own, int) and dataclasses.is_dataclass(config) and own > max_steps:
+        return dataclasses.replace(config, steps=max_steps)
     train = getattr(config, "train", None)
     if max_steps is None or not isinstance(train, TrainConfig) or train.steps <= max_steps:
         return config

@@ -142,3 +142,17 @@ def to_packed(m: nn.Module, config: Any, kernel: Kernel = Kernel.AUTO) -> nn.Mod
         out.act_scale.fill_(a_scale)
         out.act_zero.fill_(a_zero)
     return out
+
+
+def _register_trainable() -> None:
+    """Packed layers train as QAT layers starting from exactly their codes, and pack back to the same formats."""
+    from torchslim.core.trainable import TrainableForm, register_trainable
+
+    form = TrainableForm(lambda m: from_packed(m, None, True), lambda m, config: to_packed(m, config),
+                         r"(.*\.)?(wq\.(scale_log|offset_steps)|aq\.(a|b))")
+    for packed in PACKED:
+        register_trainable(packed, QATLinear, form)
+    register_trainable(QuantConv2d, QATConv2d, form)
+
+
+_register_trainable()
