@@ -2,6 +2,9 @@
 with identical budgets.
 
 Parts (``--parts``; rows of parts not rerun are kept):
+- ``int4-block``: int4 GPTQ g128, then block-wise reconstruction (``ReconstructConfig``: each block against the
+  uncompressed block on cached calibration inputs, latent weights and step sizes, packed back to the same int4
+  layers), at a quarter and at the whole of ``--steps-block`` steps per block: quality against wall time.
 - ``int4``: int4 GPTQ g128 (the int4-gptq recipe's settings), then QAT from that result on the KL to the
   uncompressed model's logits only (no task loss, so the student cannot learn the evaluation's domain and
   beat its teacher for that reason), converted back to the same packed int4 layers.
@@ -37,15 +40,17 @@ from common_train import timed  # noqa: E402
 
 import torchslim  # noqa: E402
 from torchslim import (ActQuant, BlackBoxDistillConfig, DistillConfig, FinetuneConfig, GPTQConfig,  # noqa: E402
-                       QATConfig, StructuredConfig, TrainConfig, W8A8Config, WeightOnlyConfig)
+                       QATConfig, ReconstructConfig, StructuredConfig, TrainConfig, W8A8Config, WeightOnlyConfig)
+from torchslim.data.text import pydoc_text  # noqa: E402
 from torchslim.quantization import ActMode, IntFormat, PerChannel, PerGroup  # noqa: E402
 from torchslim.tasks.causal_lm import CausalLMTask, logits_of  # noqa: E402
 
 warnings.filterwarnings("ignore")
 OUT = ROOT / "docs/results/recovery_smollm2.md"
-COLUMNS = ["ppl", "ppl change", "teacher KL", "top-1 agree", "steps", "train s", "peak MB", "samples seen",
+COLUMNS = ["ppl", "ppl change", "ppl pydoc", "pydoc change", "teacher KL", "top-1 agree", "steps", "train s", "peak MB", "samples seen",
            "tokens seen"]
-ORDER = ["fp32 (teacher)", "int4 GPTQ g128", "int4 GPTQ g128 + QAT (KD)", "W8A8 static SmoothQuant",
+ORDER = ["fp32 (teacher)", "int4 RTN g128", "int4 RTN g128 + block-wise reconstruction", "int4 GPTQ g128",
+         "int4 GPTQ g128 + block-wise reconstruction", "int4 GPTQ g128 + QAT (KD)", "W8A8 static SmoothQuant",
          "W8A8 static + QAT (KD)", "structured 25% (one-shot)", "structured 25% + distillation",
          "structured 25% + fine-tuning (control)", "structured 25% + black-box distillation",
          "structured 25% + raw-text fine-tuning (control)"]
@@ -71,14 +76,20 @@ def fidelity(student, teacher, task: CausalLMTask, windows: int = 8) -> dict[str
 class Bench:
     def __init__(self, model: str, rows: dict[str, Row]) -> None:
         loaded = torchslim.load_model(model)
+        self.name = model
         self.base, self.task, self.rows = loaded.model.eval(), loaded.task, rows
+        # the second text, of another domain: the held-out quarter of Python's reference topics (never trained on)
+        self.pydoc = CausalLMTask(loaded.tokenizer, seq_len=512, max_eval_windows=48, eval_text=pydoc_text(True))
         self.base_ppl = self.task.evaluate(self.base)["perplexity"]
+        self.base_pydoc = self.pydoc.evaluate(self.base)["perplexity"]
         self.record("fp32 (teacher)", self.base, "uncompressed", {})
 
     def record(self, name: str, model, note: str, values: dict) -> None:
         model.eval()
         ppl = self.task.evaluate(model)["perplexity"]
-        values = {"ppl": ppl, "ppl change": f"{100 * (ppl / self.base_ppl - 1):+.1f}%", **values,
+        pydoc = self.pydoc.evaluate(model)["perplexity"]
+        values = {"ppl": ppl, "ppl change": f"{100 * (ppl / self.base_ppl - 1):+.1f}%", "ppl pydoc": pydoc,
+                  "pydoc change": f"{100 * (pydoc / self.base_pydoc - 1):+.1f}%", **values,
                   **fidelity(model, self.base, self.task)}
         self.rows[name] = Row(name, note, values)
         print(self.rows[name], flush=True)
@@ -98,7 +109,7 @@ class Bench:
         return m
 
 
-def part_int4(b: Bench, steps: int) -> None:
+def _gptq_int4(b: Bench):
     m = copy.deepcopy(b.base)
     lm_head = WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel())
     sel = torchslim.Selector(include=(torch.nn.Linear,), overrides={"lm_head": lm_head})
@@ -106,6 +117,36 @@ def part_int4(b: Bench, steps: int) -> None:
                                                               granularity=PerGroup(128), selector=sel)),
                         calibration=b.task)
     b.record("int4 GPTQ g128", m, "post-training, as the int4-gptq recipe", {})
+    return m
+
+
+def _rtn_int4(b: Bench):
+    m = copy.deepcopy(b.base)
+    lm_head = WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel())
+    sel = torchslim.Selector(include=(torch.nn.Linear,), overrides={"lm_head": lm_head})
+    torchslim.quantize_(m, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(128),
+                                            selector=sel))
+    b.record("int4 RTN g128", m, "round to nearest (min-max per group), the head int8", {})
+    return m
+
+
+def part_int4_block(b: Bench, steps: int, samples: int) -> None:
+    """Block-wise reconstruction from round-to-nearest (as EfficientQAT and OmniQuant start) and from GPTQ."""
+    for start, name in ((_rtn_int4, "int4 RTN g128 + block-wise reconstruction"),
+                        (_gptq_int4, "int4 GPTQ g128 + block-wise reconstruction")):
+        m = start(b)
+        cfg = ReconstructConfig(steps=steps, n_samples=samples, batch_size=2)
+        values: dict = {"steps": steps * 30}
+        with timed(values, steps * 30, 2, b.task.seq_len):
+            torchslim.distill_(m, cfg, task=b.task, teacher=b.base)
+        b.record(name, m, f"{steps} steps per block, each one cached batch of 2 x 512 calibration tokens ({samples} "
+                 f"windows); AdamW lr {cfg.lr:g} (weights, norms) / {cfg.quantizer_lr:g} (step sizes, offsets), "
+                 "cosine; packed back to the same int4 layers", values)
+        write(b.rows, b.name)
+
+
+def part_int4(b: Bench, steps: int) -> None:
+    m = _gptq_int4(b)
     cfg = QATConfig(distill=DistillConfig(output_weight=1.0, temperature=1.0), train=_train(steps, 1e-5))
     b.trained(m, cfg, steps, "int4 GPTQ g128 + QAT (KD)", "from the GPTQ layers: latent weights + LSQ+ scales/offsets,"
               " logit KL only; converted to the same int4 layers")
@@ -147,9 +188,11 @@ def part_blackbox(b: Bench, steps: int, prompts: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--parts", nargs="*", default=["int4", "w8a8", "structured", "blackbox"])
+    ap.add_argument("--parts", nargs="*", default=["int4-block", "int4", "w8a8", "structured", "blackbox"])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps-int4", type=int, default=100)
+    ap.add_argument("--steps-block", type=int, default=64)
+    ap.add_argument("--samples-block", type=int, default=128)
     ap.add_argument("--steps-w8a8", type=int, default=40)
     ap.add_argument("--steps-structured", type=int, default=100)
     ap.add_argument("--steps-blackbox", type=int, default=60)
@@ -161,7 +204,9 @@ def main() -> None:
     b = Bench(args.model, rows)
     t0 = time.perf_counter()
     for part in args.parts:
-        if part == "int4":
+        if part == "int4-block":
+            part_int4_block(b, args.steps_block, args.samples_block)
+        elif part == "int4":
             part_int4(b, args.steps_int4)
         elif part == "w8a8":
             part_w8a8(b, args.steps_w8a8)

@@ -33,11 +33,13 @@ class ReconstructConfig(BaseConfig):
 
     family: ClassVar[str] = "distillation"
     technique: ClassVar[str] = "reconstruct"
-    steps: int = between(100, 0, 1 << 20)
+    steps: int = between(64, 0, 1 << 20)
     n_samples: int = between(128, 1, 1 << 16)
     batch_size: int = between(2, 1, 1024)
-    lr: float = between(1e-5, 0.0, 1.0)
-    quantizer_lr: float = between(1e-4, 0.0, 1.0)
+    # measured on SmolLM2-135M int4 g128 (one block, 48 steps, held-out batches): (5e-4, 5e-3) lowered the block's
+    # error 47%, (1e-3, 1e-2) 35%, (1e-4, 1e-3) 12%, weights or step sizes alone 22%
+    lr: float = between(5e-4, 0.0, 1.0)
+    quantizer_lr: float = between(5e-3, 0.0, 1.0)
     max_grad_norm: float = between(1.0, 1e-6, 1e6)
     seed: int = between(0, 0, 1 << 31)
     checkpoint_dir: str | None = None

@@ -136,7 +136,7 @@ def train_block(k: int, block: nn.Module, cache: list[tuple], targets: list[torc
     after = relative_error(block, cache, targets)
     row.update(steps=plan.steps, error_after=after, s=time.perf_counter() - start)
     if not after < before:                            # packed result no better: keep the block as it was
-        block.load_state_dict(original.state_dict())
+        load_block(block, original.state_dict())
         row.update(error_after=before, kept="as it was (training did not lower its error)")
         log.warning("reconstruction: block %d did not improve (%.4g -> %.4g): kept as it was", k, before, after)
     else:
@@ -191,7 +191,15 @@ def _load(plan: BlockPlan, k: int, block: nn.Module) -> None:
     if set(got) != set(expected) or any(got[n].shape != expected[n].shape or got[n].dtype != expected[n].dtype
                                         for n in expected):
         raise ConfigError(f"reconstruction: {path} does not hold this block's tensors")
-    block.load_state_dict(got)
+    load_block(block, got)
+
+
+def load_block(block: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``block`` and drop what packed layers derived from their old tensors (prepacked kernel
+    weights are rebuilt from the loaded codes: ``.to()`` clears them, by this codebase's convention)."""
+    block.load_state_dict(state)
+    device = next((t.device for t in state.values()), torch.device("cpu"))
+    block.to(device)
 
 
 # -- the walk --------------------------------------------------------------------------------------------------
