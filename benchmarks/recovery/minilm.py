@@ -24,7 +24,7 @@ from common import ROOT, Row, artifact_bytes, interleaved, write_table  # noqa: 
 from common_train import timed  # noqa: E402
 
 import torchslim  # noqa: E402
-from torchslim import DistillConfig, StructuredConfig, TrainConfig  # noqa: E402
+from torchslim import DistillConfig, ReconstructConfig, StructuredConfig, TrainConfig  # noqa: E402
 from torchslim.data import text as text_data  # noqa: E402
 from torchslim.pruning.structured import prune_block_fraction_  # noqa: E402
 from torchslim.tasks.embedding import SentenceEmbeddingTask  # noqa: E402
@@ -47,10 +47,19 @@ def distill(student, teacher, task, steps: int, lr: float, values: dict) -> None
     student.eval()
 
 
+def reconstruct(student, teacher, task, steps: int, values: dict) -> None:
+    """Block-wise first: each student block learns the teacher's hidden state at its depth on cached inputs."""
+    cfg = ReconstructConfig(steps=steps, n_samples=512, batch_size=16, lr=2e-4)
+    with timed(values, steps * 6, 16):
+        torchslim.distill_(student, cfg, task=task, teacher=teacher)
+    student.eval()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=600, help="distillation steps (batch 32)")
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--block-steps", type=int, default=200, help="block-wise steps per block (batch 16)")
     args = ap.parse_args()
     torch.manual_seed(0)
     loaded = torchslim.load_model("minilm")
@@ -65,7 +74,17 @@ def main() -> None:
     models["3 blocks kept, no training"] = copy.deepcopy(shallow).eval()
     rows.append(Row("3 blocks kept, no training", "evenly spaced blocks kept, first and last included",
                     {"params": n_params(shallow)}))
+    blockwise = copy.deepcopy(shallow)
     values: dict = {"params": n_params(shallow)}
+    reconstruct(blockwise, base, task, args.block_steps, values)
+    models["3-block student, block-wise"] = copy.deepcopy(blockwise)
+    rows.append(Row("3-block student, block-wise", f"{args.block_steps} steps per block: each block learns the "
+                    "teacher's hidden state at its depth (blocks 1, 3, 5)", dict(values)))
+    values = {"params": n_params(shallow)}
+    distill(blockwise, base, task, args.steps, args.lr, values)
+    models["3-block student, block-wise + distilled"] = blockwise
+    rows.append(Row("3-block student, block-wise + distilled", f"then {args.steps} distillation steps", values))
+    values = {"params": n_params(shallow)}
     distill(shallow, base, task, args.steps, args.lr, values)
     models["3-block student, distilled"] = shallow
     rows.append(Row("3-block student, distilled", f"{args.steps} steps: embedding cosine + block MSE + last-block "
@@ -75,6 +94,15 @@ def main() -> None:
     prune_block_fraction_(narrow, 0.4, importance="taylor", calibration=loaded.task)
     models["40% structured, no training"] = copy.deepcopy(narrow).eval()
     rows.append(Row("40% structured, no training", "heads then MLP neurons, Taylor", {"params": n_params(narrow)}))
+    blockwise = copy.deepcopy(narrow)
+    values = {"params": n_params(narrow)}
+    reconstruct(blockwise, base, task, args.block_steps, values)
+    models["40% structured, block-wise"] = copy.deepcopy(blockwise)
+    rows.append(Row("40% structured, block-wise", f"{args.block_steps} steps per block", dict(values)))
+    values = {"params": n_params(narrow)}
+    distill(blockwise, base, task, args.steps, args.lr, values)
+    models["40% structured, block-wise + distilled"] = blockwise
+    rows.append(Row("40% structured, block-wise + distilled", f"then {args.steps} distillation steps", values))
     values = {"params": n_params(narrow)}
     distill(narrow, base, task, args.steps, args.lr, values)
     models["40% structured, distilled"] = narrow
@@ -85,7 +113,8 @@ def main() -> None:
         r.values.update({"cosine fidelity": q["cosine_fidelity"], "nn agreement": q["nn_agreement"],
                          "artifact MB": artifact_bytes(models[r.name], loaded.source) / 1e6})
         print(r, flush=True)
-    timed_names = [rows[0].name, "3-block student, distilled", "40% structured, distilled"]
+    timed_names = [rows[0].name, "3-block student, distilled", "3-block student, block-wise + distilled",
+                   "40% structured, distilled", "40% structured, block-wise + distilled"]
     for b, s in SHAPES:
         x = loaded.task.example_inputs(b, s)
         with torch.inference_mode():

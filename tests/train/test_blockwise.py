@@ -123,8 +123,12 @@ def dataclasses_replace(plan: BlockPlan, **kw) -> BlockPlan:
     return dataclasses.replace(plan, **kw)
 
 
-def test_a_student_with_another_number_of_blocks_is_refused(pair) -> None:
+def test_a_shallower_student_learns_evenly_spaced_teacher_blocks_and_a_deeper_one_is_refused(pair) -> None:
     teacher, _, batches, forward = pair
+    assert blockwise.teacher_ends(3, 6) == [1, 3, 5] and blockwise.teacher_ends(4, 4) == [0, 1, 2, 3]
     shallow = tiny_llama(0, num_hidden_layers=1).model
-    with pytest.raises(ConfigError, match="pairs blocks by index"):
-        reconstruct(shallow, teacher, batches, forward, BlockPlan(1, 1e-3, 1e-3), None)
+    rows = reconstruct(shallow, teacher, batches, forward, BlockPlan(20, 1e-3, 1e-3), None)
+    assert [r["teacher_block"] for r in rows] == [1] and rows[0]["error_after"] < rows[0]["error_before"]
+    deeper = tiny_llama(0, num_hidden_layers=3).model
+    with pytest.raises(ConfigError, match="more than the teacher's"):
+        reconstruct(deeper, teacher, batches, forward, BlockPlan(1, 1e-3, 1e-3), None)

@@ -2,7 +2,9 @@
 reproduce the same block of the uncompressed model (the teacher) on cached calibration inputs, one block at a
 time (:mod:`torchslim.train.blockwise`). After GPTQ, AWQ or W8A8 the packed layers train as fake-quantized
 layers (latent weights, learned step sizes) and pack back into the same formats and kernels; after structured
-pruning the smaller float layers train as they are.
+pruning the smaller float layers train as they are. A shallower student (blocks dropped) learns, block by block,
+the teacher's hidden state at the same relative depth (block ``i`` of ``S`` the output of teacher block
+``round((i + 1) * T / S) - 1``).
 
 ``torchslim.distill_(model, ReconstructConfig(), task=task, teacher=uncompressed)``, or a recipe stage
 ``distill: {_type: ReconstructConfig}`` (the teacher is then the uncompressed model). Per block it costs

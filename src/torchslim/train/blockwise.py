@@ -203,13 +203,29 @@ def load_block(block: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 # -- the walk --------------------------------------------------------------------------------------------------
+def teacher_ends(n_student: int, n_teacher: int) -> list[int]:
+    """The teacher block whose output student block ``i`` learns: the same index for equal depths, else evenly
+    spaced (``round((i + 1) * T / S) - 1``: a 3-block student of a 6-block teacher learns blocks 1, 3 and 5)."""
+    if n_student > n_teacher:
+        raise ConfigError(f"block-wise reconstruction: the student has {n_student} blocks, more than the teacher's "
+                          f"{n_teacher}; each student block learns one or more teacher blocks")
+    return [round((i + 1) * n_teacher / n_student) - 1 for i in range(n_student)]
+
+
+def _advance(blocks: list[tuple[str, nn.Module]], cache: list[tuple], start: int, end: int) -> list[tuple]:
+    """``cache`` (inputs of block ``start``) carried through blocks ``start..end``: the inputs of block end + 1."""
+    with torch.no_grad():
+        for j in range(start, end + 1):
+            cache = [((block_output(blocks[j][1](*a, **kw)),) + tuple(a[1:]), kw) for a, kw in cache]
+    return cache
+
+
 def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[dict], forward: Forward, plan: BlockPlan,
                 config: Any) -> list[dict[str, Any]]:
-    """Reconstruct every block of ``student`` against the same-index block of ``teacher``; one row per block."""
+    """Reconstruct every block of ``student`` against the teacher's block output at the same depth
+    (:func:`teacher_ends`); one row per block."""
     s_blocks, t_blocks = chain_blocks(student), chain_blocks(teacher)
-    if len(s_blocks) != len(t_blocks):
-        raise ConfigError(f"block-wise reconstruction pairs blocks by index: the student has {len(s_blocks)}, the "
-                          f"teacher {len(t_blocks)} (for a shallower student use DistillConfig)")
+    ends = teacher_ends(len(s_blocks), len(t_blocks))
     names = [n for n, _ in s_blocks]
     done = _done_rows(plan, names)
     if done:
@@ -217,18 +233,18 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[dict], for
     s_cache = catch_block_inputs(student, s_blocks[0][1], batches, forward)
     t_cache = catch_block_inputs(teacher, t_blocks[0][1], batches, forward)
     rows: list[dict[str, Any]] = []
+    t_next = 0
     for k in track(range(len(names)), "reconstructing blocks"):
-        sb, tb = s_blocks[k][1], t_blocks[k][1]
-        with torch.no_grad():
-            targets = [block_output(tb(*a, **kw)).float() for a, kw in t_cache]
+        sb = s_blocks[k][1]
+        t_cache = _advance(t_blocks, t_cache, t_next, ends[k])
+        t_next = ends[k] + 1
+        targets = [a[0].float() for a, _ in t_cache]
         if k < len(done):
             _load(plan, k, sb)
             rows.append(done[k])
         else:
-            rows.append(train_block(k, sb, s_cache, targets, plan, config))
+            rows.append({**train_block(k, sb, s_cache, targets, plan, config), "teacher_block": ends[k]})
             if plan.checkpoint_dir:
                 _save(plan, k, sb, names, rows)
-        with torch.no_grad():
-            s_cache = [((block_output(sb(*a, **kw)),) + tuple(a[1:]), kw) for a, kw in s_cache]
-        t_cache = [((y.to(a[0].dtype),) + tuple(a[1:]), kw) for y, (a, kw) in zip(targets, t_cache)]
+        s_cache = _advance(s_blocks, s_cache, k, k)
     return rows
