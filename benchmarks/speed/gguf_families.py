@@ -111,7 +111,9 @@ def main() -> None:
                 f"text with chunks of {CTX} tokens from llama-perplexity and from the torchslim model in PyTorch. "
                 "Regenerate: `python benchmarks/speed/gguf_families.py` (needs `make llama-cpp`).",
                 ["ppl torchslim", "ppl llama.cpp", "change", "pp tok/s", "tg tok/s"], rows,
-                ["GPT-NeoX and Falcon compute exact GELU in transformers and the tanh approximation in llama.cpp: a "
+                ["The tok/s columns show that llama-bench loads and runs each file; for models this small they measure "
+                 "overheads and swing with other work on the machine, so they compare nothing.",
+                 "GPT-NeoX and Falcon compute exact GELU in transformers and the tanh approximation in llama.cpp: a "
                  "small difference is expected.",
                  "llama.cpp builds that disable Phi-3's sliding window (they log 'Phi SWA is currently disabled', as "
                  "this one does) attend past it, so Phi-3 runs here with a window beyond the context (as Mistral); "
