@@ -161,7 +161,9 @@ class QuantLinear(StandIn, nn.Module):
         if self.input_scale is not None:
             x2 = x2 * self.input_scale.to(x2.dtype)
         kernel = self.choice.kernel
-        if kernel is K.Kernel.DEQUANT or x2.shape[0] > self.rows_cut() or x.device.type != "cpu":
+        if x2.requires_grad and torch.is_grad_enabled():     # training through a frozen packed layer (a tied head
+            y = F.linear(x2, self.dequantize(x.dtype))         # kept by QAT): the packed kernels have no backward
+        elif kernel is K.Kernel.DEQUANT or x2.shape[0] > self.rows_cut() or x.device.type != "cpu":
             dt = torch.bfloat16 if kernel is not K.Kernel.DEQUANT else x.dtype
             y = F.linear(x2.to(dt), self.dequantize(dt))
         elif kernel is K.Kernel.INT8PACK_MM:
