@@ -3,9 +3,10 @@ the model to the artifact layer's writers (``artifact.export_gguf.write_gguf``, 
 which take a model and know nothing of where models come from."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -62,7 +63,8 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
         if config is not None:
             log.info("GGUF export: GPTQ on the %s grid for %d float layer(s) (calibration: the model's task)",
                      qtype, calibrated)
-            apply_(loaded.model, config, ApplyContext(task=loaded.task), family="quantization", record=False)
+            with _quiet_kernel_warnings():           # these layers are written to GGUF, never run here
+                apply_(loaded.model, config, ApplyContext(task=loaded.task), family="quantization", record=False)
     try:
         done = write_gguf(loaded.model, out, qtype=qtype, embed_type=embed_type, tokenizer=loaded.tokenizer,
                           source_gguf=source_gguf, name=loaded.name)
@@ -74,6 +76,22 @@ def export_gguf(artifact: str | Path, out: str | Path, qtype: str = "Q4_0", embe
 
         done["quality"] = compare_quality(loaded, before, lambda: gguf_model(out), "transformers' GGUF reader")
     return done
+
+
+class _NoKernelNotes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "have no fast kernel" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_kernel_warnings() -> Iterator[None]:
+    """Drop the quantizer's 'no fast kernel, slower than fp32' notes: true of torch, irrelevant to a GGUF file."""
+    target, note = logging.getLogger("torchslim.quantization"), _NoKernelNotes()
+    target.addFilter(note)
+    try:
+        yield
+    finally:
+        target.removeFilter(note)
 
 
 def _metric(loaded: Any, model: nn.Module) -> float | None:
