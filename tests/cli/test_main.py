@@ -85,6 +85,11 @@ def test_quantize_then_info_then_eval_artifact_and_corrupt_refused(tmp_path):
     ev = run("eval", str(art), "--iters", "3", "--warmup", "1", "--decode-tokens", "0", "--no-speed")
     assert ev.returncode == 0, ev.stderr
     assert "Bits per weight" in ev.stdout and "compressed layers" in ev.stdout
+    manifest = (art / "manifest.json").read_bytes()
+    again = run("quantize", "tiny-llama", "-c", str(cfg), "-o", str(art), "--no-eval")   # a finished artifact
+    assert_user_error(again, "already holds a torchslim artifact")
+    assert (art / "manifest.json").read_bytes() == manifest
+    assert run("quantize", "tiny-llama", "-c", str(cfg), "-o", str(art), "--no-eval", "--force").returncode == 0
     w = art / "model.safetensors"
     w.write_bytes(w.read_bytes()[:100])
     assert_user_error(run("eval", str(art)), "truncated")

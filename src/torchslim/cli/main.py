@@ -182,6 +182,7 @@ def quantize_cmd(
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help=EVAL_FLAG_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace an artifact already at --out."),
 ) -> None:
     """Quantize a model with a config file, print its quality before and after, and save the artifact."""
     from torchslim.api import quantize_
@@ -190,6 +191,9 @@ def quantize_cmd(
     from torchslim.core.context import ApplyContext
     from torchslim.models import load_model
 
+    from torchslim.core.targets import check_new_artifact
+
+    check_new_artifact(out, model, force)
     cfg = BaseConfig.load(config)
     console = _console()
     with console.status(f"loading {escape(model)}"):
@@ -215,6 +219,7 @@ def prune_cmd(
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help=EVAL_FLAG_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace an artifact already at --out."),
 ) -> None:
     """Prune a model with a config file (optionally fine-tune to recover), print its quality before and after, and
     save the artifact.
@@ -223,8 +228,10 @@ def prune_cmd(
     from torchslim.core.state import state_of
     from torchslim.recipes import ApplyStage, Recipe, RunOptions, TrainStage, run_recipe
     from torchslim.recipes.stages import EvaluateStage
+    from torchslim.core.targets import check_new_artifact
     from torchslim.train import FinetuneConfig, TrainConfig
 
+    check_new_artifact(out, model, force)
     cfg = BaseConfig.load(config)
     stages = [ApplyStage(cfg, "prune")]
     if recover_steps:
@@ -292,6 +299,7 @@ def finetune_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A TrainConfig file (overrides the options)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the fine-tuned model as an artifact here."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write final metrics and losses as JSON here."),
+    force: bool = typer.Option(False, "--force", help="Replace an artifact already at --out."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
@@ -309,6 +317,9 @@ def finetune_cmd(
     from torchslim.train import FinetuneConfig, TrainConfig
     from torchslim.train.distributed import env_rank
 
+    from torchslim.core.targets import check_new_artifact
+
+    check_new_artifact(out, model, force)
     cfg = BaseConfig.load(config) if config else TrainConfig(steps=steps, batch_size=batch_size, lr=lr,
                                                              optimizer=optimizer)
     if not isinstance(cfg, TrainConfig):
@@ -321,9 +332,12 @@ def finetune_cmd(
     d = entry.details
     summary = {"world_size": d["world_size"], "steps": d["steps"], "final_loss": d["final_loss"],
                "metrics": entry.metrics, "wall_s": d["wall_s"]}
-    _console().print(f"fine-tuned {escape(model)} on {d['world_size']} process(es): {summary['metrics']}")
+    shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary["metrics"].items())
+    console = _console()
+    console.print(escape(f"fine-tuned {model} on {d['world_size']} process(es): {shown or 'no metrics'}"))
     if out is not None:
         save(loaded.model, out, source=loaded.source)
+        console.print(f"saved {escape(str(out))}")
     if json_out is not None:
         with atomic_file(json_out) as f:
             f.write(json.dumps(summary, indent=2))

@@ -65,6 +65,17 @@ def check_export(out: str | os.PathLike, source: str | os.PathLike, force: bool,
     return out
 
 
+def check_new_artifact(out: str | os.PathLike | None, source: str | os.PathLike, force: bool) -> None:
+    """Before a verb that saves an artifact at ``out`` does any work: never through a link, and never over an
+    artifact (``source`` itself included) unless ``force``: a finished run's folder is not silently replaced."""
+    if out is None:
+        return
+    out = refuse_link(Path(out))
+    if not force and out.is_dir() and _artifact_at(out):
+        raise TorchSlimError(f"--out {out} already holds a torchslim artifact; choose a new folder (or pass --force "
+                             "to replace it)")
+
+
 @contextlib.contextmanager
 def folder_export(out: str | os.PathLike, source: str | os.PathLike, force: bool) -> Iterator[Path]:
     """Check ``out`` (:func:`check_export`), then yield an empty temporary sibling folder that replaces
