@@ -203,7 +203,11 @@ def _timed_runs(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple
     sampler = RssSampler(spec.rss_interval_s) if spec.measure_memory else None
     speeds, energies = [], []
     reset_cuda_peak(device)
-    with sampler if sampler is not None else contextlib.nullcontext():
+    from torchslim.core.progress import Progress, mode
+
+    # lines on stderr between shapes (never a bar: its refresh thread would compete with the timed forwards)
+    with sampler if sampler is not None else contextlib.nullcontext(), \
+            Progress("timing shapes", len(shapes), show=mode() == "lines") as progress:
         for batch, seq_len in shapes:
             fn = forward_fn(model, task, to_device(task.example_inputs(batch, seq_len), device))
             for _ in range(spec.warmup):
@@ -216,6 +220,7 @@ def _timed_runs(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple
             if counter is not None:
                 energies.append(_energy(batch, seq_len, counter, start, counter.read(), seconds, spec.iters))
             speeds.append(shape_speed(batch, seq_len, stats))
+            progress.update(1, note=f"{batch}x{seq_len}")
     if spec.measure_speed:
         report.speed = SpeedResult(shapes=speeds)
     if sampler is not None:
