@@ -50,7 +50,8 @@ OUT = ROOT / "docs/results/recovery_smollm2.md"
 COLUMNS = ["ppl", "ppl change", "ppl pydoc", "pydoc change", "teacher KL", "top-1 agree", "steps", "train s", "peak MB", "samples seen",
            "tokens seen"]
 ORDER = ["fp32 (teacher)", "int4 RTN g128", "int4 RTN g128 + block-wise reconstruction", "int4 GPTQ g128",
-         "int4 GPTQ g128 + block-wise reconstruction", "int4 GPTQ g128 + QAT (KD)", "W8A8 static SmoothQuant",
+         "int4 GPTQ g128 + block-wise reconstruction", "int4 GPTQ g128 + block-wise step sizes",
+         "int4 GPTQ g128 + QAT (KD)", "W8A8 static SmoothQuant",
          "W8A8 static + QAT (KD)", "structured 25% (one-shot)", "structured 25% + distillation",
          "structured 25% + fine-tuning (control)", "structured 25% + black-box distillation",
          "structured 25% + raw-text fine-tuning (control)"]
@@ -145,6 +146,18 @@ def part_int4_block(b: Bench, steps: int, samples: int) -> None:
         write(b.rows, b.name)
 
 
+def part_int4_scales(b: Bench, steps: int, samples: int) -> None:
+    """From GPTQ, only step sizes, offsets and norms learn: GPTQ's rounding decisions are kept."""
+    m = _gptq_int4(b)
+    cfg = ReconstructConfig(steps=steps, n_samples=samples, batch_size=2, train_weights=False)
+    values: dict = {"steps": steps * 30}
+    with timed(values, steps * 30, 2, b.task.seq_len):
+        torchslim.distill_(m, cfg, task=b.task, teacher=b.base)
+    b.record("int4 GPTQ g128 + block-wise step sizes", m, f"{steps} steps per block ({samples} windows): latent "
+             f"weights frozen (GPTQ's rounding kept), step sizes/offsets at lr {cfg.quantizer_lr:g}, norms at "
+             f"{cfg.lr:g}; packed back to the same int4 layers", values)
+
+
 def part_int4(b: Bench, steps: int) -> None:
     m = _gptq_int4(b)
     cfg = QATConfig(distill=DistillConfig(output_weight=1.0, temperature=1.0), train=_train(steps, 1e-5))
@@ -204,7 +217,9 @@ def main() -> None:
     b = Bench(args.model, rows)
     t0 = time.perf_counter()
     for part in args.parts:
-        if part == "int4-block":
+        if part == "int4-scales":
+            part_int4_scales(b, args.steps_block, args.samples_block)
+        elif part == "int4-block":
             part_int4_block(b, args.steps_block, args.samples_block)
         elif part == "int4":
             part_int4(b, args.steps_int4)

@@ -132,3 +132,13 @@ def test_a_shallower_student_learns_evenly_spaced_teacher_blocks_and_a_deeper_on
     deeper = tiny_llama(0, num_hidden_layers=3).model
     with pytest.raises(ConfigError, match="more than the teacher's"):
         reconstruct(deeper, teacher, batches, forward, BlockPlan(1, 1e-3, 1e-3), None)
+
+
+def test_without_weights_only_step_sizes_offsets_and_norms_train(pair) -> None:
+    block, cache, targets = _first_block(pair)
+    swapped = blockwise._swap_in(block)
+    groups = blockwise._param_groups(block, swapped, BlockPlan(1, 1e-3, 1e-2, train_weights=False))
+    names = {id(p): n for n, p in block.named_parameters()}
+    trained = sorted(names[id(p)] for g in groups for p in g["params"])
+    assert trained and all(n.endswith(("scale_log", "offset_steps")) or "norm" in n for n in trained)
+    assert not any(n.endswith("proj.weight") for n in trained)

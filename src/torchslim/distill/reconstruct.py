@@ -43,6 +43,9 @@ class ReconstructConfig(BaseConfig):
     lr: float = between(5e-4, 0.0, 1.0)
     quantizer_lr: float = between(5e-3, 0.0, 1.0)
     max_grad_norm: float = between(1.0, 1e-6, 1e6)
+    # False: packed layers keep their latent weights (a GPTQ result keeps its rounding decisions) and only their
+    # step sizes, offsets and the block's norms and float layers train
+    train_weights: bool = True
     seed: int = between(0, 0, 1 << 31)
     checkpoint_dir: str | None = None
 
@@ -63,7 +66,7 @@ def _reconstruct(model: nn.Module, config: ReconstructConfig, ctx: ApplyContext)
     fields = {k: v for k, v in config.to_dict()["_data"].items() if k != "checkpoint_dir"}
     fingerprint = json.dumps({**fields, "batches": len(batches)}, sort_keys=True, default=str)
     plan = BlockPlan(config.steps, config.lr, config.quantizer_lr, config.seed, config.max_grad_norm,
-                     config.checkpoint_dir, fingerprint)
+                     config.checkpoint_dir, fingerprint, config.train_weights)
     was = model.training
     model.eval()
     teacher.eval()

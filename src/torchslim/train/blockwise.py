@@ -52,6 +52,7 @@ class BlockPlan:
     max_grad_norm: float = 1.0
     checkpoint_dir: str | None = None
     fingerprint: str = ""
+    train_weights: bool = True      # False: packed layers keep their latent weights (step sizes, offsets, norms train)
 
 
 def relative_error(block: nn.Module, cache: list[tuple], targets: list[torch.Tensor]) -> float:
@@ -81,9 +82,12 @@ def _param_groups(block: nn.Module, swapped: dict[str, Any], plan: BlockPlan) ->
         return any(name.startswith(n + ".") and f.quantizer_params
                    and re.fullmatch(f.quantizer_params, name[len(n) + 1:]) for n, f in swapped.items())
 
+    def is_latent(name: str) -> bool:
+        return any(name.startswith(n + ".") for n in swapped) and not is_quantizer(name)
+
     weights, quantizers = [], []
     for name, p in block.named_parameters():
-        if not p.is_floating_point():
+        if not p.is_floating_point() or (not plan.train_weights and is_latent(name)):
             continue
         p.requires_grad_(True)
         (quantizers if is_quantizer(name) else weights).append(p)
