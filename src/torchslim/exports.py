@@ -190,12 +190,14 @@ def _hf_folder_model(folder: str | Path) -> nn.Module:
     import transformers
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(folder))
+    from torchslim.zoo.hf_guard import LOADER_KWARGS
+
+    config = AutoConfig.from_pretrained(str(folder), **LOADER_KWARGS)
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     if cls is None:
         raise TorchSlimError(f"{folder}: config.json names no transformers class to load it with")
-    return cls.from_pretrained(str(folder)).eval()
+    return cls.from_pretrained(str(folder), **LOADER_KWARGS).eval()
 
 
 def export_onnx(model_spec: str | Path, out: str | Path, example_inputs: Any = None,

@@ -90,7 +90,8 @@ def gguf_model(path: str | Path) -> nn.Module:
 
     path = Path(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                     local_files_only=True, trust_remote_code=False)
     except (ValueError, KeyError, NotImplementedError) as e:
         raise TorchSlimError(f"transformers cannot read this GGUF file ({str(e).splitlines()[0][:160]})") from None
     return model.eval()
