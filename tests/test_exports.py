@@ -1,6 +1,8 @@
 """`torchslim export hf` of a zoo model's artifact writes the tokenizer the model is loaded with."""
 from __future__ import annotations
 
+import pytest
+
 import torchslim
 from torchslim.exports import export_hf_folder
 from torchslim.quantization import IntFormat, PerChannel, WeightOnlyConfig
@@ -23,6 +25,7 @@ def _close(quality: dict, reader: str, tol: float) -> None:
     assert abs(quality["exported"] - quality["artifact"]) <= tol * quality["artifact"], quality
 
 
+@pytest.mark.slow
 def test_each_export_reports_the_written_files_quality_next_to_the_models(tmp_path) -> None:
     from torchslim.exports import export_gguf, export_onnx
 

@@ -52,6 +52,7 @@ def test_without_a_teacher_it_is_refused_in_one_line() -> None:
         torchslim.distill_(lm.model, FAST, task=lm.task)
 
 
+@pytest.mark.slow
 def test_a_recipe_stage_reconstructs_against_the_uncompressed_model(tmp_path) -> None:
     recipe = Recipe.from_dict({"recipe": "t", "stages": [
         {"quantize": {"_type": "WeightOnlyConfig", "format": {"_type": "IntFormat", "bits": 3, "symmetric": False},
