@@ -170,8 +170,11 @@ def export_hf_folder(artifact: str | Path, out: str | Path, dense: bool = False,
     from torchslim.artifact.hf_files import COMPANIONS
 
     done = export_ct(artifact, out) if fmt == "compressed-tensors" else export_hf(artifact, out, dense=dense)
-    if not any((Path(out) / name).is_file() for name in COMPANIONS if name.startswith(("tokenizer", "vocab", "spiece"))):
-        tokenizer = load_model(str(artifact)).tokenizer
+    needs_tokenizer = not any((Path(out) / name).is_file() for name in COMPANIONS
+                              if name.startswith(("tokenizer", "vocab", "spiece")))
+    loaded = load_model(str(artifact)) if needs_tokenizer or evaluate else None     # loaded once for both
+    if needs_tokenizer:
+        tokenizer = loaded.tokenizer
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out))
             from torchslim.core.io import user_mode_tree
@@ -179,7 +182,6 @@ def export_hf_folder(artifact: str | Path, out: str | Path, dense: bool = False,
             user_mode_tree(out)
             done["tokenizer"] = "saved from the tokenizer torchslim loads the model with"
     if evaluate:
-        loaded = load_model(str(artifact))
         done["quality"] = compare_quality(loaded, _metric(loaded, loaded.model), lambda: _hf_folder_model(out),
                                           "transformers (from_pretrained)")
     return done

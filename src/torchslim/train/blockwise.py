@@ -23,12 +23,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from torchslim.calibration.pipeline import block_output, catch_block_inputs
+from torchslim.calibration.pipeline import Forward, block_output, catch_block_inputs
 from torchslim.core.archs import chain_blocks
 from torchslim.core.errors import ConfigError
 from torchslim.core.progress import track
@@ -36,7 +36,6 @@ from torchslim.core.surgery import replace_module
 from torchslim.core.trainable import form_of, trained_form_of
 
 log = logging.getLogger("torchslim")
-Forward = Callable[[nn.Module, dict[str, Any]], Any]
 PROGRESS = "progress.json"
 
 
