@@ -189,9 +189,8 @@ def quantize_cmd(
     from torchslim.artifact import save
     from torchslim.core.config import BaseConfig
     from torchslim.core.context import ApplyContext
-    from torchslim.models import load_model
-
     from torchslim.core.targets import check_new_artifact
+    from torchslim.models import load_model
 
     check_new_artifact(out, model, force)
     cfg = BaseConfig.load(config)
@@ -226,9 +225,9 @@ def prune_cmd(
     The same as `torchslim run` of a recipe (prune, then train), without the report."""
     from torchslim.core.config import BaseConfig
     from torchslim.core.state import state_of
+    from torchslim.core.targets import check_new_artifact
     from torchslim.recipes import ApplyStage, Recipe, RunOptions, TrainStage, run_recipe
     from torchslim.recipes.stages import EvaluateStage
-    from torchslim.core.targets import check_new_artifact
     from torchslim.train import FinetuneConfig, TrainConfig
 
     check_new_artifact(out, model, force)
@@ -314,10 +313,9 @@ def finetune_cmd(
     from torchslim.core.context import ApplyContext
     from torchslim.core.io import atomic_file
     from torchslim.core.state import state_of
+    from torchslim.core.targets import check_new_artifact
     from torchslim.train import FinetuneConfig, TrainConfig
     from torchslim.train.distributed import env_rank
-
-    from torchslim.core.targets import check_new_artifact
 
     check_new_artifact(out, model, force)
     cfg = BaseConfig.load(config) if config else TrainConfig(steps=steps, batch_size=batch_size, lr=lr,
