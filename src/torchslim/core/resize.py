@@ -4,7 +4,10 @@ Structured pruning leaves ordinary modules (``nn.Linear``, ``nn.Conv2d``, norms.
 channels than the architecture's constructor would make. The technique calls
 :func:`record_resized` for each module it rebuilt (and :func:`record_attribute` for plain
 attributes that changed, such as an attention module's head count). Techniques that *add*
-modules (adapters, exit heads, projections) call :func:`add_module`. The artifact stores
+modules (adapters, exit heads, projections) call :func:`add_module`. An added module that changes what its
+parent computes (a LoRA branch adds to its parent's output) defines ``torchslim_attach(parent)``, which
+registers its hooks, and ``torchslim_detach(parent)``; both are called here, on add, on load and on removal,
+so a rebuilt model computes what the saved one did. The artifact stores
 :func:`resize_spec` and :func:`added_spec` in its manifest; on load :func:`apply_resize_spec`
 and :func:`apply_added_spec` rebuild those modules, empty and of the recorded shapes, in the
 freshly built skeleton before the weights are read. Specs come from the one table of module
@@ -52,14 +55,22 @@ def add_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
         raise TorchSlimError(f"cannot add '{name}': {type(parent).__name__} already has '{attr}'")
     spec = kinds.describe(module)
     parent.add_module(attr, module)
+    _call(module, "torchslim_attach", parent)
     state_of(model).added[name] = spec
     return module
+
+
+def _call(module: nn.Module, method: str, parent: nn.Module) -> None:
+    fn = getattr(module, method, None)
+    if callable(fn):
+        fn(parent)
 
 
 def remove_added(model: nn.Module, name: str) -> nn.Module:
     """Detach an added module (a merged adapter, say) and forget its record."""
     parent, attr = parent_of(model, name)
     module = getattr(parent, attr)
+    _call(module, "torchslim_detach", parent)
     delattr(parent, attr)
     state_of(model).forget(name)
     return module
@@ -139,4 +150,5 @@ def apply_added_spec(model: nn.Module, spec: dict[str, Any], bound: Callable[[in
         except TorchSlimError:
             raise ArtifactError(f"artifact adds '{name}', whose parent the rebuilt {type(model).__name__} lacks") from None
         parent.add_module(attr, module)
+        _call(module, "torchslim_attach", parent)
     state_of(model).added = dict(spec)

@@ -26,13 +26,30 @@ def parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put ``new`` where ``name`` is and return the module that was there."""
+    """Put ``new`` where ``name`` is and return the module that was there. Modules attached to the old one
+    through hooks (an adapter's branch on a layer) move to ``new``, so a layer quantized, sparsified or
+    rebuilt from an artifact keeps its adapters."""
     parent, attr = parent_of(model, name)
     old = getattr(parent, attr, None)
     if old is None:
         raise TorchSlimError(f"{type(model).__name__} has no submodule '{name}'")
+    if new is not old:
+        _carry_attached(old, new)
     setattr(parent, attr, new)
     return old
+
+
+def _carry_attached(old: nn.Module, new: nn.Module) -> None:
+    for attr, child in list(old.named_children()):
+        if not callable(getattr(child, "torchslim_attach", None)) or child is new:
+            continue
+        if attr in new._modules or hasattr(new, attr):
+            raise TorchSlimError(f"cannot move '{attr}' onto the {type(new).__name__} replacing a "
+                                 f"{type(old).__name__}: it already has one")
+        child.torchslim_detach(old)
+        delattr(old, attr)
+        new.add_module(attr, child)
+        child.torchslim_attach(new)
 
 
 def stacked_bias(layers: list[nn.Module]) -> torch.Tensor | None:

@@ -18,6 +18,9 @@ class TrainableForm:
     to_train: Callable[[nn.Module], nn.Module]
     back: Callable[[nn.Module, Any], nn.Module]
     quantizer_params: str = ""      # regex of the trained form's parameter names that are quantizer state
+    # the packed layer of the same format and kernel holding a new float weight ([out, in], or a conv's shape)
+    # with freshly fitted scales (an adapter merged into a quantized base); None: not supported
+    requantize: Callable[[nn.Module, Any], nn.Module] | None = None
 
 
 _FORMS: dict[type, TrainableForm] = {}

@@ -144,12 +144,26 @@ def to_packed(m: nn.Module, config: Any, kernel: Kernel = Kernel.AUTO) -> nn.Mod
     return out
 
 
+def requantize(m: nn.Module, weight: torch.Tensor) -> nn.Module:
+    """The packed layer ``m`` becomes when its effective float weight (what it multiplies its raw input by:
+    ``[out, in]``, or a conv's shape) is ``weight``: same format, granularity, activation quantization, input
+    scaling and config, with round-to-nearest codes and scales fitted afresh to ``weight``."""
+    trained = from_packed(m, None, False)
+    latent = weight.detach().float().reshape(trained.weight.shape)
+    if trained.input_scale is not None:                  # the layer multiplies its input by input_scale first
+        latent = latent / trained.input_scale.reshape(1, -1, *([1] * (latent.dim() - 2)))
+    with torch.no_grad():
+        trained.weight.copy_(latent)
+    trained.wq = rtn_fake(latent.reshape(latent.shape[0], -1), trained.wq.fmt, trained.wq.gran, False)
+    return to_packed(trained, getattr(m, "config", None))
+
+
 def _register_trainable() -> None:
     """Packed layers train as QAT layers starting from exactly their codes, and pack back to the same formats."""
     from torchslim.core.trainable import TrainableForm, register_trainable
 
     form = TrainableForm(lambda m: from_packed(m, None, True), lambda m, config: to_packed(m, config),
-                         r"(.*\.)?(wq\.(scale_log|offset_steps)|aq\.(a|b))")
+                         r"(.*\.)?(wq\.(scale_log|offset_steps)|aq\.(a|b))", requantize)
     for packed in PACKED:
         register_trainable(packed, QATLinear, form)
     register_trainable(QuantConv2d, QATConv2d, form)
