@@ -96,7 +96,12 @@ class AdapterConfig(TrainingConfig):
         grads = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
-        names = self.add_branches(model)
+        try:
+            names = self.add_branches(model)
+        except Exception:
+            for n, p in model.named_parameters():
+                p.requires_grad_(grads.get(n, p.requires_grad))
+            raise
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         record = {"adapter": self.adapter, "method": self.method, "layers": len(names), "trainable_params": trainable,
