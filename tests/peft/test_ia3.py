@@ -13,6 +13,7 @@ from torch import nn
 import torchslim
 from torchslim.core.errors import ConfigError
 from torchslim.peft import IA3Branch, IA3Config, branches, merge_, unmerge_
+from torchslim.peft.branch import layer_name
 from torchslim.quantization import IntFormat, PerChannel, WeightOnlyConfig
 from torchslim.zoo.tiny import build_tiny_bert, build_tiny_llama, tiny_bert, tiny_llama
 
@@ -183,3 +184,54 @@ def test_the_config_round_trips_through_its_short_form(feedforward: Any) -> None
 
     config = IA3Config(adapter="task_a", merge=True, feedforward=feedforward)
     assert config_from_dict(yaml.safe_load(config.to_yaml())) == config
+
+
+def _tiny_distilbert() -> nn.Module:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    return DistilBertModel(DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64)).eval()
+
+
+def test_a_model_type_peft_has_no_row_for_uses_the_architecture_roles() -> None:
+    model = _tiny_distilbert()
+    ours = _ours(model, IA3Config())
+    layers = sorted(n.rpartition(".")[0].removeprefix("transformer.layer.") for n, _ in branches(model))
+    assert layers == ["0.attention.k_lin", "0.attention.v_lin", "0.ffn.lin2",
+                      "1.attention.k_lin", "1.attention.v_lin", "1.ffn.lin2"]
+    assert ours["input_scaled"] == 2 and ours["trainable_params"] == 2 * (32 + 32 + 64)
+
+
+def _tiny_gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
+
+
+def _convs() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "conv"])
+def test_merge_is_exact_on_conv1d_and_convolution_layers(kind: str) -> None:
+    if kind == "gpt2":      # Conv1D layers with biases: c_attn scales its output, mlp.c_proj its input
+        model, config = _tiny_gpt2(), IA3Config()
+        inputs = {"input_ids": torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))}
+    else:                   # the first convolution scales its output channels, the second its input channels
+        model, config = _convs(), IA3Config(selector=torchslim.Selector(include=(nn.Conv2d,)), feedforward="2")
+        inputs = {"input": torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))}
+    record = _ours(model, config)
+    assert 0 < record["input_scaled"] < record["layers"]
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, b in branches(model):
+            b.vector.copy_(1 + 0.3 * torch.randn(b.vector.shape, generator=g))
+            bias = model.get_submodule(layer_name(name)).bias
+            bias.copy_(0.1 * torch.randn(bias.shape, generator=g))
+    adapted = _outputs(model, inputs) if kind == "gpt2" else model(**inputs).detach()
+    report = merge_(model)
+    merged = _outputs(model, inputs) if kind == "gpt2" else model(**inputs).detach()
+    assert report["layers"] == {"exact": record["layers"]}
+    assert (merged - adapted).abs().max().item() <= 1e-5 * max(1.0, adapted.abs().max().item())
