@@ -2,11 +2,14 @@
 layers it adapts (:mod:`torchslim.peft.branch`), trains them with the one Trainer, and merges them into the
 base or keeps them, in the artifact or as an adapter of its own.
 
-One folder per method: :mod:`torchslim.peft.lora` (LoRA, rsLoRA, DoRA; QLoRA over a packed base)."""
+One folder per method: :mod:`torchslim.peft.lora` (LoRA, rsLoRA, DoRA; QLoRA over a packed base),
+:mod:`torchslim.peft.ia3` (IA3), :mod:`torchslim.peft.bottleneck` (Houlsby and Pfeiffer adapters)."""
+from torchslim.peft.bottleneck import BottleneckBranch, BottleneckConfig
 from torchslim.peft.branch import Branch, adapters, branches
 from torchslim.peft.config import AdapterConfig
+from torchslim.peft.ia3 import IA3Branch, IA3Config
 from torchslim.peft.lora import LoraBranch, LoraConfig
 from torchslim.peft.merge import delete_adapter, merge_, set_adapter, unmerge_
 
-__all__ = ["AdapterConfig", "Branch", "LoraBranch", "LoraConfig", "adapters", "branches", "delete_adapter", "merge_",
-           "set_adapter", "unmerge_"]
+__all__ = ["AdapterConfig", "BottleneckBranch", "BottleneckConfig", "Branch", "IA3Branch", "IA3Config", "LoraBranch",
+           "LoraConfig", "adapters", "branches", "delete_adapter", "merge_", "set_adapter", "unmerge_"]

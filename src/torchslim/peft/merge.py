@@ -25,6 +25,7 @@ from torchslim.peft.weights import effective_weight, write_weight
 
 log = logging.getLogger("torchslim.peft")
 _SAVED = "_torchslim_unmerged"      # branch.__dict__ key: what unmerge restores
+_SAVED_BIAS = "_torchslim_unmerged_bias"   # and a float layer's bias, for branches that change it
 
 
 def _mergeable(model: nn.Module, adapter: str | None) -> list[tuple[str, Branch]]:
@@ -35,14 +36,15 @@ def _mergeable(model: nn.Module, adapter: str | None) -> list[tuple[str, Branch]
                           "the model has no active adapter" + (f" (it has {', '.join(have)})" if have else ""))
     for n, b in found:
         if not callable(getattr(b, "merged_weight", None)):
-            raise ConfigError(f"'{n}' is a {b.method} adapter, which changes the inputs rather than the weights "
-                              "and cannot be merged: keep it as a branch")
+            raise ConfigError(f"'{n}' is a {b.method} adapter, which adds a computation of its own rather than a "
+                              "change of its layer's weights, and cannot be merged: keep it as a branch")
     return found
 
 
 @torch.no_grad()
 def merge_(model: nn.Module, adapter: str | None = None, *, keep: bool = False) -> dict[str, Any]:
-    """Fold the active branches of ``adapter`` (None: every active adapter) into their layers."""
+    """Fold the active branches of ``adapter`` (None: every active adapter) into their layers. A branch that
+    defines ``merged_bias(layer)`` (IA3's output scaling) has that bias written too."""
     counts: dict[str, int] = {}
     errors = []
     for name, branch in _mergeable(model, adapter):
@@ -50,8 +52,13 @@ def merge_(model: nn.Module, adapter: str | None = None, *, keep: bool = False) 
         layer = get_module(model, lname)
         base = effective_weight(layer)
         target = branch.merged_weight(layer)
+        bias = branch.merged_bias(layer) if callable(getattr(branch, "merged_bias", None)) else None
         saved = layer if _packedish(layer) else layer.weight.detach().clone()
+        if keep and bias is not None and not _packedish(layer):
+            branch.__dict__[_SAVED_BIAS] = layer.bias.detach().clone()
         new, how = write_weight(model, lname, layer, target)
+        if bias is not None:            # a branch that scales the output scales the bias too (IA3)
+            new.bias.copy_(bias.to(new.bias.dtype).reshape(new.bias.shape))
         counts[how] = counts.get(how, 0) + 1
         if how == "requantized":
             moved = (target - base).norm()
@@ -89,6 +96,9 @@ def unmerge_(model: nn.Module, adapter: str | None = None) -> int:
             replace_module(model, lname, saved)
         elif isinstance(saved, torch.Tensor):
             get_module(model, lname).weight.copy_(saved)
+            bias = branch.__dict__.pop(_SAVED_BIAS, None)
+            if bias is not None:
+                get_module(model, lname).bias.copy_(bias)
             setter = getattr(get_module(model, lname), "set_mask", None)
             if callable(setter):
                 setter(get_module(model, lname).mask.clone())
