@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -56,7 +56,12 @@ class AdapterConfig(TrainingConfig):
         """Every adaptable layer but the output head."""
         return Selector(include=(is_adaptable,), exclude=tuple(sorted(output_head_names(model))))
 
-    def make_branch(self, name: str, layer: nn.Module) -> Branch | None:
+    def plan(self, model: nn.Module, picked: list[str]) -> Any:
+        """Whatever :meth:`make_branch` needs to know about the whole selection (IA3: which layers scale their
+        input); None by default."""
+        return None
+
+    def make_branch(self, name: str, layer: nn.Module, plan: Any = None) -> Branch | None:
         """The branch for one selected layer (None: the method does not adapt this kind of layer)."""
         raise NotImplementedError
 
@@ -70,8 +75,9 @@ class AdapterConfig(TrainingConfig):
         picked = selector.select(model)
         picked = [(n, m) for n, m in picked if not isinstance(m, Branch)]
         made, skipped = [], []
+        plan = self.plan(model, [n for n, _ in picked])
         for name, layer in picked:
-            branch = self.make_branch(name, layer) if is_adaptable(name, layer) else None
+            branch = self.make_branch(name, layer, plan) if is_adaptable(name, layer) else None
             if branch is None:
                 skipped.append(name)
                 continue

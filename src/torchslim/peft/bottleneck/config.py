@@ -10,7 +10,7 @@ branches: they cannot be merged into the weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -61,7 +61,7 @@ class BottleneckConfig(AdapterConfig):
                               "placement; pass selector=")
         return Selector(include=names)
 
-    def make_branch(self, name: str, layer: nn.Module) -> Branch | None:
+    def make_branch(self, name: str, layer: nn.Module, plan: Any = None) -> Branch | None:
         g = geometry(layer)
         if g is None or g.conv is not None:
             return None

@@ -64,24 +64,19 @@ class IA3Config(AdapterConfig):
         rules = default_rules(model)
         return Selector(include=rules[1] if rules else ())
 
-    def add_branches(self, model: nn.Module) -> list[str]:
-        selector = self.selector if self.selector is not None else self.default_selector(model)
-        picked = {n for n, _ in selector.select(model)}
-        scaled_in = {n for n, _ in self.feedforward_selector(model).select(model)} & picked
+    def plan(self, model: nn.Module, picked: list[str]) -> set[str]:
+        """The selected layers that scale their input (feed-forward layers)."""
+        scaled_in = {n for n, _ in self.feedforward_selector(model).select(model)} & set(picked)
         if self.feedforward is not None and picked and not scaled_in:
             raise ConfigError(f"IA3Config.feedforward matched none of the {len(picked)} selected layers "
                               f"(e.g. '{sorted(picked)[0]}'): it must pick some of them, or be None")
-        self.__dict__["_scaled_in"] = scaled_in        # read by make_branch during this call only
-        try:
-            return super().add_branches(model)
-        finally:
-            self.__dict__.pop("_scaled_in", None)
+        return scaled_in
 
-    def make_branch(self, name: str, layer: nn.Module) -> Branch | None:
+    def make_branch(self, name: str, layer: nn.Module, plan: Any = None) -> Branch | None:
         g = geometry(layer)
         if g is None:
             return None
-        feedforward = name in self.__dict__.get("_scaled_in", ())
+        feedforward = name in (plan or ())
         return IA3Branch(g.in_features if feedforward else g.out_features, feedforward=feedforward,
                          conv=g.conv is not None, adapter=self.adapter)
 

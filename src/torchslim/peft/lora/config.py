@@ -9,7 +9,7 @@ layer passes gradients to its input without keeping a dense copy of its weight.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -41,7 +41,7 @@ class LoraConfig(AdapterConfig):
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
-    def make_branch(self, name: str, layer: nn.Module) -> Branch | None:
+    def make_branch(self, name: str, layer: nn.Module, plan: Any = None) -> Branch | None:
         g = geometry(layer)
         if g is None:
             return None
