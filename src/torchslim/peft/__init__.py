@@ -6,8 +6,9 @@ One folder per method: :mod:`torchslim.peft.lora` (LoRA, rsLoRA, DoRA; QLoRA ove
 from torchslim.peft.branch import Branch, adapters, branches
 from torchslim.peft.config import AdapterConfig
 from torchslim.peft.files import load_adapter, save_adapter
+from torchslim.peft.interop import from_peft, to_peft
 from torchslim.peft.lora import LoraBranch, LoraConfig
 from torchslim.peft.merge import delete_adapter, merge_, set_adapter, unmerge_
 
-__all__ = ["AdapterConfig", "Branch", "LoraBranch", "LoraConfig", "adapters", "branches", "delete_adapter",
-           "load_adapter", "merge_", "save_adapter", "set_adapter", "unmerge_"]
+__all__ = ["AdapterConfig", "Branch", "LoraBranch", "LoraConfig", "adapters", "branches", "delete_adapter", "from_peft",
+           "load_adapter", "merge_", "save_adapter", "set_adapter", "to_peft", "unmerge_"]
