@@ -177,3 +177,24 @@ def test_unsupported_peft_folders_are_refused_in_one_line(tmp_path) -> None:
     with pytest.raises(ArtifactError, match="pickle"):
         from_peft(model, folder)
     assert adapters(model) == []
+
+
+def test_gpt2_conv1d_layers_both_ways_with_dora(tmp_path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0)).eval()
+    config = peft.LoraConfig(r=2, target_modules=["c_attn", "c_proj"], use_dora=True, fan_in_fan_out=True)
+    pm = peft.get_peft_model(copy.deepcopy(base), config)
+    randomize(pm.named_parameters(), 9)
+    pm.save_pretrained(tmp_path / "peft")
+    ids = IDS % 100
+    want = pm(input_ids=ids).logits
+    model = copy.deepcopy(base)
+    assert len(from_peft(model, tmp_path / "peft")) == 6
+    assert (model(input_ids=ids).logits - want).abs().max() < 1e-5
+    to_peft(model, tmp_path / "back")
+    assert json.loads((tmp_path / "back" / CONFIG).read_text())["fan_in_fan_out"] is True
+    again = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "back")
+    assert (again(input_ids=ids).logits - want).abs().max() < 1e-5

@@ -317,3 +317,9 @@ def _lora_read(model: nn.Module, config: dict[str, Any], header: Header, adapter
 
 
 register_peft_format(PeftFormat("lora", "LORA", _lora_write, _lora_read))
+# Further rows, one register_peft_format each, from the method's own folder:
+# * "ia3" <-> "IA3": a vector per layer, ``base_model.model.<layer>.ia3_l.weight``, shaped [out, 1] (scales the
+#   output) or [1, in] for layers listed in the config's ``feedforward_modules`` (scales the input);
+# * "prompt" <-> "PROMPT_TUNING" (and "prefix" <-> "PREFIX_TUNING"): model-level, the file holds ``prompt_embeddings``
+#   [num_virtual_tokens, token_dim] without the ``base_model.model.`` prefix; ``read`` returns the one branch on the
+#   module it adapts (the input embedding) and ``write`` the config's num_virtual_tokens/token_dim/num_layers.
