@@ -127,6 +127,15 @@ def test_a_base_changed_since_loading_is_no_longer_named_by_the_artifact(tmp_pat
         load_adapter(torchslim.load(tmp_path / "base"), tmp_path / "ad")     # the float base is not the int8 one
 
 
+def test_a_base_with_a_merged_adapter_is_no_longer_named_by_the_artifact(tmp_path) -> None:
+    torchslim.save(add_random_lora(build_tiny_llama(0), 1, adapter="first"), tmp_path / "base")
+    model = torchslim.load(tmp_path / "base")
+    merge_(model, "first")                                     # no history entry, the branches are gone
+    add_random_lora(model, 3)
+    save_adapter(model, tmp_path / "ad")
+    assert json.loads((tmp_path / "ad" / MANIFEST).read_text())["base"]["kind"] == "state_dict"
+
+
 def test_a_merged_adapter_is_not_saved_alone(tmp_path) -> None:
     model = adapted()
     merge_(model, keep=True)

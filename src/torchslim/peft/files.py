@@ -184,11 +184,14 @@ def state_fingerprint(model: nn.Module) -> str:
 
 def artifact_sha(model: nn.Module) -> str | None:
     """The weights SHA-256 of the artifact the model was loaded from, while its base is unchanged since: every
-    later history entry is an evaluation or an adapter's training that did not merge, and no branch is merged."""
+    later history entry is an evaluation or an adapter's training that did not merge, no branch is merged, and every
+    module the artifact added is still there (``merge_`` removes merged branches without a history entry). When in
+    doubt this says None and the adapter names its base by content, which is always right."""
     state = state_of(model)
     m = state.manifest
     sha = m.get("weights", {}).get("sha256") if isinstance(m, dict) and isinstance(m.get("weights"), dict) else None
-    if not isinstance(sha, str) or any(b.merged for _, b in branches(model)):
+    if not isinstance(sha, str) or any(b.merged for _, b in branches(model)) \
+            or not set(m.get("added") or {}) <= set(state.added):
         return None
     for h in state.history[len(m.get("history", [])):]:
         data = (h.config or {}).get("_data") if isinstance(h.config, dict) else None
