@@ -126,5 +126,46 @@ def export_onnx_cmd(
     print_quality(console, done.get("quality"))
 
 
+@export_app.command("peft")
+def export_peft_cmd(
+    artifact: Path = typer.Argument(..., help="torchslim artifact folder holding an adapter (LoRA/DoRA branches)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (adapter_config.json + "
+                                                      "adapter_model.safetensors, as Hugging Face peft saves them)."),
+    adapter: str = typer.Option(None, "--adapter", help="Which adapter to write (default: the artifact's only one)."),
+    base: str = typer.Option(None, "--base", help="base_model_name_or_path to record (default: the artifact's source "
+                                                  "folder, if it came from one)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Write an artifact's adapter in Hugging Face peft's format (peft.PeftModel.from_pretrained loads it)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from torchslim.artifact import load
+    from torchslim.core.errors import ConfigError
+    from torchslim.core.state import state_of
+    from torchslim.core.targets import folder_export
+    from torchslim.peft import adapters, to_peft
+
+    with folder_export(out, artifact, force) as tmp:     # never a half-written folder, never the source
+        model = load(artifact)
+        have = adapters(model)
+        if adapter is None and len(have) != 1:
+            raise ConfigError(f"{artifact} has no adapter to export" if not have else
+                              f"{artifact} has adapters {', '.join(have)}: choose one with --adapter")
+        source = state_of(model).source or {}
+        if base is None and source.get("kind") == "hf" and isinstance(source.get("path"), str):
+            base = source["path"]
+        done = to_peft(model, tmp, adapter or have[0], base_model_name_or_path=base)
+    compressed = len(state_of(model).manifest.get("layers") or {})
+    console = Console()
+    console.print(escape(f"wrote {out}") + f" (peft {done['peft_type']} adapter " + escape(repr(done["adapter"]))
+                  + f": {done['layers']} layers, {done['bytes'] / 2**20:.2f} MiB); load it with "
+                  + escape(f"peft.PeftModel.from_pretrained(<base model>, '{out}')"))
+    if compressed:
+        console.print(f"note: this artifact's base has {compressed} compressed layers; peft applies the adapter to "
+                      "the base you load it on (the float model it was compressed from, or `torchslim export hf "
+                      "--dense`), whose outputs differ from the compressed base's by the compression error")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(export_app, name="export")
