@@ -21,8 +21,9 @@ from torch import nn
 
 from torchslim.calibration.stats import ChannelStats
 from torchslim.core.config import BaseConfig, config_from_dict
-from torchslim.core.errors import ConfigError
+from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.modules import StandIn, register_module_format
+from torchslim.quantization.frozen_grad import frozen_conv2d, wants_grad
 from torchslim.quantization.kernels import act_bits_of, act_qmax, act_qparams
 from torchslim.quantization.observers import MinMax, static_range
 from torchslim.quantization.qconv import ConvGeometry, QuantConv2d, quantize_conv_weight_only
@@ -117,8 +118,8 @@ class Int8StaticConv2d(StandIn, nn.Module):
         self.out_zero.fill_(zero)
         self._cache = {}
 
-    def dequantized_weight(self) -> torch.Tensor:
-        return self.weight_int8.float() * self.weight_scale[:, None, None, None]
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.weight_int8.float() * self.weight_scale[:, None, None, None]).to(dtype)
 
     def _prepared(self) -> dict[str, Any]:
         if not self._cache:
@@ -134,6 +135,16 @@ class Int8StaticConv2d(StandIn, nn.Module):
         return self._cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uint8_output:          # integer codes out: no gradient can leave this layer
+            if x.requires_grad and torch.is_grad_enabled():
+                raise TorchSlimError("an int8 conv chained in uint8 (fuse_int8_relu_) cannot pass gradients: its "
+                                     "output is integer codes; train the model before fusing, or run it under no_grad")
+        elif wants_grad(x, self.bias):  # oneDNN has no backward: the dequantized conv's gradient, no dense weight kept
+            return frozen_conv2d(x, self._run, self.dequantized_weight, self.geometry.conv_args(), self.bias,
+                                 relu=self.fused_relu)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         c = self._prepared()
         x_scale, x_zero = c["x"]
         # float input: codes above act_qmax() (inputs beyond the calibrated range) would saturate without VNNI

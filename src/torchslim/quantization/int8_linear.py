@@ -9,6 +9,10 @@
 
 Both can carry SmoothQuant factors: the input is multiplied by ``smooth`` (= 1/s) and the
 weight columns were multiplied by ``s`` before quantization.
+
+Neither kernel has a backward: a forward that needs a gradient (adapters trained over a frozen W8A8 base)
+runs the kernel through :func:`~torchslim.quantization.frozen_grad.frozen_linear`, whose gradient is the
+dequantized float layer's (the input's rounding passed straight through) and which keeps no dense weight.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from torch import nn
 from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.modules import StandIn, register_module_format
 from torchslim.core.surgery import stacked_bias
+from torchslim.quantization.frozen_grad import frozen_linear, wants_grad
 from torchslim.quantization.kernels import act_bits_of, act_qmax, act_qparams, row_absmax
 
 
@@ -98,8 +103,21 @@ class _Int8Base(StandIn, nn.Module):
         w = self.dequantized_weight()
         return w * self.smooth[None, :] if self.use_smooth else w
 
-    def dequantized_weight(self) -> torch.Tensor:
-        return self.weight_int8.float() * self.weight_scale[:, None]
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The int8 codes times their scales, ``[out, in]`` (the weight the smoothed input meets)."""
+        return (self.weight_int8.float() * self.weight_scale[:, None]).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._smoothed(x)
+        if wants_grad(x2, self.bias):
+            y = frozen_linear(x2, self._run, self.dequantized_weight, self.bias)
+        else:
+            y = self._run(x2)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _run(self, x2: torch.Tensor) -> torch.Tensor:
+        """The kernel on the smoothed 2-D float input, bias included."""
+        raise NotImplementedError
 
     def _apply(self, fn, recurse=True):
         self._packed = None
@@ -141,16 +159,13 @@ class Int8DynamicLinear(_Int8Base):
                 self._packed = torch.ops.quantized.linear_prepack(qw, None)
         return self._packed
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = self._smoothed(x)
+    def _run(self, x2: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
-            y = self._int_mm_rows(x2)
-            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            return self._int_mm_rows(x2)
         r = row_absmax(x2)
         y = torch.ops.quantized.linear_dynamic(x2 / r, self._prepack(), False)
         # one pass over the output for the row scales and the bias (addcmul: 2.5x faster than ``y * r + b``)
-        y = torch.addcmul(self.bias, y, r) if self.bias is not None else y.mul_(r)
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return torch.addcmul(self.bias, y, r) if self.bias is not None else y.mul_(r)
 
     def _int_mm_rows(self, x2: torch.Tensor) -> torch.Tensor:
         """The same per-token W8A8 product in plain aten ops, for ``torch.compile``: each row quantized
@@ -202,13 +217,11 @@ class Int8StaticLinear(_Int8Base):
         self.act_scale.fill_(scale)
         self.act_zero.fill_(zero)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = self._smoothed(x)
+    def _run(self, x2: torch.Tensor) -> torch.Tensor:
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, [x2.shape[0], self.in_features])
         scale, zp = float(self.act_scale), int(self.act_zero)
         qx = torch.clamp(torch.round(x2 / scale) + zp, 0, self.act_qmax()).to(torch.uint8)
-        y = torch.ops.onednn.qlinear_pointwise(
+        return torch.ops.onednn.qlinear_pointwise(
             qx, scale, zp, self._packed, self.weight_scale, torch.zeros(self.out_features, dtype=torch.long),
             self.bias, 1.0, 0, torch.float32, "none", [None], "")
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)

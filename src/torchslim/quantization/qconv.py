@@ -20,6 +20,7 @@ from torchslim.core.config import BaseConfig, config_from_dict
 from torchslim.core.errors import ConfigError
 from torchslim.core.modules import StandIn, register_module_format
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
+from torchslim.quantization.frozen_grad import frozen_conv2d, wants_grad
 from torchslim.quantization.observers import group_range
 from torchslim.quantization.packing import from_unsigned, unpack_bits
 from torchslim.quantization.primitives import padded_cols, quantize_groups, to_groups
@@ -110,6 +111,11 @@ class QuantConv2d(StandIn, nn.Module):
         return w.reshape(self.geometry.weight_shape).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if wants_grad(x, self.bias):    # frozen under training: the dense weight is rebuilt in backward, not saved
+            return frozen_conv2d(x, self._conv, self.dequantize, self.geometry.conv_args(), self.bias)
+        return self._conv(x)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
         stride, pad, dil, groups = self.geometry.conv_args()
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return F.conv2d(x, self.dequantize(x.dtype), bias, stride, pad, dil, groups)

@@ -4,6 +4,10 @@ Persistent state (what the artifact stores): ``packed`` (codes, bit-packed into 
 ``scale`` and, per format, ``offset`` (asymmetric ints) or ``levels`` (NF4, codebook,
 ternary, binary), plus ``bias``. Kernel buffers (torch's int4/int8 layouts) are derived from
 that on first use and are not saved, so the file stays portable across kernels and devices.
+
+The layer is frozen: its weight never trains. A forward that needs a gradient to its input (adapters over a
+quantized base, QLoRA) runs the same packed kernel through
+:func:`~torchslim.quantization.frozen_grad.frozen_linear`, which keeps no dense weight for backward.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from torchslim.core.surgery import stacked_bias
 from torchslim.quantization import kernel_table
 from torchslim.quantization import kernels as K
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
+from torchslim.quantization.frozen_grad import frozen_linear
 from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
 from torchslim.quantization.primitives import QTensor, padded_cols
 
@@ -160,11 +165,19 @@ class QuantLinear(StandIn, nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if self.input_scale is not None:
             x2 = x2 * self.input_scale.to(x2.dtype)
+        if x2.requires_grad and torch.is_grad_enabled():   # training through this frozen layer (QLoRA, a tied head
+            y = frozen_linear(x2, self._matmul, self.dequantize)  # QAT keeps): packed forward, no dense weight saved
+        else:
+            y = self._matmul(x2)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        """``x2 @ W.T`` (2-D, no bias) by this layer's kernel, in ``x2``'s dtype."""
         kernel = self.choice.kernel
-        if x2.requires_grad and torch.is_grad_enabled():     # training through a frozen packed layer (a tied head
-            y = F.linear(x2, self.dequantize(x.dtype))         # kept by QAT): the packed kernels have no backward
-        elif kernel is K.Kernel.DEQUANT or x2.shape[0] > self.rows_cut() or x.device.type != "cpu":
-            dt = torch.bfloat16 if kernel is not K.Kernel.DEQUANT else x.dtype
+        if kernel is K.Kernel.DEQUANT or x2.shape[0] > self.rows_cut() or x2.device.type != "cpu":
+            dt = torch.bfloat16 if kernel is not K.Kernel.DEQUANT else x2.dtype
             y = F.linear(x2.to(dt), self.dequantize(dt))
         elif kernel is K.Kernel.INT8PACK_MM:
             c = self._prepared()
@@ -176,10 +189,7 @@ class QuantLinear(StandIn, nn.Module):
             if self.padded_in != self.in_features:
                 x2 = F.pad(x2, (0, self.padded_in - self.in_features))
             y = K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])[:, : self.out_features]
-        y = y.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return y.to(x2.dtype)
 
     def table_key(self) -> str | None:
         """This layer's row in the kernel table (formats with a packed kernel), else None."""

@@ -90,11 +90,13 @@ class SparseQuantLinear(StandIn, nn.Module):
         if not self._inner:
             qt = QTensor(self.dense_codes().reshape(self.out_features, 1, -1), self.scale.reshape(-1, 1, 1),
                          None, None, self.fmt, torch.Size((self.out_features, self.in_features)))
-            self._inner.append(QuantLinear.from_qtensor(qt, PerChannel(), self.bias, self.choice.kernel, self.config))
+            # without the bias: this layer adds its own, so a trained bias gets its gradient and stays current
+            self._inner.append(QuantLinear.from_qtensor(qt, PerChannel(), None, self.choice.kernel, self.config))
         return self._inner[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._quant_linear()(x)
+        y = self._quant_linear()(x)        # a frozen packed layer: gradients reach x, no dense weight is kept
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     def _apply(self, fn, recurse=True):
         self._inner = []

@@ -76,6 +76,11 @@ class TrainConfig(BaseConfig):
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0                   # final LR of linear/cosine, as a fraction of ``lr``
     bf16: bool = False                          # bfloat16 autocast for forward + loss
+    # Recompute each transformer block's activations in backward instead of keeping them: activation memory
+    # of about one hidden state per block, for about one extra forward per step. Hugging Face models use their
+    # own switch (use_reentrant=False, undone after fit); others checkpoint the blocks the architecture table
+    # finds, and a model without any is warned about. The same loss and gradients: not a resume setting.
+    gradient_checkpointing: bool = False
     max_grad_norm: float | None = None          # clip the global gradient norm; None: no clipping
     eval_every: int = 0                         # evaluate every N steps (0: only at the end)
     eval_at_end: bool = True

@@ -34,6 +34,7 @@ from torchslim.train.distributed import (
 )
 from torchslim.train.hooks import TrainHook
 from torchslim.train.optim import build_optimizer, set_lr
+from torchslim.train.recompute import gradient_checkpointing
 
 log = logging.getLogger("torchslim.train")
 
@@ -70,7 +71,9 @@ class Trainer:
     iterable of this rank's micro-batches (re-iterated each epoch). The global torch RNG is
     reseeded every step (from ``config.seed``, the step and the rank), which is what makes
     resumed runs (dropout included) identical to uninterrupted ones. ``fit`` moves the model to
-    the training device and leaves it there, in training mode.
+    the training device and leaves it there, in training mode. With ``config.gradient_checkpointing``
+    the model's transformer blocks recompute their activations in backward during ``fit`` only
+    (:mod:`torchslim.train.recompute`).
 
     ``teacher`` (a model or a callable ``batch -> output``) is moved to the training device and
     put in eval mode, and runs without gradients; hooks get its output with :meth:`teacher_output`.
@@ -128,7 +131,8 @@ class Trainer:
         self.device = self.dist.device
         handle = self.model.register_forward_hook(self._capture_output)
         try:
-            return self._fit()
+            with gradient_checkpointing(self.model, self.config.gradient_checkpointing):
+                return self._fit()
         finally:
             handle.remove()
             self.last_output = None
