@@ -33,7 +33,7 @@ from torchslim.quantization import (ActQuant, AWQConfig, CastConfig, GPTQConfig,
 from torchslim.pruning import GradualConfig, IterativeConfig, LotteryConfig, StructuredConfig, UnstructuredConfig
 from torchslim.train import FinetuneConfig, TrainConfig
 from torchslim.distill import BlackBoxDistillConfig, DistillConfig, ReconstructConfig
-from torchslim.peft import LoraConfig
+from torchslim.peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
 __all__ = [
     "__version__",
@@ -41,6 +41,7 @@ __all__ = [
     "ApplyContext", "BaseConfig", "Selector", "TrainConfig", "FinetuneConfig", "ArtifactError", "ConfigError", "TorchSlimError",
     "evaluate", "load", "load_model", "save",
     "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig", "QATConfig", "ActQuant",
-    "DistillConfig", "BlackBoxDistillConfig", "ReconstructConfig", "LoraConfig",
+    "DistillConfig", "BlackBoxDistillConfig", "ReconstructConfig", "LoraConfig", "PromptTuningConfig",
+    "PrefixTuningConfig",
     "GradualConfig", "IterativeConfig", "LotteryConfig", "StructuredConfig", "UnstructuredConfig",
 ]
