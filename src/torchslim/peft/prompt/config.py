@@ -59,8 +59,9 @@ class VirtualTokenConfig(AdapterConfig):
 @dataclass
 class PromptTuningConfig(VirtualTokenConfig):
     """``n_virtual`` learned input embeddings before the text. ``init``: ``"random"`` (normal, with the
-    standard deviation of the model's embedding table) or ``"vocab"`` (copies of the embeddings of
-    ``n_virtual`` tokens drawn uniformly from the vocabulary, which Lester et al. found trains better)."""
+    standard deviation of the model's embedding table; peft's random init is N(0, 1) whatever the table's
+    scale) or ``"vocab"`` (copies of the embeddings of ``n_virtual`` tokens drawn uniformly from the
+    vocabulary, as peft's ``SAMPLE_VOCAB``; Lester et al. found vocabulary initialisation trains better)."""
 
     technique: ClassVar[str] = "prompt_tuning"
     method: ClassVar[str] = "prompt"
