@@ -14,8 +14,8 @@ from torchslim.core.errors import TorchSlimError
 EXE = str(Path(sys.executable).with_name("torchslim"))
 
 
-def run(*args, cwd=None):
-    env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": "240"}
+def run(*args, cwd=None, columns=240):
+    env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": str(columns)}
     return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
@@ -82,6 +82,9 @@ def test_quantize_then_info_then_eval_artifact_and_corrupt_refused(tmp_path):
     assert res.returncode == 0, res.stderr
     info = run("info", str(art))
     assert info.returncode == 0 and "CastConfig" not in info.stderr and "bfloat16" in info.stdout
+    narrow = run("info", str(art), columns=80).stdout.splitlines()     # names keep their distinguishing tails
+    names = [line.split("│")[1].strip() for line in narrow if line.startswith("│") and "bfloat16" in line]
+    assert len(names) > 8 and len(set(names)) == len(names) and any(n.endswith("down_proj") for n in names)
     ev = run("eval", str(art), "--iters", "3", "--warmup", "1", "--decode-tokens", "0", "--no-speed")
     assert ev.returncode == 0, ev.stderr
     assert "Bits per weight" in ev.stdout and "compressed layers" in ev.stdout
