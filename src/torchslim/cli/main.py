@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from torchslim.cli.options import data_flags as _data, parse_shape
+from torchslim.cli.status import status
 from torchslim.core.errors import TorchSlimError
 
 app = typer.Typer(
@@ -127,7 +128,7 @@ def eval_cmd(
     if json_out is not None and (json_out.is_dir() or (json_out.parent.exists() and not json_out.parent.is_dir())):
         raise TorchSlimError(f"--json {json_out}: not a file path (it is a folder, or inside a file)")
     console = _console()
-    with console.status(f"loading {escape(model)}"):
+    with status(console, f"loading {model}"):
         loaded = _load_with_task(model, task, _data(calib_data, eval_data, seq_len))
     report = evaluate(loaded.model, loaded.task, spec, what="all", label=loaded.name, console=console)
     console.print(render_table([report]))
@@ -181,7 +182,7 @@ def quantize_cmd(
     check_new_artifact(out, model, force)
     cfg = BaseConfig.load(config)
     console = _console()
-    with console.status(f"loading {escape(model)}"):
+    with status(console, f"loading {model}"):
         loaded = load_model(model, **_data(calib_data, eval_data, seq_len))
     before = _quality(loaded, evaluate, "before")
     console.print(f"quantizing with {type(cfg).__name__} (progress per layer)")
@@ -359,6 +360,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors, usage errors included, print one ``error:`` line and exit 2, never a traceback."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # transformers' own tqdm bar ("Loading weights") wrote carriage-return frames into logs: torchslim's progress
+    # is the one shown (HF_HUB_DISABLE_PROGRESS_BARS=0 brings it back)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _log_warnings()
     _quiet_peers()
     try:
