@@ -360,9 +360,6 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors, usage errors included, print one ``error:`` line and exit 2, never a traceback."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # transformers' own tqdm bar ("Loading weights") wrote carriage-return frames into logs: torchslim's progress
-    # is the one shown (HF_HUB_DISABLE_PROGRESS_BARS=0 brings it back)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _log_warnings()
     _quiet_peers()
     try:
@@ -405,7 +402,8 @@ def _log_warnings() -> None:
 
 def _quiet_peers() -> None:
     """Benchmark-only peers (torchao, installed by `make install-bench`) print failed native-library loads and
-    deprecation warnings when transformers imports them: not the user's concern in torchslim's own commands."""
+    deprecation warnings when transformers imports them, and transformers draws its own tqdm bars: not the
+    user's concern in torchslim's own commands."""
     import logging
     import warnings
 
@@ -415,6 +413,12 @@ def _quiet_peers() -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
     warnings.filterwarnings("ignore", message=r".*torchao.*", category=DeprecationWarning)
+    if "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ:
+        # transformers' own tqdm bar ("Loading weights") wrote carriage-return frames into logs: torchslim's
+        # progress is the one shown (HF_HUB_DISABLE_PROGRESS_BARS=0 brings it back)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _one_line(text: str, limit: int = 600) -> str:
