@@ -16,7 +16,7 @@ EXE = str(Path(sys.executable).with_name("torchslim"))
 
 def run(*args, cwd=None, columns=240):
     env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": str(columns)}
-    return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False)
 
 
 def assert_user_error(res, fragment):

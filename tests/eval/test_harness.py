@@ -191,6 +191,7 @@ def test_console_progress_and_artifact_dir_kwarg(model: TinyClassifier, task: Ti
     text = console.file.getvalue()
     assert "timing 2 shape(s): 1 warm-up + 3 timed forwards each" in text
     assert "measuring size" in text and "counting FLOPs" in text    # off a terminal every stage says so
+    assert "decode" not in text                                     # the task does not generate: no stage line
 
 
 def test_timing_progress_lines_count_tokens(model, monkeypatch, capsys) -> None:

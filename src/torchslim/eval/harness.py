@@ -290,8 +290,10 @@ def _run(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple[int, i
         with _stage(console, f"timing {len(shapes)} shape(s): {spec.warmup} warm-up + {spec.iters} timed forwards each",
                     spinner=False):
             _timed_runs(model, task, spec, shapes, device, report)
-    if spec.measure_speed:
-        with _stage(console, f"measuring decode speed ({spec.decode_tokens} tokens)"):
+    if spec.measure_speed:               # a task that does not generate gets its note, not a stage line
+        generates = task.supports_decode and spec.decode_tokens > 0 and report.speed is not None
+        with _stage(console, f"measuring decode speed ({spec.decode_tokens} tokens)") if generates else \
+                contextlib.nullcontext():
             _decode(model, task, spec, report)
     if spec.measure_quality:
         with _stage(console, f"evaluating quality ({task.metric})"):
