@@ -14,9 +14,9 @@ from torchslim.core.errors import TorchSlimError
 EXE = str(Path(sys.executable).with_name("torchslim"))
 
 
-def run(*args, cwd=None):
-    env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": "240"}
-    return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+def run(*args, cwd=None, columns=240):
+    env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": str(columns)}
+    return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False)
 
 
 def assert_user_error(res, fragment):
@@ -55,6 +55,8 @@ def test_eval_tiny_model_prints_table_and_json(tmp_path):
     assert res.returncode == 0, res.stderr
     for metric in ("perplexity", "Artifact size", "Latency median", "Decode speed", "FLOPs", "Peak RSS"):
         assert metric in res.stdout, metric
+    for stage in ("loading tiny-llama", "counting FLOPs", "evaluating quality"):   # said in a log, not a spinner
+        assert stage in res.stdout, stage
     report = json.loads(out.read_text())
     assert report["quality"]["metrics"]["perplexity"] > 1
     assert report["compute"]["flops"] > 0
@@ -82,6 +84,9 @@ def test_quantize_then_info_then_eval_artifact_and_corrupt_refused(tmp_path):
     assert res.returncode == 0, res.stderr
     info = run("info", str(art))
     assert info.returncode == 0 and "CastConfig" not in info.stderr and "bfloat16" in info.stdout
+    narrow = run("info", str(art), columns=80).stdout.splitlines()     # names keep their distinguishing tails
+    names = [line.split("│")[1].strip() for line in narrow if line.startswith("│") and "bfloat16" in line]
+    assert len(names) > 8 and len(set(names)) == len(names) and any(n.endswith("down_proj") for n in names)
     ev = run("eval", str(art), "--iters", "3", "--warmup", "1", "--decode-tokens", "0", "--no-speed")
     assert ev.returncode == 0, ev.stderr
     assert "Bits per weight" in ev.stdout and "compressed layers" in ev.stdout
@@ -194,3 +199,21 @@ def test_quantize_and_prune_print_quality_before_and_after(tmp_path):
     assert res.returncode == 0 and "quality: perplexity" in res.stdout, res.stderr
     res = run("prune", "tiny-llama", "-c", str(pcfg), "-o", str(tmp_path / "p2"), "--no-eval")
     assert res.returncode == 0 and "quality:" not in res.stdout, res.stderr
+
+
+def test_transformers_bars_are_off_in_commands_unless_asked_for(monkeypatch):
+    """transformers' 'Loading weights' tqdm bar wrote carriage-return frames into logs; torchslim's progress shows."""
+    from transformers.utils import logging as hf_logging
+
+    from torchslim.cli.main import _quiet_peers
+
+    try:
+        hf_logging.enable_progress_bar()
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+        _quiet_peers()
+        assert hf_logging.is_progress_bar_enabled()                  # the user's explicit setting wins
+        monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+        _quiet_peers()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()

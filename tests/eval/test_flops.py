@@ -11,7 +11,7 @@ from .conftest import TinyClassification, TinyClassifier
 def test_linear_flops_are_2_b_in_out() -> None:
     import torch
 
-    total, per_module = count_flops(nn.Linear(64, 32), torch.randn(8, 64))
+    total, _ = count_flops(nn.Linear(64, 32), torch.randn(8, 64))
     assert total == 2 * 8 * 64 * 32
 
 
@@ -68,3 +68,26 @@ def test_real_quantlinear_flops_match_float() -> None:
     before, _ = count_flops(model, x)
     quantize_(model, wo.WeightOnlyConfig())
     assert count_flops(model, x)[0] == before == 2 * 8 * (256 * 128 + 128 * 64)
+
+
+def test_int4_packed_layers_count_their_float_matmul_not_the_kernel_padding() -> None:
+    """64-wide inputs run as one 128-wide group and 40 outputs as 48 in the int4 kernel: FLOPs stay the float ones."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from torchslim.api import quantize_
+    from torchslim.eval.flops import _custom_mapping
+    from torchslim.quantization import IntFormat, PerGroup, WeightOnlyConfig
+
+    model = nn.Sequential(nn.Linear(64, 40), nn.ReLU(), nn.Linear(40, 64))
+    x = torch.randn(4, 64)
+    before, by_module_before = count_flops(model, x)
+    quantize_(model, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(128)))
+    assert model[0].choice.kernel.value == "int4pack_mm" and model[0].padded_in == 128
+    raw = FlopCounterMode(display=False, custom_mapping=_custom_mapping())
+    with raw, torch.inference_mode():
+        model(x)
+    assert raw.get_total_flops() > before                       # what the kernel multiplies, zeros included
+    after, by_module_after = count_flops(model, x)
+    assert after == before == 2 * 4 * (64 * 40 + 40 * 64)      # ratio int4 / float: 1.00x
+    assert by_module_after == by_module_before

@@ -188,7 +188,22 @@ def test_console_progress_and_artifact_dir_kwarg(model: TinyClassifier, task: Ti
                  artifact_dir=tmp_path,
                  console=console)
     assert r.size.artifact_bytes == 100
-    assert "timing 2 shape(s): 1 warm-up + 3 timed forwards each" in console.file.getvalue()
+    text = console.file.getvalue()
+    assert "timing 2 shape(s): 1 warm-up + 3 timed forwards each" in text
+    assert "measuring size" in text and "counting FLOPs" in text    # off a terminal every stage says so
+    assert "decode" not in text                                     # the task does not generate: no stage line
+
+
+def test_timing_progress_lines_count_tokens(model, monkeypatch, capsys) -> None:
+    """Lines on stderr between forwards, weighted by tokens: 4 forwards of 1x8 then 4 of 3x8 make 128 tokens."""
+    monkeypatch.setenv("TORCHSLIM_PROGRESS", "lines")
+    monkeypatch.setenv("TORCHSLIM_PROGRESS_EVERY", "0")
+    task = TinyDecodeTask()
+    evaluate(model, task, EvalSpec(shapes=((1, 8), (3, 8)), decode_tokens=0, **FAST), what="speed")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "timing shapes" in ln]
+    assert lines[0].startswith("[torchslim] timing shapes 0/128 tokens")
+    assert "8/128 tokens 1x8" in lines[1] and lines[-1].startswith("[torchslim] timing shapes 128/128 tokens 3x8")
+    assert len(lines) == 1 + 8
 
 
 def test_layer_format_falls_back_to_storage() -> None:

@@ -35,6 +35,12 @@ def test_one_noisy_row_count_does_not_move_the_cut_to_the_end() -> None:
     assert kt.crossover("int4-g32", t) == 8
 
 
+def test_rows_whose_timings_spread_are_flagged_noisy() -> None:
+    t = {**_table({1: 1.0, 8: 1.0}, {1: 1.0, 8: 1.0}, {1: 1.0, 8: 1.0}), "spread": {"1": 0.05, "8": 3.2}}
+    assert kt.noisy_rows(t) == [8]
+    assert kt.noisy_rows(_table({1: 1.0}, {1: 1.0}, {1: 1.0})) == []      # a table measured before spreads were kept
+
+
 def test_without_a_table_the_default_applies_and_reports_say_not_measured(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TORCHSLIM_CACHE", str(tmp_path))
     monkeypatch.delenv("TORCHSLIM_KERNEL_TABLE", raising=False)
@@ -45,12 +51,16 @@ def test_without_a_table_the_default_applies_and_reports_say_not_measured(tmp_pa
     assert "not measured" in kt.describe("int8-channel")
 
 
-def test_measured_table_is_cached_per_machine_and_read_by_packed_layers(tmp_path, monkeypatch) -> None:
+def test_measured_table_is_cached_per_machine_and_read_by_packed_layers(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("TORCHSLIM_CACHE", str(tmp_path))
+    monkeypatch.setenv("TORCHSLIM_PROGRESS", "lines")
     monkeypatch.delenv("TORCHSLIM_KERNEL_TABLE", raising=False)
     kt.load.cache_clear()
     table = kt.measure(rows=(1, 4, 64), n=64, k=256, reps=3, formats=("int4-g32", "int8-channel"))
     assert set(table["formats"]) == {"int4-g32", "int8-channel"}
+    assert set(table["spread"]) == {"1", "4", "64"} and all(v >= 0 for v in table["spread"].values())
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "timing packed kernels" in ln]
+    assert lines and lines[-1].startswith("[torchslim] timing packed kernels 3/3 row counts (64 rows)")
     assert all(v > 0 for v in table["formats"]["int4-g32"][kt.PACKED].values())
     kt.save(table)
     assert kt.table_path().is_file() and kt.load()["layer"] == [64, 256]

@@ -37,6 +37,14 @@ def test_sync_runs_inside_every_timed_call() -> None:
     assert len(syncs) == 1 + 4
 
 
+def test_after_each_runs_after_every_call_outside_the_timing() -> None:
+    events: list[str] = []
+    st = measure_latency(lambda: events.append("call"), warmup=1, iters=2,
+                         after_each=lambda: (events.append("after"), time.sleep(0.02)))
+    assert events == ["call", "after"] * 3
+    assert st.max_ms < 20                         # the 20 ms after each call is not in any timed call
+
+
 def test_interleaved_runs_round_robin() -> None:
     order: list[str] = []
     out = measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, iters=3)

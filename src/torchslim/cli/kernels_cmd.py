@@ -6,19 +6,21 @@ import typer
 
 
 def kernels_cmd(
-    measure: bool = typer.Option(False, "--measure", help="Measure now (about 30 s), replacing any cached table."),
+    measure: bool = typer.Option(False, "--measure", help="Measure now (30 s on a quiet machine, minutes on a busy "
+                                                          "one), replacing any cached table."),
 ) -> None:
     """Show (or measure) which kernel runs each packed format at each row count on this machine."""
     from rich.console import Console
     from rich.table import Table
 
-    from torchslim.runtime.machine import machine_line
     from torchslim.quantization import kernel_table as kt
+    from torchslim.runtime.machine import machine_line
 
     console = Console()
     if measure:
-        with console.status("timing packed kernels against fp32 at 1..4096 rows (interleaved)"):
-            path = kt.save(kt.measure())
+        # a plain line, not a spinner: its refresh thread would compete with the timed calls
+        console.print("[dim]timing packed kernels against fp32 at 1..4096 rows (interleaved)[/dim]")
+        path = kt.save(kt.measure())
         console.print(f"saved {path}")
     table = kt.load()
     console.print(f"Machine: {machine_line()}")
@@ -36,6 +38,11 @@ def kernels_cmd(
         cells = [f"{speeds[f][int(r)][1]:.2f}x" + ("*" if speeds[f][int(r)][0] == kt.PACKED else " ") for f in speeds]
         out.add_row(str(r), *cells)
     console.print(out)
+    noisy = kt.noisy_rows(table)
+    if noisy:
+        console.print(f"[yellow]warning:[/yellow] the timings at {', '.join(map(str, noisy))} rows spread more than "
+                      f"{kt.NOISY_SPREAD:.0%} (p90 against median): too noisy to trust (is other work running?); "
+                      "rerun `torchslim kernels --measure` on a quiet machine")
 
 
 def register(app: typer.Typer) -> None:

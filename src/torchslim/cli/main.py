@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from torchslim.cli.options import data_flags as _data, parse_shape
+from torchslim.cli.status import status
 from torchslim.core.errors import TorchSlimError
 
 app = typer.Typer(
@@ -127,12 +128,12 @@ def eval_cmd(
     if json_out is not None and (json_out.is_dir() or (json_out.parent.exists() and not json_out.parent.is_dir())):
         raise TorchSlimError(f"--json {json_out}: not a file path (it is a folder, or inside a file)")
     console = _console()
-    with console.status(f"loading {escape(model)}"):
+    with status(console, f"loading {model}"):
         loaded = _load_with_task(model, task, _data(calib_data, eval_data, seq_len))
     report = evaluate(loaded.model, loaded.task, spec, what="all", label=loaded.name, console=console)
     console.print(render_table([report]))
     if report.layers:
-        console.print(_layers_table(report.layers))
+        console.print(_layers_table(console, report.layers))
     if json_out is not None:
         from torchslim.core.io import atomic_file
 
@@ -147,30 +148,16 @@ def _print_plan(console, model) -> None:
 
     infos = layer_infos(model)
     slow = [n for n, i in infos.items() if i.get("slower_than_fp32")]
-    console.print(_layers_table([{"name": n, **i} for n, i in infos.items()]))
+    console.print(_layers_table(console, [{"name": n, **i} for n, i in infos.items()]))
     if slow:
         console.print(f"[yellow]warning:[/yellow] {len(slow)} of {len(infos)} layers have no fast kernel on this "
                       f"machine and will run slower than fp32 (e.g. {slow[0]})")
 
 
-def _layers_table(layers: list[dict]):
-    from rich.table import Table
+def _layers_table(console, layers: list[dict]):
+    from torchslim.cli.layers_table import layers_table
 
-    from torchslim.quantization import kernel_table
-
-    table = Table(title="compressed layers (speed: measured against fp32 on this machine at 1 row / the most rows)")
-    for col in ("layer", "technique", "storage", "kernel", "speed"):
-        table.add_column(col)
-    for info in layers:
-        storage = str(info.get("storage", info.get("format", "")))
-        if isinstance(info.get("sparsity"), (int, float)):
-            storage += f", {info['sparsity']:.0%} sparse"
-        key = kernel_table.key_for_layer(info)       # measured on this machine now, not where it was saved
-        speed = kernel_table.short(key) if key else ("slower than fp32" if info.get("slower_than_fp32") else
-                                                     "not measured")
-        table.add_row(*(escape(str(c)) for c in (info.get("name", ""), info.get("technique", ""), storage,
-                                                  info.get("kernel", ""), speed)))
-    return table
+    return layers_table(layers, console.width)
 
 
 @app.command("quantize")
@@ -195,7 +182,7 @@ def quantize_cmd(
     check_new_artifact(out, model, force)
     cfg = BaseConfig.load(config)
     console = _console()
-    with console.status(f"loading {escape(model)}"):
+    with status(console, f"loading {model}"):
         loaded = load_model(model, **_data(calib_data, eval_data, seq_len))
     before = _quality(loaded, evaluate, "before")
     console.print(f"quantizing with {type(cfg).__name__} (progress per layer)")
@@ -281,7 +268,7 @@ def _print_sparse_notes(console, model) -> None:
     infos = layer_infos(model)
     if not infos:
         return
-    console.print(_layers_table([{"name": n, **i} for n, i in infos.items()]))
+    console.print(_layers_table(console, [{"name": n, **i} for n, i in infos.items()]))
     dense = [n for n, i in infos.items() if i.get("kernel") == "dense"]
     if dense:
         console.print(f"note: {len(dense)} of {len(infos)} sparse layers run the dense kernel: smaller on disk, "
@@ -363,7 +350,7 @@ def info_cmd(artifact: Path = typer.Argument(..., help="torchslim artifact folde
     elif manifest["format_version"] < 2:
         console.print(f"history: none recorded (format v{manifest['format_version']} artifact)")
     layers = [{"name": n, **info} for n, info in manifest["layers"].items()]
-    console.print(_layers_table(layers) if layers else "no compressed layers")
+    console.print(_layers_table(console, layers) if layers else "no compressed layers")
 
 
 _register_commands()
@@ -415,7 +402,8 @@ def _log_warnings() -> None:
 
 def _quiet_peers() -> None:
     """Benchmark-only peers (torchao, installed by `make install-bench`) print failed native-library loads and
-    deprecation warnings when transformers imports them: not the user's concern in torchslim's own commands."""
+    deprecation warnings when transformers imports them, and transformers draws its own tqdm bars: not the
+    user's concern in torchslim's own commands."""
     import logging
     import warnings
 
@@ -425,6 +413,12 @@ def _quiet_peers() -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
     warnings.filterwarnings("ignore", message=r".*torchao.*", category=DeprecationWarning)
+    if "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ:
+        # transformers' own tqdm bar ("Loading weights") wrote carriage-return frames into logs: torchslim's
+        # progress is the one shown (HF_HUB_DISABLE_PROGRESS_BARS=0 brings it back)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _one_line(text: str, limit: int = 600) -> str:

@@ -195,6 +195,10 @@ def _energy(batch: int, seq_len: int | None, counter: EnergyCounter, start: list
                        joules_per_forward=joules / forwards, average_watts=joules / seconds if seconds > 0 else 0.0)
 
 
+def _tokens(batch: int, seq_len: int | None) -> int:
+    return batch * (seq_len or 1)
+
+
 def _timed_runs(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple[int, int | None]],
                 device: torch.device, report: Report) -> None:
     """Warm up and time every shape, sampling RSS and reading the energy counter around the loops."""
@@ -205,22 +209,25 @@ def _timed_runs(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple
     reset_cuda_peak(device)
     from torchslim.core.progress import Progress, mode
 
-    # lines on stderr between shapes (never a bar: its refresh thread would compete with the timed forwards)
+    # lines on stderr between forwards, outside the timed calls (never a bar: its refresh thread would compete
+    # with the timed forwards); counted in tokens so that the estimate weighs an 8x128 forward as 8 of 1x128
+    total = sum(_tokens(b, n) for b, n in shapes) * (spec.warmup + spec.iters)
     with sampler if sampler is not None else contextlib.nullcontext(), \
-            Progress("timing shapes", len(shapes), show=mode() == "lines") as progress:
+            Progress("timing shapes", total, unit="tokens", show=mode() == "lines") as progress:
         for batch, seq_len in shapes:
             fn = forward_fn(model, task, to_device(task.example_inputs(batch, seq_len), device))
+            step = functools.partial(progress.update, _tokens(batch, seq_len), f"{batch}x{seq_len}")
             for _ in range(spec.warmup):
                 fn()
+                step()
             if sync is not None:
                 sync()
             start, t0 = (counter.read() if counter else None), time.perf_counter()
-            stats = measure_latency(fn, 0, spec.iters, sync=sync)
+            stats = measure_latency(fn, 0, spec.iters, sync=sync, after_each=step)
             seconds = time.perf_counter() - t0
             if counter is not None:
                 energies.append(_energy(batch, seq_len, counter, start, counter.read(), seconds, spec.iters))
             speeds.append(shape_speed(batch, seq_len, stats))
-            progress.update(1, note=f"{batch}x{seq_len}")
     if spec.measure_speed:
         report.speed = SpeedResult(shapes=speeds)
     if sampler is not None:
@@ -254,14 +261,15 @@ def _stage(console: Any, text: str, *, spinner: bool = True) -> Any:
     """A progress line on ``console`` (a ``rich.console.Console``) while a stage runs.
 
     Timed stages get a plain line instead of a spinner: the spinner's refresh thread would
-    compete with the forwards being timed.
+    compete with the forwards being timed. Off a terminal (a script, a log file) every stage gets the line:
+    a spinner there prints nothing.
     """
     if console is None:
         return contextlib.nullcontext()
     from rich.markup import escape
 
     text = escape(text)                       # it quotes the model's label: user text, never markup
-    if spinner:
+    if spinner and console.is_terminal:
         return console.status(text)
     console.print(f"[dim]{text}[/dim]")
     return contextlib.nullcontext()
@@ -282,8 +290,10 @@ def _run(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple[int, i
         with _stage(console, f"timing {len(shapes)} shape(s): {spec.warmup} warm-up + {spec.iters} timed forwards each",
                     spinner=False):
             _timed_runs(model, task, spec, shapes, device, report)
-    if spec.measure_speed:
-        with _stage(console, f"measuring decode speed ({spec.decode_tokens} tokens)"):
+    if spec.measure_speed:               # a task that does not generate gets its note, not a stage line
+        generates = task.supports_decode and spec.decode_tokens > 0 and report.speed is not None
+        with _stage(console, f"measuring decode speed ({spec.decode_tokens} tokens)") if generates else \
+                contextlib.nullcontext():
             _decode(model, task, spec, report)
     if spec.measure_quality:
         with _stage(console, f"evaluating quality ({task.metric})"):

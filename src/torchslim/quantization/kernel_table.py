@@ -54,11 +54,17 @@ def table_path() -> Path:
     return root / f"kernels-{machine_key()}.json"
 
 
-def _interleaved(fns: dict[str, Any], reps: int) -> dict[str, float]:
-    """Median seconds of each function, called round-robin after one warm-up (a busy machine slows all alike)."""
+NOISY_SPREAD = 0.25     # (p90 - median) / median of a timing above which its row is flagged as too noisy to trust
+
+
+def _interleaved(fns: dict[str, Any], reps: int) -> tuple[dict[str, float], float]:
+    """Median seconds of each function, called round-robin after one warm-up (a busy machine slows all alike),
+    and the largest spread, (p90 - median) / median, among them."""
     from torchslim.runtime.timing import measure_interleaved
 
-    return {k: st.median_ms / 1e3 for k, st in measure_interleaved(fns, warmup=1, iters=reps).items()}
+    stats = measure_interleaved(fns, warmup=1, iters=reps)
+    spread = max((st.p90_ms - st.median_ms) / max(st.median_ms, 1e-9) for st in stats.values())
+    return {k: st.median_ms / 1e3 for k, st in stats.items()}, spread
 
 
 def _candidates(fmt: str, n: int, k: int) -> dict[str, Any]:
@@ -83,24 +89,34 @@ def _candidates(fmt: str, n: int, k: int) -> dict[str, Any]:
 
 def measure(rows: tuple[int, ...] = ROWS, n: int = 1536, k: int = 1024, reps: int = 7,
             formats: tuple[str, ...] = FORMATS) -> dict[str, Any]:
-    """Median seconds of each candidate and of the fp32 matmul at every row count (an ``n x k`` layer)."""
+    """Median seconds of each candidate and of the fp32 matmul at every row count (an ``n x k`` layer), and each
+    row count's largest timing spread (``spread``: see ``noisy_rows``). Progress lines on stderr per row count
+    where progress shows as lines (never a bar: its refresh thread would compete with the timed calls)."""
+    from torchslim.core.progress import Progress, mode
     from torchslim.runtime.machine import machine_info
 
     w32 = torch.randn(n, k)
     out: dict[str, Any] = {"version": TABLE_VERSION, "machine": machine_info(), "layer": [n, k], "rows": list(rows),
-                           "fp32_s": {}, "formats": {f: {PACKED: {}, DENSE_BF16: {}} for f in formats}}
+                           "fp32_s": {}, "spread": {}, "formats": {f: {PACKED: {}, DENSE_BF16: {}} for f in formats}}
     cands = {f: _candidates(f, n, k) for f in formats}
-    with torch.inference_mode():
+    with torch.inference_mode(), Progress("timing packed kernels", len(rows), unit="row counts",
+                                          show=mode() == "lines") as progress:
         for m in rows:
             x = torch.randn(m, k)
             fns: dict[str, Any] = {"fp32": lambda: F.linear(x, w32)}
             fns.update({f"{f}|{c}": (lambda fn=fn: fn(x)) for f in formats for c, fn in cands[f].items()})
-            got = _interleaved(fns, reps if m <= 256 else max(3, reps // 2))
+            got, out["spread"][str(m)] = _interleaved(fns, reps if m <= 256 else max(3, reps // 2))
             out["fp32_s"][str(m)] = got.pop("fp32")
             for key, sec in got.items():
                 f, c = key.split("|")
                 out["formats"][f][c][str(m)] = sec
+            progress.update(1, note=f"({m} rows)")
     return out
+
+
+def noisy_rows(table: dict[str, Any], limit: float = NOISY_SPREAD) -> list[int]:
+    """Row counts whose timings spread too far to trust (another process was competing for the cores)."""
+    return [int(r) for r, spread in (table.get("spread") or {}).items() if spread > limit]
 
 
 def save(table: dict[str, Any], path: Path | None = None) -> Path:

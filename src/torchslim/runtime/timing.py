@@ -63,18 +63,25 @@ def _timed(fn: Callable[[], Any], sync: Callable[[], None] | None) -> float:
 
 
 def measure_latency(fn: Callable[[], Any], warmup: int = 3, iters: int = 10, *,
-                    sync: Callable[[], None] | None = None) -> LatencyStats:
+                    sync: Callable[[], None] | None = None,
+                    after_each: Callable[[], None] | None = None) -> LatencyStats:
     """Call ``fn`` ``warmup`` times untimed, then time ``iters`` calls one by one.
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) runs inside each timed call so that asynchronous
-    device work is included.
+    device work is included. ``after_each`` (a progress update) runs after every call, outside the timing.
     """
     _check(warmup, iters)
+    after = after_each or (lambda: None)
     for _ in range(warmup):
         fn()
+        after()
     if sync is not None:
         sync()
-    return latency_stats([_timed(fn, sync) for _ in range(iters)])
+    seconds = []
+    for _ in range(iters):
+        seconds.append(_timed(fn, sync))
+        after()
+    return latency_stats(seconds)
 
 
 def measure_interleaved(fns: Mapping[str, Callable[[], Any]], warmup: int = 3, iters: int = 10, *,

@@ -1,0 +1,66 @@
+"""The per-layer table that ``info``, ``eval``, ``quantize`` and ``prune`` print.
+
+Layer names share long prefixes (``model.layers.12.self_attn.``) and differ in their tails, so a name too long
+for its column loses its start, never its end: ``…layers.12.self_attn.q_proj`` stays distinguishable where
+rich's default right-hand ellipsis printed ``model.layers.1…`` for every layer. The other columns wrap at
+spaces and keep their longest word whole.
+"""
+from __future__ import annotations
+
+from rich.markup import escape
+
+_MIN_NAME = 20
+_BORDERS = 16          # five columns: six rules and a space either side of each cell
+
+
+def elide_left(name: str, width: int) -> str:
+    """``name`` if it fits in ``width`` characters, else ``…`` and its last ``width - 1`` characters."""
+    if width < 2:
+        raise ValueError(f"width must be at least 2, got {width}")
+    return name if len(name) <= width else "…" + name[len(name) - width + 1:]
+
+
+def _longest_word(cells: list[str], header: str) -> int:
+    return max([len(header)] + [len(w) for c in cells for w in c.split()])
+
+
+def _row(info: dict) -> list[str]:
+    from torchslim.quantization import kernel_table
+
+    storage = str(info.get("storage", info.get("format", "")))
+    if isinstance(info.get("sparsity"), (int, float)):
+        storage += f", {info['sparsity']:.0%} sparse"
+    key = kernel_table.key_for_layer(info)       # measured on this machine now, not where it was saved
+    speed = kernel_table.short(key) if key else ("slower than fp32" if info.get("slower_than_fp32") else
+                                                 "not measured")
+    return [str(info.get("name", "")), str(info.get("technique", "")), storage, str(info.get("kernel", "")), speed]
+
+
+def _fit(widths: list[int], room: int) -> list[int]:
+    """Narrow the widest columns (their longest word then folds) until they fit in ``room``, 4 wide at least."""
+    widths = list(widths)
+    while sum(widths) > room and max(widths) > 4:
+        widths[widths.index(max(widths))] -= 1
+    return widths
+
+
+def layers_table(layers: list[dict], console_width: int):
+    """A rich table of compressed layers: name, technique, storage, kernel and measured speed against fp32."""
+    from rich.table import Table
+
+    rows = [_row(info) for info in layers]
+    headers = ("layer", "technique", "storage", "kernel", "speed")
+    full = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    tight = sum(full) + _BORDERS > console_width
+    # on a narrow line the other columns wrap at spaces to their longest word and the name takes what is left
+    words = [_longest_word([r[i] for r in rows], h) for i, h in enumerate(headers)] if tight else full
+    name_width = max(min(full[0], console_width - _BORDERS - sum(words[1:])), min(full[0], _MIN_NAME))
+    if tight:
+        words[1:] = _fit(words[1:], console_width - _BORDERS - name_width)
+    table = Table(title="compressed layers (speed: measured against fp32 on this machine at 1 row / the most rows)")
+    table.add_column(headers[0], no_wrap=True, width=name_width)
+    for header, word in zip(headers[1:], words[1:]):
+        table.add_column(header, width=word if tight else None, overflow="fold")
+    for name, *rest in rows:
+        table.add_row(*(escape(c) for c in [elide_left(name, name_width), *rest]))
+    return table
