@@ -6,3 +6,10 @@ Layers: ``math``/``ranks`` are pure math; ``module`` is the representation (:cla
 factors are plain ``nn.Linear`` children that quantizers, adapters and trainers reach); ``select``, ``speed`` and
 ``factorize`` are the model flow. Importing this package registers the ``factorize_`` handler.
 """
+from torchslim.lowrank import factorize  # noqa: F401 - registers the handler and planner
+from torchslim.lowrank.config import Allocation, Budget, LowRankConfig, Method
+from torchslim.lowrank.math import Factors, asvd_factors, svd_factors, whitened_factors
+from torchslim.lowrank.module import LowRankLinear
+
+__all__ = ["Allocation", "Budget", "Factors", "LowRankConfig", "LowRankLinear", "Method", "asvd_factors",
+           "svd_factors", "whitened_factors"]
