@@ -194,3 +194,18 @@ def test_quantize_and_prune_print_quality_before_and_after(tmp_path):
     assert res.returncode == 0 and "quality: perplexity" in res.stdout, res.stderr
     res = run("prune", "tiny-llama", "-c", str(pcfg), "-o", str(tmp_path / "p2"), "--no-eval")
     assert res.returncode == 0 and "quality:" not in res.stdout, res.stderr
+
+
+def test_the_layers_table_shows_a_speed_recorded_at_conversion():
+    from rich.console import Console
+
+    from torchslim.cli.main import _layers_table, _recorded_speed
+
+    info = {"name": "l", "technique": "lowrank-whiten", "kernel": "two matmuls",
+            "speed": {"rows": [{"rows": 1, "speedup": 0.634}, {"rows": 256, "speedup": 1.2}], "faster": False}}
+    assert _recorded_speed(info) == "0.63x@1 1.20x@256 (at conversion)"
+    assert _recorded_speed({"speed": {"rows": [{"rows": "x"}]}}) is None and _recorded_speed({}) is None
+    console = Console(width=200, record=True)
+    console.print(_layers_table([info, {"name": "m", "technique": "cast"}]))
+    text = console.export_text()
+    assert "0.63x@1 1.20x@256 (at conversion)" in text and "not measured" in text

@@ -153,6 +153,18 @@ def _print_plan(console, model) -> None:
                       f"machine and will run slower than fp32 (e.g. {slow[0]})")
 
 
+def _recorded_speed(info: dict) -> str | None:
+    """``0.63x@1 1.20x@256 (at conversion)``: the speed against dense a layer measured when it was made (low-rank
+    pairs record it), or None."""
+    rows = (info.get("speed") or {}).get("rows") if isinstance(info.get("speed"), dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        return None
+    try:
+        return " ".join(f"{float(r['speedup']):.2f}x@{int(r['rows'])}" for r in rows) + " (at conversion)"
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _layers_table(layers: list[dict]):
     from rich.table import Table
 
@@ -166,8 +178,8 @@ def _layers_table(layers: list[dict]):
         if isinstance(info.get("sparsity"), (int, float)):
             storage += f", {info['sparsity']:.0%} sparse"
         key = kernel_table.key_for_layer(info)       # measured on this machine now, not where it was saved
-        speed = kernel_table.short(key) if key else ("slower than fp32" if info.get("slower_than_fp32") else
-                                                     "not measured")
+        speed = kernel_table.short(key) if key else (_recorded_speed(info) or (
+            "slower than fp32" if info.get("slower_than_fp32") else "not measured"))
         table.add_row(*(escape(str(c)) for c in (info.get("name", ""), info.get("technique", ""), storage,
                                                   info.get("kernel", ""), speed)))
     return table
