@@ -149,6 +149,7 @@ def test_quantizing_after_factorizing_packs_both_factors(model, tiny, tmp_path):
     pairs = _lowrank(model)
     assert len(pairs) == 14
     assert all(isinstance(p.down, QuantLinear) and isinstance(p.up, QuantLinear) for p in pairs.values())
+    assert {p.up.torchslim_layer_info()["kernel"] for p in pairs.values()} == {"int8pack_mm"}   # the packed kernel
     out = logits(model)
     assert (out - float_out).abs().max() < 0.05 * float_out.abs().max()
     torchslim.save(model, tmp_path / "q")
@@ -202,3 +203,15 @@ def test_a_recipe_stage_factorizes(tmp_path):
     assert [h["name"] for h in torchslim.artifact.read_manifest(tmp_path / "o")["history"]] == ["LowRankConfig"]
     with pytest.raises(ConfigError, match="not for a 'prune' stage"):
         Recipe.from_dict({"stages": [{"prune": {"_type": "LowRankConfig"}}]})
+
+
+def test_lora_recovery_adapts_both_factors_and_merges_into_them(model, tiny):
+    torchslim.factorize_(model, LowRankConfig(method="svd", ratio=0.2, measure_speed=False))
+    pair = _lowrank(model)["model.layers.0.mlp.down_proj"]
+    before = pair.down.weight.detach().clone(), pair.up.weight.detach().clone()
+    cfg = torchslim.LoraConfig(r=4, merge=True, train=torchslim.TrainConfig(steps=2, batch_size=2, lr=1e-2,
+                                                                            eval_at_end=False))
+    torchslim.finetune_(model, cfg, task=tiny.task)
+    pair = _lowrank(model)["model.layers.0.mlp.down_proj"]
+    assert type(pair.down) is nn.Linear and type(pair.up) is nn.Linear          # merged: plain factors again
+    assert not torch.equal(pair.down.weight, before[0]) and not torch.equal(pair.up.weight, before[1])
