@@ -30,7 +30,7 @@ def test_the_factors_are_plain_linear_children_and_the_pair_stands_for_nothing()
     assert type(m.down) is nn.Linear and type(m.up) is nn.Linear
     assert (m.down.in_features, m.down.out_features, m.up.out_features) == (40, 8, 24)
     assert m.down.bias is None and m.up.bias is not None
-    assert not hasattr(m, "stands_for") and not hasattr(m, "weight")      # no selector mistakes the pair for a layer
+    assert not hasattr(m, "stands_for") and m.weight is None     # no selector or adapter mistakes the pair for a layer
     assert sorted(m.state_dict()) == ["down.weight", "up.bias", "up.weight"]
 
 
@@ -38,6 +38,15 @@ def test_dtype_and_device_follow_the_replaced_weight():
     lin = _layer().to(torch.bfloat16)
     m = LowRankLinear.from_factors(svd_factors(lin.weight.float(), 8), lin.bias, like=lin.weight)
     assert m.up.weight.dtype == m.down.weight.dtype == torch.bfloat16
+
+
+def test_a_pair_of_another_dtype_than_its_input_computes_in_its_own_and_answers_in_the_inputs():
+    lin = _layer()
+    m = LowRankLinear.from_factors(svd_factors(lin.weight, 24), lin.bias)    # fp32, as T5 keeps wo in a bf16 model
+    x = torch.randn(3, 40)
+    y = m(x.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), lin(x.to(torch.bfloat16).float()), atol=0.05, rtol=0.02)
 
 
 def test_it_is_a_module_format_and_a_kind_that_cannot_be_sliced():

@@ -27,6 +27,11 @@ from torchslim.lowrank.math import Factors
 class LowRankLinear(nn.Module):
     """``up(down(x))``: ``rank * (in + out)`` weights instead of ``in * out``."""
 
+    # No single weight matrix. Model code that inspects a layer's weight guards with isinstance(..., Tensor) (T5 reads
+    # ``wo.weight.dtype`` on every forward): None says "none here" and keeps the pair from looking like one dense
+    # layer to adapters and exporters (they reach the two factors instead).
+    weight = None
+
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, *,
                  config: BaseConfig | None = None, method: str = "svd", speed: dict[str, Any] | None = None,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
@@ -60,6 +65,9 @@ class LowRankLinear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.down.weight if type(self.down) is nn.Linear else None
+        if w is not None and x.dtype != w.dtype and x.is_floating_point():   # a pair kept in fp32 in a half model
+            return self.up(self.down(x.to(w.dtype))).to(x.dtype)
         return self.up(self.down(x))
 
     @property
