@@ -3,6 +3,8 @@ import pytest
 import torch
 from torch import nn
 
+import torchslim
+
 from torchslim.core.errors import ArtifactError, ConfigError
 from torchslim.core.kinds import kind_of
 from torchslim.core.modules import module_format
@@ -32,6 +34,18 @@ def test_the_factors_are_plain_linear_children_and_the_pair_stands_for_nothing()
     assert m.down.bias is None and m.up.bias is not None
     assert not hasattr(m, "stands_for") and m.weight is None     # no selector or adapter mistakes the pair for a layer
     assert sorted(m.state_dict()) == ["down.weight", "up.bias", "up.weight"]
+
+
+def test_to_linear_is_the_product_with_quantized_factors_too():
+    from torchslim.quantization import IntFormat, PerChannel, WeightOnlyConfig
+
+    lin = _layer()
+    m = nn.Sequential(LowRankLinear.from_factors(svd_factors(lin.weight, 8), lin.bias))
+    torchslim.quantize_(m, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
+    pair, x = m[0], torch.randn(4, 40)
+    assert type(pair.up).__name__ == "QuantLinear" and pair.bias is pair.up.bias
+    with torch.no_grad():
+        torch.testing.assert_close(pair.to_linear()(x), pair(x), atol=0.02, rtol=0.02)
 
 
 def test_dtype_and_device_follow_the_replaced_weight():

@@ -23,6 +23,14 @@ from torchslim.core.modules import register_module_format
 from torchslim.lowrank.math import Factors
 
 
+def _matrix(factor: nn.Module) -> torch.Tensor:
+    """The float ``[out, in]`` matrix a factor applies to its raw input: its weight (a packed layer's float view of
+    it), times the input scale an equivalence-scaled or AWQ-quantized layer applies first."""
+    w = factor.weight.detach().float()
+    scale = getattr(factor, "input_scale", None)
+    return w * scale.detach().float() if isinstance(scale, torch.Tensor) else w
+
+
 @register_module_format
 class LowRankLinear(nn.Module):
     """``up(down(x))``: ``rank * (in + out)`` weights instead of ``in * out``."""
@@ -78,16 +86,22 @@ class LowRankLinear(nn.Module):
     def dense_params(self) -> int:
         return self.in_features * self.out_features
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The output bias (the ``up`` factor's)."""
+        b = getattr(self.up, "bias", None)
+        return b if isinstance(b, torch.Tensor) else None
+
     def to_linear(self) -> nn.Linear:
-        """The dense ``nn.Linear`` with the product of the factors (float factors only)."""
-        if type(self.down) is not nn.Linear or type(self.up) is not nn.Linear:
-            raise ConfigError("LowRankLinear.to_linear needs float factors (they have been quantized)")
-        w = self.up.weight
-        lin = nn.Linear(self.in_features, self.out_features, self.up.bias is not None, device=w.device, dtype=w.dtype)
+        """The dense float ``nn.Linear`` computing what the pair computes (factors quantized later included: their
+        dequantized weights), e.g. for an export to a format that has no low-rank layer."""
+        up, down = _matrix(self.up), _matrix(self.down)
+        dtype = self.down.weight.dtype if type(self.down) is nn.Linear else torch.float32
+        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=up.device, dtype=dtype)
         with torch.no_grad():
-            lin.weight.copy_((self.up.weight.double() @ self.down.weight.double()).to(w.dtype))
-            if self.up.bias is not None:
-                lin.bias.copy_(self.up.bias)
+            lin.weight.copy_((up.double() @ down.double()).to(dtype))
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
         return lin.train(self.training)
 
     def extra_repr(self) -> str:
@@ -109,7 +123,7 @@ class LowRankLinear(nn.Module):
             "rank": self.rank,
             "in_features": self.in_features,
             "out_features": self.out_features,
-            "bias": self.up.bias is not None,
+            "bias": self.bias is not None,
             "dtype": str(self.down.weight.dtype).removeprefix("torch."),
             "params": self.params,
             "dense_params": self.dense_params,
