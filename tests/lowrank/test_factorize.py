@@ -116,6 +116,7 @@ def test_only_faster_keeps_slower_layers_dense(model, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         torchslim.factorize_(model, LowRankConfig(method="svd", ratio=0.2, only_faster=True))
     assert not _lowrank(model) and "14 layer(s) not faster kept dense" in caplog.text
+    assert "removed 0.0% of the selected layers' weights, less than the 20% asked" in caplog.text
 
 
 def test_real_speed_is_measured_and_recorded(model):

@@ -219,6 +219,9 @@ def _report(run: Factorizer, config: LowRankConfig, ctx: ApplyContext) -> None:
              config.method.value, config.rule(), len(made), removed, 100 * removed / max(dense, 1))
     if kept:
         log.warning("LowRankConfig: %s kept dense", ", ".join(f"{c} layer(s) {r}" for r, c in kept.items()))
+    if config.ratio is not None and config.budget is Budget.PARAMS and removed < (config.ratio - 0.005) * dense:
+        log.warning("LowRankConfig: removed %.1f%% of the selected layers' weights, less than the %.0f%% asked",
+                    100 * removed / max(dense, 1), 100 * config.ratio)
     if measured and faster < measured:
         slow = [n for n, d in made.items() if d.get("faster") is False]
         log.warning("LowRankConfig: %d of %d factorized layers are smaller, not faster (measured against dense at "
