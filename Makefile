@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed llama-cpp clean
+.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench-recovery: install-bench
 	$(BIN)/python benchmarks/recovery/smollm2.py
 	$(BIN)/python benchmarks/recovery/targets.py
 
+# Low-rank factorization of SmolLM2-135M (docs/results/lowrank_smollm2*.md) and the issue-21 target check.
+bench-lowrank: install-bench
+	$(BIN)/python benchmarks/lowrank/smollm2.py
+	$(BIN)/python benchmarks/lowrank/targets.py
+
 llama-cpp:
 	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/speed/build_llamacpp.sh
 
@@ -71,7 +76,7 @@ bench-speed: install-bench llama-cpp
 	$(BIN)/python benchmarks/speed/minilm.py
 	$(BIN)/python benchmarks/speed/targets.py
 
-bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed
+bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank
 
 clean:
 	rm -rf $(VENV) .pytest_cache

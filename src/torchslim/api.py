@@ -73,6 +73,12 @@ def distill_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None,
     return _apply(model, config, ctx, "distillation", kwargs)
 
 
+def factorize_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
+    """Replace ``model``'s linear layers in place by two-factor low-rank layers (:class:`~torchslim.LowRankConfig`:
+    plain, activation-aware or whitened SVD); the calibrated methods read ``calibration=`` (a Task or batches)."""
+    return _apply(model, config, ctx, "lowrank", kwargs)
+
+
 def evaluate(model: nn.Module, task: Any, spec: Any = None, *, what: str | Sequence[str] = ("quality",),
              **kwargs: Any) -> Any:
     """Evaluate ``model`` on ``task`` and return a :class:`torchslim.eval.Report`.

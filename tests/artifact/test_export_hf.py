@@ -38,6 +38,29 @@ def test_export_hf_dense_writes_a_quantized_vit_with_its_patch_convolution_in_fl
     assert float((got - out).norm() / out.norm()) < 0.01     # int8 kernels take bf16 activations
 
 
+@pytest.mark.parametrize("quantized", [False, True])
+def test_export_hf_dense_writes_factorized_gpt2_layers_as_their_product(tmp_path, quantized):
+    """A low-rank pair (with its bias, with int8 factors inside it) densifies whole into the model's own Conv1D."""
+    from transformers import GPT2LMHeadModel
+
+    from torchslim.artifact.export_hf import export_hf
+    from torchslim.lowrank import LowRankConfig
+
+    fam = build_family("gpt2")
+    torchslim.factorize_(fam.model, LowRankConfig(method="svd", ratio=0.2, measure_speed=False))
+    if quantized:
+        torchslim.quantize_(fam.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel(),
+                                                        selector=torchslim.Selector(exclude=("lm_head",))))
+    x = fam.batches(1)[0]
+    out = fam.output(x)
+    torchslim.save(fam.model, tmp_path / "a")
+    assert export_hf(tmp_path / "a", tmp_path / "hf", dense=True)["densified_layers"] == 8   # the pairs, not factors
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    with torch.no_grad():
+        got = hf(**x).logits
+    assert float((got - out).norm() / out.norm()) < (0.01 if quantized else 1e-5)
+
+
 @pytest.mark.parametrize("kw", [dict(stride=2, padding=1), dict(groups=2, dilation=2, padding=2)])
 def test_a_packed_convolution_densifies_to_the_convolution_it_computes(kw):
     from torchslim.quantization.qconv import quantize_conv_weight_only

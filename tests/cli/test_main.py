@@ -217,3 +217,18 @@ def test_transformers_bars_are_off_in_commands_unless_asked_for(monkeypatch):
         assert not hf_logging.is_progress_bar_enabled()
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_the_layers_table_shows_a_speed_recorded_at_conversion():
+    from rich.console import Console
+
+    from torchslim.cli.layers_table import _recorded_speed, layers_table
+
+    info = {"name": "l", "technique": "lowrank-whiten", "kernel": "two matmuls",
+            "speed": {"rows": [{"rows": 1, "speedup": 0.634}, {"rows": 256, "speedup": 1.2}], "faster": False}}
+    assert _recorded_speed(info) == "0.63x@1 1.20x@256 (at conversion)"
+    assert _recorded_speed({"speed": {"rows": [{"rows": "x"}]}}) is None and _recorded_speed({}) is None
+    console = Console(width=200, record=True)
+    console.print(layers_table([info, {"name": "m", "technique": "cast"}], 200))
+    text = console.export_text()
+    assert "0.63x@1 1.20x@256 (at conversion)" in text and "not measured" in text

@@ -27,6 +27,23 @@ def test_touched_counts_replaced_and_added_layers_not_containers():
     assert what["params_before"] == 40 and what["params_after"] == 15 + 16
 
 
+def test_the_parts_of_a_new_replacement_module_count_as_that_one_layer():
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down, self.up = nn.Linear(4, 2, bias=False), nn.Linear(2, 4)
+
+        def torchslim_layer_info(self) -> dict:
+            return {}
+
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    before, params = snapshot(m), sum(p.numel() for p in m.parameters())
+    m[0] = Pair()
+    m[1].add_module("extra", nn.Linear(4, 4))          # added inside a layer that is not new: still counted
+    what, changed = touched(before, m, params)
+    assert sorted(changed) == ["0", "1.extra"] and what["by_type"] == {"Pair": 1, "Linear": 1}
+
+
 def test_rename_and_forget_move_every_record():
     m = nn.Linear(1, 1)
     s = state_of(m)

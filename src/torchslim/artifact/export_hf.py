@@ -74,8 +74,12 @@ def dense_module(module: nn.Module) -> nn.Module | None:
 
 def densify_(model: nn.Module) -> int:
     """Replace every packed, sparse or scaled layer by its float equivalent; returns how many."""
-    found = [(n, dense_module(m)) for n, m in model.named_modules() if n]
-    found = [(n, d) for n, d in found if d is not None]
+    found: list[tuple[str, nn.Module]] = []
+    for n, m in model.named_modules():
+        if n and not any(n.startswith(f + ".") for f, _ in found):   # parts of a layer densified whole (a low-rank pair)
+            d = dense_module(m)
+            if d is not None:
+                found.append((n, d))
     for n, d in found:
         replace_module(model, n, d)
     return len(found)

@@ -214,7 +214,10 @@ def _layer_records(model: nn.Module, layers: dict[str, dict[str, Any]],
         try:
             original = get_module(model, name)
         except TorchSlimError:
-            raise ArtifactError(f"artifact layer '{name}' does not exist in the rebuilt {type(model).__name__}") from None
+            if not any(name.startswith(other + ".") for other in layers):
+                raise ArtifactError(f"artifact layer '{name}' does not exist in the rebuilt {type(model).__name__}") \
+                    from None
+            original = None    # inside a recorded layer (a quantized factor of a low-rank pair): exists once it is built
         out.append((name, cls, original, info))
     return out
 
@@ -228,15 +231,16 @@ def _rebuild_layer(name: str, cls: type[nn.Module], original: nn.Module, info: d
         raise ArtifactError(f"artifact layer '{name}' has a bad {info.get('module')} record ({first_line(e)})") from None
 
 
-def _record_bytes(name: str, original: nn.Module, info: dict[str, Any]) -> int:
+def _record_bytes(name: str, original: nn.Module | None, info: dict[str, Any]) -> int:
     """An upper bound of the bytes a layer record asks for: 4 bytes per element of the shape it names
-    (every format stores at most a float32 per weight element), else of the module it replaces."""
+    (every format stores at most a float32 per weight element), else of the module it replaces (a record nested in
+    another without a shape: nothing beyond what the enclosing record's module is bounded by)."""
     dims = info.get("shape")
     if dims is None and isinstance(info.get("conv"), dict):
         c = info["conv"]
         dims = [c.get("out_channels"), c.get("in_channels"), *(c.get("kernel_size") or [])]
     if dims is None:
-        return checks.module_bytes(original)
+        return checks.module_bytes(original) if original is not None else 0
     if not (isinstance(dims, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims)):
         raise ArtifactError(f"artifact layer '{name}': bad shape {str(dims)[:80]}")
     n = 4
@@ -252,7 +256,13 @@ def _apply_layer_formats(model: nn.Module, layers: dict[str, dict[str, Any]], hi
     records = _layer_records(model, layers, history)
     if bound is not None:
         bound(sum(_record_bytes(name, original, info) for name, _, original, info in records))
-    for name, cls, original, info in records:
+    for name, cls, original, info in records:    # in the saved order: an enclosing layer before the ones inside it
+        if original is None:
+            try:
+                original = get_module(model, name)
+            except TorchSlimError:
+                raise ArtifactError(f"artifact layer '{name}' does not exist in the rebuilt {type(model).__name__}") \
+                    from None
         replace_module(model, name, _rebuild_layer(name, cls, original, info))
 
 

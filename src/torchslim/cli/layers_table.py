@@ -24,6 +24,18 @@ def _longest_word(cells: list[str], header: str) -> int:
     return max([len(header)] + [len(w) for c in cells for w in c.split()])
 
 
+def _recorded_speed(info: dict) -> str | None:
+    """``0.63x@1 1.20x@256 (at conversion)``: the speed against dense a layer measured when it was made (low-rank
+    pairs record it), or None."""
+    rows = (info.get("speed") or {}).get("rows") if isinstance(info.get("speed"), dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        return None
+    try:
+        return " ".join(f"{float(r['speedup']):.2f}x@{int(r['rows'])}" for r in rows) + " (at conversion)"
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _row(info: dict) -> list[str]:
     from torchslim.quantization import kernel_table
 
@@ -31,8 +43,8 @@ def _row(info: dict) -> list[str]:
     if isinstance(info.get("sparsity"), (int, float)):
         storage += f", {info['sparsity']:.0%} sparse"
     key = kernel_table.key_for_layer(info)       # measured on this machine now, not where it was saved
-    speed = kernel_table.short(key) if key else ("slower than fp32" if info.get("slower_than_fp32") else
-                                                 "not measured")
+    speed = kernel_table.short(key) if key else (_recorded_speed(info) or (
+        "slower than fp32" if info.get("slower_than_fp32") else "not measured"))
     return [str(info.get("name", "")), str(info.get("technique", "")), storage, str(info.get("kernel", "")), speed]
 
 

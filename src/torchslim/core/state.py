@@ -118,10 +118,13 @@ def touched(before: dict[str, nn.Module], model: nn.Module, params_before: int) 
     """What changed between ``before`` and ``model``: layer counts by new module type, and the changed names.
 
     A layer is *changed* when the module under its name is a different object (replaced,
-    resized or added) and is not a container; removed names are counted apart.
+    resized or added) and is not a container; removed names are counted apart. The parts of a new
+    replacement module (a low-rank pair's two factors) count as that one layer.
     """
     after = dict(model.named_modules())
     changed = [n for n, m in after.items() if n and before.get(n) is not m and _is_leafish(m)]
+    new_formats = {n for n in changed if callable(getattr(after[n], "torchslim_layer_info", None))}
+    changed = [n for n in changed if not any(n.startswith(f + ".") for f in new_formats)]
     removed = [n for n in before if n and n not in after]
     by_type: dict[str, int] = {}
     for n in changed:
