@@ -179,6 +179,7 @@ def _scaled_then_whitened(tiny, shared: bool):
     return m, len(calls)
 
 
+@pytest.mark.slow
 def test_an_equivalence_scaling_before_it_shares_the_calibration_pass(tiny):
     """AWQ's scale_only stage then whitening on one pass gives the factors of two passes (the input scale is
     folded back into the factorized weight, the statistics are of the same raw inputs)."""

@@ -119,6 +119,7 @@ def dataclass_steps(n: int) -> TrainConfig:
     return dataclasses.replace(TRAIN, steps=n)
 
 
+@pytest.mark.slow
 def test_two_adapters_switch_without_touching_the_base() -> None:
     lm = tiny_llama(0)
     batch = _batch(lm.task)
@@ -199,6 +200,7 @@ def test_a_selector_that_matches_nothing_is_an_error() -> None:
     assert all(p.requires_grad for p in lm.model.parameters())      # a refused adapter leaves the model as it was
 
 
+@pytest.mark.slow
 def test_a_lora_recipe_stage_merges_and_the_artifact_reloads(tmp_path) -> None:
     from torchslim.recipes import RunOptions, run_recipe
     from torchslim.recipes.recipe import Recipe
