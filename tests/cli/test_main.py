@@ -201,22 +201,19 @@ def test_quantize_and_prune_print_quality_before_and_after(tmp_path):
     assert res.returncode == 0 and "quality:" not in res.stdout, res.stderr
 
 
-def test_transformers_bars_are_off_in_commands_unless_asked_for(monkeypatch):
-    """transformers' 'Loading weights' tqdm bar wrote carriage-return frames into logs; torchslim's progress shows."""
-    from transformers.utils import logging as hf_logging
+def test_peer_tqdm_bars_are_off_in_commands_unless_asked_for(monkeypatch):
+    """Peers' tqdm bars ('Loading weights', 'Decompressing model') wrote carriage-return frames into logs."""
+    import tqdm.std
 
     from torchslim.cli.main import _quiet_peers
 
-    try:
-        hf_logging.enable_progress_bar()
-        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
-        _quiet_peers()
-        assert hf_logging.is_progress_bar_enabled()                  # the user's explicit setting wins
-        monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
-        _quiet_peers()
-        assert not hf_logging.is_progress_bar_enabled()
-    finally:
-        hf_logging.enable_progress_bar()
+    monkeypatch.setattr(tqdm.std.tqdm, "__init__", tqdm.std.tqdm.__init__)     # restored after the test
+    monkeypatch.setenv("TQDM_DISABLE", "")
+    _quiet_peers()
+    assert not tqdm.std.tqdm(range(2)).disable                                 # the user's explicit setting wins
+    monkeypatch.delenv("TQDM_DISABLE")
+    _quiet_peers()
+    assert tqdm.std.tqdm(range(2)).disable and tqdm.std.tqdm(range(2), disable=False).disable is False
 
 
 def test_the_layers_table_shows_a_speed_recorded_at_conversion():

@@ -50,6 +50,9 @@ def test_interleaved_runs_round_robin() -> None:
     out = measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, iters=3)
     assert order == ["a", "b"] * 4
     assert set(out) == {"a", "b"} and all(isinstance(s, LatencyStats) and s.iters == 3 for s in out.values())
+    events: list[str] = []
+    measure_interleaved({"a": lambda: events.append("a")}, warmup=1, iters=2, after_each=lambda: events.append("+"))
+    assert events == ["a", "+"] * 3
 
 
 def test_bad_iteration_counts() -> None:

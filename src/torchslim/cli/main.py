@@ -402,8 +402,8 @@ def _log_warnings() -> None:
 
 def _quiet_peers() -> None:
     """Benchmark-only peers (torchao, installed by `make install-bench`) print failed native-library loads and
-    deprecation warnings when transformers imports them, and transformers draws its own tqdm bars: not the
-    user's concern in torchslim's own commands."""
+    deprecation warnings when transformers imports them, and peers draw their own tqdm bars: not the user's
+    concern in torchslim's own commands."""
     import logging
     import warnings
 
@@ -413,12 +413,16 @@ def _quiet_peers() -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
     warnings.filterwarnings("ignore", message=r".*torchao.*", category=DeprecationWarning)
-    if "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ:
-        # transformers' own tqdm bar ("Loading weights") wrote carriage-return frames into logs: torchslim's
-        # progress is the one shown (HF_HUB_DISABLE_PROGRESS_BARS=0 brings it back)
-        from transformers.utils import logging as hf_logging
+    if "TQDM_DISABLE" not in os.environ:
+        # peers' tqdm bars (transformers' "Loading weights", compressed-tensors' "Decompressing model") wrote
+        # carriage-return frames into logs: torchslim's progress is the one shown. tqdm read TQDM_DISABLE when
+        # it was imported, before main() ran, so its default is changed here; a TQDM_DISABLE the user set (an
+        # empty one keeps the bars: tqdm reads any other value, "0" included, as true) is left to tqdm.
+        from functools import partialmethod
 
-        hf_logging.disable_progress_bar()
+        import tqdm.std
+
+        tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__, disable=True)   # type: ignore[method-assign]
 
 
 def _one_line(text: str, limit: int = 600) -> str:

@@ -3,6 +3,7 @@ model beside the final one, with speed measured interleaved on this machine (nev
 """
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 from dataclasses import dataclass, field
@@ -80,23 +81,32 @@ def stage_row(index: int, stage: str, seconds: float, model: nn.Module, since: i
 
 def interleaved_speed(models: dict[str, nn.Module], task: Any, shapes: list[tuple[int, int | None]], warmup: int,
                       iters: int, decode_tokens: int) -> dict[str, Any]:
-    """Latency per shape and decode tokens/s of several models, timed round-robin in one process."""
+    """Latency per shape and decode tokens/s of several models, timed round-robin in one process. Progress
+    lines on stderr between calls where progress shows as lines (never a bar: it would compete with the timing)."""
+    from torchslim.core.progress import Progress, mode
     from torchslim.eval.report import SpeedResult
     from torchslim.eval.speed import forward_fn, measure_decode, measure_interleaved, shape_speed
 
     out: dict[str, Any] = {name: SpeedResult(shapes=[]) for name in models}
     for m in models.values():
         m.eval()
-    for batch, seq in shapes:
-        inputs = task.example_inputs(batch, seq)
-        stats = measure_interleaved({n: forward_fn(m, task, inputs) for n, m in models.items()}, warmup, iters)
-        for n, st in stats.items():
-            out[n].shapes.append(shape_speed(batch, seq, st))
+    lines = mode() == "lines"
+    total = sum(b * (s or 1) for b, s in shapes) * (warmup + iters) * len(models)      # weighed by tokens
+    with Progress(f"timing {len(models)} models interleaved", total, unit="tokens", show=lines) as progress:
+        for batch, seq in shapes:
+            inputs = task.example_inputs(batch, seq)
+            step = functools.partial(progress.update, batch * (seq or 1), f"{batch}x{seq}")
+            stats = measure_interleaved({n: forward_fn(m, task, inputs) for n, m in models.items()}, warmup, iters,
+                                        after_each=step)
+            for n, st in stats.items():
+                out[n].shapes.append(shape_speed(batch, seq, st))
     if decode_tokens and getattr(task, "supports_decode", False):
         runs: dict[str, list[Any]] = {n: [] for n in models}
-        for _ in range(3):
-            for n, m in models.items():
-                runs[n].append(measure_decode(m, task, decode_tokens))
+        with Progress(f"timing decode ({decode_tokens} tokens)", 3 * len(models), unit="runs", show=lines) as progress:
+            for _ in range(3):
+                for n, m in models.items():
+                    runs[n].append(measure_decode(m, task, decode_tokens))
+                    progress.update(1, n)
         for n, rs in runs.items():
             best = sorted(rs, key=lambda r: r.decode_tokens_per_s)[len(rs) // 2]
             best.decode_tokens_per_s = statistics.median(r.decode_tokens_per_s for r in rs)

@@ -85,14 +85,19 @@ def measure_latency(fn: Callable[[], Any], warmup: int = 3, iters: int = 10, *,
 
 
 def measure_interleaved(fns: Mapping[str, Callable[[], Any]], warmup: int = 3, iters: int = 10, *,
-                        sync: Callable[[], None] | None = None) -> dict[str, LatencyStats]:
-    """Time several variants in round-robin order (A B C A B C ...), ``iters`` calls each."""
+                        sync: Callable[[], None] | None = None,
+                        after_each: Callable[[], None] | None = None) -> dict[str, LatencyStats]:
+    """Time several variants in round-robin order (A B C A B C ...), ``iters`` calls each; ``after_each`` (a
+    progress update) runs after every call, outside the timing."""
     _check(warmup, iters)
+    after = after_each or (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+            after()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(iters):
         for name, fn in fns.items():
             times[name].append(_timed(fn, sync))
+            after()
     return {name: latency_stats(t) for name, t in times.items()}
