@@ -1,0 +1,241 @@
+"""The PEFT benchmark's adapter parts: ``params`` (trainable counts against peft), ``speed`` (step time and
+peak memory against peft), ``qlora`` (int4 base against fp32 base) and ``interop`` (outputs through peft's
+format both ways). Each returns its section (columns, rows, notes) for harness.store_part."""
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import interleaved
+from benchmarks.peft import variants
+from benchmarks.peft.harness import run_worker, say, work_dir
+
+PROMPT_TOKENS = 20
+
+
+# -- params -------------------------------------------------------------------------------------------------------
+def _models() -> dict[str, tuple[Any, str]]:
+    """name -> (a function building a fresh base, peft task type for prompt tuning)."""
+    import torchslim
+
+    mini = torchslim.load_model("minilm").model.eval()
+    return {"MiniLM (all-MiniLM-L6-v2)": (lambda: copy.deepcopy(mini), "FEATURE_EXTRACTION"),
+            "SmolLM2-135M": (lambda: variants.load_base({}), "CAUSAL_LM")}
+
+
+def _ours(build: Any, config: Any) -> tuple[int | None, str]:
+    from torchslim import ApplyContext
+
+    try:
+        rec = config.prepare(build(), ApplyContext()).records[0]
+    except Exception as e:           # a method that fails on this model is a row saying so, not a crash
+        return None, f"torchslim failed: {type(e).__name__}: {e}"
+    return rec["trainable_params"], ""
+
+
+def _theirs(build: Any, config: Any) -> int:
+    import peft
+
+    return peft.get_peft_model(build(), config).get_nb_trainable_parameters()[0]
+
+
+def part_params() -> dict[str, Any]:
+    import peft
+
+    import torchslim
+    from torchslim.peft import IA3Config, LoraConfig
+
+    prompt_cls = getattr(torchslim.peft, "PromptTuningConfig", None)
+    rows = []
+    for model_name, (build, task_type) in _models().items():
+        qv = "query, value" if model_name.startswith("MiniLM") else "q_proj, v_proj"
+        names = ["query", "value"] if model_name.startswith("MiniLM") else variants.LLAMA_QV
+        cases = [(f"LoRA r=8 on {qv}", LoraConfig(r=8, alpha=16, selector=variants.torchslim_selector("qv")),
+                  peft.LoraConfig(r=8, lora_alpha=16, target_modules=names)),
+                 ("IA3, default layers", IA3Config(), peft.IA3Config()),
+                 (f"prompt tuning, {PROMPT_TOKENS} virtual tokens",
+                  prompt_cls(num_virtual_tokens=PROMPT_TOKENS) if prompt_cls else None,
+                  peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=PROMPT_TOKENS))]
+        for label, ours_cfg, peft_cfg in cases:
+            say(f"params: {model_name}, {label}")
+            theirs = _theirs(build, peft_cfg)
+            ours, note = _ours(build, ours_cfg) if ours_cfg is not None else (None, "not measured: not yet built "
+                                                                              "(no torchslim.peft.PromptTuningConfig)")
+            rows.append({"name": f"{model_name}: {label}", "torchslim trainable": ours, "peft trainable": theirs,
+                         "equal": None if ours is None else ("yes" if ours == theirs else "NO"), "note": note})
+    return {"columns": ["torchslim trainable", "peft trainable", "equal"], "rows": rows,
+            "intro": "Trainable parameters after attaching the same adapter: torchslim's own count (the record its "
+                     "AdapterConfig.prepare writes) against peft's get_peft_model(...).get_nb_trainable_parameters(). "
+                     "LoRA alpha 16, no dropout; IA3 with each library's defaults for the model type (peft: "
+                     "TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING).",
+            "notes": []}
+
+
+# -- speed --------------------------------------------------------------------------------------------------------
+def _traced(name: str, fn: Any) -> Any:
+    calls = [0]
+
+    def call() -> None:
+        fn()
+        calls[0] += 1
+        say(f"speed: {name} step {calls[0]} done")
+    return call
+
+
+def _step_times(targets: str, r: int, batch: int, seq: int, rounds: int) -> dict[str, float]:
+    tok = variants.tokenizer_of_smollm2()
+    task = variants.train_task(tok, seq)
+    data = variants.batches(task, batch, 4)
+    ours = variants.load_base({})
+    variants.add_torchslim_lora(ours, targets, r, 2 * r)
+    theirs, _ = variants.add_peft_lora(variants.load_base({}), targets, r, 2 * r)
+    fns = {"torchslim": _traced(f"torchslim {targets}", variants.make_step(ours, task, data)),
+           "peft": _traced(f"peft {targets}", variants.make_step(theirs, task, data))}
+    return interleaved(fns, rounds=rounds)
+
+
+def part_speed(threads: int, rounds: int, batch: int = 4, seq: int = 256, r: int = 8) -> dict[str, Any]:
+    rows = []
+    for targets, label in (("qv", "q_proj, v_proj"), ("all", "all 7 block linear layers")):
+        med = _step_times(targets, r, batch, seq, rounds)
+        base = {"targets": targets, "r": r, "alpha": 2 * r, "steps": 3, "batch": batch, "seq": seq, "lr": 1e-4,
+                "threads": threads}
+        mem = {k: run_worker({**base, "label": f"memory {k} {targets}", "method": m, "loop": loop})
+               for k, m, loop in (("torchslim", "torchslim-lora", "manual"), ("peft", "peft-lora", "manual"),
+                                  ("trainer", "torchslim-lora", "trainer"))}
+        rows.append({"name": f"LoRA r={r} on {label}", "trainable": mem["torchslim"]["trainable"],
+                     "torchslim s/step": med["torchslim"], "peft s/step": med["peft"],
+                     "time ratio": f"{med['torchslim'] / med['peft']:.3f}x",
+                     "torchslim peak MB": mem["torchslim"]["peak MB"], "peft peak MB": mem["peft"]["peak MB"],
+                     "memory ratio": f"{mem['torchslim']['peak MB'] / mem['peft']['peak MB']:.3f}x",
+                     "finetune_ peak MB": mem["trainer"]["peak MB"],
+                     "note": f"peft counts {mem['peft']['trainable']:,} trainable"})
+    return {"columns": ["trainable", "torchslim s/step", "peft s/step", "time ratio", "torchslim peak MB",
+                        "peft peak MB", "memory ratio", "finetune_ peak MB"], "rows": rows,
+            "intro": f"SmolLM2-135M fp32, LoRA r={r} alpha {2 * r}, batch {batch} x {seq} tokens of the calibration "
+                     "text, AdamW over the trainable parameters. Step = zero_grad + forward + the task's loss + "
+                     "backward + optimizer step, the same hand-written code for both libraries; s/step: median of "
+                     f"{rounds} interleaved rounds (one step of each per round, after one warm-up step each), both "
+                     "models in one process. Peak MB: 3 steps in a fresh subprocess per variant; finetune_ peak MB: "
+                     "torchslim's own Trainer (finetune_ with LoraConfig, 3 steps) for the same adapter. Ratios are "
+                     "torchslim / peft (<= 1.000x: torchslim no worse).",
+            "notes": [f"torch threads per process: {threads}."]}
+
+
+# -- qlora --------------------------------------------------------------------------------------------------------
+def int4_artifact() -> Path:
+    """SmolLM2 with the int4 base's layers, saved once as a torchslim artifact (what a QLoRA user loads)."""
+    import torchslim
+
+    folder = work_dir() / "int4-rtn-g128"
+    if not (folder / "manifest.json").is_file():
+        say(f"qlora: quantizing SmolLM2 to int4 (RTN, g128) into {folder}")
+        model = variants.load_base({})
+        variants.quantize_int4(model)
+        shutil.rmtree(folder, ignore_errors=True)
+        torchslim.save(model, folder, source={"kind": "zoo", "name": "smollm2-135m"})
+    return folder
+
+
+MMAP_1MIB = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}   # glibc: blocks >= 1 MiB mmapped, returned to the OS on free
+
+
+def part_qlora(threads: int, steps: int = 2, batch: int = 4, seq: int = 256) -> dict[str, Any]:
+    base = {"method": "torchslim-lora", "targets": "all", "r": 16, "alpha": 32, "loop": "trainer", "steps": steps,
+            "batch": batch, "seq": seq, "lr": 5e-4, "threads": threads}
+    int4 = int4_artifact()
+    cases = [("LoRA, fp32 base", {}), ("LoRA, fp32 base, gradient checkpointing", {"gc": True}),
+             ("QLoRA, int4 base, gradient checkpointing", {"artifact": str(int4), "gc": True}),
+             ("QLoRA, int4 base, no checkpointing", {"artifact": str(int4)})]
+    res = {name: run_worker({**base, **extra, "label": name}) for name, extra in cases}
+    trim = {name: run_worker({**base, **extra, "label": f"{name}, 1 MiB mmap threshold", "env": MMAP_1MIB})
+            for name, extra in cases}
+    ref, ref_t = res["LoRA, fp32 base"]["peak MB"], trim["LoRA, fp32 base"]["peak MB"]
+    rows = [{"name": name, "peak MB": r["peak MB"], "vs LoRA fp32": f"{r['peak MB'] / ref:.3f}x",
+             "peak MB, 1 MiB mmap": trim[name]["peak MB"], "vs LoRA fp32, 1 MiB mmap":
+             f"{trim[name]['peak MB'] / ref_t:.3f}x", "load peak MB": r["load peak MB"], "s/step": r["s/step"],
+             "trainable": r["trainable"]} for name, r in res.items()]
+    return {"columns": ["peak MB", "vs LoRA fp32", "peak MB, 1 MiB mmap", "vs LoRA fp32, 1 MiB mmap", "load peak MB",
+                        "s/step", "trainable"], "rows": rows,
+            "intro": f"SmolLM2-135M, LoRA r=16 alpha 32 on every block linear layer (the int4-qlora recipe's "
+                     f"adapter), torchslim's Trainer (finetune_), AdamW, batch {batch} x {seq} tokens, {steps} "
+                     "steps, each row in a fresh subprocess. int4 base: asymmetric int4 in groups of 128 by round "
+                     "to nearest, the head int8 per channel (the int4-qlora recipe's layers and formats; its GPTQ "
+                     "only chooses other values on the same grid, so the memory is the same), saved once as a "
+                     "torchslim artifact that each QLoRA subprocess loads, as a user would; the fp32 base is the "
+                     "zoo's cached folder. 'peak MB': glibc's default allocator, whose mmap threshold rises as "
+                     "large blocks are freed, so later ones of that size stay in its heap after they are freed and "
+                     "count as resident; 'peak MB, 1 MiB mmap': the same run again in a fresh process with "
+                     "MALLOC_MMAP_THRESHOLD_=1048576 (blocks of 1 MiB or more are returned to the OS when freed), "
+                     "closer to the memory the tensors alive at once need. 'load peak MB': the loader's own "
+                     "high-water mark (torchslim.load builds the model's float skeleton before it reads the packed "
+                     "tensors).",
+            "notes": [f"s/step: the Trainer's wall time over its {steps} steps, the first included, default "
+                      "allocator, on a shared CPU: for speed see the speed part.",
+                      f"torch threads per process: {threads}."]}
+
+
+# -- interop ------------------------------------------------------------------------------------------------------
+def _out(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        o = model(**inputs)
+    t = getattr(o, "logits", None)
+    return t if t is not None else o.last_hidden_state
+
+
+def _randomize(params: list[torch.nn.Parameter], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.05, generator=g)
+
+
+def part_interop() -> dict[str, Any]:
+    import peft
+
+    from torchslim.peft import LoraConfig, branches, from_peft, to_peft
+
+    rows = []
+    for model_name, (build, _) in _models().items():
+        names = ["query", "value"] if model_name.startswith("MiniLM") else variants.LLAMA_QV
+        inputs = {"input_ids": torch.randint(5, 1000, (2, 48), generator=torch.Generator().manual_seed(0))}
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        with tempfile.TemporaryDirectory() as d:
+            ours = build().eval()
+            LoraConfig(r=8, alpha=16, selector=variants.torchslim_selector("qv")).add_branches(ours)
+            _randomize([b.B for _, b in branches(ours)], 1)
+            want = _out(ours, inputs)
+            to_peft(ours, Path(d) / "ts")
+            got = _out(peft.PeftModel.from_pretrained(build().eval(), Path(d) / "ts").eval(), inputs)
+            moved = (_out(build().eval(), inputs) - want).abs().max().item()
+            rows.append({"name": f"{model_name}: torchslim LoRA -> peft",
+                         "max abs diff": (got - want).abs().max().item(), "adapter effect": moved,
+                         "note": "to_peft, then peft.PeftModel.from_pretrained on a fresh base"})
+            pm = peft.get_peft_model(build().eval(), peft.LoraConfig(r=8, lora_alpha=16, target_modules=names))
+            _randomize([p for n, p in pm.named_parameters() if "lora_B" in n], 2)
+            pm.eval()
+            want = _out(pm, inputs)
+            pm.save_pretrained(Path(d) / "hf")
+            mine = build().eval()
+            from_peft(mine, Path(d) / "hf")
+            rows.append({"name": f"{model_name}: peft LoRA -> torchslim",
+                         "max abs diff": (_out(mine, inputs) - want).abs().max().item(),
+                         "adapter effect": (_out(build().eval(), inputs) - want).abs().max().item(),
+                         "note": "peft save_pretrained, then torchslim.peft.from_peft on a fresh base"})
+        say(f"interop: {rows[-2]['name']} {rows[-2]['max abs diff']:.2e}, {rows[-1]['name']} "
+            f"{rows[-1]['max abs diff']:.2e}")
+    from torchslim.peft.interop import FORMATS
+
+    missing = [m for m in ("ia3", "prompt") if m not in FORMATS]
+    return {"columns": ["max abs diff", "adapter effect"], "rows": rows,
+            "intro": "LoRA r=8 on the query and value projections with non-zero (random) B, so the adapter changes "
+                     "the outputs ('adapter effect': max |output with adapter - output of the bare base|); 'max abs "
+                     "diff': the same adapter's outputs (logits; MiniLM: last hidden state) in the other library, "
+                     "2 x 48 random tokens.",
+            "notes": [f"Not measured: {', '.join(missing)} adapters (no peft format registered for them in "
+                      "torchslim.peft.interop on this tree)."] if missing else []}
