@@ -33,7 +33,7 @@ from torchslim.quantization import (ActQuant, AWQConfig, CastConfig, GPTQConfig,
 from torchslim.pruning import GradualConfig, IterativeConfig, LotteryConfig, StructuredConfig, UnstructuredConfig
 from torchslim.train import FinetuneConfig, TrainConfig
 from torchslim.distill import BlackBoxDistillConfig, DistillConfig, ReconstructConfig
-from torchslim.peft import BottleneckConfig, IA3Config, LoraConfig
+from torchslim.peft import BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
 __all__ = [
     "__version__",
@@ -42,5 +42,6 @@ __all__ = [
     "evaluate", "load", "load_model", "save",
     "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig", "QATConfig", "ActQuant",
     "DistillConfig", "BlackBoxDistillConfig", "ReconstructConfig", "LoraConfig", "IA3Config", "BottleneckConfig",
+    "PromptTuningConfig", "PrefixTuningConfig",
     "GradualConfig", "IterativeConfig", "LotteryConfig", "StructuredConfig", "UnstructuredConfig",
 ]

@@ -8,7 +8,7 @@ import torch
 
 import torchslim
 from torchslim.cli.main import main
-from torchslim.peft import LoraConfig, branches
+from torchslim.peft import IA3Config, LoraConfig, PrefixTuningConfig, branches
 from torchslim.zoo.tiny import build_tiny_llama
 
 IDS = torch.randint(1, 250, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -34,6 +34,28 @@ def test_export_peft_loads_in_peft_with_the_artifacts_outputs(adapted_artifact, 
         want = torchslim.load(adapted_artifact)(input_ids=IDS).logits
         got = peft.PeftModel.from_pretrained(build_tiny_llama(0).eval(), out)(input_ids=IDS).logits
     assert (got - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("config, says", [(IA3Config(adapter="tone"), "peft IA3 adapter 'tone': 6 layers"),
+                                          (PrefixTuningConfig(n_virtual=4, projection=8, adapter="tone"),
+                                           "peft PREFIX_TUNING adapter 'tone': virtual tokens")])
+def test_export_peft_writes_ia3_and_prefix_adapters(tmp_path, capsys, config, says) -> None:
+    model = build_tiny_llama(0).eval()
+    config.add_branches(model)
+    with torch.no_grad():
+        for _, b in branches(model):
+            for p in b.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    art, out = torchslim.save(model, tmp_path / "art"), tmp_path / "peft"
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "peft", str(art), "-o", str(out)])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    assert says in " ".join(capsys.readouterr().out.split())
+    with torch.no_grad():
+        want = torchslim.load(art)(input_ids=IDS).logits
+        got = peft.PeftModel.from_pretrained(build_tiny_llama(0).eval(), out)(input_ids=IDS).logits
+        base = build_tiny_llama(0)(input_ids=IDS).logits
+    assert (got - want).abs().max() < 1e-5 and (got - base).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("args, says", [(["--adapter", "nope"], "no adapter 'nope' (it has chat)"),

@@ -75,6 +75,8 @@ def test_lora_on_an_encoder_learns_and_round_trips_through_an_artifact(tmp_path)
     back = torchslim.load(tmp_path / "a")
     assert len(branches(back)) == len(branches(student.model))
     assert torch.equal(_outputs(back, teacher.task, batch), out)
+    merge_(back)
+    assert not branches(back) and torch.allclose(_outputs(back, teacher.task, batch), out, atol=1e-4)
 
 
 def test_a_packed_int4_base_stays_packed_and_its_adapter_learns() -> None:
@@ -195,3 +197,21 @@ def test_a_selector_that_matches_nothing_is_an_error() -> None:
                             train=dataclass_steps(1))
     assert not branches(lm.model)
     assert all(p.requires_grad for p in lm.model.parameters())      # a refused adapter leaves the model as it was
+
+
+def test_a_lora_recipe_stage_merges_and_the_artifact_reloads(tmp_path) -> None:
+    from torchslim.recipes import RunOptions, run_recipe
+    from torchslim.recipes.recipe import Recipe
+
+    recipe = Recipe.from_dict({"recipe": "lora", "stages": [
+        {"finetune": {"_type": "LoraConfig", "r": 4, "merge": True,
+                      "train": {"steps": 3, "batch_size": 2, "gradient_checkpointing": True}}}]})
+    result = run_recipe(recipe, "tiny-llama", tmp_path / "out", RunOptions(iters=2, warmup=1, decode_tokens=2))
+    assert not branches(result.model)                              # merged: a plain model
+    again = torchslim.load(tmp_path / "out")
+    ids = torch.arange(16).reshape(1, 16)
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, result.model(ids).logits, atol=1e-5)
+    history = torchslim.artifact.read_manifest(tmp_path / "out")["history"]
+    stage = [h for h in history if h["name"] == "LoraConfig"][-1]
+    assert stage["details"]["records"][0]["trainable_params"] > 0 and stage["details"]["records"][1]["merge"]

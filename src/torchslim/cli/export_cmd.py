@@ -128,7 +128,8 @@ def export_onnx_cmd(
 
 @export_app.command("peft")
 def export_peft_cmd(
-    artifact: Path = typer.Argument(..., help="torchslim artifact folder holding an adapter (LoRA/DoRA branches)."),
+    artifact: Path = typer.Argument(..., help="torchslim artifact folder holding an adapter (LoRA/DoRA, IA3, "
+                                                 "prompt or prefix tuning)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write (adapter_config.json + "
                                                       "adapter_model.safetensors, as Hugging Face peft saves them)."),
     adapter: str = typer.Option(None, "--adapter", help="Which adapter to write (default: the artifact's only one)."),
@@ -159,7 +160,8 @@ def export_peft_cmd(
     compressed = len(state_of(model).manifest.get("layers") or {})
     console = Console()
     console.print(escape(f"wrote {out}") + f" (peft {done['peft_type']} adapter " + escape(repr(done["adapter"]))
-                  + f": {done['layers']} layers, {done['bytes'] / 2**20:.2f} MiB); load it with "
+                  + f": {str(done['layers']) + ' layers' if done['layers'] else 'virtual tokens'}, "
+                  + f"{done['bytes'] / 2**20:.2f} MiB); load it with "
                   + escape(f"peft.PeftModel.from_pretrained(<base model>, '{out}')"))
     if compressed:
         console.print(f"note: this artifact's base has {compressed} compressed layers; peft applies the adapter to "

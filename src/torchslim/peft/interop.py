@@ -12,8 +12,9 @@ method's config fields and tensors (``rows`` are ``(layer name, layer, branch)``
 adapter, path)`` returns the branches to attach, each with the file key of each of its parameters (shapes checked
 from the header; the generic code then checks dtypes and sizes, reads, copies and attaches). Methods that adapt
 the model rather than layers (peft's prompt and prefix tuning, whose tensors are not under
-``base_model.model.``) fit the same two functions. LoRA (with rsLoRA, DoRA, per-layer ranks and alphas as peft's
-``rank_pattern``/``alpha_pattern``) is the row here; an IA3 or prompt row is one :func:`register_peft_format`.
+``base_model.model.``) fit the same two functions: their one branch sits at the root (layer name ``""``).
+LoRA (with rsLoRA, DoRA, per-layer ranks and alphas as peft's ``rank_pattern``/``alpha_pattern``) is the row
+here; IA3, prompt tuning and prefix tuning are in :mod:`torchslim.peft.interop_rows`.
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def _common_fields(model: nn.Module, base_model_name_or_path: str | None, peft_t
 def to_peft(model: nn.Module, path: str | Path, adapter: str = "default",
             base_model_name_or_path: str | None = None) -> dict[str, Any]:
     """Write adapter ``adapter`` of ``model`` as a peft adapter folder at ``path``; returns what was written
-    (``peft_type``, ``layers``, ``bytes``, ``files``)."""
+    (``peft_type``, ``layers``: how many layers it adapts, 0 for prompt and prefix tuning, ``bytes``, ``files``)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -119,7 +120,7 @@ def to_peft(model: nn.Module, path: str | Path, adapter: str = "default",
         save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(stage / WEIGHTS),
                   metadata={"format": "pt"})
         (stage / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-    return {"adapter": adapter, "peft_type": fmt.peft_type, "layers": len(rows),
+    return {"adapter": adapter, "peft_type": fmt.peft_type, "layers": sum(1 for n, *_ in rows if n),
             "bytes": (path / WEIGHTS).stat().st_size, "files": [CONFIG, WEIGHTS]}
 
 
@@ -153,7 +154,13 @@ def from_peft(model: nn.Module, path: str | Path, adapter: str = "default") -> l
         for b, p, key in params:
             ref = b.get_parameter(p)
             ref.copy_(tensors[key].reshape(ref.shape))
-    return attach(model, [(f"{lname}.{b.method}_{adapter}", b) for lname, b, _ in planned])
+    return attach(model, [(branch_name(lname, b.method, adapter), b) for lname, b, _ in planned])
+
+
+def branch_name(lname: str, method: str, adapter: str) -> str:
+    """Where a read branch goes: under its layer (``q_proj.lora_hf``), or at the root for model-level methods
+    (``torchslim_prompt_hf``, as :class:`~torchslim.peft.prompt.config.VirtualTokenConfig` names it)."""
+    return f"{lname}.{method}_{adapter}" if lname else f"torchslim_{method}_{adapter}"
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -317,9 +324,4 @@ def _lora_read(model: nn.Module, config: dict[str, Any], header: Header, adapter
 
 
 register_peft_format(PeftFormat("lora", "LORA", _lora_write, _lora_read))
-# Further rows, one register_peft_format each, from the method's own folder:
-# * "ia3" <-> "IA3": a vector per layer, ``base_model.model.<layer>.ia3_l.weight``, shaped [out, 1] (scales the
-#   output) or [1, in] for layers listed in the config's ``feedforward_modules`` (scales the input);
-# * "prompt" <-> "PROMPT_TUNING" (and "prefix" <-> "PREFIX_TUNING"): model-level, the file holds ``prompt_embeddings``
-#   [num_virtual_tokens, token_dim] without the ``base_model.model.`` prefix; ``read`` returns the one branch on the
-#   module it adapts (the input embedding) and ``write`` the config's num_virtual_tokens/token_dim/num_layers.
+# IA3, prompt tuning and prefix tuning: torchslim.peft.interop_rows, which the package imports (so they register).

@@ -64,9 +64,15 @@ def _hf_checkpointing(model: nn.Module) -> Iterator[str]:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = getattr(model, "config", None)
+    cache = getattr(config, "use_cache", None)
+    if cache:                      # training needs no KV cache, and transformers warns that it is switched off
+        config.use_cache = False
     try:
         yield "transformers"
     finally:
+        if cache:
+            config.use_cache = cache
         if not was_on:
             _hf_switch(model, "disable")()
 
