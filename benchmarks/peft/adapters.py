@@ -15,17 +15,35 @@ from benchmarks.common import interleaved
 from benchmarks.peft import variants
 from benchmarks.peft.harness import run_worker, say, work_dir
 
-PROMPT_TOKENS = 20
+VIRTUAL_TOKENS = 20
 
 
 # -- params -------------------------------------------------------------------------------------------------------
 def _models() -> dict[str, tuple[Any, str]]:
-    """name -> (a function building a fresh base, peft task type for prompt tuning)."""
+    """name -> (a function building a fresh base, peft task type for the virtual-token methods)."""
     import torchslim
 
     mini = torchslim.load_model("minilm").model.eval()
     return {"MiniLM (all-MiniLM-L6-v2)": (lambda: copy.deepcopy(mini), "FEATURE_EXTRACTION"),
             "SmolLM2-135M": (lambda: variants.load_base({}), "CAUSAL_LM")}
+
+
+def _cases(model_name: str, task_type: str) -> list[tuple[str, Any, Any]]:
+    """(label, torchslim config, peft config) of each method, the same settings on both sides."""
+    import peft
+
+    from torchslim.peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
+
+    mini = model_name.startswith("MiniLM")
+    names = ["query", "value"] if mini else variants.LLAMA_QV
+    n = VIRTUAL_TOKENS
+    return [(f"LoRA r=8 on {', '.join(names)}", LoraConfig(r=8, alpha=16, selector=variants.torchslim_selector("qv")),
+             peft.LoraConfig(r=8, lora_alpha=16, target_modules=names)),
+            ("IA3, default layers", IA3Config(), peft.IA3Config()),
+            (f"prompt tuning, {n} virtual tokens", PromptTuningConfig(n_virtual=n),
+             peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=n)),
+            (f"prefix tuning, {n} virtual tokens", PrefixTuningConfig(n_virtual=n),
+             peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=n))]
 
 
 def _ours(build: Any, config: Any) -> tuple[int | None, str]:
@@ -38,41 +56,24 @@ def _ours(build: Any, config: Any) -> tuple[int | None, str]:
     return rec["trainable_params"], ""
 
 
-def _theirs(build: Any, config: Any) -> int:
-    import peft
-
-    return peft.get_peft_model(build(), config).get_nb_trainable_parameters()[0]
-
-
 def part_params() -> dict[str, Any]:
     import peft
 
-    import torchslim
-    from torchslim.peft import IA3Config, LoraConfig
-
-    prompt_cls = getattr(torchslim.peft, "PromptTuningConfig", None)
     rows = []
     for model_name, (build, task_type) in _models().items():
-        qv = "query, value" if model_name.startswith("MiniLM") else "q_proj, v_proj"
-        names = ["query", "value"] if model_name.startswith("MiniLM") else variants.LLAMA_QV
-        cases = [(f"LoRA r=8 on {qv}", LoraConfig(r=8, alpha=16, selector=variants.torchslim_selector("qv")),
-                  peft.LoraConfig(r=8, lora_alpha=16, target_modules=names)),
-                 ("IA3, default layers", IA3Config(), peft.IA3Config()),
-                 (f"prompt tuning, {PROMPT_TOKENS} virtual tokens",
-                  prompt_cls(num_virtual_tokens=PROMPT_TOKENS) if prompt_cls else None,
-                  peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=PROMPT_TOKENS))]
-        for label, ours_cfg, peft_cfg in cases:
+        for label, ours_cfg, peft_cfg in _cases(model_name, task_type):
             say(f"params: {model_name}, {label}")
-            theirs = _theirs(build, peft_cfg)
-            ours, note = _ours(build, ours_cfg) if ours_cfg is not None else (None, "not measured: not yet built "
-                                                                              "(no torchslim.peft.PromptTuningConfig)")
+            theirs = peft.get_peft_model(build(), peft_cfg).get_nb_trainable_parameters()[0]
+            ours, note = _ours(build, ours_cfg)
             rows.append({"name": f"{model_name}: {label}", "torchslim trainable": ours, "peft trainable": theirs,
                          "equal": None if ours is None else ("yes" if ours == theirs else "NO"), "note": note})
     return {"columns": ["torchslim trainable", "peft trainable", "equal"], "rows": rows,
             "intro": "Trainable parameters after attaching the same adapter: torchslim's own count (the record its "
                      "AdapterConfig.prepare writes) against peft's get_peft_model(...).get_nb_trainable_parameters(). "
                      "LoRA alpha 16, no dropout; IA3 with each library's defaults for the model type (peft: "
-                     "TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING).",
+                     "TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING); prompt and prefix tuning (no projection) "
+                     "with peft's task type CAUSAL_LM (SmolLM2) or FEATURE_EXTRACTION (MiniLM). The target names "
+                     "LoRA, IA3 and prompt tuning; prefix tuning is listed as well.",
             "notes": []}
 
 
@@ -181,61 +182,64 @@ def part_qlora(threads: int, steps: int = 2, batch: int = 4, seq: int = 256) -> 
 
 
 # -- interop ------------------------------------------------------------------------------------------------------
-def _out(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def _out(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    """Logits (MiniLM: last hidden state) of the text positions (peft's prompt tuning returns its virtual ones too)."""
     with torch.no_grad():
-        o = model(**inputs)
+        o = model(input_ids=ids, attention_mask=torch.ones_like(ids))
     t = getattr(o, "logits", None)
-    return t if t is not None else o.last_hidden_state
+    t = t if t is not None else o.last_hidden_state
+    return t[:, t.shape[1] - ids.shape[1]:]
 
 
-def _randomize(params: list[torch.nn.Parameter], seed: int) -> None:
+def _shake(params: list[torch.nn.Parameter], seed: int) -> None:
+    """Move every adapter tensor (LoRA's B off zero, IA3's vectors off one), so the adapter changes the outputs."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in params:
-            p.normal_(0, 0.05, generator=g)
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
 def part_interop() -> dict[str, Any]:
     import peft
 
-    from torchslim.peft import LoraConfig, branches, from_peft, to_peft
+    from torchslim.peft import branches, from_peft, to_peft
 
     rows = []
-    for model_name, (build, _) in _models().items():
-        names = ["query", "value"] if model_name.startswith("MiniLM") else variants.LLAMA_QV
-        inputs = {"input_ids": torch.randint(5, 1000, (2, 48), generator=torch.Generator().manual_seed(0))}
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        with tempfile.TemporaryDirectory() as d:
-            ours = build().eval()
-            LoraConfig(r=8, alpha=16, selector=variants.torchslim_selector("qv")).add_branches(ours)
-            _randomize([b.B for _, b in branches(ours)], 1)
-            want = _out(ours, inputs)
-            to_peft(ours, Path(d) / "ts")
-            got = _out(peft.PeftModel.from_pretrained(build().eval(), Path(d) / "ts").eval(), inputs)
-            moved = (_out(build().eval(), inputs) - want).abs().max().item()
-            rows.append({"name": f"{model_name}: torchslim LoRA -> peft",
-                         "max abs diff": (got - want).abs().max().item(), "adapter effect": moved,
-                         "note": "to_peft, then peft.PeftModel.from_pretrained on a fresh base"})
-            pm = peft.get_peft_model(build().eval(), peft.LoraConfig(r=8, lora_alpha=16, target_modules=names))
-            _randomize([p for n, p in pm.named_parameters() if "lora_B" in n], 2)
-            pm.eval()
-            want = _out(pm, inputs)
-            pm.save_pretrained(Path(d) / "hf")
-            mine = build().eval()
-            from_peft(mine, Path(d) / "hf")
-            rows.append({"name": f"{model_name}: peft LoRA -> torchslim",
-                         "max abs diff": (_out(mine, inputs) - want).abs().max().item(),
-                         "adapter effect": (_out(build().eval(), inputs) - want).abs().max().item(),
-                         "note": "peft save_pretrained, then torchslim.peft.from_peft on a fresh base"})
-        say(f"interop: {rows[-2]['name']} {rows[-2]['max abs diff']:.2e}, {rows[-1]['name']} "
-            f"{rows[-1]['max abs diff']:.2e}")
-    from torchslim.peft.interop import FORMATS
-
-    missing = [m for m in ("ia3", "prompt") if m not in FORMATS]
+    ids = torch.randint(5, 1000, (2, 48), generator=torch.Generator().manual_seed(0))
+    for model_name, (build, task_type) in _models().items():
+        bare = _out(build().eval(), ids)
+        for label, ours_cfg, peft_cfg in _cases(model_name, task_type):
+            method = label.split(",")[0].split(" r=")[0]
+            with tempfile.TemporaryDirectory() as d:
+                ours = build().eval()
+                torch.manual_seed(0)
+                ours_cfg.add_branches(ours)
+                _shake([p for _, b in branches(ours) for p in b.parameters()], 1)
+                want = _out(ours, ids)
+                to_peft(ours, Path(d) / "ts")
+                got = _out(peft.PeftModel.from_pretrained(build().eval(), Path(d) / "ts").eval(), ids)
+                rows.append({"name": f"{model_name}: torchslim {method} -> peft",
+                             "max abs diff": (got - want).abs().max().item(),
+                             "adapter effect": (want - bare).abs().max().item(),
+                             "note": "to_peft, then peft.PeftModel.from_pretrained on a fresh base"})
+                torch.manual_seed(0)
+                pm = peft.get_peft_model(build().eval(), peft_cfg)
+                _shake([p for p in pm.parameters() if p.requires_grad], 2)
+                pm.eval()
+                want = _out(pm, ids)
+                pm.save_pretrained(Path(d) / "hf")
+                mine = build().eval()
+                from_peft(mine, Path(d) / "hf")
+                rows.append({"name": f"{model_name}: peft {method} -> torchslim",
+                             "max abs diff": (_out(mine, ids) - want).abs().max().item(),
+                             "adapter effect": (want - bare).abs().max().item(),
+                             "note": "peft save_pretrained, then torchslim.peft.from_peft on a fresh base"})
+            say(f"interop: {rows[-2]['name']} {rows[-2]['max abs diff']:.2e}, {rows[-1]['name']} "
+                f"{rows[-1]['max abs diff']:.2e}")
     return {"columns": ["max abs diff", "adapter effect"], "rows": rows,
-            "intro": "LoRA r=8 on the query and value projections with non-zero (random) B, so the adapter changes "
-                     "the outputs ('adapter effect': max |output with adapter - output of the bare base|); 'max abs "
-                     "diff': the same adapter's outputs (logits; MiniLM: last hidden state) in the other library, "
-                     "2 x 48 random tokens.",
-            "notes": [f"Not measured: {', '.join(missing)} adapters (no peft format registered for them in "
-                      "torchslim.peft.interop on this tree)."] if missing else []}
+            "intro": "Each method's adapter (the params part's settings) with every tensor moved by N(0, 0.05) noise "
+                     "(LoRA's B off zero, IA3's vectors off one, the virtual tokens), so the adapter changes the "
+                     "outputs ('adapter effect': max |output with the adapter - output of the bare base|); 'max abs "
+                     "diff': the same adapter's outputs in the other library (logits; MiniLM: last hidden state; "
+                     "text positions only), 2 x 48 random tokens, no padding.",
+            "notes": []}

@@ -102,7 +102,7 @@ def interop(sec: dict[str, Any] | None) -> list[Check]:
     weak = min(r["adapter effect"] for r in sec["rows"])
     notes = "".join(f"; {n}" for n in sec.get("notes", []))
     got = (f"{len(sec['rows'])} directions x models, worst {worst['max abs diff']:.1e} ({worst['name']}); every "
-           f"adapter moved the outputs by >= {weak:.2g}; LoRA only{notes}")
+           f"adapter moved the outputs by >= {weak:.2g}; LoRA, IA3, prompt and prefix tuning{notes}")
     return [(target, got, worst["max abs diff"] <= 1e-5 and weak > 1e-3, "")]
 
 
