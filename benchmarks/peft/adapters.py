@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -146,38 +147,44 @@ def int4_artifact() -> Path:
 MMAP_1MIB = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}   # glibc: blocks >= 1 MiB mmapped, returned to the OS on free
 
 
-def part_qlora(threads: int, steps: int = 2, batch: int = 4, seq: int = 256) -> dict[str, Any]:
+def part_qlora(threads: int, steps: int = 2, batch: int = 4, seq: int = 256, repeats: int = 3) -> dict[str, Any]:
     base = {"method": "torchslim-lora", "targets": "all", "r": 16, "alpha": 32, "loop": "trainer", "steps": steps,
             "batch": batch, "seq": seq, "lr": 5e-4, "threads": threads}
     int4 = int4_artifact()
     cases = [("LoRA, fp32 base", {}), ("LoRA, fp32 base, gradient checkpointing", {"gc": True}),
              ("QLoRA, int4 base, gradient checkpointing", {"artifact": str(int4), "gc": True}),
              ("QLoRA, int4 base, no checkpointing", {"artifact": str(int4)})]
-    res = {name: run_worker({**base, **extra, "label": name}) for name, extra in cases}
+    runs = {name: [run_worker({**base, **extra, "label": f"{name} ({i + 1}/{repeats})"}) for i in range(repeats)]
+            for name, extra in cases}
+    res = {name: {**rs[0], "peak MB": statistics.median(r["peak MB"] for r in rs),
+                  "s/step": statistics.median(r["s/step"] for r in rs),
+                  "range": f"{min(r['peak MB'] for r in rs):,.0f}-{max(r['peak MB'] for r in rs):,.0f}"}
+           for name, rs in runs.items()}
     trim = {name: run_worker({**base, **extra, "label": f"{name}, 1 MiB mmap threshold", "env": MMAP_1MIB})
             for name, extra in cases}
     ref, ref_t = res["LoRA, fp32 base"]["peak MB"], trim["LoRA, fp32 base"]["peak MB"]
-    rows = [{"name": name, "peak MB": r["peak MB"], "vs LoRA fp32": f"{r['peak MB'] / ref:.3f}x",
+    rows = [{"name": name, "peak MB": r["peak MB"], "runs": r["range"], "vs LoRA fp32": f"{r['peak MB'] / ref:.3f}x",
              "peak MB, 1 MiB mmap": trim[name]["peak MB"], "vs LoRA fp32, 1 MiB mmap":
              f"{trim[name]['peak MB'] / ref_t:.3f}x", "load peak MB": r["load peak MB"], "s/step": r["s/step"],
              "trainable": r["trainable"]} for name, r in res.items()]
-    return {"columns": ["peak MB", "vs LoRA fp32", "peak MB, 1 MiB mmap", "vs LoRA fp32, 1 MiB mmap", "load peak MB",
-                        "s/step", "trainable"], "rows": rows,
+    return {"columns": ["peak MB", "runs", "vs LoRA fp32", "peak MB, 1 MiB mmap", "vs LoRA fp32, 1 MiB mmap",
+                        "load peak MB", "s/step", "trainable"], "rows": rows,
             "intro": f"SmolLM2-135M, LoRA r=16 alpha 32 on every block linear layer (the int4-qlora recipe's "
                      f"adapter), torchslim's Trainer (finetune_), AdamW, batch {batch} x {seq} tokens, {steps} "
                      "steps, each row in a fresh subprocess. int4 base: asymmetric int4 in groups of 128 by round "
                      "to nearest, the head int8 per channel (the int4-qlora recipe's layers and formats; its GPTQ "
                      "only chooses other values on the same grid, so the memory is the same), saved once as a "
                      "torchslim artifact that each QLoRA subprocess loads, as a user would; the fp32 base is the "
-                     "zoo's cached folder. 'peak MB': glibc's default allocator, whose mmap threshold rises as "
+                     f"zoo's cached folder. 'peak MB': the median of {repeats} runs ('runs': their range) with glibc's "
+                     "default allocator, whose mmap threshold rises as "
                      "large blocks are freed, so later ones of that size stay in its heap after they are freed and "
                      "count as resident; 'peak MB, 1 MiB mmap': the same run again in a fresh process with "
                      "MALLOC_MMAP_THRESHOLD_=1048576 (blocks of 1 MiB or more are returned to the OS when freed), "
                      "closer to the memory the tensors alive at once need. 'load peak MB': the loader's own "
                      "high-water mark (torchslim.load builds the model's float skeleton before it reads the packed "
                      "tensors).",
-            "notes": [f"s/step: the Trainer's wall time over its {steps} steps, the first included, default "
-                      "allocator, on a shared CPU: for speed see the speed part.",
+            "notes": [f"s/step: the Trainer's wall time over its {steps} steps, the first included (median of the "
+                      "default-allocator runs), on a shared CPU: for speed see the speed part.",
                       f"torch threads per process: {threads}."]}
 
 
