@@ -101,29 +101,46 @@ def _step_times(targets: str, r: int, batch: int, seq: int, rounds: int) -> dict
     return interleaved(fns, rounds=rounds)
 
 
-def part_speed(threads: int, rounds: int, batch: int = 4, seq: int = 256, r: int = 8) -> dict[str, Any]:
+def _memory(base: dict[str, Any], targets: str, repeats: int) -> dict[str, dict[str, Any]]:
+    """Peak memory of each variant: ``repeats`` fresh subprocesses each, alternating torchslim and peft, median."""
+    kinds = (("torchslim", "torchslim-lora", "manual"), ("peft", "peft-lora", "manual"))
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k, _, _ in kinds}
+    for i in range(repeats):
+        for k, m, loop in kinds:
+            runs[k].append(run_worker({**base, "label": f"memory {k} {targets} ({i + 1}/{repeats})", "method": m,
+                                       "loop": loop}))
+    out = {k: {**rs[0], "peak MB": statistics.median(r["peak MB"] for r in rs),
+               "range": f"{min(r['peak MB'] for r in rs):,.0f}-{max(r['peak MB'] for r in rs):,.0f}"}
+           for k, rs in runs.items()}
+    out["trainer"] = run_worker({**base, "label": f"memory finetune_ {targets}", "method": "torchslim-lora",
+                                 "loop": "trainer"})
+    return out
+
+
+def part_speed(threads: int, rounds: int, batch: int = 4, seq: int = 256, r: int = 8,
+               repeats: int = 3) -> dict[str, Any]:
     rows = []
     for targets, label in (("qv", "q_proj, v_proj"), ("all", "all 7 block linear layers")):
         med = _step_times(targets, r, batch, seq, rounds)
         base = {"targets": targets, "r": r, "alpha": 2 * r, "steps": 3, "batch": batch, "seq": seq, "lr": 1e-4,
                 "threads": threads}
-        mem = {k: run_worker({**base, "label": f"memory {k} {targets}", "method": m, "loop": loop})
-               for k, m, loop in (("torchslim", "torchslim-lora", "manual"), ("peft", "peft-lora", "manual"),
-                                  ("trainer", "torchslim-lora", "trainer"))}
+        mem = _memory(base, targets, repeats)
         rows.append({"name": f"LoRA r={r} on {label}", "trainable": mem["torchslim"]["trainable"],
                      "torchslim s/step": med["torchslim"], "peft s/step": med["peft"],
                      "time ratio": f"{med['torchslim'] / med['peft']:.3f}x",
                      "torchslim peak MB": mem["torchslim"]["peak MB"], "peft peak MB": mem["peft"]["peak MB"],
                      "memory ratio": f"{mem['torchslim']['peak MB'] / mem['peft']['peak MB']:.3f}x",
                      "finetune_ peak MB": mem["trainer"]["peak MB"],
-                     "note": f"peft counts {mem['peft']['trainable']:,} trainable"})
+                     "note": f"peft counts {mem['peft']['trainable']:,} trainable; peak runs: torchslim "
+                             f"{mem['torchslim']['range']}, peft {mem['peft']['range']} MB"})
     return {"columns": ["trainable", "torchslim s/step", "peft s/step", "time ratio", "torchslim peak MB",
                         "peft peak MB", "memory ratio", "finetune_ peak MB"], "rows": rows,
             "intro": f"SmolLM2-135M fp32, LoRA r={r} alpha {2 * r}, batch {batch} x {seq} tokens of the calibration "
                      "text, AdamW over the trainable parameters. Step = zero_grad + forward + the task's loss + "
                      "backward + optimizer step, the same hand-written code for both libraries; s/step: median of "
                      f"{rounds} interleaved rounds (one step of each per round, after one warm-up step each), both "
-                     "models in one process. Peak MB: 3 steps in a fresh subprocess per variant; finetune_ peak MB: "
+                     f"models in one process. Peak MB: 3 steps in a fresh subprocess, median of {repeats} such runs "
+                     "per variant (torchslim and peft alternating; their ranges in the notes); finetune_ peak MB: "
                      "torchslim's own Trainer (finetune_ with LoraConfig, 3 steps) for the same adapter. Ratios are "
                      "torchslim / peft (<= 1.000x: torchslim no worse).",
             "notes": [f"torch threads per process: {threads}."]}

@@ -47,7 +47,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6, help="interleaved timing rounds (speed, optim)")
     ap.add_argument("--speed-seq", type=int, default=256)
     ap.add_argument("--qlora-steps", type=int, default=2)
-    ap.add_argument("--qlora-repeats", type=int, default=3, help="runs per variant with the default allocator")
+    ap.add_argument("--memory-repeats", type=int, default=3,
+                    help="memory runs per variant (speed; qlora: those with the default allocator)")
     ap.add_argument("--steps", type=int, default=100, help="recovery steps (structured, optim)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128, help="recovery training sequence length")
@@ -71,10 +72,10 @@ def main() -> None:
         if part == "params":
             section = adapters.part_params()
         elif part == "speed":
-            section = adapters.part_speed(args.threads, args.rounds, seq=args.speed_seq)
+            section = adapters.part_speed(args.threads, args.rounds, seq=args.speed_seq, repeats=args.memory_repeats)
         elif part == "qlora":
             section = adapters.part_qlora(args.threads, steps=args.qlora_steps, seq=args.speed_seq,
-                                         repeats=args.qlora_repeats)
+                                         repeats=args.memory_repeats)
         elif part == "structured":
             section = structured.part_structured(args)
         elif part == "optim":

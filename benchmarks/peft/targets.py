@@ -69,7 +69,9 @@ def qlora(sec: dict[str, Any] | None) -> list[Check]:
                        if n not in ("LoRA, fp32 base", "QLoRA, int4 base, gradient checkpointing"))
     trimmed = (f"; with a 1 MiB mmap threshold (freed large blocks returned to the OS) {q['peak MB, 1 MiB mmap']:.0f}"
                f" vs {ref['peak MB, 1 MiB mmap']:.0f} MB = {q['vs LoRA fp32, 1 MiB mmap']}")
+    spread = f" (medians; runs {q['runs']} vs {ref['runs']} MB)" if q.get("runs") else ""
     return [(target, f"glibc default allocator: {q['peak MB']:.0f} MB vs {ref['peak MB']:.0f} MB = {q['vs LoRA fp32']}"
+             f"{spread}"
              f"{trimmed} (also {others})", _x(q["vs LoRA fp32"]) <= 0.5,
              "int4 RTN g128 base loaded from a torchslim artifact, LoRA r=16 on every block linear, gradient "
              "checkpointing on, frozen packed layers (no dense weight kept for backward); checked on the default "
