@@ -17,6 +17,7 @@ from benchmarks.peft import variants
 from benchmarks.peft.harness import run_worker, say, work_dir
 
 VIRTUAL_TOKENS = 20
+MMAP_1MIB = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}   # glibc: blocks >= 1 MiB mmapped, returned to the OS on free
 
 
 # -- params -------------------------------------------------------------------------------------------------------
@@ -102,13 +103,16 @@ def _step_times(targets: str, r: int, batch: int, seq: int, rounds: int) -> dict
 
 
 def _memory(base: dict[str, Any], targets: str, repeats: int) -> dict[str, dict[str, Any]]:
-    """Peak memory of each variant: ``repeats`` fresh subprocesses each, alternating torchslim and peft, median."""
-    kinds = (("torchslim", "torchslim-lora", "manual"), ("peft", "peft-lora", "manual"))
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k, _, _ in kinds}
-    for i in range(repeats):
-        for k, m, loop in kinds:
-            runs[k].append(run_worker({**base, "label": f"memory {k} {targets} ({i + 1}/{repeats})", "method": m,
-                                       "loop": loop}))
+    """Peak memory of each variant: ``repeats`` fresh subprocesses each, alternating torchslim and peft, median;
+    with glibc's default allocator and again with a fixed 1 MiB mmap threshold (suffix ``-mmap``)."""
+    kinds = (("torchslim", "torchslim-lora"), ("peft", "peft-lora"))
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for suffix, env in (("", {}), ("-mmap", MMAP_1MIB)):
+        for i in range(repeats):
+            for k, m in kinds:
+                runs.setdefault(k + suffix, []).append(run_worker(
+                    {**base, "label": f"memory {k}{suffix} {targets} ({i + 1}/{repeats})", "method": m,
+                     "loop": "manual", "env": env}))
     out = {k: {**rs[0], "peak MB": statistics.median(r["peak MB"] for r in rs),
                "range": f"{min(r['peak MB'] for r in rs):,.0f}-{max(r['peak MB'] for r in rs):,.0f}"}
            for k, rs in runs.items()}
@@ -130,17 +134,25 @@ def part_speed(threads: int, rounds: int, batch: int = 4, seq: int = 256, r: int
                      "time ratio": f"{med['torchslim'] / med['peft']:.3f}x",
                      "torchslim peak MB": mem["torchslim"]["peak MB"], "peft peak MB": mem["peft"]["peak MB"],
                      "memory ratio": f"{mem['torchslim']['peak MB'] / mem['peft']['peak MB']:.3f}x",
+                     "torchslim peak MB, 1 MiB mmap": mem["torchslim-mmap"]["peak MB"],
+                     "peft peak MB, 1 MiB mmap": mem["peft-mmap"]["peak MB"],
+                     "memory ratio, 1 MiB mmap":
+                         f"{mem['torchslim-mmap']['peak MB'] / mem['peft-mmap']['peak MB']:.3f}x",
                      "finetune_ peak MB": mem["trainer"]["peak MB"],
                      "note": f"peft counts {mem['peft']['trainable']:,} trainable; peak runs: torchslim "
-                             f"{mem['torchslim']['range']}, peft {mem['peft']['range']} MB"})
+                             f"{mem['torchslim']['range']}, peft {mem['peft']['range']} MB (1 MiB mmap: "
+                             f"{mem['torchslim-mmap']['range']}, {mem['peft-mmap']['range']} MB)"})
     return {"columns": ["trainable", "torchslim s/step", "peft s/step", "time ratio", "torchslim peak MB",
-                        "peft peak MB", "memory ratio", "finetune_ peak MB"], "rows": rows,
+                        "peft peak MB", "memory ratio", "torchslim peak MB, 1 MiB mmap", "peft peak MB, 1 MiB mmap",
+                        "memory ratio, 1 MiB mmap", "finetune_ peak MB"], "rows": rows,
             "intro": f"SmolLM2-135M fp32, LoRA r={r} alpha {2 * r}, batch {batch} x {seq} tokens of the calibration "
                      "text, AdamW over the trainable parameters. Step = zero_grad + forward + the task's loss + "
                      "backward + optimizer step, the same hand-written code for both libraries; s/step: median of "
                      f"{rounds} interleaved rounds (one step of each per round, after one warm-up step each), both "
                      f"models in one process. Peak MB: 3 steps in a fresh subprocess, median of {repeats} such runs "
-                     "per variant (torchslim and peft alternating; their ranges in the notes); finetune_ peak MB: "
+                     "per variant (torchslim and peft alternating; their ranges in the notes), with glibc's default "
+                     "allocator and again with MALLOC_MMAP_THRESHOLD_=1048576 (see the qlora part); finetune_ peak "
+                     "MB: "
                      "torchslim's own Trainer (finetune_ with LoraConfig, 3 steps) for the same adapter. Ratios are "
                      "torchslim / peft (<= 1.000x: torchslim no worse).",
             "notes": [f"torch threads per process: {threads}."]}
@@ -159,9 +171,6 @@ def int4_artifact() -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         torchslim.save(model, folder, source={"kind": "zoo", "name": "smollm2-135m"})
     return folder
-
-
-MMAP_1MIB = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}   # glibc: blocks >= 1 MiB mmapped, returned to the OS on free
 
 
 def part_qlora(threads: int, steps: int = 2, batch: int = 4, seq: int = 256, repeats: int = 3) -> dict[str, Any]:

@@ -49,12 +49,17 @@ def speed(sec: dict[str, Any] | None) -> list[Check]:
     out = []
     for r in sec["rows"]:
         t, m = _x(r["time ratio"]), _x(r["memory ratio"])
+        mm = _x(r["memory ratio, 1 MiB mmap"]) if "memory ratio, 1 MiB mmap" in r else None
+        fixed = (f"; 1 MiB mmap threshold {r['torchslim peak MB, 1 MiB mmap']:.0f} vs "
+                 f"{r['peft peak MB, 1 MiB mmap']:.0f} MB ({r['memory ratio, 1 MiB mmap']})") if mm is not None else ""
         out.append((f"{target}: {r['name']}", f"time {r['torchslim s/step']:.2f} vs {r['peft s/step']:.2f} s/step "
                     f"({r['time ratio']}); peak {r['torchslim peak MB']:.0f} vs {r['peft peak MB']:.0f} MB "
-                    f"({r['memory ratio']})", t <= 1.0 and m <= 1.0,
-                    "interleaved medians on a shared CPU; the step is the same hand-written code for both, so the "
-                    "difference is the adapter's forward/backward (torchslim: a branch called from a forward hook; "
-                    "peft: a wrapping module)"))
+                    f"({r['memory ratio']}, medians, default allocator){fixed}; {r['note']}",
+                    t <= 1.0 and m <= 1.0 and (mm is None or mm <= 1.0),
+                    "time: interleaved medians on a shared CPU; memory: medians of fresh subprocesses, both allocator "
+                    "settings must pass. The step is the same hand-written code for both libraries and the branch "
+                    "computes what peft's layer does (s * B(A(x)) added to the base output, from a forward hook "
+                    "rather than a wrapping module), so a difference within the runs' spread is the allocator's"))
     return out
 
 
@@ -70,12 +75,13 @@ def qlora(sec: dict[str, Any] | None) -> list[Check]:
     trimmed = (f"; with a 1 MiB mmap threshold (freed large blocks returned to the OS) {q['peak MB, 1 MiB mmap']:.0f}"
                f" vs {ref['peak MB, 1 MiB mmap']:.0f} MB = {q['vs LoRA fp32, 1 MiB mmap']}")
     spread = f" (medians; runs {q['runs']} vs {ref['runs']} MB)" if q.get("runs") else ""
+    ok = _x(q["vs LoRA fp32"]) <= 0.5 and _x(q["vs LoRA fp32, 1 MiB mmap"]) <= 0.5
     return [(target, f"glibc default allocator: {q['peak MB']:.0f} MB vs {ref['peak MB']:.0f} MB = {q['vs LoRA fp32']}"
              f"{spread}"
-             f"{trimmed} (also {others})", _x(q["vs LoRA fp32"]) <= 0.5,
+             f"{trimmed} (also {others})", ok,
              "int4 RTN g128 base loaded from a torchslim artifact, LoRA r=16 on every block linear, gradient "
-             "checkpointing on, frozen packed layers (no dense weight kept for backward); checked on the default "
-             "allocator's figure: the lower 1 MiB-threshold figure is shown, not used to pass")]
+             "checkpointing on, frozen packed layers (no dense weight kept for backward); both allocator settings "
+             "must pass")]
 
 
 def structured(sec: dict[str, Any] | None) -> list[Check]:
