@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank llama-cpp clean
+.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench-recovery: install-bench
 bench-lowrank: install-bench
 	$(BIN)/python benchmarks/lowrank/smollm2.py
 	$(BIN)/python benchmarks/lowrank/targets.py
+
+# PEFT against Hugging Face peft, QLoRA memory, LoRA recovery after pruning (one hour or more on 2 shared cores).
+bench-peft: install-bench
+	$(BIN)/python benchmarks/peft/smollm2.py
+	$(BIN)/python benchmarks/peft/targets.py
 
 llama-cpp:
 	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/speed/build_llamacpp.sh
