@@ -81,7 +81,7 @@ bench-speed: install-bench llama-cpp
 	$(BIN)/python benchmarks/speed/minilm.py
 	$(BIN)/python benchmarks/speed/targets.py
 
-bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank
+bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft
 
 clean:
 	rm -rf $(VENV) .pytest_cache
