@@ -63,8 +63,6 @@ class LowRankConfig(BaseConfig):
         given = [n for n in ("ratio", "energy", "rank") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ConfigError(f"LowRankConfig takes one rank rule, got {' and '.join(given)}")
-        if not given:
-            self.ratio = 0.2
         if self.ratio is not None and not 0 < self.ratio < 1:
             raise ConfigError(f"LowRankConfig.ratio (share of weights removed) must be in (0, 1), got {self.ratio}")
         if self.energy is not None and not 0 < self.energy <= 1:
@@ -77,13 +75,21 @@ class LowRankConfig(BaseConfig):
             raise ConfigError("LowRankConfig.only_faster needs measure_speed")
 
     @property
+    def share(self) -> float | None:
+        """The share to remove: ``ratio``, or 0.2 when no rank rule is given (the config itself keeps None, so
+        it saves and reads back as given)."""
+        if self.ratio is not None:
+            return self.ratio
+        return 0.2 if self.energy is None and self.rank is None else None
+
+    @property
     def needs_data(self) -> bool:
         """Whether this config measures activations (ASVD, whitening, or a FLOP budget shared out globally)."""
-        return self.method is not Method.SVD or (self.ratio is not None and self.budget is Budget.FLOPS
+        return self.method is not Method.SVD or (self.share is not None and self.budget is Budget.FLOPS
                                                  and self.allocation is Allocation.GLOBAL)
 
     def rule(self) -> str:
-        if self.ratio is not None:
-            return f"remove {self.ratio:.0%} of {'FLOPs' if self.budget is Budget.FLOPS else 'weights'} " \
+        if self.share is not None:
+            return f"remove {self.share:.0%} of {'FLOPs' if self.budget is Budget.FLOPS else 'weights'} " \
                    f"({self.allocation.value})"
         return f"keep {self.energy:.0%} energy" if self.energy is not None else f"rank {self.rank}"

@@ -68,7 +68,7 @@ def _transform(cfg: LowRankConfig, stats: InputStats | None) -> LM.InputTransfor
 
 
 def _is_global(cfg: LowRankConfig) -> bool:
-    return cfg.ratio is not None and cfg.allocation is Allocation.GLOBAL
+    return cfg.share is not None and cfg.allocation is Allocation.GLOBAL
 
 
 class Factorizer:
@@ -113,8 +113,8 @@ class Factorizer:
         rounding to ``rank_multiple`` is evened out across layers rather than lost in each."""
         groups: dict[tuple, dict[str, R.Shape]] = {}
         for n, c in self.configs.items():
-            if c.ratio is not None and not _is_global(c):
-                groups.setdefault((c.ratio, c.rank_multiple), {})[n] = (shapes[n][0], shapes[n][1])
+            if c.share is not None and not _is_global(c):
+                groups.setdefault((c.share, c.rank_multiple), {})[n] = (shapes[n][0], shapes[n][1])
         out: R.Ranks = {}
         for (ratio, multiple), group in groups.items():
             out.update(R.uniform_ranks(group, ratio, multiple))
@@ -125,7 +125,7 @@ class Factorizer:
         groups: dict[tuple, list[str]] = {}
         for n in self.waiting:
             c = self.configs[n]
-            groups.setdefault((c.ratio, c.budget, c.rank_multiple), []).append(n)
+            groups.setdefault((c.share, c.budget, c.rank_multiple), []).append(n)
         for (ratio, budget, multiple), names in groups.items():
             weights = {n: effective_weight(get_module(self.model, n)) for n in names}
             shapes = {n: (w.shape[0], w.shape[1]) for n, w in weights.items()}
@@ -219,9 +219,9 @@ def _report(run: Factorizer, config: LowRankConfig, ctx: ApplyContext) -> None:
              config.method.value, config.rule(), len(made), removed, 100 * removed / max(dense, 1))
     if kept:
         log.warning("LowRankConfig: %s kept dense", ", ".join(f"{c} layer(s) {r}" for r, c in kept.items()))
-    if config.ratio is not None and config.budget is Budget.PARAMS and removed < (config.ratio - 0.005) * dense:
+    if config.share is not None and config.budget is Budget.PARAMS and removed < (config.share - 0.005) * dense:
         log.warning("LowRankConfig: removed %.1f%% of the selected layers' weights, less than the %.0f%% asked",
-                    100 * removed / max(dense, 1), 100 * config.ratio)
+                    100 * removed / max(dense, 1), 100 * config.share)
     if measured and faster < measured:
         slow = [n for n, d in made.items() if d.get("faster") is False]
         log.warning("LowRankConfig: %d of %d factorized layers are smaller, not faster (measured against dense at "
