@@ -413,16 +413,19 @@ def _quiet_peers() -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
     warnings.filterwarnings("ignore", message=r".*torchao.*", category=DeprecationWarning)
-    if "TQDM_DISABLE" not in os.environ:
-        # peers' tqdm bars (transformers' "Loading weights", compressed-tensors' "Decompressing model") wrote
-        # carriage-return frames into logs: torchslim's progress is the one shown. tqdm read TQDM_DISABLE when
-        # it was imported, before main() ran, so its default is changed here; a TQDM_DISABLE the user set (an
-        # empty one keeps the bars: tqdm reads any other value, "0" included, as true) is left to tqdm.
-        from functools import partialmethod
+    # peers' tqdm bars (transformers' "Loading weights", compressed-tensors' "Decompressing model") wrote
+    # carriage-return frames into logs: torchslim's progress is the one shown. tqdm read TQDM_DISABLE when it was
+    # imported, before main() ran, so its default is changed here; a TQDM_DISABLE the user set (an empty one keeps
+    # the bars: tqdm reads any other value, "0" included, as true) is left to tqdm. The original is kept, so a
+    # second call (commands run in one process) decides afresh rather than wrapping the wrapper.
+    from functools import partialmethod
 
-        import tqdm.std
+    import tqdm.std
 
-        tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__, disable=True)   # type: ignore[method-assign]
+    original = tqdm.std.tqdm.__dict__.get("_torchslim_init", tqdm.std.tqdm.__init__)
+    tqdm.std.tqdm._torchslim_init = original                                      # type: ignore[attr-defined]
+    tqdm.std.tqdm.__init__ = original if "TQDM_DISABLE" in os.environ else \
+        partialmethod(original, disable=True)                                     # type: ignore[method-assign]
 
 
 def _one_line(text: str, limit: int = 600) -> str:
