@@ -206,6 +206,8 @@ def prune_cmd(
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help=EVAL_FLAG_HELP),
     force: bool = typer.Option(False, "--force", help="Replace an artifact already at --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a prune run that was killed (from its last "
+                                                        "completed stage)."),
 ) -> None:
     """Prune a model with a config file (optionally fine-tune to recover), print its quality before and after, and
     save the artifact.
@@ -227,7 +229,7 @@ def prune_cmd(
     console = _console()
     console.print(f"pruning with {type(cfg).__name__} (progress per layer)"
                   + (f", then recovery fine-tuning: {recover_steps} steps" if recover_steps else ""))
-    options = RunOptions(report=False, data=_data(calib_data, eval_data, seq_len))
+    options = RunOptions(resume=resume, report=False, data=_data(calib_data, eval_data, seq_len))
     result = run_recipe(Recipe(f"prune {config.name}", "", stages), model, out, options, console)
     history = state_of(result.model).history
     touched = next(h for h in history if h.kind != "evaluate").touched
