@@ -101,9 +101,22 @@ def say(msg: str) -> None:
     print(f"[peft-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_worker(spec: dict[str, Any], timeout_s: float = 3600) -> dict[str, Any]:
+def run_key(spec: dict[str, Any]) -> str:
+    import hashlib
+
+    same = {k: v for k, v in spec.items() if k != "label"}
+    return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_worker(spec: dict[str, Any], timeout_s: float = 3600, reuse: bool = False) -> dict[str, Any]:
     """One measurement in a fresh Python (``worker.py``): progress goes to stderr, the result is stdout's last line.
-    ``spec['env']``: environment variables for that process only (e.g. the allocator's)."""
+    ``spec['env']``: environment variables for that process only (e.g. the allocator's). ``reuse``: a long run
+    (training + evaluation) whose result is kept in the work folder under its spec, and not run again for the
+    same spec (so a part re-run with one more variant only runs that one)."""
+    saved = work_dir() / "runs" / f"{run_key(spec)}.json"
+    if reuse and saved.is_file():
+        say(f"reusing the measured run {saved.name}: {spec.get('label', spec)}")
+        return json.loads(saved.read_text())["result"]
     say(f"subprocess: {spec.get('label', spec)}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            **spec.get("env", {})}
@@ -112,7 +125,12 @@ def run_worker(spec: dict[str, Any], timeout_s: float = 3600) -> dict[str, Any]:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
         raise SystemExit(f"error: worker failed ({proc.returncode}) for {spec.get('label')}: {proc.stdout[-2000:]}")
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    if reuse:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps({"spec": spec, "result": result, "date": time.strftime("%Y-%m-%d %H:%M"),
+                                     "loadavg": os.getloadavg()}, indent=1))
+    return result
 
 
 # -- results cache and tables ---------------------------------------------------------------------------------------

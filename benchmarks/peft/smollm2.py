@@ -54,7 +54,10 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128, help="recovery training sequence length")
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--lora-lr", type=float, default=1e-3)
-    ap.add_argument("--ft-lrs", type=float, nargs="+", default=[5e-5])
+    ap.add_argument("--extra-lora-lrs", type=float, nargs="*", default=[],
+                    help="more LoRA learning rates in the structured table (rows the target check does not use)")
+    ap.add_argument("--ft-lrs", type=float, nargs="+", default=[5e-5, 2e-4],
+                    help="full fine-tuning learning rates (the target check compares LoRA with the best of them)")
     ap.add_argument("--eval-windows", type=int, default=None, help="cap the perplexity windows (smoke runs only)")
     ap.add_argument("--out", type=Path, default=harness.OUT, help="the Markdown table (its .json beside it)")
     args = ap.parse_args()
@@ -79,7 +82,7 @@ def main() -> None:
         elif part == "structured":
             section = structured.part_structured(args)
         elif part == "optim":
-            section = structured.part_optim(args, harness.load_cache().get("structured"))
+            section = structured.part_optim(args)
         else:
             section = adapters.part_interop()
         cache = harness.store_part(part, section, time.perf_counter() - t)

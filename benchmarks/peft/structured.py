@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks.common import interleaved
 from benchmarks.peft import variants
-from benchmarks.peft.harness import perplexities, run_worker, say, work_dir
+from benchmarks.peft.harness import perplexities, run_key, run_worker, say, work_dir
 
 PRUNE = {"targets": ["neurons"], "ratio": 0.25, "importance": "wanda", "round_to": 8}   # structured25-lora's stage
 TRAIN_COLUMNS = ["ppl GPL-3", "ppl pydoc", "trainable", "trainable %", "steps", "train s", "s/step", "peak MB"]
@@ -61,6 +61,7 @@ def lora_spec(folder: Path, args: Any, **extra: Any) -> dict[str, Any]:
 
 
 def _train_row(name: str, r: dict[str, Any], steps: int, note: str) -> dict[str, Any]:
+    note += f"; {r['source']}" if r.get("source") else ""      # a run whose figures were recovered by hand
     return {"name": name, **{k: r.get(k) for k in TRAIN_COLUMNS if k != "steps"}, "steps": steps, "note": note}
 
 
@@ -78,15 +79,19 @@ def part_structured(args: Any) -> dict[str, Any]:
     rows = [{"name": "fp32, unpruned", **info["fp32"], "trainable": None, "note": "reference"},
             {"name": "25% structured, one-shot", **info["one-shot"],
              "note": f"{info['params']:,} parameters; pruned in {info['prune s']:.0f} s"}]
-    lora = run_worker(lora_spec(folder, args, label="structured: LoRA"))
-    rows.append(_train_row(f"+ LoRA r={args.lora_r} (alpha {2 * args.lora_r}), all block linears", lora, args.steps,
-                           f"AdamW lr {args.lora_lr:g}; merged exactly before evaluation"))
+    lora = run_worker(lora_spec(folder, args, label="structured: LoRA"), reuse=True)
+    name = f"+ LoRA r={args.lora_r} (alpha {2 * args.lora_r}), all block linears"
+    rows.append(_train_row(name, lora, args.steps, f"AdamW lr {args.lora_lr:g}; merged exactly before evaluation"))
+    for lr in args.extra_lora_lrs:
+        extra = run_worker(lora_spec(folder, args, label=f"structured: LoRA lr {lr:g}", lr=lr), reuse=True)
+        rows.append(_train_row(name, extra, args.steps, f"AdamW lr {lr:g} (an extra learning rate, "
+                                                        "--extra-lora-lrs: not the target's row)"))
     for lr in args.ft_lrs:
         ft = run_worker({**lora_spec(folder, args, label=f"structured: full FT lr {lr:g}"), "method": "full",
-                         "lr": lr})
+                         "lr": lr}, reuse=True)
         rows.append(_train_row("+ full fine-tuning", ft, args.steps, f"AdamW lr {lr:g}, every parameter"))
     r16 = _percent_at_rank(folder, 16)
-    return {"columns": TRAIN_COLUMNS, "rows": rows, "lora": lora, "lora_spec": lora_spec(folder, args),
+    return {"columns": TRAIN_COLUMNS, "rows": rows,
             "intro": f"SmolLM2-135M with 25% of every block's MLP neurons removed (the structured25-lora recipe's "
                      f"prune stage: StructuredConfig {PRUNE}, Wanda importance on the task's calibration text), "
                      f"then recovery at equal steps: {args.steps} steps, batch {args.batch} x {args.seq} tokens of "
@@ -127,21 +132,20 @@ def _say_after(name: str, fn: Any) -> Any:
     return call
 
 
-def part_optim(args: Any, structured: dict[str, Any] | None) -> dict[str, Any]:
+def part_optim(args: Any) -> dict[str, Any]:
     folder, _ = pruned_artifact(args.threads, args.eval_windows)
     lion_lr = args.lora_lr / 5
     med = _step_times(folder, args, lion_lr)
-    reuse = bool(structured) and structured.get("lora_spec") == lora_spec(folder, args)
-    runs = {"adamw-fp32": structured["lora"] if reuse else None}
-    if not reuse:
-        runs["adamw-fp32"] = run_worker(lora_spec(folder, args, label="optim: AdamW fp32"))
-    runs["lion-fp32"] = run_worker(lora_spec(folder, args, label="optim: Lion fp32", optimizer="lion", lr=lion_lr))
-    runs["adamw-bf16"] = run_worker(lora_spec(folder, args, label="optim: AdamW bf16", bf16=True))
+    shared = (work_dir() / "runs" / f"{run_key(lora_spec(folder, args))}.json").is_file()
+    runs = {"adamw-fp32": run_worker(lora_spec(folder, args, label="optim: AdamW fp32"), reuse=True)}
+    runs["lion-fp32"] = run_worker(lora_spec(folder, args, label="optim: Lion fp32", optimizer="lion", lr=lion_lr),
+                                   reuse=True)
+    runs["adamw-bf16"] = run_worker(lora_spec(folder, args, label="optim: AdamW bf16", bf16=True), reuse=True)
     names = {"adamw-fp32": f"AdamW, fp32 (lr {args.lora_lr:g})", "lion-fp32": f"Lion, fp32 (lr {lion_lr:g})",
              "adamw-bf16": f"AdamW, bf16 autocast (lr {args.lora_lr:g})"}
     rows = [{"name": names[k], "s/step": med[k], "vs AdamW fp32": f"{med[k] / med['adamw-fp32']:.3f}x",
              "peak MB": r["peak MB"], "ppl GPL-3": r["ppl GPL-3"], "ppl pydoc": r["ppl pydoc"], "train s": r["train s"],
-             "note": "the structured part's LoRA run (same spec)" if k == "adamw-fp32" and reuse else ""}
+             "note": "the structured part's LoRA run (the same spec)" if k == "adamw-fp32" and shared else ""}
             for k, r in runs.items()]
     return {"columns": ["s/step", "vs AdamW fp32", "peak MB", "ppl GPL-3", "ppl pydoc", "train s"], "rows": rows,
             "intro": f"The structured part's LoRA recovery (r={args.lora_r} on every block linear layer of the 25%-"
