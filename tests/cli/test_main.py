@@ -55,8 +55,8 @@ def test_eval_tiny_model_prints_table_and_json(tmp_path):
     assert res.returncode == 0, res.stderr
     for metric in ("perplexity", "Artifact size", "Latency median", "Decode speed", "FLOPs", "Peak RSS"):
         assert metric in res.stdout, metric
-    for stage in ("loading tiny-llama", "counting FLOPs", "evaluating quality"):   # said in a log, not a spinner
-        assert stage in res.stdout, stage
+    for stage in ("loading tiny-llama", "counting FLOPs", "evaluating quality"):   # said in a log (stderr)
+        assert stage in res.stderr and stage not in res.stdout, stage
     report = json.loads(out.read_text())
     assert report["quality"]["metrics"]["perplexity"] > 1
     assert report["compute"]["flops"] > 0

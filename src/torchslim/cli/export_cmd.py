@@ -162,7 +162,7 @@ def export_peft_cmd(
     console.print(escape(f"wrote {out}") + f" (peft {done['peft_type']} adapter " + escape(repr(done["adapter"]))
                   + f": {str(done['layers']) + ' layers' if done['layers'] else 'virtual tokens'}, "
                   + f"{done['bytes'] / 2**20:.2f} MiB); load it with "
-                  + escape(f"peft.PeftModel.from_pretrained(<base model>, '{out}')"))
+                  + escape(f"peft.PeftModel.from_pretrained on the base model and '{out}'"))
     if compressed:
         console.print(f"note: this artifact's base has {compressed} compressed layers; peft applies the adapter to "
                       "the base you load it on (the float model it was compressed from, or `torchslim export hf "

@@ -70,7 +70,7 @@ def generate_cmd(
         raise ConfigError(f"--dtype must be bf16, fp32 or auto, got {dtype!r}")
     console = Console()
     t0 = time.perf_counter()
-    with status(console, f"loading {model}"):
+    with status(f"loading {model}"):
         loaded = load_model(model)
     if loaded.tokenizer is None:
         raise TorchSlimError(f"{model}: no tokenizer is known for this model")
@@ -85,7 +85,7 @@ def generate_cmd(
     decoder = FastDecoder(loaded.model, max_len=ids.shape[1] + max_new_tokens, compile=compile)
     compile_s = 0.0
     if compile:
-        with status(console, "compiling the decode step (once per process)"):
+        with status("compiling the decode step (once per process)"):
             compile_s = decoder.warm_up()
     out, timing = decoder.generate(ids, max_new_tokens, eos_token_id=loaded.tokenizer.eos_token_id)
     text = loaded.tokenizer.decode(out[0], skip_special_tokens=True)

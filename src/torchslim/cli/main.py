@@ -1,6 +1,7 @@
 """The ``torchslim`` command line. Strings are parsed here, once, into typed values."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from torchslim.cli.options import data_flags as _data, parse_shape
-from torchslim.cli.status import status
+from torchslim.cli.status import progress_console, status
 from torchslim.core.errors import TorchSlimError
 
 app = typer.Typer(
@@ -128,9 +129,9 @@ def eval_cmd(
     if json_out is not None and (json_out.is_dir() or (json_out.parent.exists() and not json_out.parent.is_dir())):
         raise TorchSlimError(f"--json {json_out}: not a file path (it is a folder, or inside a file)")
     console = _console()
-    with status(console, f"loading {model}"):
+    with status(f"loading {model}"):
         loaded = _load_with_task(model, task, _data(calib_data, eval_data, seq_len))
-    report = evaluate(loaded.model, loaded.task, spec, what="all", label=loaded.name, console=console)
+    report = evaluate(loaded.model, loaded.task, spec, what="all", label=loaded.name, console=progress_console())
     console.print(render_table([report]))
     if report.layers:
         console.print(_layers_table(console, report.layers))
@@ -182,7 +183,7 @@ def quantize_cmd(
     check_new_artifact(out, model, force)
     cfg = BaseConfig.load(config)
     console = _console()
-    with status(console, f"loading {model}"):
+    with status(f"loading {model}"):
         loaded = load_model(model, **_data(calib_data, eval_data, seq_len))
     before = _quality(loaded, evaluate, "before")
     console.print(f"quantizing with {type(cfg).__name__} (progress per layer)")
@@ -389,13 +390,26 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(rc if isinstance(rc, int) else 0)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A logging handler writing to whatever ``sys.stderr`` is when a record comes (a handler bound to the stream
+    of the first in-process command wrote into a closed capture once that command was done)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _log_warnings() -> None:
     """torchslim's warnings go to stderr as ``warning: ...`` lines (errors are ``error: ...`` lines)."""
     import logging
 
     logger = logging.getLogger("torchslim")
     if not any(getattr(h, "_torchslim_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("warning: %(message)s"))
         handler.setLevel(logging.WARNING)
         handler._torchslim_cli = True  # type: ignore[attr-defined]

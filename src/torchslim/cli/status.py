@@ -1,20 +1,19 @@
-"""A line saying what the command is doing while it works: a spinner on a terminal, a plain line otherwise.
-
-rich's ``console.status`` prints nothing when its console is not a terminal, so a command run from a script or
-with its output in a log file sat silent through a model load or a compile; there it prints the line instead.
-"""
+"""A line saying what the command is doing while it works (see :func:`torchslim.core.progress.stage`): on
+stderr, so that a command's results on stdout (generated text, a table, JSON) stay clean for a pipe."""
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
-from rich.markup import escape
+from rich.console import Console
+
+from torchslim.core.progress import stage
 
 
-def status(console: Any, text: str) -> Any:
-    """A context manager: ``console.status(text)`` on a terminal, else ``text`` printed once (dim) on entry.
-    ``text`` is shown as written (never read as markup)."""
-    if console.is_terminal:
-        return console.status(escape(text))
-    console.print(f"[dim]{escape(text)}[/dim]")
-    return contextlib.nullcontext()
+def progress_console() -> Console:
+    """The console for what a command is doing (stderr)."""
+    return Console(stderr=True)
+
+
+def status(text: str) -> Any:
+    """A spinner on a terminal, else ``text`` once on stderr."""
+    return stage(progress_console(), text)

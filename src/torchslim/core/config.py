@@ -131,8 +131,12 @@ class BaseConfig:
 
     @staticmethod
     def load(path: str | Path) -> BaseConfig:
-        """Read a config from a JSON or YAML file."""
-        return config_from_dict(read_mapping(path))
+        """Read a config from a JSON or YAML file (errors name the file)."""
+        data = read_mapping(path)
+        try:
+            return config_from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
 
 def _short(value: Any) -> Any:
@@ -209,6 +213,18 @@ def config_types() -> dict[str, type[BaseConfig]]:
     return dict(_CONFIG_TYPES)
 
 
+def _known_types(name: str | None) -> str:
+    """The types closest to a mistyped ``name``, else the top-level ones (every family brings more, and a
+    one-line error has no room for all of them)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(_CONFIG_TYPES), n=3, cutoff=0.6) if name else []
+    if close:
+        return "did you mean " + " or ".join(close) + "?"
+    top = sorted(n for n in _CONFIG_TYPES if n.endswith("Config"))
+    return f"known types include {', '.join(top[:12])}{', ...' if len(top) > 12 else ''} ({len(_CONFIG_TYPES)} in all)"
+
+
 def config_from_dict(d: Any, expected: type[BaseConfig] | None = None, where: str | None = None) -> BaseConfig:
     """Build a config from ``{"_type": ..., "_version": ..., "_data": {...}}``.
 
@@ -220,12 +236,12 @@ def config_from_dict(d: Any, expected: type[BaseConfig] | None = None, where: st
         raise ConfigError(f"{label}: a config must be a mapping, got {shown(d)}")
     name = d.get("_type", expected.__name__ if expected else None)
     if name is None:
-        raise ConfigError(f"{label}: config has no '_type' key; known types: " + ", ".join(sorted(_CONFIG_TYPES)))
+        raise ConfigError(f"{label}: config has no '_type' key; {_known_types(None)}")
     if not isinstance(name, str):
         raise ConfigError(f"{label}: '_type' must be a config class name, got {shown(name)}")
     cls = _CONFIG_TYPES.get(name)
     if cls is None:
-        raise ConfigError(f"{label}: unknown config type {shown(name)}; known types: " + ", ".join(sorted(_CONFIG_TYPES)))
+        raise ConfigError(f"{label}: unknown config type {shown(name)}; {_known_types(name)}")
     if expected is not None and not issubclass(cls, expected):
         raise ConfigError(f"{label}: expected a {expected.__name__}, got {name}")
     version = d.get("_version", cls.VERSION)

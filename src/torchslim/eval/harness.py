@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.core.progress import stage as progress_stage
 from torchslim.core.bounds import check_activation_memory, check_seq_len, model_width
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.state import has_state, state_of
@@ -258,21 +259,8 @@ def _decode(model: nn.Module, task: Task, spec: EvalSpec, report: Report) -> Non
 
 
 def _stage(console: Any, text: str, *, spinner: bool = True) -> Any:
-    """A progress line on ``console`` (a ``rich.console.Console``) while a stage runs.
-
-    Timed stages get a plain line instead of a spinner: the spinner's refresh thread would
-    compete with the forwards being timed. Off a terminal (a script, a log file) every stage gets the line:
-    a spinner there prints nothing.
-    """
-    if console is None:
-        return contextlib.nullcontext()
-    from rich.markup import escape
-
-    text = escape(text)                       # it quotes the model's label: user text, never markup
-    if spinner and console.is_terminal:
-        return console.status(text)
-    console.print(f"[dim]{text}[/dim]")
-    return contextlib.nullcontext()
+    """A progress line on ``console`` while a stage runs (timed stages: no spinner thread)."""
+    return progress_stage(console, text, spinner=spinner)
 
 
 def _run(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple[int, int | None]],
