@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128, help="recovery training sequence length")
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--lora-lr", type=float, default=1e-3)
-    ap.add_argument("--extra-lora-lrs", type=float, nargs="*", default=[],
+    ap.add_argument("--extra-lora-lrs", type=float, nargs="*", default=[5e-4],
                     help="more LoRA learning rates in the structured table (rows the target check does not use)")
     ap.add_argument("--ft-lrs", type=float, nargs="+", default=[5e-5, 2e-4],
                     help="full fine-tuning learning rates (the target check compares LoRA with the best of them)")

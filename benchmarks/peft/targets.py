@@ -105,7 +105,7 @@ def structured(sec: dict[str, Any] | None) -> list[Check]:
     tried = ("learning rates fixed before the run (LoRA 1e-3, full FT 5e-5 and 2e-4, the best full FT compared), "
              "not tuned on the evaluation texts; LoRA r=8 on all 7 block linears (r=16 would exceed 2%)")
     if extras:
-        tried += "; also tried afterwards, not counted: " + "; ".join(
+        tried += "; also measured, not counted (an extra learning rate): " + "; ".join(
             f"LoRA {r['note'].split(' (')[0].replace('AdamW ', '')}: GPL-3 {r['ppl GPL-3']:.2f}, pydoc "
             f"{r['ppl pydoc']:.2f}" for r in extras)
     return [(target, got, ok, tried)]
