@@ -33,11 +33,22 @@ def test_parse_shape():
             parse_shape(bad)
 
 
-def test_help_everywhere():
-    for args in ([], ["zoo"], ["eval", "--help"], ["quantize", "--help"], ["prune", "--help"], ["info", "--help"],
-                 ["demo", "--help"]):
-        res = run(*args, "--help") if args == [] else run(*args) if args[-1] == "--help" else run(*args, "--help")
-        assert res.returncode == 0 and "Usage" in res.stdout, (args, res.stderr)
+def _in_process(capsys, *args) -> tuple[int, str]:
+    """``torchslim args`` through the same entry point, in this process (no interpreter start per call)."""
+    from torchslim.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code, capsys.readouterr().out
+
+
+def test_help_everywhere(capsys):
+    res = run("--help")                                  # the installed entry point itself
+    assert res.returncode == 0 and "Usage" in res.stdout, res.stderr
+    for args in (["zoo"], ["eval", "--help"], ["quantize", "--help"], ["prune", "--help"], ["info", "--help"],
+                 ["demo", "--help"], ["zoo", "--help"]):
+        code, out = _in_process(capsys, *args)
+        assert code == 0 and "Usage" in out, (args, out)
 
 
 def test_zoo_list():
@@ -165,6 +176,7 @@ def test_version_and_a_hint_for_hub_ids(tmp_path):
     assert "Hub id" not in res.stderr
 
 
+@pytest.mark.slow          # four model runs in subprocesses (about 20 s)
 def test_every_verb_takes_the_data_flags_an_image_classifier_asks_for(tmp_path):
     """An image classifier has no task without --eval-data: quantize, prune and finetune accept it (and the other
     data flags) as eval and run do, instead of asking for the flag and then rejecting it."""

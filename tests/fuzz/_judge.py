@@ -22,8 +22,9 @@ def run_worker(tmp_path: Path, cases: list[dict], timeout: float, stdin: str | N
 
 
 def error_lines(r: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """The case's stderr lines that are neither blank, warnings, nor containing one of ``ignore``."""
-    return [ln for ln in r["stderr"].splitlines() if ln.strip() and not ln.startswith("warning: ")
+    """The case's stderr lines that are neither blank, warnings, progress lines (``[torchslim] ...``, what a
+    command is doing), nor containing one of ``ignore``."""
+    return [ln for ln in r["stderr"].splitlines() if ln.strip() and not ln.startswith(("warning: ", "[torchslim] "))
             and not any(s in ln for s in ignore)]
 
 

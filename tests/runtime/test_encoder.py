@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 import torchslim
@@ -30,6 +31,7 @@ def test_fast_path_keeps_float_outputs_and_switches_eager_attention_to_sdpa() ->
     torch.testing.assert_close(_out(lm.model, batch), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow          # torch.compile: 8-16 s on 2 cores
 def test_compiled_w8a8_encoder_runs_the_int_mm_formulation() -> None:
     lm = tiny_bert()
     torchslim.quantize_(lm.model, W8A8Config())
@@ -76,6 +78,7 @@ def test_retaining_freed_memory_is_idempotent_on_glibc() -> None:
         assert first is True
 
 
+@pytest.mark.slow          # torch.compile: 8-16 s on 2 cores
 def test_compiled_w8a8_encoder_runs_with_gradients_enabled() -> None:
     lm = tiny_bert()
     torchslim.quantize_(lm.model, W8A8Config())

@@ -139,7 +139,7 @@ def _label(item: object) -> str:
 def stage(console: Any, text: str, *, spinner: bool = True) -> Any:
     """A context manager saying what is being done while it runs, on ``console`` (a ``rich.console.Console``;
     commands give one on stderr, so stdout keeps only their results): a spinner on a terminal, else ``text``
-    printed once on entry (rich's spinner prints nothing off a terminal, so a script or a log sat silent through
+    printed once on entry as ``[torchslim] text`` (rich's spinner prints nothing off a terminal, so a script or a log sat silent through
     a model load). Timed stages pass ``spinner=False``: the spinner's refresh thread would compete with what is
     timed. ``text`` is shown as written (never read as markup); ``console`` None shows nothing."""
     import contextlib
@@ -150,5 +150,5 @@ def stage(console: Any, text: str, *, spinner: bool = True) -> Any:
 
     if spinner and console.is_terminal:
         return console.status(escape(text))
-    console.print(escape(text), soft_wrap=True, style="dim", highlight=False)
+    console.print(escape("[torchslim] " + text), soft_wrap=True, style="dim", highlight=False)   # as progress lines
     return contextlib.nullcontext()
