@@ -5,7 +5,6 @@ import ast
 import json
 import math
 import os
-import re
 import shutil
 from pathlib import Path
 

@@ -12,6 +12,7 @@ decoder keeps its feed-forward one sub-layer later than its encoder).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
