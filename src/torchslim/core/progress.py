@@ -13,6 +13,7 @@ A line reads ``[torchslim] GPTQ 3/30 model.layers.2.mlp: 12 s elapsed, about 98 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -34,8 +35,21 @@ def mode() -> str:
     return m
 
 
+_MUTED = [0]
+
+
 def enabled() -> bool:
-    return mode() != "off"
+    return mode() != "off" and not _MUTED[0]
+
+
+@contextlib.contextmanager
+def muted() -> Iterator[None]:
+    """No progress from the work inside (a scan's hundred one-layer trials under its own bar)."""
+    _MUTED[0] += 1
+    try:
+        yield
+    finally:
+        _MUTED[0] -= 1
 
 
 def _interval() -> float:
@@ -55,7 +69,7 @@ class Progress:
     def __init__(self, description: str, total: int | None = None, *, unit: str = "", initial: int = 0,
                  show: bool = True) -> None:
         self.description, self.total, self.unit, self.done = description, total, unit, initial
-        self.mode = mode() if show else "off"
+        self.mode = mode() if show and not _MUTED[0] else "off"
         self.note = ""
         self._start = self._last = time.perf_counter()
         self._initial = initial
@@ -142,8 +156,6 @@ def stage(console: Any, text: str, *, spinner: bool = True) -> Any:
     printed once on entry as ``[torchslim] text`` (rich's spinner prints nothing off a terminal, so a script or a log sat silent through
     a model load). Timed stages pass ``spinner=False``: the spinner's refresh thread would compete with what is
     timed. ``text`` is shown as written (never read as markup); ``console`` None shows nothing."""
-    import contextlib
-
     if console is None:
         return contextlib.nullcontext()
     from rich.markup import escape

@@ -1,0 +1,58 @@
+"""``torchslim sensitivity``: which layer (or block) each candidate action hurts most, as a table and a heat map."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from torchslim.cli.options import data_flags
+
+ACTIONS_HELP = ("Comma-separated actions: int8, int4g128 (bits 2-8, optional group size), sparse50 (percent), "
+                "2:4 (N:M), svd20 (percent of weights removed by plain SVD), or a config file (.yaml/.json).")
+
+
+def sensitivity_cmd(
+    model: str = typer.Argument(..., help="Zoo name, Hugging Face model folder, or torchslim artifact folder."),
+    actions: str = typer.Option("int8,int4g128,sparse50", "--actions", "-a", help=ACTIONS_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for sensitivity.md, .json and .png."),
+    granularity: str = typer.Option("layer", help="layer, or block (transformer blocks: fewer, faster trials)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Only these layers: a name, 're:REGEX' or "
+                                                                "'type:Linear'."),
+    measure: str = typer.Option("auto", help="kl (models with logits), mse (encoders), task (the task's metric "
+                                             "on its evaluation split: slower), or auto."),
+    samples: int = typer.Option(4, min=1, max=4096, help="Samples the outputs are compared on."),
+    top: int = typer.Option(15, min=1, help="Rows printed (the files hold all)."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Data to measure on (text, JSONL, folder)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Evaluation data (for --measure task)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length of the task's windows."),
+) -> None:
+    """Apply each action to each layer (or block) alone and measure how far the model's outputs move: the layers
+    that hurt most come first. Writes sensitivity.md, sensitivity.json and a heat map (sensitivity.png)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from torchslim.cli.status import status
+    from torchslim.core.errors import ConfigError
+    from torchslim.core.select import Selector
+    from torchslim.models import load_model
+    from torchslim.search import parse_actions, save, sensitivity, to_markdown
+    from torchslim.search.sensitivity import check_options
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: not a folder")
+    parsed = parse_actions(actions)
+    check_options(granularity, measure)
+    rule = Selector(include=(layers,)) if layers else None
+    with status(f"loading {model}"):
+        loaded = load_model(model, **data_flags(calib_data, eval_data, seq_len))
+    result = sensitivity(loaded.model, loaded.task, parsed, layers=rule, granularity=granularity, measure=measure,
+                         n_samples=samples)
+    files = save(result, out)
+    console = Console()
+    console.print(escape(to_markdown(result, top=top)), soft_wrap=True)
+    console.print("wrote " + ", ".join(escape(str(p)) for p in files.values()))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sensitivity")(sensitivity_cmd)
