@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXE = str(Path(sys.executable).with_name("torchslim"))
 
 
@@ -31,3 +33,31 @@ def test_bad_input_is_one_error_line_before_any_model_is_loaded(tmp_path):
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert res.returncode == 2 and len(lines) == 1 and fragment in lines[0], res.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow          # three end-to-end evaluations of tiny-llama's 274 windows in a subprocess
+def test_tune_writes_a_recipe_that_run_accepts(tmp_path):
+    assert run("sensitivity", "tiny-llama", "-a", "int8,int4g32", "--granularity", "block", "--samples", "2",
+               "-o", str(tmp_path / "s")).returncode == 0
+    res = run("tune", "tiny-llama", "--scan", str(tmp_path / "s" / "sensitivity.json"), "--budget", "5%",
+              "--max-evals", "2", "-o", str(tmp_path / "t.yaml"))
+    assert res.returncode == 0, res.stderr
+    assert "within the budget" in res.stdout and (tmp_path / "t.yaml").is_file()
+    from torchslim.recipes import Recipe
+
+    stages = Recipe.load(tmp_path / "t.yaml").stages           # what `torchslim run t.yaml` reads
+    assert [type(s).__name__ for s in stages][-1] == "EvaluateStage" and len(stages) >= 2
+
+
+def test_tune_input_errors_are_one_line_before_any_model_is_loaded(tmp_path):
+    from torchslim.search import Sensitivity, save
+
+    save(Sensitivity("kl", "layer", [], [], 0.0, 0), tmp_path / "s")
+    scan = str(tmp_path / "s" / "sensitivity.json")
+    for args, fragment in ((["--budget", "lots", "-o", str(tmp_path / "u.yaml")], "budget"),
+                           (["--budget", "1%", "-o", str(tmp_path / "t.txt")], "recipe file"),
+                           (["--budget", "1%", "-o", str(tmp_path / "u.yaml"), "--scan", str(tmp_path / "no.json")],
+                            "not found")):
+        bad = run("tune", "tiny-llama", *(["--scan", scan] if "--scan" not in args else []), *args)
+        lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+        assert bad.returncode == 2 and len(lines) == 1 and fragment in lines[0], bad.stderr

@@ -54,5 +54,52 @@ def sensitivity_cmd(
     console.print("wrote " + ", ".join(escape(str(p)) for p in files.values()))
 
 
+def tune_cmd(
+    model: str = typer.Argument(..., help="Zoo name, Hugging Face model folder, or torchslim artifact folder."),
+    scan: Path = typer.Option(..., "--scan", help="sensitivity.json from `torchslim sensitivity` on this model."),
+    budget: str = typer.Option(..., "--budget", "-b", help="Quality that may be lost: '1%' (relative) or '0.5' "
+                                                          "(in the task metric's units)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Recipe file to write (.yaml or .json)."),
+    max_evals: int = typer.Option(8, "--max-evals", min=1, max=64, help="End-to-end evaluations at most."),
+    name: str = typer.Option("tuned", help="The recipe's name."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration data (text, JSONL, folder)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Evaluation data the budget is checked on."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length of the task's windows."),
+) -> None:
+    """The most compressed per-layer mix of a scan's actions whose quality, measured end to end, stays within the
+    budget; written as a recipe (`torchslim run RECIPE --model MODEL` reproduces it)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from torchslim.cli.status import status
+    from torchslim.core.errors import ConfigError
+    from torchslim.models import load_model
+    from torchslim.search.report import load
+    from torchslim.search.tune import Budget, tune
+
+    if out.suffix not in (".yaml", ".yml", ".json") or out.is_dir():
+        raise ConfigError(f"--out {out}: a recipe file ending in .yaml or .json")
+    parsed_budget = Budget.parse(budget)
+    result_scan = load(scan)
+    with status(f"loading {model}"):
+        loaded = load_model(model, **data_flags(calib_data, eval_data, seq_len))
+    missing = [g for r in result_scan.rows for g in r.layers if g not in dict(loaded.model.named_modules())]
+    if missing:
+        raise ConfigError(f"{scan} was scanned on another model: {missing[0]!r} is not a layer of {model}")
+    result = tune(loaded.model, loaded.task, result_scan, parsed_budget, max_evals=max_evals, name=name)
+    console = Console()
+    for t in result.trials:
+        console.print(f"{len(t.assignment):4d} of {len(result_scan.rows)} groups changed: {t.bytes / 2**20:8.2f} MiB, "
+                      f"{result.metric} {t.quality:.4g} ({'within' if t.within else 'over'} the budget)")
+    if result.recipe is None:
+        raise ConfigError(f"no mix of {', '.join(result_scan.actions)} kept {result.metric} within {budget} of "
+                          f"{result.base_quality:.4g} in {len(result.trials)} evaluations; try milder actions")
+    result.recipe.save(out)
+    best = result.best
+    console.print(f"{result.metric} {result.base_quality:.4g} -> {best.quality:.4g}, {result.base_bytes / 2**20:.2f} -> "
+                  f"{best.bytes / 2**20:.2f} MiB ({best.bytes / result.base_bytes:.2f}x); wrote " + escape(str(out)))
+
+
 def register(app: typer.Typer) -> None:
     app.command("sensitivity")(sensitivity_cmd)
+    app.command("tune")(tune_cmd)

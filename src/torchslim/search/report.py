@@ -61,12 +61,22 @@ def heat_map(s: Sensitivity, path: str | Path) -> Path:
     height = min(2 + 0.22 * len(s.rows), 60)
     fig, ax = plt.subplots(figsize=(2.5 + 1.1 * len(s.actions), height))
     cmap = matplotlib.colormaps["magma_r"].with_extremes(bad="#dddddd")
+    if grid.size == 0 or np.isnan(grid).all():
+        ax.text(0.5, 0.5, "no cost measured", ha="center", va="center")
+        ax.set_axis_off()
+        return _write(fig, path)
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap)
     ax.set_xticks(range(len(s.actions)), s.actions, rotation=30, ha="right")
     ax.set_yticks(range(len(s.rows)), [r.group for r in s.rows], fontsize=7 if len(s.rows) > 40 else 9)
     fig.colorbar(im, ax=ax, label=f"log10 {s.measure} cost")
     ax.set_title(f"Sensitivity ({s.granularity} by {s.granularity}; darker hurts more)")
     fig.tight_layout()
+    return _write(fig, path)
+
+
+def _write(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)

@@ -65,6 +65,7 @@ class Sensitivity:
     rows: list[Row]
     seconds: float
     positions: int
+    configs: dict[str, dict] = field(default_factory=dict)     # each action's config (``to_dict``), to rebuild it
 
     def worst(self, action: str, n: int = 10) -> list[Row]:
         """The ``n`` groups the action hurts most."""
@@ -78,7 +79,17 @@ class Sensitivity:
     def from_dict(cls, d: dict[str, Any]) -> Sensitivity:
         rows = [Row(r["group"], list(r["layers"]), r["params"], r["bytes"],
                     {k: Cell(**c) for k, c in r["cells"].items()}) for r in d["rows"]]
-        return cls(d["measure"], d["granularity"], list(d["actions"]), rows, d["seconds"], d["positions"])
+        return cls(d["measure"], d["granularity"], list(d["actions"]), rows, d["seconds"], d["positions"],
+                   dict(d.get("configs") or {}))
+
+    def action_list(self) -> list[Action]:
+        """The scanned actions, rebuilt from their recorded configs."""
+        from torchslim.core.config import config_from_dict
+
+        missing = [a for a in self.actions if a not in self.configs]
+        if missing:
+            raise ConfigError(f"this scan does not record the config of action {missing[0]!r}")
+        return [Action(a, config_from_dict(self.configs[a])) for a in self.actions]
 
 
 def _bytes(modules: Sequence[nn.Module]) -> int:
@@ -255,4 +266,4 @@ def sensitivity(model: nn.Module, task: Any, actions: Sequence[Action], *, layer
         mine = [n for n in row.layers if n in picks[action.name]]
         row.cells[action.name] = _trial(model, action, mine, ctx, scorer) if mine else Cell(None, None, "not selected")
     return Sensitivity(scorer.kind, granularity, [a.name for a in actions], rows, time.perf_counter() - t0,
-                       getattr(scorer, "positions", 0))
+                       getattr(scorer, "positions", 0), {a.name: a.config.to_dict() for a in actions})
