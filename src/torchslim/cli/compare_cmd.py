@@ -1,0 +1,62 @@
+"""``torchslim compare A B ...``: evaluation results side by side, with ratios against the first."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _reports(path: Path) -> list:
+    """The reports a path holds: an evaluation JSON (``torchslim eval --json``) gives one; a run folder (its
+    ``report.json``) gives its final model, labelled by the folder, and its baseline."""
+    import json
+
+    from torchslim.core.io import read_text
+    from torchslim.core.errors import TorchSlimError
+    from torchslim.eval.report import Report
+
+    file = path / "report.json" if path.is_dir() else path
+    if not file.is_file():
+        raise TorchSlimError(f"{path}: no evaluation report (an `eval --json` file, or a run folder with report.json)")
+    try:
+        data = json.loads(read_text(file, 64 << 20, "report not found"))
+    except json.JSONDecodeError as e:
+        raise TorchSlimError(f"{file}: not JSON: {e}") from None
+    if isinstance(data, dict) and "final" in data and "stages" in data:            # a recipe run's report
+        if not isinstance(data.get("final"), dict):
+            raise TorchSlimError(f"{file}: the run wrote no before/after evaluation (run without --no-report)")
+        base, final = Report.from_dict(data["baseline"]), Report.from_dict(data["final"])
+        final.model = f"{path.name if path.is_dir() else path.stem} ({data.get('recipe', 'run')})"
+        return [base, final]
+    return [Report.from_dict(data)]
+
+
+def compare_cmd(
+    results: list[Path] = typer.Argument(..., help="Evaluation JSON files (`torchslim eval --json`) or run "
+                                                   "folders (`torchslim run`), two or more."),
+) -> None:
+    """Print evaluation results side by side, with ratios against the first (a run folder brings its baseline
+    first). Timings from different machines or thread counts are flagged: they are not comparable."""
+    from rich.console import Console
+
+    from torchslim.core.errors import TorchSlimError
+    from torchslim.eval import render_table
+
+    reports = []
+    for p in results:
+        for r in _reports(p):
+            if not any(r.to_dict() == o.to_dict() for o in reports):     # two runs of one model share a baseline
+                reports.append(r)
+    if len(reports) < 2:
+        raise TorchSlimError("compare needs two or more results")
+    console = Console()
+    console.print(render_table(reports))
+    machines = {(r.device_name, r.threads) for r in reports if r.speed is not None}
+    if len(machines) > 1:
+        console.print("note: these results were timed on different machines or thread counts ("
+                      + "; ".join(f"{d}, {t} threads" for d, t in sorted(machines)) + "): compare their speed only "
+                      "within one machine")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_cmd)
