@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft llama-cpp clean
+.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -81,7 +81,12 @@ bench-speed: install-bench llama-cpp
 	$(BIN)/python benchmarks/speed/minilm.py
 	$(BIN)/python benchmarks/speed/targets.py
 
-bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft
+# Sensitivity and tuning (issue 22): digits-cnn front, SmolLM2 block scan and its proxy check; the target check.
+bench-search: install-bench
+	$(BIN)/python benchmarks/search/smollm2.py
+	$(BIN)/python benchmarks/search/digits.py
+
+bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,8 @@ def main() -> None:
         pairs = [(kl[(r.group, a)], r.cells[a].cost) for r in res.rows for a in res.actions
                  if r.cells[a].cost is not None and kl.get((r.group, a)) is not None]
         agreement[name] = {"spearman": spearman([p[0] for p in pairs], [p[1] for p in pairs]), "points": len(pairs)}
-    doc = {"machine": machine_line(), "scan_s": scan_s, "check_s": check_s, "actions": scan.actions,
+    load = list(os.getloadavg())
+    doc = {"machine": machine_line(), "load_average": load, "scan_s": scan_s, "check_s": check_s, "actions": scan.actions,
            "samples": args.samples, "seq_len": task.seq_len, "check_blocks": picked, "windows": args.windows,
            "agreement": agreement, "scan": scan.to_dict(),
            "e2e": {k: v.to_dict() for k, v in e2e.items()}}
@@ -87,7 +89,8 @@ def main() -> None:
              f"Actions {', '.join(scan.actions)} on each of {len(scan.rows)} groups alone (each transformer block's "
              f"linear layers together; the output head apart): {len(scan.rows) * len(scan.actions)} trials in "
              f"**{scan_s / 60:.1f} min**, measured on {args.samples} calibration windows of {task.seq_len} tokens "
-             "(the next-token distribution's KL divergence from the original's).", "",
+             "(the next-token distribution's KL divergence from the original's). Load average (1/5/15 min) at the "
+             f"end: {', '.join(f'{x:.1f}' for x in load)} on 2 cores: other jobs shared the CPU when it exceeds 2.", "",
              "![heat map](search_sensitivity_smollm2.png)", "",
              "## Does the cheap proxy rank blocks as end-to-end perplexity does?", "",
              f"{len(picked)} blocks ({', '.join(b.rsplit('.', 1)[1] for b in picked)}) x {len(scan.actions)} "

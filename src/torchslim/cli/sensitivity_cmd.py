@@ -21,7 +21,8 @@ def sensitivity_cmd(
                                                                 "'type:Linear'."),
     measure: str = typer.Option("auto", help="kl (models with logits), mse (encoders), task (the task's metric "
                                              "on its evaluation split: slower), or auto."),
-    samples: int = typer.Option(4, min=1, max=4096, help="Samples the outputs are compared on."),
+    samples: Optional[int] = typer.Option(None, min=1, max=4096, help="Samples the outputs are compared on "
+                                                                      "(default: 4, or 256 images or short texts)."),
     top: int = typer.Option(15, min=1, help="Rows printed (the files hold all)."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Data to measure on (text, JSONL, folder)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Evaluation data (for --measure task)."),

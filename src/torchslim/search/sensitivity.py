@@ -31,6 +31,7 @@ from torchslim.search.actions import Action
 from torchslim.search.measure import divergence, output_tensor, reference
 
 MEASURES = ("auto", "kl", "mse", "task")
+MIN_POSITIONS = 256            # compared output positions (tokens, images) by default
 GRANULARITIES = ("layer", "block")
 
 
@@ -119,17 +120,24 @@ def _groups(model: nn.Module, names: list[str], granularity: str) -> list[tuple[
 class _Scorer:
     """The original model's outputs on a few batches, and a changed model's cost against them."""
 
-    def __init__(self, model: nn.Module, task: Any, measure: str, n_samples: int, batch_size: int) -> None:
+    def __init__(self, model: nn.Module, task: Any, measure: str, n_samples: int | None, batch_size: int) -> None:
         self.model, self.task = model, task
         if measure == "task":
             self.kind, self.batches, self.refs = "task", [], []
             self.base = float(task.evaluate(model)[task.metric])
             return
-        self.batches = task.calibration_batches(n_samples, batch_size)
+        self.batches = task.calibration_batches(n_samples or 4, batch_size)
         if not self.batches:
             raise ConfigError("the task gave no batches to measure on")
         outs = self._outputs()
-        self.kind = measure if measure != "auto" else ("kl" if _has_logits(outs[0]) else "mse")
+        per_sample = max(1, sum(output_tensor(o).numel() // output_tensor(o).shape[-1] for o in outs)
+                         // (len(self.batches) * batch_size))
+        if n_samples is None and per_sample * len(self.batches) * batch_size < MIN_POSITIONS:
+            more = min(-(-MIN_POSITIONS // per_sample), 1024)       # images, short texts: enough of them
+            self.batches = task.calibration_batches(more, batch_size)
+            outs = self._outputs()
+        logits = _has_logits(outs[0]) or getattr(task, "outputs_logits", False)
+        self.kind = measure if measure != "auto" else ("kl" if logits else "mse")
         self.refs = [reference(output_tensor(o), self.kind) for o in outs]
         self.positions = sum(r.numel() // r.shape[-1] for r in self.refs)
 
@@ -236,10 +244,12 @@ def check_options(granularity: str, measure: str) -> None:
 
 
 def sensitivity(model: nn.Module, task: Any, actions: Sequence[Action], *, layers: Selector | None = None,
-                granularity: str = "layer", measure: str = "auto", n_samples: int = 4,
+                granularity: str = "layer", measure: str = "auto", n_samples: int | None = None,
                 batch_size: int = 1) -> Sensitivity:
     """The quality cost of each action on each layer (``granularity="layer"``) or transformer block (``"block"``)
-    alone, on ``n_samples`` of the task's calibration samples (``measure="task"``: its evaluation metric).
+    alone, on ``n_samples`` of the task's calibration samples (default: 4, or as many as give
+    :data:`MIN_POSITIONS` compared outputs: 256 images, 4 windows of text; ``measure="task"``: its evaluation
+    metric instead).
 
     ``layers`` narrows the scanned layers (default: every layer some action selects by its own default). The model
     is changed only while a trial runs and is left exactly as given."""

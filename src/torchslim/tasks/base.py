@@ -34,6 +34,7 @@ class Task(ABC):
         name: short identifier (``"causal-lm"``, ``"sentence-embedding"``, ``"image-classification"``).
         metric: key of the primary quality metric in :meth:`evaluate`'s result.
         higher_is_better: direction of the primary metric.
+        outputs_logits: whether the model's output holds logits (a distribution over classes or tokens).
         default_shapes: ``(batch, seq_len)`` pairs for latency; ``seq_len`` is ``None`` for non-sequence inputs.
         data_note: where the evaluation and calibration data come from, for reports.
     """
@@ -41,6 +42,7 @@ class Task(ABC):
     name: str = "task"
     metric: str = "score"
     higher_is_better: bool = True
+    outputs_logits: bool = False       # the model's output is unnormalized log-probabilities (classes, tokens)
     default_shapes: tuple[tuple[int, int | None], ...] = ((1, None),)
     data_note: str = ""
 

@@ -82,6 +82,7 @@ class CausalLMTask(Task):
     name = "causal-lm"
     metric = "perplexity"
     higher_is_better = False
+    outputs_logits = True
     default_shapes = ((1, 128), (8, 128))
 
     def __init__(

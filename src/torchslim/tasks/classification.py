@@ -31,6 +31,7 @@ class ClassificationTask(Task):
     name = "image-classification"
     metric = "top1"
     higher_is_better = True
+    outputs_logits = True
     default_shapes = ((1, None), (32, None))
 
     def __init__(

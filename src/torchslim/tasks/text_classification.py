@@ -20,6 +20,7 @@ class TextClassificationTask(Task):
     name = "text-classification"
     metric = "top1"
     higher_is_better = True
+    outputs_logits = True
     default_shapes = ((1, 128), (8, 128))
 
     def __init__(self, tokenizer: Any, eval_texts: list[str], eval_labels: list[int],
