@@ -1,5 +1,6 @@
 """Sensitivity of SmolLM2-135M, block by block, to three action types (issue 22), and how well its cheap proxy
-(KL divergence of the next-token distribution on a few calibration windows) agrees with end-to-end perplexity.
+(by default the block-local one: each block's relative output error on its cached calibration inputs) agrees with
+end-to-end perplexity.
 
 Writes docs/results/search_sensitivity_smollm2.{md,json,png}. The scan's wall time is a target (<= 15 minutes on
 2 cores); the proxy check applies each action to a subset of blocks, one at a time, and measures perplexity on the
@@ -24,7 +25,7 @@ import torchslim  # noqa: E402
 from torchslim.core.select import Selector  # noqa: E402
 from torchslim.data.text import pydoc_text  # noqa: E402
 from torchslim.search import parse_actions, sensitivity, to_markdown  # noqa: E402
-from torchslim.search.report import heat_map  # noqa: E402
+from torchslim.search.report import UNITS, heat_map  # noqa: E402
 from torchslim.tasks.causal_lm import CausalLMTask  # noqa: E402
 
 RES = ROOT / "docs/results"
@@ -49,6 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--actions", default="int4g128,sparse50,svd20")
     ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--measure", default="block", help="block (the block-local proxy) or kl (end to end)")
     ap.add_argument("--check-blocks", type=int, default=8)
     ap.add_argument("--windows", type=int, default=12, help="evaluation windows per text in the proxy check")
     args = ap.parse_args()
@@ -56,7 +58,7 @@ def main() -> None:
     model, task = loaded.model.eval(), loaded.task
     actions = parse_actions(args.actions)
     t0 = time.perf_counter()
-    scan = sensitivity(model, task, actions, granularity="block", n_samples=args.samples)
+    scan = sensitivity(model, task, actions, granularity="block", n_samples=args.samples, measure=args.measure)
     scan_s = time.perf_counter() - t0
     print(to_markdown(scan, top=10), flush=True)
 
@@ -89,13 +91,13 @@ def main() -> None:
              f"Actions {', '.join(scan.actions)} on each of {len(scan.rows)} groups alone (each transformer block's "
              f"linear layers together; the output head apart): {len(scan.rows) * len(scan.actions)} trials in "
              f"**{scan_s / 60:.1f} min**, measured on {args.samples} calibration windows of {task.seq_len} tokens "
-             "(the next-token distribution's KL divergence from the original's). Load average (1/5/15 min) at the "
+             f"(cost: {UNITS[scan.measure]}). Load average (1/5/15 min) at the "
              f"end: {', '.join(f'{x:.1f}' for x in load)} on 2 cores: other jobs shared the CPU when it exceeds 2.", "",
              "![heat map](search_sensitivity_smollm2.png)", "",
-             "## Does the cheap proxy rank blocks as end-to-end perplexity does?", "",
+             "## Does the proxy rank blocks as end-to-end perplexity does?", "",
              f"{len(picked)} blocks ({', '.join(b.rsplit('.', 1)[1] for b in picked)}) x {len(scan.actions)} "
              f"actions, each alone, perplexity on {args.windows} windows of each text ({check_s / 60:.1f} min):", "",
-             "| text | Spearman rank correlation (KL proxy vs perplexity increase) | points |", "|---|---|---|"]
+             f"| text | Spearman rank correlation ({scan.measure} proxy vs perplexity increase) | points |", "|---|---|---|"]
     for name, a in agreement.items():
         lines.append(f"| {name} | {a['spearman']:.2f} | {a['points']} |")
     lines += ["", "## The scan", "", to_markdown(scan)]

@@ -72,3 +72,31 @@ def test_bad_options_are_config_errors(lm):
         sensitivity(lm.model, lm.task, parse_actions("int8"), measure="loss")
     with pytest.raises(ConfigError, match="no layer to scan"):
         sensitivity(lm.model, lm.task, parse_actions("int8"), layers=Selector(include=("re:nothing",)))
+
+
+def test_the_block_proxy_runs_one_block_per_trial_and_leaves_the_model_as_given(lm):
+    fp = _fingerprint(lm.model)
+    s = sensitivity(lm.model, lm.task, parse_actions("int8,int2g32"), measure="block")
+    _same(lm.model, fp)
+    assert s.measure == "block"
+    for r in s.rows:
+        assert 0 < r.cells["int8"].cost < r.cells["int2g32"].cost
+    # inside a block the cost is that block's relative output error: a whole block moves its output more than
+    # any one of its layers
+    blocks = sensitivity(lm.model, lm.task, parse_actions("int2g32"), measure="block", granularity="block")
+    first = next(r for r in blocks.rows if r.group == "model.layers.0").cells["int2g32"].cost
+    assert first > max(r.cells["int2g32"].cost for r in s.rows if r.group.startswith("model.layers.0."))
+
+
+def test_the_block_proxy_needs_blocks():
+    from torchslim.zoo.digits_cnn import build_digits_cnn
+
+    class Task:
+        def calibration_batches(self, n, bs):
+            return [{"x": torch.randn(1, 1, 8, 8)}]
+
+        def forward(self, model, b):
+            return model(b["x"])
+
+    with pytest.raises(ConfigError, match="measure 'block' needs transformer blocks"):
+        sensitivity(build_digits_cnn().eval(), Task(), parse_actions("int8"), measure="block")

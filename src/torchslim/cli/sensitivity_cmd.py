@@ -19,8 +19,8 @@ def sensitivity_cmd(
     granularity: str = typer.Option("layer", help="layer, or block (transformer blocks: fewer, faster trials)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Only these layers: a name, 're:REGEX' or "
                                                                 "'type:Linear'."),
-    measure: str = typer.Option("auto", help="kl (models with logits), mse (encoders), task (the task's metric "
-                                             "on its evaluation split: slower), or auto."),
+    measure: str = typer.Option("auto", help="kl (models with logits), mse (encoders), block (each block's output "
+                                             "on cached inputs: fast), task (the task's metric: slow), or auto."),
     samples: Optional[int] = typer.Option(None, min=1, max=4096, help="Samples the outputs are compared on "
                                                                       "(default: 4, or 256 images or short texts)."),
     top: int = typer.Option(15, min=1, help="Rows printed (the files hold all)."),

@@ -10,7 +10,9 @@ from torchslim.search.sensitivity import Sensitivity
 
 UNITS = {"kl": "mean KL divergence from the original's output distribution (nats per position)",
          "mse": "output squared error relative to the output's mean square",
-         "task": "loss in the task's metric on its evaluation split"}
+         "task": "loss in the task's metric on its evaluation split",
+         "block": "squared error of the output of the block holding the group, relative to its mean square, on the "
+                  "block's cached calibration inputs (outside the blocks: of the model's output)"}
 
 
 def _cost(value: float | None) -> str:

@@ -28,9 +28,10 @@ from torchslim.core.select import Selector
 from torchslim.core.state import snapshot, state_of
 from torchslim.core.surgery import replace_module
 from torchslim.search.actions import Action
+from torchslim.search.block_proxy import scan_blocks
 from torchslim.search.measure import divergence, output_tensor, reference
 
-MEASURES = ("auto", "kl", "mse", "task")
+MEASURES = ("auto", "kl", "mse", "task", "block")
 MIN_POSITIONS = 256            # compared output positions (tokens, images) by default
 GRANULARITIES = ("layer", "block")
 
@@ -186,7 +187,7 @@ def _quiet_trial():
         logger.handlers, logger.propagate = handlers, propagate
 
 
-def _trial(model: nn.Module, action: Action, names: list[str], ctx: ApplyContext, scorer: _Scorer) -> Cell:
+def _trial(model: nn.Module, action: Action, names: list[str], ctx: ApplyContext, scorer: Any) -> Cell:
     """Apply ``action`` to ``names`` only, score the model, and put everything back as it was (every module
     replaced, a tied embedding included; the state's settings and history)."""
     before = snapshot(model)
@@ -265,15 +266,26 @@ def sensitivity(model: nn.Module, task: Any, actions: Sequence[Action], *, layer
     if not names:
         raise ConfigError("no layer to scan: " + ("the layer rule picks no layer that an action selects" if layers
                                                   else "no action selects any layer of this model"))
-    scorer = _Scorer(model, task, measure, n_samples, batch_size)
+    scorer = _Scorer(model, task, "mse" if measure == "block" else measure, n_samples, batch_size)
     ctx = ApplyContext(task=task, calibration=task)
     rows = []
     for group, members in _groups(model, names, granularity):
         mods = [model.get_submodule(n) for n in members]
         rows.append(Row(group, members, sum(p.numel() for m in mods for p in m.parameters()), _bytes(mods)))
-    trials = [(f"{r.group} {a.name}", r, a) for r in rows for a in actions]
-    for _, row, action in track(trials, "sensitivity", total=len(trials)):
-        mine = [n for n in row.layers if n in picks[action.name]]
-        row.cells[action.name] = _trial(model, action, mine, ctx, scorer) if mine else Cell(None, None, "not selected")
-    return Sensitivity(scorer.kind, granularity, [a.name for a in actions], rows, time.perf_counter() - t0,
-                       getattr(scorer, "positions", 0), {a.name: a.config.to_dict() for a in actions})
+    def run(row: Row, score: Any) -> None:
+        for action in actions:
+            mine = [n for n in row.layers if n in picks[action.name]]
+            row.cells[action.name] = _trial(model, action, mine, ctx, score) if mine else Cell(None, None,
+                                                                                             "not selected")
+
+    done: set[str] = set()
+    if measure == "block":
+        by_group = {r.group: r for r in rows}
+        done = scan_blocks(model, task, {r.group: r.layers for r in rows}, lambda g, sc: run(by_group[g], sc),
+                           n_samples or 4, batch_size)
+    rest = [r for r in rows if r.group not in done]
+    for _, row in track([(r.group, r) for r in rest], "sensitivity", total=len(rest)) if rest else ():
+        run(row, scorer)
+    return Sensitivity(measure if measure == "block" else scorer.kind, granularity, [a.name for a in actions], rows,
+                       time.perf_counter() - t0, getattr(scorer, "positions", 0),
+                       {a.name: a.config.to_dict() for a in actions})
