@@ -45,10 +45,15 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=list(SETUPS))
+    ap.add_argument("--render", action="store_true", help="redraw the pages from the JSON, measuring nothing")
     args = ap.parse_args()
     checks = []
     for name in args.models:
-        checks.append(run(name))
+        if args.render:
+            render(name, json.loads((RES / f"search_{SETUPS[name][2]}.json").read_text()))
+            checks.append(_from_json(name))
+        else:
+            checks.append(run(name))
     for name in SETUPS:
         if name not in args.models:
             checks.append(_from_json(name))
@@ -109,13 +114,27 @@ def run(name: str) -> tuple[str, str, bool, str]:
                           "seconds": time.perf_counter() - t})
     points += tuned
     pareto = front(points)
-    doc = {"machine": machine_line(), "load_average": list(os.getloadavg()), "scan_s": scan_s,
-           "scan": scan.to_dict(), "points": points, "front": [p["name"] for p in pareto]}
-    doc["metric"] = metric
+    doc = {"machine": machine_line(), "load_average": list(os.getloadavg()), "scan_s": scan_s, "metric": metric,
+           "granularity": granularity, "scan": scan.to_dict(), "points": points, "front": [p["name"] for p in pareto]}
     (RES / f"search_{stem}.json").write_text(json.dumps(doc, indent=1))
-    _plot(points, pareto, RES / f"search_{stem}.png", name, metric)
-    lines = [f"# Sensitivity and tuning on {name}", "", f"Machine: {machine_line()}", "",
-             f"Scan: {len(scan.rows)} {granularity}s x {len(scan.actions)} actions in {scan_s:.0f} s (cost: "
+    render(name, doc)
+    return _front_check(name, pareto, budgets)
+
+
+def render(name: str, doc: dict) -> None:
+    """search_<stem>.md and .png from the measured document (rerun with --render to redraw without measuring)."""
+    from torchslim.search import Sensitivity
+
+    stem = SETUPS[name][2]
+    scan, metric, granularity = Sensitivity.from_dict(doc["scan"]), doc["metric"], doc["granularity"]
+    points = doc["points"]
+    pareto = [p for p in points if p["name"] in doc["front"]]
+    base = points[0]
+    untouched = base["bytes"] - sum(r.bytes for r in scan.rows)
+    slow = sorted({a for r in scan.rows for a, c in r.cells.items() if "slower than fp32" in c.note})
+    _plot(points, sorted(pareto, key=lambda p: p["bytes"]), RES / f"search_{stem}.png", name, metric)
+    lines = [f"# Sensitivity and tuning on {name}", "", f"Machine: {doc['machine']}", "",
+             f"Scan: {len(scan.rows)} {granularity}s x {len(scan.actions)} actions in {doc['scan_s']:.0f} s (cost: "
              f"{scan.measure}, over {scan.positions} output positions of calibration data). Tuned mixes: the most "
              f"compressed per-{granularity} mix whose {metric} on the evaluation split, measured end to end, loses at "
              "most the budget (in the metric's units); bytes are the model's stored tensors. Uniform rows apply one "
@@ -127,12 +146,14 @@ def run(name: str) -> tuple[str, str, bool, str]:
         lines.append(f"| {p['name']} | {p['kind']} | {p['bytes'] / 1024:.1f} | {p['bytes'] / base['bytes']:.3f}x | "
                      f"{p['q']:.4g} | {'yes' if p in pareto else ''} | "
                      f"{', '.join(f'{k}: {v}' for k, v in p.get('mix', {}).items())} |")
-    lines += ["", "Note: the tuning objective is bytes; per-channel int4/int2 convolutions have no fast kernel on "
-              "this CPU (the kernel table says 'slower than fp32'), so the smallest mixes are smaller, not faster.",
+    lines += ["", f"- {untouched / 2**20:.1f} MiB of the {base['bytes'] / 2**20:.1f} MiB are in tensors no scanned "
+              "action touches (embedding tables, norms, biases): they bound how small any mix gets.",
+              "- The tuning objective is bytes. " + (f"The kernel table says {', '.join(slow)} run slower than fp32 "
+                                                     "on this CPU: mixes using them are smaller, not faster."
+                                                     if slow else ""),
               "", "## The scan", "", to_markdown(scan)]
     (RES / f"search_{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:30]), flush=True)
-    return _front_check(name, pareto, budgets)
 
 
 def _smollm2_check() -> tuple[str, str, bool, str]:
