@@ -142,3 +142,16 @@ def test_repeat_kv_shares_heads():
     x = torch.randn(1, 2, 3, 4)
     r = AM.repeat_kv(x, 3)
     assert r.shape == (1, 6, 3, 4) and torch.equal(r[:, 0], r[:, 2]) and torch.equal(r[:, 3], x[:, 1])
+
+
+def test_chunked_blocks_equal_one_chunk(qkv, keep, monkeypatch):
+    q, k, v = qkv
+    one = AM.local_attention(q, k, v, window=5, n_global=2, key_keep=keep, block=4)
+    monkeypatch.setattr(AM, "SCORE_BUDGET", 1)                    # one block per chunk
+    _close(AM.local_attention(q, k, v, window=5, n_global=2, key_keep=keep, block=4), one, 1e-6)
+
+
+def test_local_attention_trains(qkv):
+    q, k, v = (t.clone().requires_grad_(True) for t in qkv)
+    AM.local_attention(q, k, v, window=5, n_global=1, causal=True, block=4).sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))

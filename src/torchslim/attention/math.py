@@ -83,6 +83,22 @@ def _blocks(x: torch.Tensor, start: int, left: int, right: int, block: int, n_bl
     return w if vec else w.transpose(-1, -2)              # [..., n_blocks, span, D]
 
 
+SCORE_BUDGET = 1 << 22          # score elements held at once by local_attention (16 MiB in float32)
+
+
+def _local_chunk(qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, mask: torch.Tensor, scale: float,
+                 gk: torch.Tensor, gv: torch.Tensor, gok: torch.Tensor | None) -> torch.Tensor:
+    """Blocks ``[B, H, n, b, D]`` of queries against their key windows ``[B, H, n, span, D]`` (and the global keys
+    ``[B, H, g, D]``, allowed where ``gok``), one softmax over both."""
+    scores = torch.einsum("bhnqd,bhnsd->bhnqs", qb, kb).mul_(scale).masked_fill_(~mask[:, None], NEG)
+    if gok is None:
+        return torch.einsum("bhnqs,bhnsd->bhnqd", torch.softmax(scores, dim=-1).nan_to_num(0.0), vb)
+    span = scores.shape[-1]
+    gs = (qb @ gk[:, :, None].transpose(-1, -2)).mul_(scale).masked_fill_(~gok, NEG)   # [B, H, n, b, g]
+    p = torch.softmax(torch.cat([scores, gs], dim=-1), dim=-1).nan_to_num(0.0)
+    return torch.einsum("bhnqs,bhnsd->bhnqd", p[..., :span], vb) + p[..., span:] @ gv[:, :, None]
+
+
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, n_global: int = 0,
                     causal: bool = False, scale: float | None = None, key_keep: torch.Tensor | None = None,
                     block: int | None = None, layout: str = "sliding") -> torch.Tensor:
@@ -119,21 +135,21 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
         keep_local = keep
     kk = _blocks(keep_local, off, left, right, b, nb, fill=False)  # [B, nb, span]
     mask = ok[None, None] & kk[:, :, None, :]                      # [B, nb, b, span]
-    scores = torch.einsum("bhnqd,bhnsd->bhnqs", qb, kb) * scale
-    scores = scores.masked_fill(~mask[:, None], NEG)
-    if n_global:
-        g = min(n_global, lk)
-        gs = (qb.reshape(B, H, nb * b, D) @ k[:, :, :g].transpose(-1, -2)) * scale   # [B, H, nb*b, g]
+    g = min(n_global, lk)
+    gk, gv, gok = k[:, :, :g], v[:, :, :g], None
+    if g:
         gok = keep[:, None, None, :g].expand(B, 1, nb * b, g)
         if causal:
             qpos = torch.arange(nb * b, device=q.device) + off
             gok = gok & (torch.arange(g, device=q.device)[None, :] <= qpos[:, None])
-        gs = gs.masked_fill(~gok, NEG).reshape(B, H, nb, b, g)
-        p = torch.softmax(torch.cat([scores, gs], dim=-1), dim=-1).nan_to_num(0.0)
-        out = torch.einsum("bhnqs,bhnsd->bhnqd", p[..., :span], vb) + p[..., span:] @ v[:, :, None, :g]
-    else:
-        p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-        out = torch.einsum("bhnqs,bhnsd->bhnqd", p, vb)
+        gok = gok.reshape(B, 1, nb, b, g)
+    per_block = B * H * b * (span + g)
+    step = max(1, SCORE_BUDGET // max(per_block, 1))               # blocks per chunk: bounded score memory
+    out = q.new_empty(B, H, nb, b, D)
+    for n0 in range(0, nb, step):
+        n1 = min(nb, n0 + step)
+        out[:, :, n0:n1] = _local_chunk(qb[:, :, n0:n1], kb[:, :, n0:n1], vb[:, :, n0:n1], mask[:, n0:n1], scale,
+                                        gk, gv, None if gok is None else gok[:, :, n0:n1])
     out = out.reshape(B, H, nb * b, D)[:, :, :lq]
     rows = max(0, min(n_global, lk) - off)                       # global queries among these queries
     if rows:
