@@ -24,6 +24,12 @@ import torch.nn.functional as F
 NEG = float("-inf")
 
 
+def _low(dtype: torch.dtype) -> float:
+    """A finite "masked" score: a row with no allowed key (a padding query) gets some finite average instead of
+    NaN, so no NaN clean-up copy of the probabilities is needed; rows with an allowed key are unaffected."""
+    return torch.finfo(dtype).min
+
+
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     """``[B, Hkv, L, D]`` -> ``[B, Hkv * n_rep, L, D]`` (each key/value head shared by ``n_rep`` query heads)."""
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
@@ -48,6 +54,20 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: 
     if key_keep is not None:
         ok = ok & key_keep[:, None, None, :]
     return torch.softmax(scores.masked_fill(~ok, NEG), dim=-1).nan_to_num(0.0) @ v
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, causal: bool = False,
+         key_keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Full attention by PyTorch's fused kernel (what a window covering the whole sequence computes)."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    if key_keep is None and (not causal or lq == lk):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal and lq > 1, scale=_scale(q, scale))
+    ok = causal_pattern(lq, lk, q.device)[None, None] if causal else torch.ones(1, 1, lq, lk, dtype=torch.bool,
+                                                                                device=q.device)
+    if key_keep is not None:
+        ok = ok & key_keep[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=ok, scale=_scale(q, scale))
+    return out.nan_to_num(0.0)
 
 
 def causal_pattern(lq: int, lk: int, device: torch.device | None = None) -> torch.Tensor:
@@ -83,19 +103,20 @@ def _blocks(x: torch.Tensor, start: int, left: int, right: int, block: int, n_bl
     return w if vec else w.transpose(-1, -2)              # [..., n_blocks, span, D]
 
 
-SCORE_BUDGET = 1 << 22          # score elements held at once by local_attention (16 MiB in float32)
+SCORE_BUDGET = 1 << 20          # score elements held at once by local_attention (4 MiB in float32)
 
 
 def _local_chunk(qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, mask: torch.Tensor, scale: float,
                  gk: torch.Tensor, gv: torch.Tensor, gok: torch.Tensor | None) -> torch.Tensor:
     """Blocks ``[B, H, n, b, D]`` of queries against their key windows ``[B, H, n, span, D]`` (and the global keys
     ``[B, H, g, D]``, allowed where ``gok``), one softmax over both."""
-    scores = torch.einsum("bhnqd,bhnsd->bhnqs", qb, kb).mul_(scale).masked_fill_(~mask[:, None], NEG)
+    low = _low(qb.dtype)
+    scores = torch.einsum("bhnqd,bhnsd->bhnqs", qb, kb).mul_(scale).masked_fill_(~mask[:, None], low)
     if gok is None:
-        return torch.einsum("bhnqs,bhnsd->bhnqd", torch.softmax(scores, dim=-1).nan_to_num(0.0), vb)
+        return torch.einsum("bhnqs,bhnsd->bhnqd", torch.softmax(scores, dim=-1), vb)
     span = scores.shape[-1]
-    gs = (qb @ gk[:, :, None].transpose(-1, -2)).mul_(scale).masked_fill_(~gok, NEG)   # [B, H, n, b, g]
-    p = torch.softmax(torch.cat([scores, gs], dim=-1), dim=-1).nan_to_num(0.0)
+    gs = (qb @ gk[:, :, None].transpose(-1, -2)).mul_(scale).masked_fill_(~gok, low)   # [B, H, n, b, g]
+    p = torch.softmax(torch.cat([scores, gs], dim=-1), dim=-1)
     return torch.einsum("bhnqs,bhnsd->bhnqd", p[..., :span], vb) + p[..., span:] @ gv[:, :, None]
 
 
@@ -114,6 +135,8 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     off = lk - lq
     scale = _scale(q, scale)
     b = max(1, min(block or window, lq))
+    if (window >= lk if layout != "blocks" else b >= lk):
+        return sdpa(q, k, v, scale=scale, causal=causal, key_keep=key_keep)   # the window covers everything
     if layout == "blocks":
         left, right = b, (0 if causal else b)
     else:
@@ -189,9 +212,8 @@ def linformer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, e: to
     else:
         mass = e.abs().sum(-1).expand(k.shape[0], -1)
     kp, vp = e @ k, f @ v                                             # [B, H, kp, D]
-    scores = (q @ kp.transpose(-1, -2)) * _scale(q, scale)
-    scores = scores.masked_fill((mass <= 0)[:, None, None, :], NEG)
-    return torch.softmax(scores, dim=-1).nan_to_num(0.0) @ vp
+    scores = (q @ kp.transpose(-1, -2)).mul_(_scale(q, scale)).masked_fill_((mass <= 0)[:, None, None, :], _low(q.dtype))
+    return torch.softmax(scores, dim=-1) @ vp
 
 
 # -- Performer (FAVOR+) -------------------------------------------------------------------------------------
@@ -217,11 +239,13 @@ def favor_features(x: torch.Tensor, w: torch.Tensor, *, is_query: bool, scale: f
     proj = x @ w.to(x.dtype).T                                        # [B, H, L, m]
     sq = (x * x).sum(-1, keepdim=True) / 2
     if is_query:
-        stab = proj.amax(-1, keepdim=True)
+        stab = proj.detach().amax(-1, keepdim=True)
+    elif key_keep is None:
+        stab = proj.detach().amax(dim=(-1, -2), keepdim=True)
     else:
-        p = proj if key_keep is None else proj.masked_fill(~key_keep[:, None, :, None], NEG)
-        stab = p.amax(dim=(-1, -2), keepdim=True).clamp_min(-1e4)
-    phi = torch.exp(proj - sq - stab) / math.sqrt(w.shape[0])
+        stab = proj.detach().masked_fill(~key_keep[:, None, :, None], NEG).amax(dim=(-1, -2), keepdim=True)
+    # in place (one [L, m] buffer): exp(proj - |x|^2/2 - stab - log sqrt(m))
+    phi = proj.sub_(sq + stab.clamp_min(-1e4) + 0.5 * math.log(w.shape[0])).exp_()
     if not is_query and key_keep is not None:
         phi = phi * key_keep[:, None, :, None].to(phi.dtype)
     return phi
