@@ -5,7 +5,7 @@
   method one-shot; then sliding window 128 (+[CLS] global) recovered by distillation from the original model
   (``DistillConfig``: cosine of the last hidden states + relative MSE of every block + the task's embedding loss),
   trained on 512-token passages of the calibration texts of both domains (no evaluation passage is trained on).
-  Linformer (k=256 over n=512) is recovered the same way when ``--linformer-steps`` > 0.
+  Linformer (k=256 over n=512) is recovered the same way (``--linformer-steps``).
 * SmolLM2-135M (decoder): perplexity of 512-token windows of the same two domains, original vs converted
   (one-shot, no recovery).
 
@@ -145,11 +145,11 @@ def render(enc: dict, dec: dict, args) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=120)
-    ap.add_argument("--linformer-steps", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--linformer-steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--eval-passages", type=int, default=24)
-    ap.add_argument("--train-passages", type=int, default=400)
+    ap.add_argument("--train-passages", type=int, default=200)
     ap.add_argument("--ppl-windows", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "docs/results/attention_quality.md"))
     args = ap.parse_args()

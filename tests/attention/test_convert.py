@@ -7,7 +7,7 @@ import torch
 
 import torchslim
 from torchslim import AttentionConfig
-from torchslim.attention import EfficientAttention, attention_modules, converted
+from torchslim.attention import attention_modules, converted
 from torchslim.attention.module import IMPLEMENTATION
 from torchslim.core.errors import ConfigError
 from torchslim.core.resize import remove_added
@@ -137,16 +137,6 @@ def test_config_validation():
         AttentionConfig(window=0)
     assert AttentionConfig.from_dict(AttentionConfig(window=16, n_global=1).to_dict()) == \
         AttentionConfig(window=16, n_global=1)
-
-
-def test_module_kind_rebuilds_an_empty_twin():
-    from torchslim.core import kinds
-
-    m = EfficientAttention("performer", head_dim=8, features=16, seed=3)
-    twin = kinds.build(kinds.describe(m))
-    assert isinstance(twin, EfficientAttention) and twin.random_features.shape == (16, 8)
-    with pytest.raises(ConfigError):
-        EfficientAttention("nope", head_dim=8)
 
 
 def test_recipe_stage_parses_and_names_the_family():
