@@ -80,6 +80,7 @@ def minilm(args) -> dict:
     for method, kw in ENCODER.items():
         m = copy.deepcopy(teacher)
         torchslim.convert_attention_(m, AttentionConfig(method=method, **kw))
+        print("minilm", method, "one-shot ...", flush=True)
         row = {"method": method, "config": AttentionConfig(method=method, **kw).rule(), "one_shot": fidelity(m, tasks)}
         steps = {"sliding_window": args.steps, "linformer": args.linformer_steps}.get(method, 0)
         if steps:
@@ -145,12 +146,12 @@ def render(enc: dict, dec: dict, args) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=80)
-    ap.add_argument("--linformer-steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--linformer-steps", type=int, default=20)
     ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--eval-passages", type=int, default=24)
-    ap.add_argument("--train-passages", type=int, default=200)
-    ap.add_argument("--ppl-windows", type=int, default=8)
+    ap.add_argument("--eval-passages", type=int, default=16)
+    ap.add_argument("--train-passages", type=int, default=80)
+    ap.add_argument("--ppl-windows", type=int, default=4)
     ap.add_argument("--out", default=str(ROOT / "docs/results/attention_quality.md"))
     args = ap.parse_args()
     enc = minilm(args)
