@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search llama-cpp clean
+.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -66,6 +66,13 @@ bench-lowrank: install-bench
 	$(BIN)/python benchmarks/lowrank/smollm2.py
 	$(BIN)/python benchmarks/lowrank/targets.py
 
+# Efficient attention: speed/memory curves against SDPA (timed under the shared lock), MiniLM recovery at 512
+# tokens and quality on two text domains, then the target check (about 20 minutes on 2 shared cores).
+bench-attention: install-bench
+	flock /tmp/torchslim-bench.lock $(BIN)/python benchmarks/attention/speed.py
+	$(BIN)/python benchmarks/attention/quality.py
+	$(BIN)/python benchmarks/attention/targets.py
+
 # PEFT against Hugging Face peft, QLoRA memory, LoRA recovery after pruning (one hour or more on 2 shared cores).
 bench-peft: install-bench
 	$(BIN)/python benchmarks/peft/smollm2.py
@@ -86,7 +93,7 @@ bench-search: install-bench
 	$(BIN)/python benchmarks/search/smollm2.py
 	$(BIN)/python benchmarks/search/front.py
 
-bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search
+bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention
 
 clean:
 	rm -rf $(VENV) .pytest_cache

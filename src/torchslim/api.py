@@ -79,6 +79,13 @@ def factorize_(model: nn.Module, config: Configs, ctx: ApplyContext | None = Non
     return _apply(model, config, ctx, "lowrank", kwargs)
 
 
+def convert_attention_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
+    """Replace the softmax attention of ``model``'s attention modules in place by an efficient approximation
+    (:class:`~torchslim.AttentionConfig`: sliding window / block-sparse, Linformer or Performer); recover with
+    :func:`distill_` from the original model."""
+    return _apply(model, config, ctx, "attention", kwargs)
+
+
 def evaluate(model: nn.Module, task: Any, spec: Any = None, *, what: str | Sequence[str] = ("quality",),
              **kwargs: Any) -> Any:
     """Evaluate ``model`` on ``task`` and return a :class:`torchslim.eval.Report`.

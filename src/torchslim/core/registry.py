@@ -123,12 +123,19 @@ def _record(model: nn.Module, config: BaseConfig, entry: HandlerEntry, ctx: Appl
             before: dict[str, nn.Module], params: int, seconds: float, settings_before: dict[str, Any]) -> None:
     state = state_of(model)
     what, changed = touched(before, model, params)
+    added = [n for n in state.added if n not in before and n not in changed]   # parameter-free added modules count too
+    if added:
+        changed = changed + added
+        for n in added:
+            t = type(model.get_submodule(n)).__name__
+            what["by_type"][t] = what["by_type"].get(t, 0) + 1
+        what["layers"] = len(changed)
     if state.settings != settings_before:
         what["model_settings"] = sorted(set(state.settings) ^ set(settings_before)) or [type(config).__name__]
     if entry.modifies == "layers" and not changed and "model_settings" not in what:
         log.warning("%s changed no layer of %s", type(config).__name__, type(model).__name__)
-    elif entry.modifies == "layers" and changed:
-        _report_coverage(config, before, set(changed), what)
+    elif entry.modifies == "layers" and any(n not in state.added for n in changed):
+        _report_coverage(config, before, set(changed), what)   # modules only added (attention kernels) replace none
     h = state.add_entry(config.family or "generic", type(config).__name__, config_dict(config), touched=what,
                         seconds=seconds, metrics=dict(ctx.record.metrics), details=dict(ctx.record.details))
     for name in changed:
