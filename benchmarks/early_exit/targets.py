@@ -1,0 +1,48 @@
+"""Check the early-exit targets (issue 21) against the measured tables (docs/results/early_exit_*.json).
+
+Target: >= 1.3x average speed-up at <= 0.5 points accuracy loss, on the encoder task and on digits-cnn (anchors:
+PABEE 1.57-1.62x, DeeBERT up to 40% time saved). For each table the best policy is the fastest whose TEST accuracy
+is within 0.5 points of the full model's (settings were chosen on validation data). Writes
+docs/results/early_exit_targets.md. Run after the benchmarks (``make bench-early-exit`` does).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, write_checks  # noqa: E402
+
+RES = ROOT / "docs/results"
+TABLES = {"MiniLM, pydoc topic (encoder task)": "early_exit_minilm_pydoc.json",
+          "MiniLM, license (second domain)": "early_exit_minilm_licenses.json",
+          "digits-cnn": "early_exit_digits.json"}
+TRIED = ("entropy (DeeBERT), patience (PABEE) and learned-gate exits after every block, heads trained by distillation "
+         "from the final layer with the model frozen; each policy's setting chosen on validation data")
+
+
+def checks() -> list[tuple[str, str, bool | None, str]]:
+    out = []
+    for label, name in TABLES.items():
+        path = RES / name
+        if not path.is_file():
+            out.append((f"{label}: >= 1.3x at <= 0.5 points", "missing", False, f"run the benchmark for {name}"))
+            continue
+        rows = json.loads(path.read_text())["rows"]
+        for batch in dict.fromkeys(r["batch"] for r in rows):
+            rs = [r for r in rows if r["batch"] == batch]
+            full = next(r for r in rs if r["variant"] == "full model")
+            ok = [r for r in rs if r["variant"] != "full model" and r["acc"] >= full["acc"] - 0.5]
+            best = max(ok, key=lambda r: r["speedup"], default=None)
+            every = "; ".join(f"{r['variant']} {r['speedup']:.2f}x at {r['acc'] - full['acc']:+.2f}"
+                              for r in rs if r["variant"] != "full model")
+            got = (f"best {best['variant']}: {best['speedup']:.2f}x, {best['acc']:.2f}% vs {full['acc']:.2f}% "
+                   f"(all: {every})") if best else f"no policy within 0.5 points (all: {every})"
+            out.append((f"{label}, batch {batch}: >= 1.3x speed-up at <= 0.5 points accuracy loss", got,
+                        best is not None and best["speedup"] >= 1.3, TRIED))
+    return out
+
+
+if __name__ == "__main__":
+    write_checks(RES / "early_exit_targets.md", "Early exit: target check (issue 21)", checks())
