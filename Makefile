@@ -61,11 +61,12 @@ bench-recovery: install-bench
 	$(BIN)/python benchmarks/recovery/smollm2.py
 	$(BIN)/python benchmarks/recovery/targets.py
 
-# Early exit on MiniLM (two labelled text tasks) and digits-cnn (docs/results/early_exit_*.md) and the issue-21
+# Early exit on MiniLM (two labelled text tasks), digits-cnn and SmolLM2 (self-speculative) (docs/results/early_exit_*.md) and the issue-21
 # target check; timings under the shared lock.
 bench-early-exit: install-bench
 	flock /tmp/torchslim-bench.lock $(BIN)/python benchmarks/early_exit/encoder.py
 	flock /tmp/torchslim-bench.lock $(BIN)/python benchmarks/early_exit/digits.py
+	flock /tmp/torchslim-bench.lock $(BIN)/python benchmarks/early_exit/decoder.py
 	$(BIN)/python benchmarks/early_exit/targets.py
 
 # Low-rank factorization of SmolLM2-135M (docs/results/lowrank_smollm2*.md) and the issue-21 target check.

@@ -5,8 +5,8 @@ passage comes from (torchslim.data.labelled). Writes docs/results/early_exit_min
 Steps per task: fine-tune MiniLM with a classification head (the baseline; kept in out/bench-early-exit), add an exit
 head after blocks 1-5 and train them by distillation from the final layer (model frozen), choose each policy's
 setting on the validation split, then time the test split: batch 1 (each passage alone, unpadded) and batches of
-16 (with and without compaction), interleaved with the plain model, medians of 3 rounds. Run under
-``flock /tmp/torchslim-bench.lock``.
+16 (with and without compaction), interleaved with the plain model, medians of 3 rounds. ``--prepare`` only trains
+(and keeps the models), which needs no lock; the timed run goes under ``flock /tmp/torchslim-bench.lock``.
 """
 from __future__ import annotations
 
@@ -25,9 +25,8 @@ from torchslim.early_exit import EarlyExitConfig, exit_heads  # noqa: E402
 from torchslim.tasks.source_text import source_task  # noqa: E402
 from torchslim.zoo.minilm import minilm_path  # noqa: E402
 
-FT = torchslim.TrainConfig(steps=300, batch_size=16, lr=1e-4, warmup_steps=30, progress=False, eval_at_end=False)
-EXIT_TRAIN = torchslim.TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=20, progress=False,
-                                   eval_at_end=False)
+FT = torchslim.TrainConfig(steps=120, batch_size=16, lr=2e-4, warmup_steps=12, eval_at_end=False, log_every=10)
+EXIT_TRAIN = torchslim.TrainConfig(steps=150, batch_size=32, lr=3e-3, warmup_steps=10, eval_at_end=False, log_every=10)
 
 
 def call(model: torch.nn.Module, x: dict) -> torch.Tensor:
@@ -42,6 +41,7 @@ def baseline(task: str, tok) -> torch.nn.Module:
 
     say(f"fine-tuning MiniLM on {task} ({FT.steps} steps)")
     model = BertForSequenceClassification.from_pretrained(minilm_path(), num_labels=len(class_names(task)))
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)   # short run on 2 cores: embeddings kept
     torchslim.finetune_(model, torchslim.FinetuneConfig(), task=source_task(task, tok, eval_split="val"), train=FT)
     torchslim.save(model.eval(), path)
     return model
@@ -72,12 +72,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", nargs="+", default=["pydoc", "licenses"])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prepare", action="store_true", help="only fine-tune and train the exits (no timing: no lock)")
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     for task in args.tasks:
         model = with_exits(task, tok)
+        if args.prepare:
+            continue
         n = len(exit_heads(model))
         cost = [(k + 1) / (n + 1) for k in range(n + 1)]
         val = batches(tok, task, "val", 1)
@@ -87,7 +90,7 @@ def main() -> None:
                      call, n, args.rounds)
         texts, _ = labelled_split(task, "test")
         write(RES / f"early_exit_minilm_{task}.md", f"Early exit: MiniLM on the '{task}' task",
-              f"all-MiniLM-L6-v2 fine-tuned with a classification head ({FT.steps} steps, lr {FT.lr}) on '{task}' "
+              f"all-MiniLM-L6-v2 fine-tuned with a classification head ({FT.steps} steps of {FT.batch_size}, lr {FT.lr}, word embeddings frozen) on '{task}' "
               f"({len(class_names(task))} classes; test split {len(texts)} passages of 16 words); exit heads after "
               f"blocks 1-{n} trained by distillation from the final layer ({EXIT_TRAIN.steps} steps, model frozen). "
               f"Each policy's setting is the cheapest whose validation accuracy is within 0.5 points of the full "
