@@ -66,20 +66,23 @@ def choose(model: torch.nn.Module, val: list[tuple[Any, torch.Tensor]], full_val
 
 
 def timed(model: torch.nn.Module, picked: dict[str, dict[str, Any]], sets: dict[str, list[tuple[Any, torch.Tensor]]],
-          call: Callable, n_exits: int, rounds: int = 3) -> list[dict[str, Any]]:
+          call: Callable, n_exits: int, rounds: int = 3, time_samples: int | None = None) -> list[dict[str, Any]]:
     """Rows: for each batch size in ``sets`` (name -> batches), the full model and each picked policy (compacted;
-    and without compaction where the batch has several rows), test accuracy, exits, median seconds, speed-up."""
+    and without compaction where the batch has several rows), test accuracy and exits (whole split), median seconds
+    and speed-up (on the first ``time_samples`` samples of the split, None: all)."""
     rows = []
     for set_name, batches in sets.items():
         multi = batches[0][1].shape[0] > 1
-        fns: dict[str, Callable[[], Any]] = {"full model": lambda b=batches: [call(model, x) for x, _ in b]}
+        size = batches[0][1].shape[0]
+        timed_b = batches[:-(-time_samples // size)] if time_samples else batches
+        fns: dict[str, Callable[[], Any]] = {"full model": lambda b=timed_b: [call(model, x) for x, _ in b]}
         info: dict[str, dict[str, Any]] = {"full model": {"acc": full_logits(model, batches, call), "setting": "",
                                                           "exits": ""}}
         for fam, p in picked.items():
             for compact in ((True, False) if multi else (True,)):
                 name = fam + ("" if not multi else (", compacted" if compact else ", not compacted"))
                 rt = ExitRuntime(model, p["policy"], compact=compact)
-                fns[name] = lambda b=batches, rt=rt: [rt(x) for x, _ in b]
+                fns[name] = lambda b=timed_b, rt=rt: [rt(x) for x, _ in b]
                 acc, exit_at = run_policy(model, p["policy"], batches, compact)
                 counts = torch.bincount(exit_at, minlength=n_exits + 1).tolist()
                 info[name] = {"acc": acc, "setting": str(p["policy"]), "exits": "/".join(map(str, counts))}
