@@ -59,3 +59,14 @@ def test_pooling_shapes_match_features():
         assert pool(h, pool_for(len(shape))).shape == (4, features(shape))
     h = torch.randn(2, 5, 8)
     assert torch.equal(pool(h, "first"), h[:, 0])
+
+
+def test_token_mean_ignores_padding():
+    h = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    out = pool(h, "tokens", mask)
+    assert torch.allclose(out[0], h[0, :3].mean(0)) and torch.allclose(out[1], h[1].mean(0))
+    h2 = h.clone()
+    h2[0, 3:] = 1e6                                              # whatever sits at padded positions
+    assert torch.equal(pool(h2, "tokens", mask), out)
+    assert torch.allclose(pool(h, "tokens"), h.mean(1))

@@ -16,7 +16,7 @@ def _with_heads(model, blocks, widths, classes, pool):
 
 
 def _bert():
-    return _with_heads(tiny_classifier(), [f"bert.encoder.layer.{i}" for i in range(3)], [32] * 3, 7, "first")
+    return _with_heads(tiny_classifier(), [f"bert.encoder.layer.{i}" for i in range(3)], [32] * 3, 7, "tokens")
 
 
 def _cnn():

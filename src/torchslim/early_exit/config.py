@@ -164,9 +164,10 @@ class ExitDistillHook(TrainHook):
         c = self.config
         final = logits_of(trainer.last_output).detach()
         labels = batch.get("labels", batch.get("y")) if isinstance(batch, dict) else None
+        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
         kd = ce = gate = torch.zeros((), device=final.device)
         for head in exit_heads(trainer.model):
-            logits, g = head(self.outputs[head.block])
+            logits, g = head(self.outputs[head.block], mask)
             kd = kd + kd_loss(logits, final, c.temperature)
             if labels is not None:
                 ce = ce + torch.nn.functional.cross_entropy(logits.float(), labels.to(logits.device))

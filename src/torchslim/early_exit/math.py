@@ -7,14 +7,20 @@ import math
 import torch
 import torch.nn.functional as F
 
-POOLS = ("first", "grid", "mean", "none")
+POOLS = ("tokens", "first", "grid", "mean", "none")
 GRID = 2
 
 
-def pool(h: torch.Tensor, how: str) -> torch.Tensor:
-    """``[B, F]`` features of a block output: the first token of ``[B, T, H]`` (BERT's [CLS]), the spatial mean of
+def pool(h: torch.Tensor, how: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, F]`` features of a block output: the mean over the tokens of ``[B, T, H]`` that ``mask`` ``[B, T]``
+    keeps (``tokens``; all tokens without a mask), its first token (``first``, BERT's [CLS]), the spatial mean of
     ``[B, C, *spatial]`` (``grid``: the means of a 2x2 grid of a ``[B, C, H, W]`` map, which keeps where things
     are), or ``h`` itself (``none``, already ``[B, F]``)."""
+    if how == "tokens":
+        if mask is None or mask.dim() != 2 or mask.shape != h.shape[:2]:
+            return h.mean(1)
+        m = mask.to(h.dtype).unsqueeze(-1)
+        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
     if how == "first":
         return h[:, 0]
     if how == "grid":
@@ -26,7 +32,7 @@ def pool(h: torch.Tensor, how: str) -> torch.Tensor:
 
 def pool_for(ndim: int) -> str:
     """The pooling for a block output of ``ndim`` dimensions (3: tokens, 4+: feature maps, 2: vectors)."""
-    return {2: "none", 3: "first", 4: "grid"}.get(ndim, "mean")
+    return {2: "none", 3: "tokens", 4: "grid"}.get(ndim, "mean")
 
 
 def features(shape: tuple[int, ...]) -> int:

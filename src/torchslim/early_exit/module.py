@@ -24,7 +24,7 @@ class ExitHead(nn.Module):
     """``block`` output -> pooled features ``[B, F]`` -> (``hidden`` > 0: linear + tanh) -> class logits; the gate
     reads the features and the logits' entropy and top probability and returns one logit per row."""
 
-    def __init__(self, block: str, in_features: int, num_classes: int, pool: str = "first", hidden: int = 0) -> None:
+    def __init__(self, block: str, in_features: int, num_classes: int, pool: str = "tokens", hidden: int = 0) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ConfigError(f"ExitHead pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -35,8 +35,9 @@ class ExitHead(nn.Module):
         self.classifier = nn.Linear(width, self.num_classes)
         self.gate = nn.Linear(self.in_features + 2, 1)
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = pool(h, self.pool)
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mask`` ``[B, T]``: which tokens the ``tokens`` pooling averages (an encoder's attention mask)."""
+        f = pool(h, self.pool, mask)
         logits = self.classifier(self.body(f))
         gate = self.gate(torch.cat([f, confidence_features(logits.detach())], -1)).squeeze(-1)
         return logits, gate

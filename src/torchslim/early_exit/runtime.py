@@ -57,8 +57,8 @@ def _first(out: Any) -> torch.Tensor:
 class _Run:
     """The state of one batch: which rows are still computing, and the answers of those that left."""
 
-    def __init__(self, policy: ExitPolicy, compact: bool, n_exits: int) -> None:
-        self.policy, self.compact, self.n_exits = policy, compact, n_exits
+    def __init__(self, policy: ExitPolicy, compact: bool, n_exits: int, mask: torch.Tensor | None) -> None:
+        self.policy, self.compact, self.n_exits, self.mask = policy, compact, n_exits, mask
         self.rows = 0
         self.alive: torch.Tensor | None = None     # original indices of the rows still in the batch
         self.done: torch.Tensor | None = None      # without compaction: rows already answered
@@ -77,7 +77,8 @@ class _Run:
 
     def at_exit(self, k: int, head: ExitHead, out: Any) -> Any:
         h = _first(out)
-        logits, gate = head(h)
+        mask = self.mask if self.mask is None or self.alive is None else self.mask[self.alive]
+        logits, gate = head(h, mask)
         if self.alive is None:
             self.begin(h, logits.shape[-1], logits.dtype)
         leave = self.policy.decide(k, logits, gate, self.state)
@@ -142,7 +143,8 @@ class ExitRuntime:
 
     @torch.inference_mode()
     def __call__(self, inputs: Any) -> ExitOutput:
-        run = _Run(self.policy, self.compact, len(self.heads))
+        mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+        run = _Run(self.policy, self.compact, len(self.heads), mask)
         handles = [b.register_forward_hook(lambda m, a, o, k=k, head=head: run.at_exit(k, head, o))
                    for k, (b, head) in enumerate(zip(self.blocks, self.heads))]
         handles += [b.register_forward_pre_hook(lambda m, a, kw: run.cut_inputs(a, kw), with_kwargs=True)
