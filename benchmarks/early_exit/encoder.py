@@ -11,6 +11,7 @@ setting on the validation split, then time the test split: batch 1 (each passage
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RES, WORK, choose, full_logits, say, timed, write  # noqa: E402
 
 import torchslim  # noqa: E402
+from torchslim.core.config import config_from_dict  # noqa: E402
 from torchslim.data.labelled import class_names, labelled_split  # noqa: E402
 from torchslim.early_exit import EarlyExitConfig, exit_heads  # noqa: E402
 from torchslim.tasks.source_text import source_task  # noqa: E402
@@ -58,6 +60,20 @@ def with_exits(task: str, tok) -> torch.nn.Module:
     return model
 
 
+def swept(task: str, model: torch.nn.Module, val: list, cost: list[float]) -> tuple[float, dict]:
+    """The validation accuracy and each policy's chosen setting, kept in the work folder (the sweep times nothing,
+    so it can run before the timed run, outside the lock)."""
+    path = WORK / f"picked-{task}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return data["full_val"], {k: {**v, "policy": config_from_dict(v["policy"])} for k, v in data["picked"].items()}
+    full_val = full_logits(model, val, call)
+    picked = choose(model, val, full_val, cost)
+    path.write_text(json.dumps({"full_val": full_val, "picked": {k: {**v, "policy": v["policy"].to_dict()}
+                                                                 for k, v in picked.items()}}))
+    return full_val, picked
+
+
 def batches(tok, task: str, split: str, size: int) -> list[tuple[dict, torch.Tensor]]:
     texts, labels = labelled_split(task, split)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0)).tolist()   # classes mixed
@@ -76,6 +92,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--time-samples", type=int, default=160, help="time on the first N test passages (0: all)")
     ap.add_argument("--prepare", action="store_true", help="only fine-tune and train the exits (no timing: no lock)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also choose the policies' settings on the validation split and keep them (no timing: no lock)")
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -86,9 +104,9 @@ def main() -> None:
             continue
         n = len(exit_heads(model))
         cost = [(k + 1) / (n + 1) for k in range(n + 1)]
-        val = batches(tok, task, "val", 1)
-        full_val = full_logits(model, val, call)
-        picked = choose(model, val, full_val, cost)
+        full_val, picked = swept(task, model, batches(tok, task, "val", 1), cost)
+        if args.sweep:
+            continue
         rows = timed(model, picked, {"1": batches(tok, task, "test", 1), "16": batches(tok, task, "test", 16)},
                      call, n, args.rounds, args.time_samples or None)
         texts, _ = labelled_split(task, "test")

@@ -20,9 +20,9 @@ RES = ROOT / "docs/results"
 WORK = ROOT / "out" / "bench-early-exit"
 MAX_DROP = 0.5
 GRID: dict[str, list[Any]] = {
-    "entropy (DeeBERT)": [EntropyPolicy(t) for t in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)],
+    "entropy (DeeBERT)": [EntropyPolicy(t) for t in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)],
     "patience (PABEE)": [PatiencePolicy(p) for p in (1, 2, 3, 4)],
-    "learned gate": [LearnedPolicy(t) for t in (0.995, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7)],
+    "learned gate": [LearnedPolicy(t) for t in (0.995, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6)],
 }
 
 
