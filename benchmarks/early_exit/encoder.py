@@ -27,7 +27,7 @@ from torchslim.early_exit import EarlyExitConfig, exit_heads  # noqa: E402
 from torchslim.tasks.source_text import source_task  # noqa: E402
 from torchslim.zoo.minilm import minilm_path  # noqa: E402
 
-FT = torchslim.TrainConfig(steps=120, batch_size=16, lr=2e-4, warmup_steps=12, eval_at_end=False, log_every=10)
+FT = torchslim.TrainConfig(steps=400, batch_size=16, lr=1e-4, warmup_steps=40, eval_at_end=False, log_every=10)
 EXIT_TRAIN = torchslim.TrainConfig(steps=150, batch_size=32, lr=3e-3, warmup_steps=10, eval_at_end=False, log_every=10)
 
 

@@ -86,12 +86,16 @@ def timed(model: torch.nn.Module, picked: dict[str, dict[str, Any]], sets: dict[
                 acc, exit_at = run_policy(model, p["policy"], batches, compact)
                 counts = torch.bincount(exit_at, minlength=n_exits + 1).tolist()
                 info[name] = {"acc": acc, "setting": str(p["policy"]), "exits": "/".join(map(str, counts))}
-        with torch.inference_mode():
-            secs = interleaved(fns, rounds=rounds)
+        if rounds:
+            with torch.inference_mode():
+                secs: dict[str, float | None] = dict(interleaved(fns, rounds=rounds))
+        else:                                  # accuracy and exits only (no lock, no timing)
+            secs = {k: None for k in fns}
         base = secs["full model"]
         for name, s in secs.items():
-            rows.append({"batch": set_name, "variant": name, **info[name], "seconds": s, "speedup": base / s})
-            say(f"  {set_name} {name}: {info[name]['acc']:.2f}% {s:.3f} s ({base / s:.2f}x) exits {info[name]['exits']}")
+            rows.append({"batch": set_name, "variant": name, **info[name], "seconds": s,
+                         "speedup": base / s if s else None})
+            say(f"  {set_name} {name}: {info[name]['acc']:.2f}% {s} s exits {info[name]['exits']}")
     return rows
 
 
@@ -100,8 +104,10 @@ def write(path: Path, title: str, intro: str, rows: list[dict[str, Any]], notes:
              "| batch | variant | setting (chosen on val) | test top1 % | exits (per exit, final last) | median s "
              "| speed-up |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['batch']} | {r['variant']} | {r['setting']} | {r['acc']:.2f} | {r['exits']} | "
-                     f"{r['seconds']:.3f} | {r['speedup']:.2f}x |")
+        secs = f"{r['seconds']:.3f}" if r["seconds"] else "not timed"
+        speed = f"{r['speedup']:.2f}x" if r["speedup"] else "–"
+        lines.append(f"| {r['batch']} | {r['variant']} | {r['setting']} | {r['acc']:.2f} | {r['exits']} | {secs} | "
+                     f"{speed} |")
     lines += [""] + [f"- {n}" for n in notes] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
