@@ -47,6 +47,8 @@ def main() -> None:
         say(f"exit {e} k {k}: acceptance {[f'{a:.2f}' for a in acc]}, identical {same}")
     best = sorted(sweep, key=lambda r: -(sum(r["acceptance"]) / len(r["acceptance"])) * (1 - r["exit_layer"] / 30))
     timed = [(r["exit_layer"], r["draft_tokens"]) for r in best[:2]]
+    if not args.rounds:                      # acceptance and identity only (no timing, no lock)
+        return write(sweep, [], args)
     fns = {"plain greedy": lambda: [plain.generate(p, args.new) for p in prompts.values()]}
     for e, k in timed:
         dec = SelfSpeculativeDecoder(model, e, k)
@@ -56,19 +58,27 @@ def main() -> None:
     tokens = args.new * len(prompts)
     rows = [{"variant": n, "seconds": s, "tokens_per_s": tokens / s, "speedup": secs["plain greedy"] / s}
             for n, s in secs.items()]
+    write(sweep, rows, args)
+
+
+def write(sweep: list[dict], rows: list[dict], args: argparse.Namespace) -> None:
     lines = ["# Early exit for a decoder: self-speculative decoding on SmolLM2-135M", "",
              f"Drafts from the first blocks of SmolLM2-135M (its own final norm and LM head; no trained exit), "
              f"checked by the full model in one forward; greedy, {args.new} new tokens after each of two 64-token "
              f"prompts ({', '.join(PROMPTS)}), float32, against plain greedy decoding on the decode path "
-             f"(FastDecoder). Times interleaved, medians of {args.rounds} rounds.", "",
+             f"(FastDecoder). " + (f"Times interleaved, medians of {args.rounds} rounds." if args.rounds else "Not timed."), "",
              f"Machine: {machine_line()}, {torch.get_num_threads()} threads", "",
              "| exit block | drafts per check | acceptance (GPL-3, Python ref.) | output identical to plain greedy |",
              "|---|---|---|---|"]
     lines += [f"| {r['exit_layer']} | {r['draft_tokens']} | {', '.join(f'{a:.2f}' for a in r['acceptance'])} | "
               f"{'yes' if r['identical'] else 'NO'} |" for r in sweep]
-    lines += ["", "| variant | median s (both prompts) | tokens/s | speed-up |", "|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['seconds']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x |" for r in rows]
-    lines += ["", "- the two timed settings are the sweep's best by acceptance x share of blocks skipped", ""]
+    if rows:
+        lines += ["", "| variant | median s (both prompts) | tokens/s | speed-up |", "|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['seconds']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x |"
+                  for r in rows]
+        lines += ["", "- the two timed settings are the sweep's best by acceptance x share of blocks skipped", ""]
+    else:
+        lines += ["", "Not timed in this run (acceptance and identity only; `--rounds 0`).", ""]
     path = RES / "early_exit_smollm2.md"
     path.write_text("\n".join(lines))
     path.with_suffix(".json").write_text(json.dumps({"sweep": sweep, "rows": rows, "machine": machine_line()}, indent=1))
