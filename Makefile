@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention llama-cpp clean
+.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,14 @@ bench-recovery: install-bench
 	$(BIN)/python benchmarks/recovery/smollm2.py
 	$(BIN)/python benchmarks/recovery/targets.py
 
+# Early exit on MiniLM (two labelled text tasks), digits-cnn and SmolLM2 (self-speculative) (docs/results/early_exit_*.md) and the issue-21
+# target check; timings under the shared lock.
+bench-early-exit: install-bench
+	flock /tmp/torchslim-bench.lock $(BIN)/python benchmarks/early_exit/encoder.py
+	flock /tmp/torchslim-bench.lock $(BIN)/python benchmarks/early_exit/digits.py
+	flock /tmp/torchslim-bench.lock $(BIN)/python benchmarks/early_exit/decoder.py
+	$(BIN)/python benchmarks/early_exit/targets.py
+
 # Low-rank factorization of SmolLM2-135M (docs/results/lowrank_smollm2*.md) and the issue-21 target check.
 bench-lowrank: install-bench
 	$(BIN)/python benchmarks/lowrank/smollm2.py
@@ -93,7 +101,7 @@ bench-search: install-bench
 	$(BIN)/python benchmarks/search/smollm2.py
 	$(BIN)/python benchmarks/search/front.py
 
-bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention
+bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit
 
 clean:
 	rm -rf $(VENV) .pytest_cache

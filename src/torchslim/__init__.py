@@ -12,7 +12,7 @@ Verbs change a model in place, one per technique family::
 from torchslim.version import __version__
 
 # verbs
-from torchslim.api import convert_attention_, distill_, evaluate, factorize_, finetune_, prune_, quantize_
+from torchslim.api import convert_attention_, distill_, early_exit_, evaluate, factorize_, finetune_, prune_, quantize_
 from torchslim.core.registry import apply_
 
 # building blocks
@@ -36,15 +36,16 @@ from torchslim.distill import BlackBoxDistillConfig, DistillConfig, ReconstructC
 from torchslim.peft import BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 from torchslim.lowrank import LowRankConfig
 from torchslim.attention import AttentionConfig
+from torchslim.early_exit import EarlyExitConfig
 
 __all__ = [
     "__version__",
-    "apply_", "convert_attention_", "distill_", "factorize_", "finetune_", "prune_", "quantize_",
+    "apply_", "convert_attention_", "distill_", "early_exit_", "factorize_", "finetune_", "prune_", "quantize_",
     "ApplyContext", "BaseConfig", "Selector", "TrainConfig", "FinetuneConfig", "ArtifactError", "ConfigError", "TorchSlimError",
     "evaluate", "load", "load_model", "save",
     "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig", "QATConfig", "ActQuant",
     "DistillConfig", "BlackBoxDistillConfig", "ReconstructConfig", "LoraConfig", "IA3Config", "BottleneckConfig",
     "PromptTuningConfig", "PrefixTuningConfig",
     "GradualConfig", "IterativeConfig", "LotteryConfig", "StructuredConfig", "UnstructuredConfig",
-    "LowRankConfig", "AttentionConfig",
+    "LowRankConfig", "AttentionConfig", "EarlyExitConfig",
 ]

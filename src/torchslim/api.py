@@ -86,6 +86,13 @@ def convert_attention_(model: nn.Module, config: Configs, ctx: ApplyContext | No
     return _apply(model, config, ctx, "attention", kwargs)
 
 
+def early_exit_(model: nn.Module, config: Configs, ctx: ApplyContext | None = None, **kwargs: Any) -> nn.Module:
+    """Add exit heads to ``model``'s intermediate blocks and train them by distillation from its final layer
+    (:class:`~torchslim.EarlyExitConfig`; pass ``task=`` and ``train=``); run it with
+    :class:`torchslim.early_exit.ExitRuntime` and an exit policy."""
+    return _apply(model, config, ctx, "early_exit", kwargs)
+
+
 def evaluate(model: nn.Module, task: Any, spec: Any = None, *, what: str | Sequence[str] = ("quality",),
              **kwargs: Any) -> Any:
     """Evaluate ``model`` on ``task`` and return a :class:`torchslim.eval.Report`.

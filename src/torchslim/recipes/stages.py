@@ -8,7 +8,7 @@ A recipe's ``stages`` list holds one-key mappings::
     - evaluate: {}
     - save: {path: int4}
 
-``quantize``, ``prune``, ``finetune``, ``distill``, ``factorize`` and ``attention`` apply a config of that family, ``apply`` one of any
+``quantize``, ``prune``, ``finetune``, ``distill``, ``factorize``, ``attention`` and ``early_exit`` apply a config of that family, ``apply`` one of any
 family; ``train`` is shorthand for ``finetune`` with a plain :class:`TrainConfig`; ``evaluate``
 records the task's quality metrics (and the model's size) in the history; ``save`` writes an
 artifact inside the output folder; ``checkpoint`` marks a resume point. A later technique adds
@@ -123,7 +123,7 @@ def needs_teacher(config: BaseConfig) -> bool:
 
 # -- apply a config --------------------------------------------------------------------------------
 _FAMILY = {"quantize": "quantization", "prune": "pruning", "finetune": "training", "distill": "distillation",
-           "factorize": "lowrank", "attention": "attention", "apply": None}
+           "factorize": "lowrank", "attention": "attention", "early_exit": "early_exit", "apply": None}
 
 
 @dataclass
