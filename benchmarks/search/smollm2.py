@@ -61,6 +61,8 @@ def main() -> None:
     scan = sensitivity(model, task, actions, granularity="block", n_samples=args.samples, measure=args.measure)
     scan_s = time.perf_counter() - t0
     print(to_markdown(scan, top=10), flush=True)
+    (RES / "search_sensitivity_smollm2.scan.json").write_text(json.dumps(   # kept if the check below is stopped
+        {"machine": machine_line(), "load_average": list(os.getloadavg()), "scan_s": scan_s, "scan": scan.to_dict()}))
 
     blocks = [r.group for r in scan.rows if r.group.startswith("model.layers.")]
     step = max(1, len(blocks) // args.check_blocks)
