@@ -164,9 +164,12 @@ def _smollm2_check() -> tuple[str, str, bool, str]:
                 "in the session that built it, on a CPU shared with two benchmark jobs: load average 7-8 on 2 "
                 "cores, about 90 minutes projected; stopped)")
     d = json.loads(path.read_text())
+    during = RES / "search_sensitivity_smollm2.scan.json"         # the load when the scan itself ended
+    load = json.loads(during.read_text())["load_average"] if during.is_file() else d["load_average"]
     agree = "; ".join(f"{k} {v['spearman']:.2f}" for k, v in d["agreement"].items())
     return (target, f"{len(d['actions'])} actions x {len(d['scan']['rows'])} groups in {d['scan_s'] / 60:.1f} min "
-            f"(load average {d['load_average'][0]:.1f}); KL proxy vs perplexity rank correlation: {agree}",
+            f"(load average {load[0]:.1f} when the scan ended); {d['scan']['measure']} proxy vs perplexity rank "
+            f"correlation over {sum(v['points'] for v in d['agreement'].values())} points: {agree}",
             d["scan_s"] <= 900 and len(d["actions"]) >= 3, "block granularity, 4 calibration windows")
 
 

@@ -35,7 +35,7 @@ def test_a_recipe_file_parses_into_typed_stages_and_round_trips(tmp_path):
     ("  - prune: {_type: UnstructuredConfig, sparsty: 0.5}", "stage 1 \\(prune\\): unknown key 'sparsty' for UnstructuredConfig"),
     ("  - train: {steps: 0}", "stage 1 \\(train\\).*TrainConfig.steps must be between 1"),
     ("  - quantize: {_type: UnstructuredConfig}", "stage 1 \\(quantize\\).*pruning config, not for a 'quantize'"),
-    ("  - compress: {}", "stage 1: unknown stage 'compress'; known: apply, checkpoint, distill, evaluate"),
+    ("  - compress: {}", "stage 1: unknown stage 'compress'; known: apply, attention, checkpoint, distill, early_exit, evaluate"),
     ("  - evaluate: {}\n    save: {}", "stage 1: a stage is a mapping with one key"),
     ("  - save: {path: ../outside}", "stage 1 \\(save\\): save.path must stay inside the output folder"),
     ("  - save: {path: a/b}", "stage 1 \\(save\\): save.path must be one folder name .*not nested"),

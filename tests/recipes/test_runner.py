@@ -20,10 +20,12 @@ FAST = RunOptions(iters=3, warmup=1, decode_tokens=4, max_steps=8)
 # tests/peft, the factorize stage in tests/lowrank): their end-to-end runs go with the slow set, to keep the
 # default suite inside its budget.
 SLOW_PRESETS = {"int4-qlora", "structured25-lora", "lowrank20-distill"}
+# Recipes for classifiers (no causal LM to run them on): run on digits-cnn below.
+CLASSIFIER_PRESETS = {"early-exit"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PRESETS else n
-                                  for n in preset_names()])
+                                  for n in preset_names() if n not in CLASSIFIER_PRESETS])
 def test_every_shipped_recipe_runs_on_tiny_llama(tmp_path, name):
     recipe = load_recipe(name)
     result = run_recipe(recipe, "tiny-llama", tmp_path / "out", FAST)
@@ -90,6 +92,18 @@ stages:
 def _run(*args, **kw):
     env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": "200"}
     return subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIER_PRESETS))
+def test_classifier_recipes_run_on_digits_cnn(tmp_path, name):
+    recipe = load_recipe(name)
+    run_recipe(recipe, "digits-cnn", tmp_path / "out", FAST)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["final"]["quality"]["metrics"]["top1"] > 90
+    history = torchslim.artifact.read_manifest(tmp_path / "out")["history"]
+    applied = [h["name"] for h in history if h["kind"] != "evaluate"]
+    assert applied == [type(s.config).__name__ for s in recipe.stages if hasattr(s, "config")]
+    torchslim.load(tmp_path / "out")
 
 
 def test_a_run_killed_during_its_second_stage_resumes_to_the_same_artifact(tmp_path):

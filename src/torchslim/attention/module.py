@@ -18,8 +18,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from torchslim.attention import math as AM
 from torchslim.core.errors import ConfigError
@@ -104,6 +102,7 @@ class EfficientAttention(nn.Module):
         if shared is None or not hasattr(shared, "_attn_implementation"):
             raise ConfigError(f"{type(parent).__name__} has no Hugging Face config: its attention function cannot "
                               "be redirected")
+        register_forward()
         if parent.__dict__.get(_SHARED) is None:
             parent.__dict__[_SHARED] = shared
             own = copy.copy(shared)
@@ -129,6 +128,8 @@ def efficient_attention_forward(module: nn.Module, query: torch.Tensor, key: tor
     SDPA for a module without one. Returns ``([B, Lq, H, D], None)`` as every attention function does."""
     eff = module._modules.get(CHILD)
     if not isinstance(eff, EfficientAttention):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     causal = kwargs.get("is_causal")
@@ -138,7 +139,13 @@ def efficient_attention_forward(module: nn.Module, query: torch.Tensor, key: tor
     return out.transpose(1, 2).contiguous(), None
 
 
-ALL_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, efficient_attention_forward)
+def register_forward() -> None:
+    """Register :func:`efficient_attention_forward` with transformers' attention dispatch (done when the first
+    :class:`EfficientAttention` is attached: importing the dispatch pulls in torch._dynamo, a second of start-up
+    that every ``torchslim`` command paid when it ran at import)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    ALL_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, efficient_attention_forward)
 
 register_kind(ModuleKind(
     "EfficientAttention", EfficientAttention, lambda m: m.describe(),
