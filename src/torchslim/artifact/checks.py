@@ -227,22 +227,3 @@ def bound(what: str, nbytes: int, file_bytes: int, path: Path) -> None:
         raise ArtifactError(f"{path}: {what} would need {nbytes / 2**30:.1f} GiB, far more than its "
                             f"{file_bytes / 2**20:.1f} MiB weights file can describe; the artifact is corrupt or "
                             "tampered with")
-
-
-# -- weights against the rebuilt model -----------------------------------------------------------
-def match_state(path: Path, expected: dict[str, torch.Tensor], tensors: dict[str, Any]) -> None:
-    """Same names, shapes and dtype kinds in the weights file (``{name: (dtype, shape)}``, from its header)
-    as in the rebuilt model, or a clear error.
-
-    A floating-point tensor may be stored in another floating dtype (a model saved after ``.half()``);
-    integer codes, masks and counters must keep theirs."""
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ArtifactError(f"{path}: weights do not match the architecture ({what})")
-    for name, ref in expected.items():
-        dtype, shape = tensors[name]
-        if tuple(shape) != tuple(ref.shape):
-            raise ArtifactError(f"{path}: tensor '{name}' has shape {list(shape)}, the model expects {list(ref.shape)}")
-        if dtype != ref.dtype and not (dtype.is_floating_point and ref.dtype.is_floating_point):
-            raise ArtifactError(f"{path}: tensor '{name}' is {dtype}, the model expects {ref.dtype}")

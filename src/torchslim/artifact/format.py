@@ -328,7 +328,7 @@ def _load(path: Path, model: nn.Module | None, verify: bool) -> nn.Module:
     for alias, canonical in aliases.items():
         if canonical not in header:
             raise ArtifactError(f"{path}: alias '{alias}' points to '{canonical}', which the weights file lacks")
-    checks.match_state(path, model.state_dict(), {**header, **{a: header[c] for a, c in aliases.items()}})
+    io.match_header(path, model.state_dict(), {**header, **{a: header[c] for a, c in aliases.items()}})
     tensors = _read_weights(wpath)
     for alias, canonical in aliases.items():
         tensors[alias] = tensors[canonical]

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 STAGING = ".torchslim-staging"
 REPLACED = ".replaced-"
@@ -217,3 +217,23 @@ def sha256(path: str | os.PathLike) -> str:
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def match_header(path: str | os.PathLike, expected: dict[str, Any], header: dict[str, tuple[Any, Any]], *,
+                 mismatch: str = "weights do not match the architecture", holder: str = "the model") -> None:
+    """The tensors a safetensors header lists (``{name: (dtype, shape)}``) are exactly ``expected``'s names with
+    their shapes and dtype kinds, or an ArtifactError naming the first difference (``mismatch`` for a different
+    set of names; ``holder`` is what expects each tensor). A floating-point tensor may be stored in another
+    floating dtype (a model saved after ``.half()``); integer codes, masks and counters must keep theirs."""
+    from torchslim.core.errors import ArtifactError
+
+    missing, unexpected = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ArtifactError(f"{path}: {mismatch} ({what})")
+    for name, ref in expected.items():
+        dtype, shape = header[name]
+        if tuple(shape) != tuple(ref.shape):
+            raise ArtifactError(f"{path}: tensor '{name}' has shape {list(shape)}, {holder} expects {list(ref.shape)}")
+        if dtype != ref.dtype and not (dtype.is_floating_point and ref.dtype.is_floating_point):
+            raise ArtifactError(f"{path}: tensor '{name}' is {dtype}, {holder} expects {ref.dtype}")

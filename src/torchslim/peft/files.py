@@ -50,7 +50,6 @@ MANIFEST = "adapter.json"
 WEIGHTS = "adapter.safetensors"
 MAX_JSON_BYTES = 16 << 20
 MAX_BRANCHES = 1 << 16
-_FLOATS = {torch.float64, torch.float32, torch.float16, torch.bfloat16}
 
 
 # -- shared file checks (also used by the peft interop) ----------------------------------------------
@@ -101,22 +100,6 @@ def _st_dtype(name: str) -> torch.dtype:
     if name not in table:
         raise ValueError(f"unsupported dtype {name}")
     return table[name]
-
-
-def match_tensors(p: Path, expected: dict[str, torch.Tensor],
-                  header: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
-    """The file holds exactly the expected names, each with the expected shape; a float tensor may be stored in
-    another float dtype, any other keeps its dtype (as an artifact's weights are checked)."""
-    missing, unexpected = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ArtifactError(f"{p}: tensors do not match the adapter's branches ({what})")
-    for name, ref in expected.items():
-        dtype, shape = header[name]
-        if tuple(shape) != tuple(ref.shape):
-            raise ArtifactError(f"{p}: tensor '{name}' has shape {list(shape)}, the branch expects {list(ref.shape)}")
-        if dtype != ref.dtype and not (dtype in _FLOATS and ref.dtype in _FLOATS):
-            raise ArtifactError(f"{p}: tensor '{name}' is {dtype}, the branch expects {ref.dtype}")
 
 
 def read_tensors(p: Path) -> dict[str, torch.Tensor]:
@@ -343,7 +326,8 @@ def load_adapter(model: nn.Module, path: str | Path, adapter: str | None = None)
     check_base(model, m["base"], path)
     built = _build_branches(model, m["branches"], old, new, wpath.stat().st_size, path)
     expected = {f"{f}.{k}": t for f, _, b in built for k, t in b.state_dict().items()}
-    match_tensors(wpath, expected, header)
+    io.match_header(wpath, expected, header, mismatch="tensors do not match the adapter's branches",
+                    holder="the branch")
     tensors = read_tensors(wpath)
     for f, _, b in built:
         b.load_state_dict({k: tensors[f"{f}.{k}"] for k in b.state_dict()}, strict=True)
