@@ -4,10 +4,11 @@ their own parameters, refuse to merge, and round-trip through an artifact."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
+from _peft_helpers import outputs, tensors
 from torch import nn
 
 import torchslim
@@ -28,12 +29,7 @@ PLACED = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_gpt2() -> nn.Module:
@@ -44,17 +40,6 @@ def _tiny_gpt2() -> nn.Module:
 
 
 BUILD = {"llama": lambda: build_tiny_llama(0), "bert": lambda: build_tiny_bert(0), "gpt2": _tiny_gpt2}
-
-
-def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        out = model(**inputs)
-    logits = getattr(out, "logits", None)
-    return logits if logits is not None else out.last_hidden_state
-
-
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
 def _prepare(model: nn.Module, config: BottleneckConfig) -> dict[str, Any]:
@@ -71,7 +56,7 @@ def trained(request: pytest.FixtureRequest) -> dict[str, Any]:
     held = next(lm.task.train_batches(8, seed=123))
     with torch.no_grad():
         loss_before = lm.task.loss(lm.model, held).item()
-    base = {n: t.detach().clone() for n, t in _tensors(lm.model).items()}
+    base = {n: t.detach().clone() for n, t in tensors(lm.model).items()}
     torchslim.finetune_(lm.model, BottleneckConfig(size=8), task=lm.task,
                         train=torchslim.TrainConfig(steps=30, batch_size=4, lr=3e-3, progress=False))
     with torch.no_grad():
@@ -83,7 +68,7 @@ def test_training_lowers_the_loss_and_changes_only_the_adapters(trained: dict[st
     before, after = trained["loss"]
     assert after < before - 0.05
     model = trained["lm"].model
-    now = _tensors(model)
+    now = tensors(model)
     added = {n for n in now if ".bottleneck_default." in n}
     assert added and set(now) - added == set(trained["base"])
     assert [n for n, t in trained["base"].items() if not torch.equal(t, now[n])] == []
@@ -104,7 +89,7 @@ def test_the_trained_model_round_trips_through_an_artifact(trained: dict[str, An
     found = branches(loaded, "default", "bottleneck")
     assert [n for n, _ in found] == [n for n, _ in branches(model, "default", "bottleneck")]
     assert all(isinstance(b, BottleneckBranch) and b.size == 8 for _, b in found)
-    assert torch.equal(_outputs(loaded, inputs), _outputs(model, inputs))
+    assert torch.equal(outputs(loaded, inputs), outputs(model, inputs))
 
 
 @pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
@@ -112,26 +97,26 @@ def test_the_trained_model_round_trips_through_an_artifact(trained: dict[str, An
 def test_placement_adapts_the_sub_layers_that_feed_the_residual_stream(arch: str, placement: str) -> None:
     model = BUILD[arch]()
     inputs = {"input_ids": torch.randint(5, 60, (2, 16), generator=torch.Generator().manual_seed(0))}
-    base = _outputs(model, inputs)
+    base = outputs(model, inputs)
     record = _prepare(model, BottleneckConfig(size=4, placement=placement))
     layers = [layer_name(n) for n, _ in branches(model, "default", "bottleneck")]
     assert [n for n in layers if ".0." in n] == PLACED[(arch, placement)]
     assert record["layers"] == len(layers) == 2 * len(PLACED[(arch, placement)])     # two blocks
     features = {n: m.features for n, m in branches(model)}
     assert record["trainable_params"] == sum(2 * f * 4 + 4 + f for f in features.values())
-    assert torch.equal(_outputs(model, inputs), base)            # up starts at zero: the identity
+    assert torch.equal(outputs(model, inputs), base)            # up starts at zero: the identity
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
 def test_each_activation_changes_the_output_once_up_is_nonzero(activation: str) -> None:
     model = build_tiny_llama(0)
     inputs = {"input_ids": torch.arange(5, 21).reshape(1, 16)}
-    base = _outputs(model, inputs)
+    base = outputs(model, inputs)
     _prepare(model, BottleneckConfig(size=4, activation=activation, placement="pfeiffer"))
     with torch.no_grad():
         for _, b in branches(model):
             b.up.weight.fill_(0.1)
-    assert (_outputs(model, inputs) - base).abs().max() > 1e-3
+    assert (outputs(model, inputs) - base).abs().max() > 1e-3
 
 
 def test_a_selector_matching_nothing_is_an_error() -> None:

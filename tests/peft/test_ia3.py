@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
+from _peft_helpers import outputs, tensors
 from torch import nn
 
 import torchslim
@@ -22,12 +23,7 @@ ARCHS = ("llama", "bert")
 BLOCK_LINEARS = {"llama": r"re:.*(self_attn|mlp)\..*_proj", "bert": r"re:encoder\.layer\.\d+\..*(query|key|value|dense)"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _loaded(arch: str) -> Any:
@@ -43,17 +39,6 @@ def _loaded(arch: str) -> Any:
     return lm
 
 
-def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        out = model(**inputs)
-    logits = getattr(out, "logits", None)
-    return logits if logits is not None else out.last_hidden_state
-
-
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
-
-
 def _trained(arch: str, int8: bool) -> dict[str, Any]:
     lm = _loaded(arch)
     if int8:
@@ -62,7 +47,7 @@ def _trained(arch: str, int8: bool) -> dict[str, Any]:
     held = next(lm.task.train_batches(8, seed=123))
     with torch.no_grad():
         loss_before = lm.task.loss(lm.model, held).item()
-    base = {n: t.detach().clone() for n, t in _tensors(lm.model).items()}
+    base = {n: t.detach().clone() for n, t in tensors(lm.model).items()}
     torchslim.finetune_(lm.model, IA3Config(), task=lm.task,
                         train=torchslim.TrainConfig(steps=30, batch_size=4, lr=3e-2, progress=False))
     with torch.no_grad():
@@ -79,7 +64,7 @@ def test_training_lowers_the_loss_and_changes_only_the_ia3_vectors(trained: dict
     before, after = trained["loss"]
     assert after < before - 0.01
     model = trained["lm"].model
-    now = _tensors(model)
+    now = tensors(model)
     vectors = {n for n in now if ".ia3_default." in n}
     assert vectors and all(n.endswith(".vector") for n in vectors)
     assert set(now) - vectors == set(trained["base"])
@@ -90,17 +75,17 @@ def test_training_lowers_the_loss_and_changes_only_the_ia3_vectors(trained: dict
 
 def test_merge_gives_the_unmerged_outputs_and_unmerge_restores_the_base(trained: dict[str, Any]) -> None:
     model, inputs = copy.deepcopy(trained["lm"].model), trained["inputs"]
-    adapted = _outputs(model, inputs)
+    adapted = outputs(model, inputs)
     n_branches = len(branches(model, "default"))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     report = merge_(model, "default", keep=True)
     assert report["layers"] == {"exact": n_branches}
-    assert (_outputs(model, inputs) - adapted).abs().max().item() <= 1e-5
+    assert (outputs(model, inputs) - adapted).abs().max().item() <= 1e-5
     assert unmerge_(model, "default") == n_branches
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())   # weights and biases, bit for bit
-    assert torch.equal(_outputs(model, inputs), adapted)
+    assert torch.equal(outputs(model, inputs), adapted)
     merge_(model, "default")
-    assert branches(model) == [] and (_outputs(model, inputs) - adapted).abs().max().item() <= 1e-5
+    assert branches(model) == [] and (outputs(model, inputs) - adapted).abs().max().item() <= 1e-5
 
 
 def test_the_trained_model_round_trips_through_an_artifact(trained: dict[str, Any], tmp_path: Path) -> None:
@@ -109,26 +94,26 @@ def test_the_trained_model_round_trips_through_an_artifact(trained: dict[str, An
     loaded = torchslim.load(tmp_path / "ia3")
     found = branches(loaded, "default", "ia3")
     assert len(found) == len(branches(model, "default", "ia3")) and all(isinstance(b, IA3Branch) for _, b in found)
-    assert torch.equal(_outputs(loaded, inputs), _outputs(model, inputs))
+    assert torch.equal(outputs(loaded, inputs), outputs(model, inputs))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_merge_into_an_int8_base_requantizes_close_to_the_adapted_outputs(arch: str) -> None:
+def test_merge_into_an_int8_base_requantizes_close_to_the_adaptedoutputs(arch: str) -> None:
     run = _trained(arch, int8=True)
     model, inputs = run["lm"].model, run["inputs"]
     before, after = run["loss"]
     assert after < before - 0.01
-    now = _tensors(model)
+    now = tensors(model)
     assert [n for n, t in run["base"].items() if not torch.equal(t, now[n])] == []   # packed codes and scales too
     n_branches = len(branches(model, "default", "ia3"))
-    adapted = _outputs(model, inputs)
+    adapted = outputs(model, inputs)
     torchslim.peft.set_adapter(model, None)
-    effect = (_outputs(model, inputs) - adapted).norm()
+    effect = (outputs(model, inputs) - adapted).norm()
     torchslim.peft.set_adapter(model, "default")
     report = merge_(model)
     assert report["layers"] == {"requantized": n_branches} and n_branches >= 6
     assert report["update_error"]["max"] < 0.1
-    error = (_outputs(model, inputs) - adapted).norm()
+    error = (outputs(model, inputs) - adapted).norm()
     assert error / adapted.norm() < 5e-3 and error < 0.1 * effect
 
 
@@ -230,8 +215,8 @@ def test_merge_is_exact_on_conv1d_and_convolution_layers(kind: str) -> None:
             b.vector.copy_(1 + 0.3 * torch.randn(b.vector.shape, generator=g))
             bias = model.get_submodule(layer_name(name)).bias
             bias.copy_(0.1 * torch.randn(bias.shape, generator=g))
-    adapted = _outputs(model, inputs) if kind == "gpt2" else model(**inputs).detach()
+    adapted = outputs(model, inputs) if kind == "gpt2" else model(**inputs).detach()
     report = merge_(model)
-    merged = _outputs(model, inputs) if kind == "gpt2" else model(**inputs).detach()
+    merged = outputs(model, inputs) if kind == "gpt2" else model(**inputs).detach()
     assert report["layers"] == {"exact": record["layers"]}
     assert (merged - adapted).abs().max().item() <= 1e-5 * max(1.0, adapted.abs().max().item())
