@@ -21,7 +21,7 @@ from torch import nn
 
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
-from torchslim.core.progress import muted, track
+from torchslim.core.progress import track
 from torchslim.core.registry import apply_
 from torchslim.core.select import Selector
 from torchslim.recipes.recipe import Recipe
@@ -132,7 +132,7 @@ def to_recipe(scan: Sensitivity, actions: list[Action], assignment: dict[str, st
 def _measure(model: nn.Module, task: Any, recipe: Recipe) -> tuple[float, int]:
     trial = copy.deepcopy(model)
     ctx = ApplyContext(task=task, calibration=task)
-    with _quiet_trial(), muted():
+    with _quiet_trial():                     # no progress or warnings of its own (muted inside)
         for stage in recipe.stages:
             config = getattr(stage, "config", None)
             if config is not None:
