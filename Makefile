@@ -99,6 +99,7 @@ bench-speed: install-bench llama-cpp
 # Sensitivity and tuning (issue 22): digits-cnn front, SmolLM2 block scan and its proxy check; the target check.
 bench-search: install-bench
 	$(BIN)/python benchmarks/search/smollm2.py
+	$(BIN)/python benchmarks/search/joint.py
 	$(BIN)/python benchmarks/search/front.py
 
 bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit
