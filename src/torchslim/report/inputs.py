@@ -124,8 +124,13 @@ def evaluations(path: Path) -> list[Column]:
         raise TorchSlimError(f"{path}: no evaluation report (an `eval --json` file, or a run folder with report.json)")
     data = read_json(file)
     if is_run(data):
-        return run_columns(data, path.name if path.is_dir() else path.stem, file)
+        return run_columns(data, label_of(path), file)
     return [Column(_report(data, file), "evaluated")]
+
+
+def label_of(path: Path) -> str:
+    """A run's label: its folder's name (also when given its ``report.json``), else the file's stem."""
+    return path.name if path.is_dir() else path.parent.name if path.name == "report.json" else path.stem
 
 
 def _report(data: Any, file: Path) -> Report:
@@ -143,7 +148,7 @@ def gather(paths: list[Path]) -> Inputs:
     for path in paths:
         if not path.exists():
             raise TorchSlimError(f"{path}: no such file or folder")
-        _folder(path, out) if path.is_dir() else _file(path, path.stem, read_json(path), out)
+        _folder(path, out) if path.is_dir() else _file(path, label_of(path), read_json(path), out)
         out.sources.append(str(path))
     return out
 
@@ -174,8 +179,10 @@ def _file(file: Path, label: str, data: Any, out: Inputs) -> None:
         stages = data.get("stages")
         if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
             raise TorchSlimError(f"{file}: 'stages' must be a list of stage rows")
-        out.runs.append(Run(label, str(data.get("recipe", "run")), str(data.get("metric", "")),
-                            str(data.get("machine", "")), stages))
+        run = Run(label, str(data.get("recipe", "run")), str(data.get("metric", "")), str(data.get("machine", "")),
+                  stages)
+        if run not in out.runs:
+            out.runs.append(run)
     elif "points" in data:
         out.fronts.append(front(data, label, file))
         if isinstance(data.get("scan"), dict):
