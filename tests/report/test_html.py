@@ -55,10 +55,13 @@ def test_every_string_from_a_file_is_escaped(tmp_path, inputs):
     evaluation('b" onload="x', 21.0, 500).save(tmp_path / "b.json")
     scan = json.loads((inputs["scan"] / "sensitivity.json").read_text())
     scan["rows"][0]["group"] = "<b>layer</b>"
+    scan["rows"][1]["group"] = r"$\frac{$"            # not matplotlib math either: drawn as written
     (tmp_path / "s.json").write_text(json.dumps(scan))
-    front = {"metric": "<i>m</i>", "points": [{"name": "<p>x", "kind": "<k>", "bytes": 10, "q": 1.0}]}
+    front = {"metric": "<i>m</i>", "points": [{"name": "<p>x", "kind": "<k>", "bytes": 10, "q": 1.0},
+                                              {"name": "$\\frac{$", "kind": "recipe", "bytes": 5, "q": 0.5}]}
     (tmp_path / "f.json").write_text(json.dumps(front))
     text = render(gather([tmp_path / n for n in ("a.json", "b.json", "s.json", "f.json")]), title="<t>")
+    assert text.count("<img") == 3
     for raw in (evil, "<b>layer</b>", "<i>m</i>", "<p>x", "<k>", "<t>", '" onload="'):
         assert raw not in text, raw
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "&lt;b&gt;layer&lt;/b&gt;" in text

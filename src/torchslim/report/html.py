@@ -108,17 +108,24 @@ def columns_front(columns: list[Column]) -> tuple[Front | None, list[str]]:
                  "artifact size on disk"), notes
 
 
+MARKS = {"original": "the star is the uncompressed model", "recipe": "diamonds are recipes' results",
+         "uniform": "circles one action on every layer", "tuned": "squares tuned per-layer mixes",
+         "evaluated": "triangles evaluated models"}
+
+
 def front_section(f: Front, notes: list[str]) -> str:
     front = {id(p) for p in plots.on_front(f)}
+    timed = any(p.latency_ms is not None for p in f.points)
     rows = [[p.name, p.kind, fmt_bytes(p.bytes), fmt_metric(p.quality),
-             "" if p.latency_ms is None else f"{fmt_num(p.latency_ms)} ms", "yes" if id(p) in front else ""]
-            for p in sorted(f.points, key=lambda p: -p.bytes)]
+             *([] if not timed else [""] if p.latency_ms is None else [f"{fmt_num(p.latency_ms)} ms"]),
+             "yes" if id(p) in front else ""] for p in sorted(f.points, key=lambda p: -p.bytes)]
     better = "higher" if f.higher_is_better else "lower"
-    return (f"<h3>{e(f.label)}</h3>"
-            + figure(plots.pareto(f), f"Pareto plot: {f.label}", f"{f.bytes_label} against {f.metric} ({better} is "
-                     "better); the star is the uncompressed model, diamonds the recipes' results, the dashed line "
-                     "the front (no other point is both smaller and better).")
-            + table(["point", "kind", f.bytes_label, f.metric, "latency", "on the front"], rows, (2, 3, 4))
+    marks = [MARKS[k] for k in MARKS if any(p.kind == k for p in f.points)]
+    caption = (f"{f.bytes_label} against {f.metric} ({better} is better); " + ", ".join(marks)
+               + ("; " if marks else "") + "the dashed line is the front (no other point is both smaller and better).")
+    return (f"<h3>{e(f.label)}</h3>" + figure(plots.pareto(f), f"Pareto plot: {f.label}", caption)
+            + table(["point", "kind", f.bytes_label, f.metric, *(["latency"] if timed else []), "on the front"], rows,
+                    (2, 3, 4) if timed else (2, 3))
             + _notes(f.notes + notes))
 
 
@@ -150,7 +157,7 @@ def layers_section(a: Artifact) -> str:
             + table(["layer", "module", "technique", "storage", "bits", "sparsity", "kernel", "kernel note",
                      "slower than fp32", "stage"], rows, (4, 5, 9))
             + _notes([f"{len(layers)} compressed layers; the kernel is the one recorded when the artifact was saved "
-                      "(`torchslim kernels` measures their speed on this machine)."]))
+                      "(torchslim kernels measures their speed on this machine)."]))
 
 
 def run_history(r: Run) -> str:

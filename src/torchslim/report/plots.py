@@ -21,6 +21,12 @@ def _pyplot() -> Any:
     return plt
 
 
+def plain(text: str) -> str:
+    """``text`` drawn as written: a ``$`` in a name read from a file would start matplotlib's math mode (and a
+    name like ``$\\frac{$`` would fail to draw)."""
+    return str(text).replace("$", r"\$")
+
+
 def png(fig: Any, dpi: int = 110) -> bytes:
     """The figure as PNG bytes (the figure is closed)."""
     plt = _pyplot()
@@ -52,10 +58,10 @@ def heat_map(groups: Sequence[str], actions: Sequence[str], costs: Sequence[Sequ
         return fig
     cmap = matplotlib.colormaps["magma_r"].with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap)
-    ax.set_xticks(range(len(actions)), list(actions), rotation=30, ha="right")
-    ax.set_yticks(range(len(groups)), list(groups), fontsize=7 if len(groups) > 40 else 9)
-    fig.colorbar(im, ax=ax, label=f"log10 {measure} cost")
-    ax.set_title(f"Sensitivity ({granularity} by {granularity}; darker hurts more)")
+    ax.set_xticks(range(len(actions)), [plain(a) for a in actions], rotation=30, ha="right")
+    ax.set_yticks(range(len(groups)), [plain(g) for g in groups], fontsize=7 if len(groups) > 40 else 9)
+    fig.colorbar(im, ax=ax, label=plain(f"log10 {measure} cost"))
+    ax.set_title(plain(f"Sensitivity ({granularity} by {granularity}; darker hurts more)"))
     fig.tight_layout()
     return fig
 
@@ -87,10 +93,11 @@ def _panel(ax: Any, points: list[Point], front: list[Point], x: Any, xlabel: str
     for kind in kinds:
         marker, size, colour = MARKERS.get(kind, ("x", 55, None))
         ps = [p for p in points if p.kind == kind]
-        ax.scatter([x(p) for p in ps], [p.quality for p in ps], marker=marker, s=size, c=colour, label=kind, zorder=3)
+        ax.scatter([x(p) for p in ps], [p.quality for p in ps], marker=marker, s=size, c=colour, label=plain(kind),
+                   zorder=4 if kind in ("original", "recipe") else 3)     # never hidden behind another point
     for p in points:
         if p.kind in ("original", "recipe"):
-            ax.annotate(p.name, (x(p), p.quality), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.annotate(plain(p.name), (x(p), p.quality), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if len(front) > 1:
         ax.plot([x(p) for p in front], [p.quality for p in front], "k--", lw=1, label="front", zorder=2)
     xs = [x(p) for p in points]
@@ -101,7 +108,7 @@ def _panel(ax: Any, points: list[Point], front: list[Point], x: Any, xlabel: str
         ax.xaxis.set_minor_formatter(NullFormatter())
         xlabel += " (log)"
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{metric} ({better} is better)")
+    ax.set_ylabel(plain(f"{metric} ({better} is better)"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -119,6 +126,6 @@ def pareto(f: Front) -> Any:
         latency = lambda p: p.latency_ms  # noqa: E731
         _panel(axes[0][1], timed, pareto_front(timed, f.higher_is_better, latency), latency, "latency median, ms",
                f.metric, better)
-    fig.suptitle(f"{f.label}: size vs {f.metric}" + (" and latency" if panels == 2 else ""))
+    fig.suptitle(plain(f"{f.label}: size vs {f.metric}" + (" and latency" if panels == 2 else "")))
     fig.tight_layout()
     return fig
