@@ -49,6 +49,13 @@ def test_a_section_without_input_is_named_with_what_would_fill_it(inputs):
     assert _sections(scan_only) == ["sensitivity-heat-map"] and scan_only.count("<img") == 1
 
 
+def test_an_artifact_alone_gives_its_layers_and_the_history_its_manifest_records(pruned_int8_artifact):
+    text = render(gather([pruned_int8_artifact]))
+    assert _sections(text) == ["per-layer-kernel-and-format-table", "history-of-stages"]
+    history = text.split('id="history-of-stages"')[1]
+    assert "StructuredConfig" in history and "WeightOnlyConfig" in history and "QuantLinear" in history
+
+
 def test_every_string_from_a_file_is_escaped(tmp_path, inputs):
     evil = "<script>alert(1)</script>"
     evaluation(evil, 20.0, 1000).save(tmp_path / "a.json")
