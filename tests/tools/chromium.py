@@ -96,6 +96,18 @@ def _errors(events: list[dict]) -> list[str]:
     return out
 
 
+def _pipe_fds(read: int, write: int):
+    """In the child: the pipe ends on the descriptors chromium reads (3) and writes (4), kept across exec (the
+    parent's other descriptors are not inheritable: Python opens them close-on-exec)."""
+    def place() -> None:
+        os.dup2(read, 3)
+        os.dup2(write, 4)
+        os.set_inheritable(3, True)
+        os.set_inheritable(4, True)
+
+    return place
+
+
 def check_page(page: Path, screenshot: Path, timeout: float = 30.0, width: int = 1280) -> PageCheck:
     """Load ``page`` (a file) and report what it showed; raises FileNotFoundError (with how to install it)
     when there is no Chromium."""
@@ -109,7 +121,7 @@ def check_page(page: Path, screenshot: Path, timeout: float = 30.0, width: int =
                 "--disable-extensions", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
                 f"--window-size={width},900", "about:blank"]
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                pass_fds=(3, 4), preexec_fn=lambda: (os.dup2(to_chrome_r, 3), os.dup2(from_chrome_w, 4)))
+                                close_fds=False, preexec_fn=_pipe_fds(to_chrome_r, from_chrome_w))
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         pipe = _Pipe(proc, to_chrome_w, from_chrome_r, time.monotonic() + timeout)
