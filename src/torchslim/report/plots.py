@@ -12,7 +12,7 @@ MARKERS = {"original": ("*", 220, "#1f77b4"), "recipe": ("D", 70, "#d62728"), "u
            "tuned": ("s", 55, "#2ca02c"), "evaluated": ("^", 70, "#9467bd")}   # kind: marker, size, colour
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +29,7 @@ def plain(text: str) -> str:
 
 def png(fig: Any, dpi: int = 110) -> bytes:
     """The figure as PNG bytes (the figure is closed)."""
-    plt = _pyplot()
+    plt = pyplot()
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=dpi)
@@ -45,7 +45,7 @@ def heat_map(groups: Sequence[str], actions: Sequence[str], costs: Sequence[Sequ
     import matplotlib
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     grid = np.full((len(groups), len(actions)), np.nan)
     for i, row in enumerate(costs):
         for j, cost in enumerate(row):
@@ -116,7 +116,7 @@ def _panel(ax: Any, points: list[Point], front: list[Point], x: Any, xlabel: str
 def pareto(f: Front) -> Any:
     """Size against quality (and latency against quality where two or more points were timed), the
     uncompressed model and recipes named, the front dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     timed = [p for p in f.points if p.latency_ms is not None]
     panels = 2 if len(timed) > 1 else 1
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.8), squeeze=False)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from torchslim.core.io import atomic_file
 from torchslim.search.joint import Point, SearchResult
-from torchslim.search.report import _write
 
 
 def _mix(p: Point) -> str:
@@ -37,11 +36,9 @@ def to_markdown(r: SearchResult) -> str:
 
 
 def plot(r: SearchResult, path: str | Path) -> Path:
-    import matplotlib
+    from torchslim.report import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     pts = r.points
     lat = "latency_ms" in r.objectives
@@ -55,11 +52,14 @@ def plot(r: SearchResult, path: str | Path) -> Path:
             label="Pareto front")
     ax.scatter([r.base.bytes / 2**20], [r.base.quality], marker="*", s=160, color="black", label="uncompressed")
     ax.set_xlabel("MiB stored")
-    ax.set_ylabel(r.metric + (" (higher is better)" if r.higher_is_better else " (lower is better)"))
+    ax.set_ylabel(plots.plain(r.metric) + (" (higher is better)" if r.higher_is_better else " (lower is better)"))
     ax.set_title(f"Joint search: {len(pts)} trials")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _write(fig, path)
+    path = Path(path)
+    with atomic_file(path, "wb") as f:
+        f.write(plots.png(fig))
+    return path
 
 
 def save(r: SearchResult, folder: str | Path) -> dict[str, Path]:
