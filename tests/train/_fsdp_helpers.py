@@ -1,0 +1,88 @@
+"""Workloads of the FSDP tests: a short distillation of tiny-llama, with and without checkpoints.
+
+Run as a script under ``torchrun`` (``python _fsdp_helpers.py MODE OUT [CKPT]``) it writes ``rank<r>.json``
+into ``OUT``. Modes: ``all`` (the comparisons of test_fsdp.py; ``CKPT`` holds a 1-process checkpoint to
+resume), ``slow`` (checkpoints every 3 steps, then crawls so that a test can kill -9 it after the first one).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchslim.train import LambdaHook, ParallelKind, TrainConfig
+from torchslim.train.distributed import init_distributed
+from torchslim.train.fsdp import choose_parallel
+
+STEPS = 8
+EVERY = 3
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def train_config(**kw: Any) -> TrainConfig:
+    base = dict(steps=STEPS, batch_size=4, lr=3e-3, optimizer="adamw", schedule="cosine", warmup_steps=1,
+                max_grad_norm=1.0, seed=5, progress=False, eval_at_end=False, parallel="fsdp")
+    return TrainConfig(**{**base, **kw})
+
+
+def distill(train: TrainConfig, hidden: float = 1.0, hooks: tuple = ()) -> dict[str, Any]:
+    """Distil a narrower tiny-llama (hidden 32, so the hidden-state term trains added projections) from
+    tiny-llama, as ``torchslim.distill_`` does (prepare -> fit -> convert). The projections start from a
+    different random draw on each rank: the engine must start every rank from rank 0's."""
+    from torchslim.core.context import ApplyContext
+    from torchslim.distill import DistillConfig
+    from torchslim.train.transform import fit
+    from torchslim.zoo.tiny import tiny_llama
+
+    teacher = tiny_llama(0)
+    student = tiny_llama(1, hidden_size=32, intermediate_size=64).model
+    config = DistillConfig(output_weight=1.0, hidden_weight=hidden, train=train)
+    ctx = ApplyContext(task=teacher.task, teacher=teacher.model, hooks=tuple(hooks))
+    torch.manual_seed(100 + rank())
+    prepared = config.prepare(student, ctx)
+    res = fit(student, config, prepared, ctx)[-1]
+    student = config.convert(student, prepared)
+    sd = student.state_dict()
+    return {"losses": res.losses, "parallel": res.parallel, "world_size": res.world_size,
+            "resumed_from": res.resumed_from, "class": type(student).__name__,
+            "plain": all(type(p) is torch.nn.Parameter for p in student.parameters()),
+            "tied": student.lm_head.weight is student.model.embed_tokens.weight,
+            "weights": {k: sd[k].flatten()[::97].tolist() for k in ("model.layers.1.mlp.down_proj.weight",
+                                                                    "model.embed_tokens.weight")}}
+
+
+def crawl_after(step: int, seconds: float) -> LambdaHook:
+    """A hook that sleeps after each step past ``step`` (so a kill lands after that step's checkpoint)."""
+    return LambdaHook(on_step_end=lambda trainer, s: time.sleep(seconds) if s > step else None)
+
+
+def run_all(ckpt: str) -> dict[str, Any]:
+    return {"output": distill(train_config(), hidden=0.0),
+            "hidden": distill(train_config()),
+            "hidden_ddp": distill(train_config(parallel="ddp")),
+            "resume": distill(train_config(checkpoint_dir=ckpt, resume=True), hidden=0.0),
+            "auto": choose_parallel(ParallelKind.AUTO, torch.nn.Linear(4, 4), init_distributed(), [])}
+
+
+def main(mode: str, out: str, ckpt: str) -> None:
+    if mode == "all":
+        result = run_all(ckpt)
+    elif mode == "slow":
+        result = distill(train_config(checkpoint_dir=ckpt, checkpoint_every=EVERY), hidden=0.0,
+                         hooks=(crawl_after(EVERY, 3.0),))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    Path(out, f"rank{rank()}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(sys.argv[1], sys.argv[2], sys.argv[3])
