@@ -33,30 +33,60 @@ def train_config(**kw: Any) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+def run_stage(model: torch.nn.Module, config: Any, ctx: Any, task: Any) -> dict[str, Any]:
+    """prepare -> fit -> convert, as the verbs run a training config; the history and the converted model's
+    logits on a fixed batch. Added modules start from a different random draw on each rank: the engine must
+    start every rank from rank 0's."""
+    from torchslim.train.transform import fit
+
+    torch.manual_seed(100 + rank())
+    prepared = config.prepare(model, ctx)
+    res = fit(model, config, prepared, ctx)[-1]
+    model = config.convert(model, prepared).eval()
+    batch = next(task.train_batches(2, seed=9))
+    with torch.no_grad():
+        logits = task.forward(model, batch).logits[:, :4, :8]
+    return {"losses": res.losses, "parallel": res.parallel, "world_size": res.world_size,
+            "resumed_from": res.resumed_from, "class": type(model).__name__, "logits": logits.flatten().tolist(),
+            "plain": all(type(p) is torch.nn.Parameter for p in model.parameters()),
+            "tied": model.lm_head.weight is model.model.embed_tokens.weight}
+
+
 def distill(train: TrainConfig, hidden: float = 1.0, hooks: tuple = ()) -> dict[str, Any]:
-    """Distil a narrower tiny-llama (hidden 32, so the hidden-state term trains added projections) from
-    tiny-llama, as ``torchslim.distill_`` does (prepare -> fit -> convert). The projections start from a
-    different random draw on each rank: the engine must start every rank from rank 0's."""
+    """Distil a narrower tiny-llama (hidden 32, so the hidden-state term trains added projections) from tiny-llama."""
     from torchslim.core.context import ApplyContext
     from torchslim.distill import DistillConfig
-    from torchslim.train.transform import fit
     from torchslim.zoo.tiny import tiny_llama
 
     teacher = tiny_llama(0)
     student = tiny_llama(1, hidden_size=32, intermediate_size=64).model
     config = DistillConfig(output_weight=1.0, hidden_weight=hidden, train=train)
-    ctx = ApplyContext(task=teacher.task, teacher=teacher.model, hooks=tuple(hooks))
-    torch.manual_seed(100 + rank())
-    prepared = config.prepare(student, ctx)
-    res = fit(student, config, prepared, ctx)[-1]
-    student = config.convert(student, prepared)
-    sd = student.state_dict()
-    return {"losses": res.losses, "parallel": res.parallel, "world_size": res.world_size,
-            "resumed_from": res.resumed_from, "class": type(student).__name__,
-            "plain": all(type(p) is torch.nn.Parameter for p in student.parameters()),
-            "tied": student.lm_head.weight is student.model.embed_tokens.weight,
-            "weights": {k: sd[k].flatten()[::97].tolist() for k in ("model.layers.1.mlp.down_proj.weight",
-                                                                    "model.embed_tokens.weight")}}
+    return run_stage(student, config, ApplyContext(task=teacher.task, teacher=teacher.model, hooks=tuple(hooks)),
+                     teacher.task)
+
+
+def lora_on_int4(train: TrainConfig) -> dict[str, Any]:
+    """LoRA over a packed int4 base (frozen; its codes are buffers, not parameters), then merged."""
+    import torchslim
+    from torchslim.core.context import ApplyContext
+    from torchslim.peft import LoraConfig
+    from torchslim.quantization import IntFormat, PerGroup, WeightOnlyConfig
+    from torchslim.zoo.tiny import tiny_llama
+
+    lm = tiny_llama(0)
+    torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32)))
+    return run_stage(lm.model, LoraConfig(r=4, train=train), ApplyContext(task=lm.task), lm.task)
+
+
+def qat(train: TrainConfig) -> dict[str, Any]:
+    """QAT of int4 weights with learned scales and offsets, converted to packed layers."""
+    from torchslim.core.context import ApplyContext
+    from torchslim.quantization import IntFormat, PerGroup, QATConfig
+    from torchslim.zoo.tiny import tiny_llama
+
+    lm = tiny_llama(0)
+    config = QATConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32), train=train)
+    return run_stage(lm.model, config, ApplyContext(task=lm.task, calibration=lm.task), lm.task)
 
 
 def crawl_after(step: int, seconds: float) -> LambdaHook:
@@ -65,10 +95,14 @@ def crawl_after(step: int, seconds: float) -> LambdaHook:
 
 
 def run_all(ckpt: str) -> dict[str, Any]:
-    return {"output": distill(train_config(), hidden=0.0),
+    """``ckpt/resume`` holds a 1-process checkpoint to continue; ``ckpt/two`` receives this run's checkpoints."""
+    two = train_config(checkpoint_dir=str(Path(ckpt, "two")), checkpoint_every=EVERY, keep_checkpoints=10)
+    return {"output": distill(two, hidden=0.0),
             "hidden": distill(train_config()),
             "hidden_ddp": distill(train_config(parallel="ddp")),
-            "resume": distill(train_config(checkpoint_dir=ckpt, resume=True), hidden=0.0),
+            "lora": lora_on_int4(train_config(grad_accum=2, lr=1e-2)),
+            "qat": qat(train_config(lr=1e-3)),
+            "resume": distill(train_config(checkpoint_dir=str(Path(ckpt, "resume")), resume=True), hidden=0.0),
             "auto": choose_parallel(ParallelKind.AUTO, torch.nn.Linear(4, 4), init_distributed(), [])}
 
 
