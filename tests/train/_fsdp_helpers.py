@@ -107,6 +107,7 @@ def run_all(ckpt: str) -> dict[str, Any]:
 
 
 def main(mode: str, out: str, ckpt: str) -> None:
+    Path(out, f"pid{rank()}").write_text(str(os.getpid()))    # torchrun starts workers in their own sessions
     if mode == "all":
         result = run_all(ckpt)
     elif mode == "slow":

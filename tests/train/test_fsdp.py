@@ -2,6 +2,7 @@
 checkpoints that resume on another number of processes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -128,13 +129,33 @@ def test_kill_9_two_processes_then_resume_on_one(tmp_path: Path, one: dict[str, 
             time.sleep(0.1)
         assert list_checkpoints(ckpt), f"no checkpoint appeared: {proc.stderr.read() if proc.poll() else ''}"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)          # torchrun and both workers, mid-training
-        proc.wait()
+        kill_9(proc, tmp_path)
     assert [s for s, _ in list_checkpoints(ckpt)] == [H.EVERY] and not (tmp_path / "rank0.json").exists()
     res = H.distill(H.train_config(checkpoint_dir=str(ckpt), resume=True), hidden=0.0)
     assert res["resumed_from"] == H.EVERY and res["parallel"] == "none"
     assert res["losses"] == pytest.approx(one["output"]["losses"], rel=1e-5)
     torch.testing.assert_close(torch.tensor(res["logits"]), torch.tensor(one["output"]["logits"]), rtol=0, atol=1e-5)
+
+
+def kill_9(proc: subprocess.Popen, pids: Path) -> None:
+    """SIGKILL torchrun and its workers (each in a session of its own, so the launcher's group misses them)."""
+    workers = [int(p.read_text()) for p in pids.glob("pid*")]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers and not any(_running(pid) for pid in workers)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # -- choosing DDP or FSDP (no processes needed) ------------------------------------------------
