@@ -12,6 +12,7 @@ Per optimizer step ``s`` (0-based) on every rank:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -137,6 +138,9 @@ class Trainer:
             device = model_device(self.model)      # single process: train where the model already is
         self.dist = init_distributed(device)
         self.device = self.dist.device
+        shared = broadcast_json(self.config.checkpoint_dir, self.dist)     # rank 0's folder: one set of checkpoints
+        if shared != self.config.checkpoint_dir:
+            self.config = dataclasses.replace(self.config, checkpoint_dir=shared)
         handle = self.model.register_forward_hook(self._capture_output)
         try:
             with gradient_checkpointing(self.model, self.config.gradient_checkpointing):
