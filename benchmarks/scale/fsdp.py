@@ -182,10 +182,12 @@ def main() -> None:
         worker(parallel, int(steps), smoke == "1", Path(out), None if ckpt == "-" else ckpt, int(every))
         return
     runs: dict[str, list[list[dict[str, Any]]]] = {k: [] for k in VARIANTS}
+    a.load = [os.getloadavg()[0]]
     for _ in range(a.rounds):
         for name, (parallel, procs) in VARIANTS.items():
             runs[name].append(launch(parallel, procs, a.steps, a.smoke))
             print(name, "done", flush=True)
+    a.load.append(os.getloadavg()[0])
     every = max(a.steps // 3, 1)
     kill = kill_and_resume(a.steps, a.smoke, every)
     report(a, runs, kill, every)
@@ -214,7 +216,9 @@ def report(a: argparse.Namespace, runs: dict[str, list[list[dict[str, Any]]]], k
         f"Student: Llama architecture, {runs['1 process'][0][0]['params'] / 1e6:.1f}M parameters "
         f"({'smoke shape' if a.smoke else SHAPE}), seeded random weights; teacher of the same shape (another seed), "
         f"not sharded (every process keeps a copy). Logit distillation, global batch 4 x 128 tokens, AdamW, "
-        f"{a.steps} steps, max grad norm 1. gloo on CPU; {a.rounds} launch(es) per variant under flock {LOCK}.",
+        f"{a.steps} steps, max grad norm 1. gloo on CPU; {a.rounds} launch(es) per variant under flock {LOCK}. "
+        f"1-minute load average of the machine (shared with other work) before and after the timed launches: "
+        f"{a.load[0]:.1f}, {a.load[1]:.1f} on {os.cpu_count()} cores: seconds per step are indicative only.",
         "Training state = parameters + gradients + AdamW moments this process holds (its shards under FSDP), at "
         "the end of training. Peak RSS training = VmHWM reset when training starts (model built, sharded, "
         "optimizer made) and read at the end; whole run = the larger of that and the peak before training (imports, both models built whole before sharding).",

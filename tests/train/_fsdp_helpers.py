@@ -79,13 +79,15 @@ def lora_on_int4(train: TrainConfig) -> dict[str, Any]:
 
 
 def qat(train: TrainConfig) -> dict[str, Any]:
-    """QAT of int4 weights with learned scales and offsets, converted to packed layers."""
+    """QAT of int8 weights and static int8 activations (learned LSQ steps: scalar parameters, which FSDP keeps
+    whole on every rank and averages), converted to the static int8 kernels."""
     from torchslim.core.context import ApplyContext
-    from torchslim.quantization import IntFormat, PerGroup, QATConfig
+    from torchslim.quantization import ActQuant, IntFormat, PerChannel, QATConfig
     from torchslim.zoo.tiny import tiny_llama
 
     lm = tiny_llama(0)
-    config = QATConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32), train=train)
+    config = QATConfig(format=IntFormat(8, symmetric=True), granularity=PerChannel(), activations=ActQuant(),
+                       n_samples=4, train=train)
     return run_stage(lm.model, config, ApplyContext(task=lm.task, calibration=lm.task), lm.task)
 
 

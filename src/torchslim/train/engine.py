@@ -33,7 +33,7 @@ from torchslim.train.data import cycle_batches, move_to
 from torchslim.train.distributed import (
     DistContext, all_reduce_means, barrier, broadcast_json, env_world_size, init_distributed, wrap_ddp,
 )
-from torchslim.train.fsdp import Sharded, choose_parallel, gather_state, shard, unshard
+from torchslim.train.fsdp import Sharded, choose_parallel, clip_grad_norm, gather_state, shard, sync_replicated, unshard
 from torchslim.train.hooks import TrainHook
 from torchslim.train.optim import build_optimizer, set_lr
 from torchslim.train.recompute import gradient_checkpointing
@@ -207,7 +207,11 @@ class Trainer:
                 (loss / cfg.grad_accum).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach()
-        if cfg.max_grad_norm is not None:
+        if self._sharded is not None and self._sharded.replicated:
+            sync_replicated(self._sharded, self.dist.world_size)
+            if cfg.max_grad_norm is not None:
+                clip_grad_norm([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
+        elif cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
         opt.step()
         names = list(sums)

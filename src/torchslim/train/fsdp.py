@@ -57,9 +57,11 @@ _AUTO_FRACTION = 0.5      # auto shards when whole replicas would take more than
 
 @dataclass
 class Sharded:
-    """What :func:`shard` did: the modules given to ``fully_shard`` (blocks first, root last)."""
+    """What :func:`shard` did: the modules given to ``fully_shard`` (blocks first, root last), and the scalar
+    parameters it cannot shard, kept whole on every rank with their gradients averaged by :func:`sync_replicated`."""
 
     modules: list[tuple[str, nn.Module]] = field(default_factory=list)
+    replicated: list[nn.Parameter] = field(default_factory=list)
 
     @property
     def root(self) -> nn.Module:
@@ -131,12 +133,42 @@ def shard(model: nn.Module, ctx: DistContext) -> Sharded:
         blocks = []
     _broadcast_from_rank0(model)
     mesh = _mesh(ctx)
+    scalars = list({id(p): p for p in model.parameters() if p.dim() == 0}.values())   # fully_shard refuses them
     for _, block in blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    log.info("FSDP: %d blocks + root sharded over %d processes (%s)", len(blocks), ctx.world_size,
-             ctx.device.type)
-    return Sharded([*blocks, ("", model)])
+        fully_shard(block, mesh=mesh, ignored_params=set(scalars))
+    fully_shard(model, mesh=mesh, ignored_params=set(scalars))
+    log.info("FSDP: %d blocks + root sharded over %d processes (%s)%s", len(blocks), ctx.world_size,
+             ctx.device.type, f"; {len(scalars)} scalar parameters replicated" if scalars else "")
+    return Sharded([*blocks, ("", model)], scalars)
+
+
+def sync_replicated(sharded: Sharded, world_size: int) -> None:
+    """Average the gradients of the replicated (scalar) parameters over the ranks, in one all-reduce."""
+    params = [p for p in sharded.replicated if p.requires_grad]
+    if not params:
+        return
+    flat = torch.stack([p.grad.reshape(()) if p.grad is not None else torch.zeros((), device=p.device)
+                        for p in params]).float()
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for p, g in zip(params, flat / world_size):
+        p.grad = g.to(p.dtype).reshape(p.shape)
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` over sharded (DTensor) and replicated gradients together (torch's
+    stacks the per-group norms, which a mix of DTensors and tensors refuses)."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    zero = torch.zeros((), device=grads[0].device if grads else None)
+    local = sum((g.to_local().float().pow(2).sum() for g in grads if isinstance(g, DTensor)), zero)
+    dist.all_reduce(local, op=dist.ReduceOp.SUM)              # the shards' squares, summed over ranks
+    whole = sum((g.float().pow(2).sum() for g in grads if not isinstance(g, DTensor)), zero)
+    total = (local + whole).sqrt()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.device, g.dtype))
+    return total
 
 
 @torch.no_grad()
