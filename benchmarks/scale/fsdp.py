@@ -2,8 +2,8 @@
 
 A Llama-architecture student (hidden 512, 6 blocks, 19M parameters, seeded random weights) learns from a teacher
 of the same shape (another seed) by logit distillation, batch 4 x 128 tokens, AdamW, 12 steps. Variants, each one
-``torchrun`` launch under ``flock /tmp/torchslim-bench.lock`` (one thread per process; 1 process gets 2 threads,
-so every variant uses the 2 cores):
+``torchrun`` launch under ``flock /tmp/torchslim-bench.lock``, one thread per process (so 1 process uses one
+core and 2 processes two; see ``THREADS``):
 
 - ``1 process``: no wrapper;
 - ``2 x DDP``: ``TrainConfig.parallel="ddp"``; ``2 x FSDP``: ``parallel="fsdp"`` (fully_shard per block + root).
@@ -44,6 +44,8 @@ SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6, num_a
              num_key_value_heads=4)
 SMOKE_SHAPE: dict[str, int] = {}
 VARIANTS = {"1 process": ("none", 1), "2 x DDP": ("ddp", 2), "2 x FSDP": ("fsdp", 2)}
+THREADS = 1           # per process, every variant: 2 threads of one process on a busy 2-core machine spun for
+                      # 20 s a step (OpenMP under oversubscription), 9x the 2-process step
 
 
 # -- the worker (one per process, under torchrun) ------------------------------------------------
@@ -66,10 +68,10 @@ def meter() -> Any:
     class Meter(TrainHook):
         def __init__(self) -> None:
             self.times: list[float] = []
-            self.state_bytes = self.peak_train = self.peak_before = 0
+            self.state_bytes = self.peak_train = self.peak_before = self.rss_start = 0
 
         def on_start(self, trainer: Any) -> None:
-            self.peak_before = _vm("VmHWM")
+            self.peak_before, self.rss_start = _vm("VmHWM"), _vm("VmRSS")
             Path("/proc/self/clear_refs").write_text("5")           # VmHWM := the current RSS
             self._t = time.perf_counter()
 
@@ -111,7 +113,7 @@ def worker(parallel: str, steps: int, smoke: bool, out: Path, ckpt: str | None, 
     rank = int(os.environ.get("RANK", "0"))
     doc = {"losses": res.losses, "parallel": res.parallel, "world_size": res.world_size,
            "resumed_from": res.resumed_from, "step_s": m.times, "peak_train_rss": m.peak_train,
-           "peak_rss": max(m.peak_before, m.peak_train), "state_bytes": m.state_bytes,
+           "peak_rss": max(m.peak_before, m.peak_train), "state_bytes": m.state_bytes, "rss_start": m.rss_start,
            "params": sum(p.numel() for p in student.parameters()), "threads": torch.get_num_threads()}
     (out / f"rank{rank}.json").write_text(json.dumps(doc))
 
@@ -124,7 +126,7 @@ def _cmd(procs: int, args: list[str]) -> list[str]:
 
 
 def _env(procs: int) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(2 // procs), "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": str(ROOT / "src")}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     return env
@@ -203,6 +205,7 @@ def report(a: argparse.Namespace, runs: dict[str, list[list[dict[str, Any]]]], k
         dev = max(abs(x - y) / abs(y) for x, y in zip(ranks[0]["losses"], ref))
         rows.append(Row(name, f"threads per process {ranks[0]['threads']}; ran as {ranks[0]['parallel']}", {
             "s / step (median)": round(statistics.median(steps), 3),
+            "RSS at training start, MiB / process": max(_mib(r["rss_start"]) for r in ranks),
             "peak RSS training, MiB / process": max(_mib(r["peak_train_rss"]) for r in ranks),
             "peak RSS whole run, MiB / process": max(_mib(r["peak_rss"]) for r in ranks),
             "training state, MiB / process": max(_mib(r["state_bytes"]) for r in ranks),
@@ -219,6 +222,9 @@ def report(a: argparse.Namespace, runs: dict[str, list[list[dict[str, Any]]]], k
         f"{a.steps} steps, max grad norm 1. gloo on CPU; {a.rounds} launch(es) per variant under flock {LOCK}. "
         f"1-minute load average of the machine (shared with other work) before and after the timed launches: "
         f"{a.load[0]:.1f}, {a.load[1]:.1f} on {os.cpu_count()} cores: seconds per step are indicative only.",
+        "One thread per process. The 1-process run with 2 threads instead took 22.7 s a step against 2.6 s for "
+        "2 x DDP in an earlier run of this script on this machine (load average about 17): OpenMP threads "
+        "spinning on oversubscribed cores, not a property of the engine.",
         "Training state = parameters + gradients + AdamW moments this process holds (its shards under FSDP), at "
         "the end of training. Peak RSS training = VmHWM reset when training starts (model built, sharded, "
         "optimizer made) and read at the end; whole run = the larger of that and the peak before training (imports, both models built whole before sharding).",
@@ -231,7 +237,7 @@ def report(a: argparse.Namespace, runs: dict[str, list[list[dict[str, Any]]]], k
     ]
     intro = ("Training stages across torchrun processes on CPU: FSDP (fully_shard per transformer block + root) "
              "beside DDP and 1 process, same global batch. Regenerate: `python benchmarks/scale/fsdp.py`.")
-    cols = ["s / step (median)", "peak RSS training, MiB / process", "peak RSS whole run, MiB / process",
+    cols = ["s / step (median)", "RSS at training start, MiB / process", "peak RSS training, MiB / process", "peak RSS whole run, MiB / process",
             "training state, MiB / process", "final loss", "max rel. loss gap to 1 process"]
     write_table(a.out, "Scale: FSDP and DDP training on CPU", intro, cols, rows, notes)
     extra = {"machine": machine_line(), "curves": curves, "kill": kill, "rows": [r.values | {"name": r.name}

@@ -45,6 +45,7 @@ from torch import nn
 from torchslim.core.archs import find_blocks
 from torchslim.core.bounds import memory_budget
 from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.runtime.allocator import release_freed_memory
 from torchslim.train.config import ParallelKind
 from torchslim.train.distributed import DistContext, broadcast_json
 
@@ -137,6 +138,8 @@ def shard(model: nn.Module, ctx: DistContext) -> Sharded:
     for _, block in blocks:
         fully_shard(block, mesh=mesh, ignored_params=set(scalars))
     fully_shard(model, mesh=mesh, ignored_params=set(scalars))
+    if ctx.device.type == "cpu":
+        release_freed_memory()              # the whole parameters just replaced by shards leave the process
     log.info("FSDP: %d blocks + root sharded over %d processes (%s)%s", len(blocks), ctx.world_size,
              ctx.device.type, f"; {len(scalars)} scalar parameters replicated" if scalars else "")
     return Sharded([*blocks, ("", model)], scalars)
