@@ -174,6 +174,19 @@ def test_choice_of_parallel_kind() -> None:
     assert replica_bytes(model) == 64 * 64 * 4 * 4 + 64 * 4          # frozen: weights only
 
 
+def test_auto_shards_when_a_replica_takes_over_half_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchslim.train.fsdp as F
+
+    model, main = nn.Linear(64, 64), DistContext(rank=0, world_size=2)
+    monkeypatch.setattr(F, "broadcast_json", lambda value, ctx: value)       # rank 0 decides for all
+    need = replica_bytes(model)
+    monkeypatch.setattr(F, "_device_memory", lambda device: 2 * need + 1)
+    assert choose_parallel(ParallelKind.AUTO, model, main, []) == "ddp"
+    monkeypatch.setattr(F, "_device_memory", lambda device: 2 * need - 1)
+    assert choose_parallel(ParallelKind.AUTO, model, main, []) == "fsdp"
+    assert choose_parallel(ParallelKind.AUTO, model, main, [_Masks()]) == "ddp"     # masks need whole weights
+
+
 def test_parallel_is_a_config_field_and_not_a_resume_setting() -> None:
     cfg = TrainConfig(parallel="fsdp")
     assert cfg.parallel is ParallelKind.FSDP and TrainConfig().parallel is ParallelKind.AUTO
