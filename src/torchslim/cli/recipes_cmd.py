@@ -61,13 +61,15 @@ def run_cmd(
     rec = load_recipe(recipe)
     console = _console()
     if rank == 0:
-            console.print(f"recipe [bold]{escape(rec.name)}[/bold] ({len(rec.stages)} stages) on {escape(model)} -> "
+        console.print(f"recipe [bold]{escape(rec.name)}[/bold] ({len(rec.stages)} stages) on {escape(model)} -> "
                       f"{escape(str(out))}")
     data = data_flags(calib_data, eval_data, seq_len)
     options = _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps, parallel)
     if rank != 0:
         import shutil
 
+        if not resume:
+            shutil.rmtree(out, ignore_errors=True)      # a crashed run's leftovers would refuse the fresh run here only
         run_recipe(rec, model, out, options, None)
         shutil.rmtree(out, ignore_errors=True)
         return
