@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit llama-cpp clean
+.PHONY: install chromium install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,7 +13,19 @@ $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.tom
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# The HTML report's test opens the page in headless Chromium (Debian's package): installed where apt-get and root
+# allow it; elsewhere `make install` still succeeds and that test fails saying how to install it.
+APT := DEBIAN_FRONTEND=noninteractive apt-get -q -y
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium (apt-get) for the HTML report's browser test"; \
+	  { $(APT) install chromium >/dev/null 2>&1 || { $(APT) update >/dev/null 2>&1 && $(APT) install chromium >/dev/null 2>&1; }; } \
+	  || echo "warning: apt-get could not install chromium: the HTML report's browser test will fail"; \
+	else echo "note: no chromium, and no apt-get as root to install it: the HTML report's browser test will fail" \
+	  "(install chromium: apt-get install chromium)"; fi
 
 demo: install
 	$(BIN)/torchslim demo
@@ -99,6 +111,7 @@ bench-speed: install-bench llama-cpp
 # Sensitivity and tuning (issue 22): digits-cnn front, SmolLM2 block scan and its proxy check; the target check.
 bench-search: install-bench
 	$(BIN)/python benchmarks/search/smollm2.py
+	$(BIN)/python benchmarks/search/joint.py
 	$(BIN)/python benchmarks/search/front.py
 
 bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit

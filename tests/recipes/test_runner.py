@@ -35,6 +35,10 @@ def test_every_shipped_recipe_runs_on_tiny_llama(tmp_path, name):
     assert report["baseline"]["quality"]["metrics"]["perplexity"] > 0
     assert report["final"]["speed"]["decode"]["decode_tokens_per_s"] > 0
     assert "ISA" in report["machine"] and "| # | stage |" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()      # the same run on one page: every section but the scan's
+    assert all(f'<section id="{s}">' in page for s in ("before-after-table", "size-quality-Pareto-plot",
+                                                       "per-layer-kernel-and-format-table", "history-of-stages"))
+    assert '<section id="sensitivity-heat-map">' not in page and "sensitivity heat map: give" in page
     history = torchslim.artifact.read_manifest(out)["history"]
     applied = [h["name"] for h in history if h["kind"] != "evaluate"]
     assert applied == [type(s.config).__name__ for s in recipe.stages if hasattr(s, "config")]

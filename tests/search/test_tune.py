@@ -3,7 +3,7 @@ import pytest
 from torchslim.core.errors import ConfigError
 from torchslim.recipes import Recipe, RunOptions, run_recipe
 from torchslim.search import parse_actions, sensitivity
-from torchslim.search.tune import Budget, _breakpoints, _choice, tune
+from torchslim.search.tune import Budget, breakpoints, choice, tune
 from torchslim.zoo.tiny import tiny_llama
 
 
@@ -27,13 +27,13 @@ def test_budgets_parse_and_judge_both_directions():
 
 def test_the_trade_off_goes_from_everything_compressed_to_nothing(scanned):
     _, scan = scanned
-    lams = _breakpoints(scan)
+    lams = breakpoints(scan)
     assert lams[0] == 0 and lams == sorted(lams)
-    first, last = _choice(scan, lams[0]), _choice(scan, lams[-1] * 10)
+    first, last = choice(scan, lams[0]), choice(scan, lams[-1] * 10)
     assert len(first) == len(scan.rows) and all(a == "int2g32" for a in first.values())   # fewest bytes
     assert last == {}                                                                    # nothing worth its cost
     sizes = [sum(next(c.bytes for r in scan.rows if r.group == g for c in [r.cells[a]]) for g, a in
-                 _choice(scan, lam).items()) for lam in lams[:: max(1, len(lams) // 6)]]
+                 choice(scan, lam).items()) for lam in lams[:: max(1, len(lams) // 6)]]
     assert len(sizes) > 2
 
 

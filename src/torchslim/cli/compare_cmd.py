@@ -9,26 +9,9 @@ import typer
 def _reports(path: Path) -> list:
     """The reports a path holds: an evaluation JSON (``torchslim eval --json``) gives one; a run folder (its
     ``report.json``) gives its final model, labelled by the folder, and its baseline."""
-    import json
+    from torchslim.report.inputs import evaluations
 
-    from torchslim.core.io import read_text
-    from torchslim.core.errors import TorchSlimError
-    from torchslim.eval.report import Report
-
-    file = path / "report.json" if path.is_dir() else path
-    if not file.is_file():
-        raise TorchSlimError(f"{path}: no evaluation report (an `eval --json` file, or a run folder with report.json)")
-    try:
-        data = json.loads(read_text(file, 64 << 20, "report not found"))
-    except json.JSONDecodeError as e:
-        raise TorchSlimError(f"{file}: not JSON: {e}") from None
-    if isinstance(data, dict) and "final" in data and "stages" in data:            # a recipe run's report
-        if not isinstance(data.get("final"), dict):
-            raise TorchSlimError(f"{file}: the run wrote no before/after evaluation (run without --no-report)")
-        base, final = Report.from_dict(data["baseline"]), Report.from_dict(data["final"])
-        final.model = f"{path.name if path.is_dir() else path.stem} ({data.get('recipe', 'run')})"
-        return [base, final]
-    return [Report.from_dict(data)]
+    return [c.report for c in evaluations(path)]
 
 
 def compare_cmd(

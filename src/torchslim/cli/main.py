@@ -41,7 +41,7 @@ app.add_typer(zoo_app, name="zoo")
 
 def _register_commands() -> None:
     from torchslim.cli import (compare_cmd, config_cmd, export_cmd, generate_cmd, kernels_cmd, recipes_cmd,
-                               sensitivity_cmd)
+                               report_cmd, search_cmd, sensitivity_cmd)
 
     recipes_cmd.register(app)
     config_cmd.register(app)
@@ -49,7 +49,9 @@ def _register_commands() -> None:
     kernels_cmd.register(app)
     generate_cmd.register(app)
     sensitivity_cmd.register(app)
+    search_cmd.register(app)
     compare_cmd.register(app)
+    report_cmd.register(app)
 
 
 def _console(stderr: bool = False):

@@ -31,7 +31,7 @@ def _options(resume: bool, report: bool, speed: bool, iters: int, decode_tokens:
 def run_cmd(
     recipe: str = typer.Argument(..., help="A recipe file (YAML or JSON) or the name of a shipped recipe."),
     model: str = typer.Option(..., "--model", "-m", help="Zoo name, Hugging Face model folder, or artifact folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: the artifact and report.md / report.json."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: the artifact and report.md / .json / .html."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last stage."),
     report: bool = typer.Option(True, "--report/--no-report",
                                 help="Evaluate the uncompressed model and compare it with the final one."),
@@ -74,7 +74,8 @@ def run_cmd(
         shutil.rmtree(out, ignore_errors=True)
         return
     run_recipe(rec, model, out, options, console)
-    console.print(escape(f"artifact: {out}   report: {out / 'report.md'}" if report else f"artifact: {out}"))
+    console.print(escape(f"artifact: {out}   report: {out / 'report.md'}, {out / 'report.html'}" if report
+                         else f"artifact: {out}"))
 
 
 @recipes_app.command("list")

@@ -1,7 +1,8 @@
 """Run a recipe on a model into an output folder, resumably.
 
 The output folder ends up holding the artifact (``manifest.json``, ``model.safetensors``...)
-and ``report.json`` / ``report.md``. While the run is going it also holds ``.torchslim-run/``:
+and ``report.json`` / ``report.md`` / ``report.html`` (the same, with the per-layer table, the history and a
+size/quality plot, on one self-contained page). While the run is going it also holds ``.torchslim-run/``:
 ``run.json`` (the recipe, its fingerprint, the model, the last completed stage and the stage
 rows so far) and ``stage-<i>/``, an artifact of the model after the last completed stage. A
 run killed at any point (``kill -9`` included) is continued with ``resume=True``: the model is
@@ -119,7 +120,7 @@ def _start(recipe: Recipe, spec: str, out: Path, folder: _RunFolder, resume: boo
     state that fails validation is reported in one warning line and the run starts from the first stage."""
     from torchslim.artifact.checks import check_target
 
-    for name in ("report.md", "report.json"):        # written last: refuse now what would fail then
+    for name in ("report.md", "report.json", "report.html"):        # written last: refuse now what would fail then
         if (out / name).is_symlink() or (out / name).exists() and not (out / name).is_file():
             raise TorchSlimError(f"{out / name} is a folder or a link; the run writes its report there")
     if folder.exists():
@@ -308,6 +309,9 @@ def _finish(recipe: Recipe, spec: str, run: RunContext, task: Any, reference: nn
         for name, text in (("report.md", markdown(report, table)), ("report.json", json.dumps(report, indent=1))):
             with atomic_file(run.out / name) as f:
                 f.write(text)
+        from torchslim.report import write as write_html
+
+        write_html([run.out], run.out / "report.html", f"torchslim run: {recipe.name} on {spec}")
         if run.console is not None:
             run.console.print(render_table([base_report, final_report]))
     return report

@@ -223,7 +223,7 @@ def reserved_names() -> frozenset[str]:
     from torchslim.artifact.hf_files import COMPANIONS, REAL_CONFIG
 
     return frozenset({"manifest.json", "model.safetensors", "config.json", REAL_CONFIG, "report.md", "report.json",
-                      *COMPANIONS})
+                      "report.html", *COMPANIONS})
 
 
 class _FieldsStage(Stage):

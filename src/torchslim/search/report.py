@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from torchslim.core.io import atomic_file
@@ -48,41 +47,13 @@ def to_markdown(s: Sensitivity, top: int | None = None) -> str:
 
 def heat_map(s: Sensitivity, path: str | Path) -> Path:
     """A groups x actions heat map of log10(cost) (grey where an action does not apply), written as PNG."""
-    import matplotlib
+    from torchslim.report import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    grid = np.full((len(s.rows), len(s.actions)), np.nan)
-    for i, r in enumerate(s.rows):
-        for j, a in enumerate(s.actions):
-            c = r.cells.get(a)
-            if c is not None and c.cost is not None:
-                grid[i, j] = math.log10(max(c.cost, 1e-9))
-    height = min(2 + 0.22 * len(s.rows), 60)
-    fig, ax = plt.subplots(figsize=(2.5 + 1.1 * len(s.actions), height))
-    cmap = matplotlib.colormaps["magma_r"].with_extremes(bad="#dddddd")
-    if grid.size == 0 or np.isnan(grid).all():
-        ax.text(0.5, 0.5, "no cost measured", ha="center", va="center")
-        ax.set_axis_off()
-        return _write(fig, path)
-    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap)
-    ax.set_xticks(range(len(s.actions)), s.actions, rotation=30, ha="right")
-    ax.set_yticks(range(len(s.rows)), [r.group for r in s.rows], fontsize=7 if len(s.rows) > 40 else 9)
-    fig.colorbar(im, ax=ax, label=f"log10 {s.measure} cost")
-    ax.set_title(f"Sensitivity ({s.granularity} by {s.granularity}; darker hurts more)")
-    fig.tight_layout()
-    return _write(fig, path)
-
-
-def _write(fig, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
+    costs = [[c.cost if c is not None else None for c in (r.cells.get(a) for a in s.actions)] for r in s.rows]
+    data = plots.png(plots.heat_map([r.group for r in s.rows], s.actions, costs, s.measure, s.granularity))
     path = Path(path)
     with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+        f.write(data)
     return path
 
 

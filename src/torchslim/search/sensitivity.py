@@ -94,7 +94,7 @@ class Sensitivity:
         return [Action(a, config_from_dict(self.configs[a])) for a in self.actions]
 
 
-def _bytes(modules: Sequence[nn.Module]) -> int:
+def stored_bytes(modules: Sequence[nn.Module]) -> int:
     seen, total = set(), 0
     for m in modules:
         for t in m.state_dict().values():
@@ -175,7 +175,7 @@ class _Capture(logging.Handler):
 
 
 @contextlib.contextmanager
-def _quiet_trial():
+def quiet_trial():
     """A trial's own progress and warnings are not shown; its warnings are collected for the cell's note."""
     logger, capture = logging.getLogger("torchslim"), _Capture()
     handlers, propagate = logger.handlers[:], logger.propagate
@@ -197,7 +197,7 @@ def _trial(model: nn.Module, action: Action, names: list[str], ctx: ApplyContext
     settings, history = dict(st.settings), len(st.history)
     config = dataclasses.replace(action.config, selector=Selector(include=tuple(names)))
     try:
-        with _quiet_trial() as capture:
+        with quiet_trial() as capture:
             try:
                 out = apply_(model, config, ctx, record=False)
             except ConfigError as e:
@@ -208,7 +208,7 @@ def _trial(model: nn.Module, action: Action, names: list[str], ctx: ApplyContext
         now = [model.get_submodule(n) for n in names]
         info = [m.torchslim_layer_info() for m in now if callable(getattr(m, "torchslim_layer_info", None))]
         notes = sorted({str(i.get("measured_speed")) for i in info if i.get("measured_speed")})
-        return Cell(scorer.cost(), _bytes(now), "; ".join(notes), capture.messages[0][:300] if capture.messages else "")
+        return Cell(scorer.cost(), stored_bytes(now), "; ".join(notes), capture.messages[0][:300] if capture.messages else "")
     finally:
         _restore(model, before)
         for n in names:
@@ -271,7 +271,7 @@ def sensitivity(model: nn.Module, task: Any, actions: Sequence[Action], *, layer
     rows = []
     for group, members in _groups(model, names, granularity):
         mods = [model.get_submodule(n) for n in members]
-        rows.append(Row(group, members, sum(p.numel() for m in mods for p in m.parameters()), _bytes(mods)))
+        rows.append(Row(group, members, sum(p.numel() for m in mods for p in m.parameters()), stored_bytes(mods)))
     def run(row: Row, score: Any) -> None:
         for action in actions:
             mine = [n for n in row.layers if n in picks[action.name]]

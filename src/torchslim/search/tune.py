@@ -27,7 +27,7 @@ from torchslim.core.select import Selector
 from torchslim.recipes.recipe import Recipe
 from torchslim.recipes.stages import stage_from_dict
 from torchslim.search.actions import Action
-from torchslim.search.sensitivity import Sensitivity, _bytes, _quiet_trial
+from torchslim.search.sensitivity import Sensitivity, quiet_trial, stored_bytes
 
 VERBS = {"pruning": "prune", "lowrank": "factorize", "quantization": "quantize"}   # also the stage order
 
@@ -79,7 +79,7 @@ class Tuned:
     trials: list[Trial] = field(default_factory=list)
 
 
-def _choice(scan: Sensitivity, lam: float) -> dict[str, str]:
+def choice(scan: Sensitivity, lam: float) -> dict[str, str]:
     out = {}
     for r in scan.rows:
         best, score = None, float(r.bytes)
@@ -94,7 +94,7 @@ def _choice(scan: Sensitivity, lam: float) -> dict[str, str]:
     return out
 
 
-def _breakpoints(scan: Sensitivity) -> list[float]:
+def breakpoints(scan: Sensitivity) -> list[float]:
     """Every ``lam`` where some group's choice can flip, ascending, starting at 0."""
     lams = {0.0}
     for r in scan.rows:
@@ -129,16 +129,16 @@ def to_recipe(scan: Sensitivity, actions: list[Action], assignment: dict[str, st
                         "within the quality budget (torchslim tune)", stages)
 
 
-def _measure(model: nn.Module, task: Any, recipe: Recipe) -> tuple[float, int]:
+def measure_recipe(model: nn.Module, task: Any, recipe: Recipe) -> tuple[float, int]:
     trial = copy.deepcopy(model)
     ctx = ApplyContext(task=task, calibration=task)
-    with _quiet_trial():                     # no progress or warnings of its own (muted inside)
+    with quiet_trial():                     # no progress or warnings of its own (muted inside)
         for stage in recipe.stages:
             config = getattr(stage, "config", None)
             if config is not None:
                 trial = apply_(trial, config, ctx)
     quality = float(task.evaluate(trial)[task.metric])
-    return quality, _bytes([trial])
+    return quality, stored_bytes([trial])
 
 
 def tune(model: nn.Module, task: Any, scan: Sensitivity, budget: Budget | str, *, max_evals: int = 8,
@@ -151,19 +151,19 @@ def tune(model: nn.Module, task: Any, scan: Sensitivity, budget: Budget | str, *
     actions = scan.action_list()
     model.eval()
     higher = getattr(task, "higher_is_better", True)
-    base_q, base_b = float(task.evaluate(model)[task.metric]), _bytes([model])
-    lams, rows = _breakpoints(scan), {r.group: r for r in scan.rows}
+    base_q, base_b = float(task.evaluate(model)[task.metric]), stored_bytes([model])
+    lams, rows = breakpoints(scan), {r.group: r for r in scan.rows}
     result = Tuned(None, str(budget), task.metric, base_q, base_b, None)
     lo, hi, seen = 0, len(lams) - 1, {}
     for _ in track(range(max_evals), "tuning", total=max_evals):
         if lo > hi:
             break
         mid = (lo + hi) // 2
-        assignment = _choice(scan, lams[mid])
+        assignment = choice(scan, lams[mid])
         key = tuple(sorted(assignment.items()))
         if key not in seen:
             recipe = to_recipe(scan, actions, assignment, name) if assignment else None
-            quality, size = _measure(model, task, recipe) if recipe else (base_q, base_b)
+            quality, size = measure_recipe(model, task, recipe) if recipe else (base_q, base_b)
             cost = sum(rows[g].cells[a].cost for g, a in assignment.items())
             seen[key] = Trial(lams[mid], assignment, cost, size, quality, budget.allows(base_q, quality, higher))
             result.trials.append(seen[key])
