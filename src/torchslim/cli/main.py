@@ -11,7 +11,7 @@ import typer
 
 from rich.markup import escape
 
-from torchslim.cli.options import data_flags as _data, parse_shape
+from torchslim.cli.options import PARALLEL_HELP, data_flags as _data, parse_shape
 from torchslim.cli.status import progress_console, status
 from torchslim.core.errors import TorchSlimError
 
@@ -297,9 +297,11 @@ def finetune_cmd(
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
+    parallel: Optional[str] = typer.Option(None, "--parallel", help=PARALLEL_HELP),
 ) -> None:
     """Fine-tune a model on its task with the training engine. Runs unchanged under
-    `torchrun --nproc-per-node N`, which splits the global batch across processes."""
+    `torchrun --nproc-per-node N`, which splits the global batch across processes (DDP, or FSDP with
+    --parallel fsdp)."""
     import json
 
     from torchslim.api import finetune_
@@ -317,17 +319,22 @@ def finetune_cmd(
                                                              optimizer=optimizer)
     if not isinstance(cfg, TrainConfig):
         raise TorchSlimError(f"{config}: expected a TrainConfig, got {type(cfg).__name__}")
+    if parallel is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, parallel=parallel)
     loaded = _load_with_task(model, None, _data(calib_data, eval_data, seq_len))
     finetune_(loaded.model, FinetuneConfig(train=cfg), ApplyContext(task=loaded.task))
     if env_rank() != 0:
         return
     entry = state_of(loaded.model).history[-1]
     d = entry.details
-    summary = {"world_size": d["world_size"], "steps": d["steps"], "final_loss": d["final_loss"],
+    summary = {"world_size": d["world_size"], "parallel": d.get("parallel"), "steps": d["steps"], "final_loss": d["final_loss"],
                "metrics": entry.metrics, "wall_s": d["wall_s"]}
     shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary["metrics"].items())
     console = _console()
-    console.print(escape(f"fine-tuned {model} on {d['world_size']} process(es): {shown or 'no metrics'}"))
+    how = f" ({d['parallel']})" if d.get("parallel") not in (None, "none") else ""
+    console.print(escape(f"fine-tuned {model} on {d['world_size']} process(es){how}: {shown or 'no metrics'}"))
     if out is not None:
         save(loaded.model, out, source=loaded.source)
         console.print(f"saved {escape(str(out))}")

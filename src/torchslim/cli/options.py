@@ -6,6 +6,10 @@ from typing import Optional
 
 from torchslim.core.errors import TorchSlimError
 
+PARALLEL_HELP = ("How torchrun processes share training: ddp, fsdp (parameters, gradients and optimizer state "
+                 "sharded over the processes) or auto (FSDP when a whole replica would take over half the memory "
+                 "of a process). Default: the training config's own setting (auto).")
+
 
 def parse_shape(text: str) -> tuple[int, int | None]:
     """``"8x128"`` -> ``(8, 128)``; ``"8"`` -> ``(8, None)``."""

@@ -7,6 +7,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
+from torchslim.cli.options import PARALLEL_HELP
+
 recipes_app = typer.Typer(help="Shipped recipes: starting templates for `torchslim run`.", no_args_is_help=True)
 
 
@@ -17,12 +19,13 @@ def _console():
 
 
 def _options(resume: bool, report: bool, speed: bool, iters: int, decode_tokens: int, shapes: list[str],
-             data: dict | None = None, max_steps: int | None = None):
+             data: dict | None = None, max_steps: int | None = None, parallel: str | None = None):
     from torchslim.cli.options import parse_shape
     from torchslim.recipes import RunOptions
 
     return RunOptions(resume=resume, report=report, speed=speed, iters=iters, decode_tokens=decode_tokens,
-                      shapes=tuple(parse_shape(s) for s in shapes) or None, data=data or {}, max_steps=max_steps)
+                      shapes=tuple(parse_shape(s) for s in shapes) or None, data=data or {}, max_steps=max_steps,
+                      parallel=parallel)
 
 
 def run_cmd(
@@ -42,17 +45,35 @@ def run_cmd(
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length of the task's windows."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1,
                                             help="Cap every training stage at this many steps (a quick trial run)."),
+    parallel: Optional[str] = typer.Option(None, "--parallel", help=PARALLEL_HELP),
 ) -> None:
-    """Run a recipe (ordered stages) on a model; resumable; writes the artifact and a report of every stage."""
+    """Run a recipe (ordered stages) on a model; resumable; writes the artifact and a report of every stage.
+    Under `torchrun --nproc-per-node N` every process runs every stage and the training stages share the
+    work (DDP or FSDP); only rank 0 writes --out (the others keep their run state in a hidden sibling folder,
+    removed when they finish) and reports."""
     from torchslim.cli.options import data_flags
     from torchslim.recipes import load_recipe, run_recipe
+    from torchslim.train.distributed import env_rank
 
+    rank = env_rank()
+    if rank != 0:
+        out, report, speed = out.parent / f".{out.name}.rank{rank}", False, False
     rec = load_recipe(recipe)
     console = _console()
-    console.print(f"recipe [bold]{escape(rec.name)}[/bold] ({len(rec.stages)} stages) on {escape(model)} -> "
-                  f"{escape(str(out))}")
+    if rank == 0:
+        console.print(f"recipe [bold]{escape(rec.name)}[/bold] ({len(rec.stages)} stages) on {escape(model)} -> "
+                      f"{escape(str(out))}")
     data = data_flags(calib_data, eval_data, seq_len)
-    run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps), console)
+    options = _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps, parallel)
+    if rank != 0:
+        import shutil
+
+        if not resume:
+            shutil.rmtree(out, ignore_errors=True)      # a crashed run's leftovers would refuse the fresh run here only
+        run_recipe(rec, model, out, options, None)
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    run_recipe(rec, model, out, options, console)
     console.print(escape(f"artifact: {out}   report: {out / 'report.md'}, {out / 'report.html'}" if report
                          else f"artifact: {out}"))
 

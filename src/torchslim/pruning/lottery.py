@@ -189,6 +189,8 @@ def _iterative(model: nn.Module, config: IterativeConfig, ctx: ApplyContext) -> 
 class _Snapshot(TrainHook):
     """Copies the model's state (schedule buffers excluded) after optimizer step ``at`` (0: before training)."""
 
+    supports_sharding = False     # masks and snapshots act on whole weights (see TrainHook)
+
     def __init__(self, at: int) -> None:
         self.at = at
         self.state: dict[str, torch.Tensor] | None = None

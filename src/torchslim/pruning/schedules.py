@@ -156,6 +156,8 @@ class MaskHook(TrainHook):
     pruned weights stay exactly zero. ``history`` lists every mask update.
     """
 
+    supports_sharding = False     # masks and snapshots act on whole weights (see TrainHook)
+
     def __init__(self, modules: dict[str, nn.Module], importance: Importance = Importance.MAGNITUDE,
                  scope: Scope = Scope.LAYER, pattern: str | None = None, seed: int = 0,
                  config: BaseConfig | None = None) -> None:

@@ -52,6 +52,7 @@ class RunOptions:
     decode_tokens: int = 16
     data: dict[str, Any] = field(default_factory=dict)   # calib_data / eval_data / seq_len for load_model
     max_steps: int | None = None      # cap every training stage (a quick trial of a recipe); recorded in the history
+    parallel: str | None = None       # ddp | fsdp | auto for every training stage under torchrun; None: the stages' own
 
 
 @dataclass
@@ -213,7 +214,7 @@ def _run(recipe: Recipe, model: str, out: Path, options: RunOptions, console: An
             _baseline(current, loaded.task, st, console)
         folder.write(st)
     run = RunContext(current, ApplyContext(task=loaded.task), out, console, teacher=reference if teach else None,
-                     max_steps=options.max_steps, owned=owned)
+                     max_steps=options.max_steps, owned=owned, parallel=options.parallel)
     if owned:
         run.say(escape(f"folders the recipe names are written inside {out}: {', '.join(owned)}"))
     unit_end, pending = -1, []

@@ -53,6 +53,7 @@ class RunContext:
     saved: list[Path] = field(default_factory=list)
     teacher: nn.Module | None = None       # the uncompressed model, for stages that learn from it
     max_steps: int | None = None           # cap on the steps of training stages (a trial run)
+    parallel: str | None = None            # how torchrun processes share training stages (TrainConfig.parallel)
     owned: tuple[str, ...] = ()            # folders of the run inside ``out`` (recipe folder fields) a save keeps
 
     def say(self, text: str) -> None:
@@ -115,6 +116,17 @@ def capped(config: BaseConfig, max_steps: int | None) -> BaseConfig:
     return dataclasses.replace(config, train=short)
 
 
+def with_parallel(config: BaseConfig, parallel: str | None) -> BaseConfig:
+    """``config`` with its training ``parallel`` set (``ddp``, ``fsdp``, ``auto``), if it trains with a TrainConfig."""
+    from torchslim.train.config import TrainConfig
+
+    if parallel is None or not dataclasses.is_dataclass(config) or "train" not in {f.name for f in
+                                                                                   dataclasses.fields(config)}:
+        return config
+    train = config.train if isinstance(config.train, TrainConfig) else TrainConfig()   # None: the defaults
+    return dataclasses.replace(config, train=dataclasses.replace(train, parallel=parallel))
+
+
 def needs_teacher(config: BaseConfig) -> bool:
     """Whether ``config`` trains against a teacher (distillation, QAT with a distillation loss)."""
     fn = getattr(config, "needs_teacher", None)
@@ -157,6 +169,7 @@ class ApplyStage(Stage):
         from torchslim.core.paths import rebase_folders
 
         ctx, config = run.ctx, capped(rebase_folders(self.config, run.out, self.describe()), run.max_steps)
+        config = with_parallel(config, run.parallel)
         if needs_teacher(config):
             if run.teacher is None:
                 raise ConfigError(f"{type(self.config).__name__} learns from a teacher, and this run has none")

@@ -46,3 +46,17 @@ def retain_freed_memory() -> bool:
         log.info("allocator: not glibc; large activations keep the C library's default allocation")
     _state["applied"] = ok
     return ok
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free pages back to the OS now (glibc ``malloc_trim(0)``): after a one-off large free,
+    such as the whole parameters FSDP replaced by their shards, which would otherwise stay resident. False where
+    the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    trim = getattr(libc, "malloc_trim", None)
+    return bool(trim and trim(0))

@@ -5,7 +5,7 @@ handles optimizers (AdamW / SGD / Lion), schedules, bf16 autocast, gradient accu
 clipping, evaluation, atomic safetensors+JSON checkpoints with exact resume, progress, and
 ``torchrun`` multi-process data parallelism.
 """
-from torchslim.train.config import OptimizerKind, ParamGroup, ScheduleKind, TrainConfig
+from torchslim.train.config import OptimizerKind, ParallelKind, ParamGroup, ScheduleKind, TrainConfig
 from torchslim.train.engine import Trainer, TrainResult
 from torchslim.train.hooks import LambdaHook, TrainHook
 from torchslim.train.optim import Lion, build_optimizer, lr_factor
@@ -20,6 +20,7 @@ __all__ = [
     "LambdaHook",
     "Lion",
     "OptimizerKind",
+    "ParallelKind",
     "ScheduleKind",
     "TrainConfig",
     "TrainHook",

@@ -54,9 +54,10 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def optimizer_state_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``optimizer.state_dict()`` as (tensors for safetensors, JSON-serializable rest)."""
-    sd = optimizer.state_dict()
+def optimizer_state_split(optimizer: torch.optim.Optimizer | dict[str, Any]
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``optimizer.state_dict()`` (or such a dict) as (tensors for safetensors, JSON-serializable rest)."""
+    sd = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, st in sd["state"].items():
@@ -87,15 +88,21 @@ def optimizer_state_join(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 
 def save_checkpoint(
-    root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 2
+    root: str | Path, step: int, model: nn.Module | dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | dict[str, Any], state: dict[str, Any], keep: int = 2
 ) -> Path:
-    """Write checkpoint ``step`` atomically, then delete all but the ``keep`` newest."""
+    """Write checkpoint ``step`` atomically, then delete all but the ``keep`` newest. ``model`` and
+    ``optimizer`` may be given as their whole tensors and state dict (gathered from FSDP shards, tied
+    tensors under one name): the files are the same as a 1-process run's."""
     path = checkpoint_path(root, step)
     tensors, opt_meta = optimizer_state_split(optimizer)
     doc = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, "optimizer": opt_meta, **state}
     text = json.dumps(doc, indent=1)     # fail on non-JSON state before anything is written
     with atomic_dir(path) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
+        if isinstance(model, nn.Module):
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            save_file(model, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(text)
     for _, old in list_checkpoints(root)[:-keep]:
@@ -116,13 +123,23 @@ def read_state(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    sharded: bool = False) -> dict[str, Any]:
     """Load weights (and optimizer state, unless ``optimizer`` is None) from checkpoint folder ``path``;
-    returns its state.json."""
+    returns its state.json. ``sharded``: ``model`` is FSDP-sharded; every rank reads the whole tensors and
+    keeps its shard (:func:`torchslim.train.fsdp.load_state`)."""
     path = Path(path)
     doc = read_state(path)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
+        if sharded:
+            from torchslim.train.fsdp import load_state
+
+            weights = load_file(str(path / "model.safetensors"), device=str(device))
+            opt_sd = None if optimizer is None else optimizer_state_join(
+                load_file(str(path / "optimizer.safetensors"), device=str(device)), doc["optimizer"])
+            load_state(model, optimizer, weights, opt_sd)
+            return doc
         load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
         if optimizer is not None:
             tensors = load_file(str(path / "optimizer.safetensors"), device=str(device))

@@ -17,6 +17,20 @@ class OptimizerKind(str, enum.Enum):
     LION = "lion"    # sign momentum (Chen et al. 2023), see :class:`torchslim.train.optim.Lion`
 
 
+class ParallelKind(str, enum.Enum):
+    """How several ``torchrun`` processes share training (one process ignores it).
+
+    ``ddp``: every rank holds the whole model and averages gradients (DistributedDataParallel).
+    ``fsdp``: parameters, gradients and optimizer state are sharded over the ranks (FSDP2, ``fully_shard`` per
+    transformer block and the root; :mod:`torchslim.train.fsdp`). ``auto``: FSDP when a whole replica's training
+    state (weights, gradients, two optimizer moments) would take more than half the memory of one process, else
+    DDP."""
+
+    AUTO = "auto"
+    DDP = "ddp"
+    FSDP = "fsdp"
+
+
 class ScheduleKind(str, enum.Enum):
     """Learning-rate shape after the linear warm-up."""
 
@@ -81,6 +95,9 @@ class TrainConfig(BaseConfig):
     # own switch (use_reentrant=False, undone after fit); others checkpoint the blocks the architecture table
     # finds, and a model without any is warned about. The same loss and gradients: not a resume setting.
     gradient_checkpointing: bool = False
+    # How several torchrun processes share the work: ddp, fsdp or auto (see ParallelKind). Not a resume setting:
+    # checkpoints hold whole tensors, so a run resumes with another kind or number of processes.
+    parallel: ParallelKind = ParallelKind.AUTO
     max_grad_norm: float | None = None          # clip the global gradient norm; None: no clipping
     eval_every: int = 0                         # evaluate every N steps (0: only at the end)
     eval_at_end: bool = True

@@ -12,6 +12,7 @@ Per optimizer step ``s`` (0-based) on every rank:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -32,6 +33,7 @@ from torchslim.train.data import cycle_batches, move_to
 from torchslim.train.distributed import (
     DistContext, all_reduce_means, barrier, broadcast_json, env_world_size, init_distributed, wrap_ddp,
 )
+from torchslim.train.fsdp import Sharded, choose_parallel, clip_grad_norm, gather_state, shard, sync_replicated, unshard
 from torchslim.train.hooks import TrainHook
 from torchslim.train.optim import build_optimizer, set_lr
 from torchslim.train.recompute import gradient_checkpointing
@@ -58,6 +60,7 @@ class TrainResult:
     wall_s: float = 0.0
     resumed_from: int | None = None
     world_size: int = 1
+    parallel: str = "none"          # how the processes shared the work: none (1 process), ddp or fsdp
 
     @property
     def final_metrics(self) -> dict[str, float]:
@@ -79,6 +82,10 @@ class Trainer:
     put in eval mode, and runs without gradients; hooks get its output with :meth:`teacher_output`.
     ``param_groups`` (:class:`~torchslim.train.config.ParamGroup`, from the technique) give some
     parameters their own learning rate, before the config's own ``param_groups``.
+
+    With several processes ``config.parallel`` picks DDP or FSDP (:mod:`torchslim.train.fsdp`): FSDP shards the
+    model in place during ``fit`` and gives it back whole; evaluation then runs on every rank (rank 0's metrics
+    count) because a sharded forward needs all of them.
 
     Attributes available to hooks: ``model`` (unwrapped), ``wrapped`` (DDP or the model),
     ``optimizer``, ``config``, ``task``, ``dist`` (rank/world/device), ``device``, ``step``
@@ -120,6 +127,8 @@ class Trainer:
         self.param_groups = tuple(param_groups)
         self._capture = False
         self._teacher_cache: tuple[int, Any] | None = None
+        self.parallel = "none"
+        self._sharded: Sharded | None = None
 
     # -- public --------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -129,6 +138,9 @@ class Trainer:
             device = model_device(self.model)      # single process: train where the model already is
         self.dist = init_distributed(device)
         self.device = self.dist.device
+        shared = broadcast_json(self.config.checkpoint_dir, self.dist)     # rank 0's folder: one set of checkpoints
+        if shared != self.config.checkpoint_dir:
+            self.config = dataclasses.replace(self.config, checkpoint_dir=shared)
         handle = self.model.register_forward_hook(self._capture_output)
         try:
             with gradient_checkpointing(self.model, self.config.gradient_checkpointing):
@@ -143,9 +155,11 @@ class Trainer:
         self.step = 0
         self.model.to(self.device)
         self._place_teacher()
+        self.parallel = choose_parallel(cfg.parallel, self.model, self.dist, self.hooks)
+        self._sharded = shard(self.model, self.dist) if self.parallel == "fsdp" else None
         self.optimizer = build_optimizer(self.model, cfg, self.param_groups)
         losses, terms, evals, hook_states, resumed = self._maybe_resume()
-        self.wrapped = wrap_ddp(self.model, self.dist, self._find_unused)
+        self.wrapped = wrap_ddp(self.model, self.dist, self._find_unused) if self.parallel == "ddp" else self.model
         for h in self.hooks:
             h.on_start(self)
         for h, st in zip(self.hooks, hook_states):
@@ -169,7 +183,12 @@ class Trainer:
             evals.append(self._evaluate())
         for h in self.hooks:
             h.on_end(self)
-        return TrainResult(self.step, losses, terms, evals, time.perf_counter() - t0, resumed, self.dist.world_size)
+        if self._sharded is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            unshard(self.model, self._sharded)       # the model whole again on every rank, a plain module
+            self._sharded = None
+        return TrainResult(self.step, losses, terms, evals, time.perf_counter() - t0, resumed, self.dist.world_size,
+                           self.parallel)
 
     def _train_step(self, data: Iterator[Batch]) -> tuple[float, dict[str, float]]:
         cfg, opt = self.config, self.optimizer
@@ -188,7 +207,11 @@ class Trainer:
                 (loss / cfg.grad_accum).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach()
-        if cfg.max_grad_norm is not None:
+        if self._sharded is not None and self._sharded.replicated:
+            sync_replicated(self._sharded, self.dist.world_size)
+            if cfg.max_grad_norm is not None:
+                clip_grad_norm([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
+        elif cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
         opt.step()
         names = list(sums)
@@ -248,13 +271,14 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         metrics: dict[str, Any] | None = None
         error: BaseException | None = None
-        if self.dist.is_main:
+        if self.dist.is_main or self._sharded is not None:     # a sharded forward needs every rank
             was_training = self.model.training
             self.model.eval()
             try:
                 with torch.no_grad():
                     metrics = {k: float(v) for k, v in self.task.evaluate(self.model).items()}
-                log.info("step %d eval %s", self.step, _fmt(metrics))
+                if self.dist.is_main:
+                    log.info("step %d eval %s", self.step, _fmt(metrics))
             except Exception as e:  # noqa: BLE001 - tell the other ranks before raising
                 error, metrics = e, {"__error__": f"{type(e).__name__}: {e}"}
             finally:
@@ -331,7 +355,8 @@ class Trainer:
             if changed:
                 log.warning("resuming %s with changed settings: %s", path, "; ".join(changed))
             try:
-                return ckpt.load_checkpoint(path, self.model, self.optimizer if same_optimizer else None), path
+                opt = self.optimizer if same_optimizer else None
+                return ckpt.load_checkpoint(path, self.model, opt, sharded=self._sharded is not None), path
             except ArtifactError as e:
                 error = e
                 log.warning("%s; trying the previous checkpoint", e)
@@ -345,18 +370,20 @@ class Trainer:
 
     def _save(self, losses: list[float], terms: list[dict[str, float]], evals: list[dict[str, float]]) -> None:
         cfg = self.config
+        assert cfg.checkpoint_dir is not None and self.optimizer is not None
+        whole = gather_state(self.model, self.optimizer) if self._sharded is not None else None   # all ranks
         if self.dist.is_main:
-            assert cfg.checkpoint_dir is not None and self.optimizer is not None
             state = {
                 "losses": losses,
                 "loss_terms": terms,
                 "evals": evals,
                 "hooks": [h.checkpoint_state() for h in self.hooks],
                 "world_size": self.dist.world_size,
+                "parallel": self.parallel,
                 "config": cfg.to_dict(),
             }
-            path = ckpt.save_checkpoint(cfg.checkpoint_dir, self.step, self.model, self.optimizer, state,
-                                        keep=cfg.keep_checkpoints)
+            weights, opt = whole if whole is not None else (self.model, self.optimizer)
+            path = ckpt.save_checkpoint(cfg.checkpoint_dir, self.step, weights, opt, state, keep=cfg.keep_checkpoints)
             log.info("checkpoint %s", path)
         barrier(self.dist)
 

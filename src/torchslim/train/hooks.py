@@ -33,7 +33,14 @@ if TYPE_CHECKING:
 
 
 class TrainHook:
-    """Base class of training hooks (all methods optional)."""
+    """Base class of training hooks (all methods optional).
+
+    ``supports_sharding``: whether the hook works when ``TrainConfig.parallel`` shards the model with FSDP, where
+    each rank holds only a slice of every parameter outside forward and backward. Loss hooks (they see whole
+    outputs) do; a hook that reads or edits whole weights in place (pruning masks) sets it False, and the
+    engine then uses DDP (``auto``) or refuses (``fsdp``)."""
+
+    supports_sharding: bool = True
 
     def on_start(self, trainer: Trainer) -> None:
         """Called once before the first step (after resuming, optimizer and DDP are set up)."""

@@ -140,7 +140,8 @@ def run_transform(model: nn.Module, config: TrainingConfig, ctx: ApplyContext) -
     ctx.record.details.update({"steps": sum(r.final_step for r in results), "rounds": len(results),
                                "final_loss": last.losses[-1] if last.losses else None,
                                "final_loss_terms": last.loss_terms[-1] if last.loss_terms else {},
-                               "wall_s": sum(r.wall_s for r in results), "world_size": last.world_size})
+                               "wall_s": sum(r.wall_s for r in results), "world_size": last.world_size,
+                               "parallel": last.parallel})
     if prepared.records:
         ctx.record.details["records"] = prepared.records
     return out
