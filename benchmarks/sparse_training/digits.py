@@ -30,8 +30,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Row, write_table  # noqa: E402
-from harness import BudgetCheck, roundtrip, train_config, zero_fraction  # noqa: E402
+from common import Row  # noqa: E402
+from harness import BudgetCheck, publish, roundtrip, train_config, zero_fraction  # noqa: E402
 
 import torchslim  # noqa: E402
 from torchslim.core.state import state_of  # noqa: E402
@@ -39,7 +39,6 @@ from torchslim.pruning import DynamicSparseConfig, GradualConfig  # noqa: E402
 from torchslim.zoo.digits_cnn import build_digits_cnn  # noqa: E402
 
 warnings.filterwarnings("ignore")
-OUT = ROOT / "docs/results/sparse_training_digits.md"
 SPARSITY = 0.9
 DENSE, RIGL, SET = "dense (from scratch)", "RigL 90%, ERK", "SET 90%, ERK"
 GMP = "gradual magnitude 0→90%, global scope"
@@ -148,12 +147,10 @@ def main() -> None:
         "Gradual magnitude pruning trains densely for its first 10% of steps and prunes along the way, so it spends "
         "more multiply-adds in training than the sparse-from-scratch rows.",
     ]
-    write_table(OUT, "Sparse training from scratch: digits-cnn at 90% sparsity",
+    publish("digits", "Sparse training from scratch: digits-cnn at 90% sparsity",
                 "RigL and SET (dynamic sparse training, sparse from the first step) against dense training and "
                 "gradual magnitude pruning from a dense start, same steps, same seeds; top-1 on scikit-learn "
-                "digits' 360 held-out test images (mean over seeds). Regenerate: "
-                "`python benchmarks/sparse_training/digits.py`.", cols, rows, notes)
-    print(OUT.read_text())
+                "digits' 360 held-out test images (mean over seeds).", cols, rows, notes)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 the selected layers after convert, and the artifact round trip."""
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,11 @@ from torch import nn
 
 import torchslim
 from torchslim.pruning.schedules import MASK
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, Row, write_table  # noqa: E402
+
+RESULTS = ROOT / "docs/results"
 from torchslim.train import TrainConfig, TrainHook
 
 
@@ -68,3 +74,10 @@ def roundtrip(model: nn.Module, source: dict, x: Any, forward: Any) -> str:
         with torch.no_grad():
             same = torch.equal(forward(back.eval(), x), forward(model.eval(), x))
     return f"{'identical' if same else 'DIFFERENT'} outputs after torchslim.save / torchslim.load ({size / 1e3:.1f} KB)"
+
+
+def publish(name: str, title: str, intro: str, columns: list[str], rows: list[Row], notes: list[str]) -> None:
+    """Write docs/results/sparse_training_<name>.md (+ .json) with its regeneration command, and print it."""
+    out = RESULTS / f"sparse_training_{name}.md"
+    write_table(out, title, f"{intro} Regenerate: `python benchmarks/sparse_training/{name}.py`.", columns, rows, notes)
+    print(out.read_text())

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Row, write_table  # noqa: E402
-from harness import BudgetCheck, roundtrip, train_config, zero_fraction  # noqa: E402
+from common import Row  # noqa: E402
+from harness import BudgetCheck, publish, roundtrip, train_config, zero_fraction  # noqa: E402
 
 import torchslim  # noqa: E402
 from torchslim.core.state import state_of  # noqa: E402
@@ -34,7 +34,6 @@ from torchslim.tasks.causal_lm import CausalLMTask  # noqa: E402
 from torchslim.zoo.tiny import tiny_llama  # noqa: E402
 
 warnings.filterwarnings("ignore")
-OUT = ROOT / "docs/results/sparse_training_tiny_llama.md"
 TEXTS = {"GPL-3": "eval", "Python reference": "pydoc-eval"}
 VARIANTS = {"dense": None, "RigL 50%": ("rigl", 0.5), "RigL 75%": ("rigl", 0.75), "SET 50%": ("set", 0.5),
             "SET 75%": ("set", 0.75)}
@@ -115,11 +114,9 @@ def main() -> None:
         "at the same lr. One seed (a second would double the run); read differences under ~3% as noise.",
         f"{key} artifact: {trip}.",
     ]
-    write_table(OUT, "Sparse training from scratch: tiny-llama pre-training at 50% and 75% sparsity",
+    publish("tiny_llama", "Sparse training from scratch: tiny-llama pre-training at 50% and 75% sparsity",
                 "RigL and SET (ERK) against dense at equal steps and equal learning rate; token perplexity on two "
-                "held-out texts of different domains (lower is better). Regenerate: "
-                "`python benchmarks/sparse_training/tiny_llama.py`.", cols, rows, notes)
-    print(OUT.read_text())
+                "held-out texts of different domains (lower is better).", cols, rows, notes)
 
 
 if __name__ == "__main__":
