@@ -19,8 +19,9 @@ from torchslim.pruning.dynamic_sparse import DynamicSparseConfig, DynamicSparseH
 from torchslim.pruning.schedules import MASK
 from torchslim.pruning.sparse_linear import SparseLinear
 from torchslim.train import LambdaHook, TrainConfig, Trainer
+from torchslim.train.checkpoint import list_checkpoints
 
-from _pruning_helpers import blob_task  # noqa: E402
+from _pruning_helpers import Crash as _Crash, blob_task  # noqa: E402
 
 
 class ConvMLP(nn.Module):
@@ -199,6 +200,28 @@ def test_prune_verb_result_saves_and_loads_with_identical_outputs(tmp_path: Path
     total = sum(math.prod(m.weight.shape) for m in (out.conv, out.fc1, out.fc2))
     kept = int((back.conv.weight != 0).sum()) + sum(int(m.mask.sum()) for m in (back.fc1, back.fc2))
     assert kept <= round(0.2 * total)
+
+
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_resume_from_checkpoint_continues_exactly(tmp_path: Path, method: str) -> None:
+    """Masks are buffers (in the checkpoint); the step and the update history are hook state."""
+    cfg, kw = _cfg(method=method), dict(checkpoint_every=2, keep_checkpoints=1)
+    full = _model(6)
+    full_hook = prepare_dynamic(full, cfg)
+    Trainer(full, blob_task(), _train(8), hooks=[full_hook, _Crash(-1)]).fit()
+    ck = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        crashed = _model(6)
+        Trainer(crashed, blob_task(), _train(8, checkpoint_dir=str(ck), **kw),
+                hooks=[prepare_dynamic(crashed, cfg), _Crash(5)]).fit()
+    assert [s for s, _ in list_checkpoints(ck)] == [4]
+    resumed = _model(99)
+    hook = prepare_dynamic(resumed, cfg)
+    train = _train(8, checkpoint_dir=str(ck), resume=True, **kw)
+    res = Trainer(resumed, blob_task(), train, hooks=[hook, _Crash(-1)]).fit()
+    assert res.resumed_from == 4 and hook.history == full_hook.history
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
 
 
 def test_a_recipe_prune_stage_takes_the_config() -> None:
