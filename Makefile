@@ -105,6 +105,7 @@ bench-search: install-bench
 # tiny-llama pre-training at 50/75%; accuracy only (no timing, so no lock); the target check.
 bench-sparse-training: install-bench
 	nice -n 10 $(BIN)/python benchmarks/sparse_training/digits.py
+	nice -n 10 $(BIN)/python benchmarks/sparse_training/digits.py --sparsity 0.98 --seeds 3
 	nice -n 10 $(BIN)/python benchmarks/sparse_training/tiny_llama.py
 	$(BIN)/python benchmarks/sparse_training/targets.py
 
