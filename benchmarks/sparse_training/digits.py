@@ -1,9 +1,9 @@
 """digits-cnn trained from scratch at 90% sparsity: RigL and SET (ERK) against dense and gradual magnitude pruning.
 
-Every variant starts from the same freshly initialised digits-cnn (``build_digits_cnn`` under ``torch.manual_seed(seed)``;
-the zoo's trained weights are not used) and trains for the same number of steps with the same recipe and data order
-(seed). Sparse variants cover every conv and the linear head (``Selector(include=(nn.Conv2d, nn.Linear))``), 90% of
-those weights zero:
+Every variant starts from the same freshly initialised digits-cnn (``build_digits_cnn`` under
+``torch.manual_seed(seed)``; the zoo's trained weights are not used) and trains for the same number of steps with
+the same recipe and data order (seed). Sparse variants cover every conv and the linear head
+(``Selector(include=(nn.Conv2d, nn.Linear))``), 90% of those weights zero (``--sparsity``):
 
 * dense: no sparsity (the reference);
 * RigL / SET, ERK: sparse from step 0, masks moved every ``--update-every`` steps until 75% of training (drop 0.3,
@@ -145,7 +145,8 @@ def main() -> None:
     notes = [
         f"{'Target: ' if args.sparsity == 0.9 else ''}RigL at {pct} within {TARGET_POINTS:.0f} point of dense: "
         f"{rigl:.2f}% vs {base:.2f}% ({rigl - base:+.2f} points): "
-        f"**{'met' if base - rigl <= TARGET_POINTS else 'missed'}**. Control, gradual magnitude pruning (global scope) at the same final budget and steps: {gmp:.2f}%.",
+        f"**{'met' if base - rigl <= TARGET_POINTS else 'missed'}**. Control, gradual magnitude pruning (global "
+        f"scope) at the same final budget and steps: {gmp:.2f}%.",
         f"Recipe (every variant): {args.steps} steps of batch 64 (about {args.steps * 64 / 1437:.0f} epochs of the "
         f"1437 training images), AdamW lr 4e-3, weight decay 1e-4, cosine, warm-up {max(1, args.steps // 30)} "
         f"steps; seeds 0..{args.seeds - 1} (same initial weights and data order per seed across variants). "

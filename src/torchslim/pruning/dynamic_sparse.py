@@ -217,7 +217,8 @@ class DynamicSparseHook(MaskHook):
 
 
 def prepare_dynamic(model: nn.Module, config: DynamicSparseConfig) -> DynamicSparseHook:
-    """Sparse masks on the layers ``config.selector`` picks; pass the hook to a Trainer, then ``convert(model, hook)``."""
+    """Sparse masks on the layers ``config.selector`` picks; pass the hook to a Trainer, then
+    ``convert(model, hook)``."""
     if not isinstance(config, DynamicSparseConfig):
         raise ConfigError(f"prepare_dynamic expects a DynamicSparseConfig, got {type(config).__name__}")
     return DynamicSparseHook(select_prunable(model, config.selector), config)

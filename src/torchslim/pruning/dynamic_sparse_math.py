@@ -99,7 +99,8 @@ def drop_fraction(step: int, initial: float, end_step: int) -> float:
 
 
 def is_update_step(step: int, every: int, end_step: int) -> bool:
-    """Whether masks change after optimizer step ``step`` (1-based): every ``every`` steps, strictly before ``end_step``."""
+    """Whether masks change after optimizer step ``step`` (1-based): every ``every`` steps, strictly before
+    ``end_step``."""
     return 0 < step < end_step and step % every == 0
 
 
