@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit llama-cpp clean
+.PHONY: install chromium install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -114,7 +114,15 @@ bench-search: install-bench
 	$(BIN)/python benchmarks/search/joint.py
 	$(BIN)/python benchmarks/search/front.py
 
-bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit
+# Sparse training from scratch (issue 25): digits-cnn at 90% (RigL, SET vs dense and gradual magnitude pruning),
+# tiny-llama pre-training at 50/75%; accuracy only (no timing, so no lock); the target check.
+bench-sparse-training: install-bench
+	nice -n 10 $(BIN)/python benchmarks/sparse_training/digits.py
+	nice -n 10 $(BIN)/python benchmarks/sparse_training/digits.py --sparsity 0.98 --seeds 3
+	nice -n 10 $(BIN)/python benchmarks/sparse_training/tiny_llama.py
+	$(BIN)/python benchmarks/sparse_training/targets.py
+
+bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training
 
 clean:
 	rm -rf $(VENV) .pytest_cache

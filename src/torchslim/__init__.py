@@ -30,7 +30,7 @@ import torchslim.runtime  # noqa: F401,E402 - torchslim.runtime.prepare_fast / p
 # techniques (importing registers their handlers)
 from torchslim.quantization import (ActQuant, AWQConfig, CastConfig, GPTQConfig, KVCacheConfig, QATConfig, W8A8Config,
                                     WeightOnlyConfig)
-from torchslim.pruning import GradualConfig, IterativeConfig, LotteryConfig, StructuredConfig, UnstructuredConfig
+from torchslim.pruning import DynamicSparseConfig, GradualConfig, IterativeConfig, LotteryConfig, StructuredConfig, UnstructuredConfig
 from torchslim.train import FinetuneConfig, TrainConfig
 from torchslim.distill import BlackBoxDistillConfig, DistillConfig, ReconstructConfig
 from torchslim.peft import BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
@@ -46,6 +46,6 @@ __all__ = [
     "AWQConfig", "CastConfig", "GPTQConfig", "KVCacheConfig", "W8A8Config", "WeightOnlyConfig", "QATConfig", "ActQuant",
     "DistillConfig", "BlackBoxDistillConfig", "ReconstructConfig", "LoraConfig", "IA3Config", "BottleneckConfig",
     "PromptTuningConfig", "PrefixTuningConfig",
-    "GradualConfig", "IterativeConfig", "LotteryConfig", "StructuredConfig", "UnstructuredConfig",
+    "DynamicSparseConfig", "GradualConfig", "IterativeConfig", "LotteryConfig", "StructuredConfig", "UnstructuredConfig",
     "LowRankConfig", "AttentionConfig", "EarlyExitConfig",
 ]

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.tasks.classification import ClassificationTask
+from torchslim.train import TrainHook
 
 
 def blob_task(dim: int = 16, classes: int = 4, seed: int = 0) -> ClassificationTask:
@@ -95,3 +96,14 @@ def mlp() -> nn.Sequential:
 
 
 IMAGES = {"x": torch.randn(2, 3, 4, 4)}
+
+
+class Crash(TrainHook):
+    """Raises KeyboardInterrupt after optimizer step ``at`` (a crash for the resume tests; -1: never)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, trainer: object, step: int) -> None:
+        if step == self.at:
+            raise KeyboardInterrupt("simulated crash")

@@ -15,10 +15,10 @@ from torchslim.pruning.importance import Importance
 from torchslim.pruning.schedules import (
     MASK, SCORE, GradualConfig, MaskHook, convert, cubic_sparsity, prepare, select_prunable,
 )
-from torchslim.train import LambdaHook, TrainConfig, Trainer, TrainHook
+from torchslim.train import LambdaHook, TrainConfig, Trainer
 from torchslim.train.checkpoint import list_checkpoints
 
-from _pruning_helpers import blob_task  # noqa: E402
+from _pruning_helpers import Crash as _Crash, blob_task  # noqa: E402
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:
@@ -212,15 +212,6 @@ def test_handler_and_config_errors_are_one_line() -> None:
 
 
 # -- resume -----------------------------------------------------------------------------------
-class _Crash(TrainHook):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step_end(self, trainer: Trainer, step: int) -> None:
-        if step == self.at:
-            raise KeyboardInterrupt("simulated crash")
-
-
 def test_resume_from_checkpoint_continues_exactly(tmp_path: Path) -> None:
     """Masks and movement scores are buffers (in the checkpoint); step counters are hook state."""
     cfg = GradualConfig(sparsity=0.7, start_step=1, frequency=2, importance="movement", selector=_all_layers())
