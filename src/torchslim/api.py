@@ -8,6 +8,7 @@ needs (``calibration=``, ``task=``, ``train=``, ``teacher=``, ``example_inputs=`
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -94,7 +95,8 @@ def early_exit_(model: nn.Module, config: Configs, ctx: ApplyContext | None = No
 
 
 def evaluate(model: nn.Module, task: Any, spec: Any = None, *, what: str | Sequence[str] = ("quality",),
-             **kwargs: Any) -> Any:
+             runtime: str = "torch", file: str | os.PathLike | None = None,
+             runtime_options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """Evaluate ``model`` on ``task`` and return a :class:`torchslim.eval.Report`.
 
     ``what`` picks the measurements: by default only the task's quality metrics
@@ -104,11 +106,45 @@ def evaluate(model: nn.Module, task: Any, spec: Any = None, *, what: str | Seque
     measured (shapes, iterations, threads); its ``measure_*`` flags can only turn one off. Other keywords
     (``label=``, ``artifact_dir=``, ``console=``) go to :func:`torchslim.eval.evaluate`; the artifact format
     measures bytes on disk (``spec.sizer``).
+
+    ``runtime`` (``torch``, ``onnxruntime``, ``openvino`` or ``llamacpp``) runs the exported ``file`` (ONNX for the
+    first two, GGUF for llama.cpp; by default ``model`` is exported to a temporary one) in that runtime, with the
+    same task, metric and timing code and the same thread count; ``runtime_options`` go to its adapter
+    (:func:`torchslim.runtime.backends.open_file`). Size on disk is then the file's; FLOPs are ``model``'s.
     """
     from torchslim.artifact.size import artifact_size
     from torchslim.eval import EvalSpec, evaluate as _evaluate
 
     spec = spec or EvalSpec()
+    if runtime != "torch":
+        return _evaluate_file(model, task, spec, what, runtime, file, runtime_options or {}, kwargs)
+    if file is not None or runtime_options:
+        raise ConfigError("file= and runtime_options= need a runtime other than torch (runtime='onnxruntime', ...)")
     if spec.sizer is None:
         spec = dataclasses.replace(spec, sizer=artifact_size)
     return _evaluate(model, task, spec, what=what, **kwargs)
+
+
+def _evaluate_file(model: nn.Module, task: Any, spec: Any, what: Any, runtime: str, file: Any,
+                   options: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    import tempfile
+
+    import torch
+
+    from torchslim.eval import evaluate as _evaluate, model_label
+    from torchslim.exports import export_for_runtime
+    from torchslim.runtime.backends import open_file, require
+
+    require(runtime)                                  # one line before any export when it is not installed
+    threads = spec.threads if spec.threads is not None else torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix=f"torchslim-{runtime}-") as tmp:
+        path = Path(file) if file is not None else export_for_runtime(model, runtime, tmp, task=task)
+        runner = open_file(runtime, path, threads=threads, **options)
+        size = runner.file_bytes()
+
+        def sizer(*_: Any) -> tuple[int, str]:
+            return size, f"bytes of the file {runtime} runs ({path.name})"
+
+        spec = dataclasses.replace(spec, sizer=sizer, threads=threads)
+        label = kwargs.pop("label", None) or model_label(model)
+        return _evaluate(model, task, spec, what=what, label=f"{label} @ {runtime}", runner=runner, **kwargs)

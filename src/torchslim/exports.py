@@ -262,3 +262,24 @@ def _source_gguf(source: dict[str, Any]) -> Path | None:
         return None
     finder = getattr(get_entry(source["name"]), "gguf_file", None)
     return Path(finder()) if callable(finder) else None
+
+
+def export_for_runtime(model: nn.Module, runtime: str, folder: str | Path, *, task: Any = None, tokenizer: Any = None,
+                       gguf_type: str = "F32") -> Path:
+    """Write ``model`` into ``folder`` as the file ``runtime`` reads and return its path: ONNX (``model.onnx``, or
+    the decoder folder's) for ONNX Runtime and OpenVINO, GGUF (``model.gguf``, ``gguf_type`` for every tensor:
+    F32 by default, the model's own weights with packed layers dequantized) for llama.cpp."""
+    from torchslim.runtime.backends import require
+
+    kind = require(runtime).file_kind
+    folder = Path(folder)
+    tokenizer = tokenizer if tokenizer is not None else getattr(task, "tokenizer", None)
+    if kind == "gguf":
+        out = folder / "model.gguf"
+        write_gguf(model, out, qtype=gguf_type, embed_type=gguf_type, tokenizer=tokenizer)
+        return out
+    from torchslim.artifact.onnx_graphs import model_kind
+
+    out = folder / "model" if model_kind(model) in ("causal-lm", "seq2seq") else folder / "model.onnx"
+    write_onnx(model, out, task, tokenizer=tokenizer)
+    return out / "model.onnx" if out.is_dir() else out

@@ -94,6 +94,10 @@ def _eval_spec(shapes: list[str], iters: int, warmup: int, threads: Optional[int
 CALIB_HELP = "Calibration/training data: a text file, a JSONL file (\"text\", \"label\") or a folder."
 EVAL_HELP = "Evaluation data: a text file, a JSONL file (\"text\", \"label\") or a folder (images per class)."
 SEQ_HELP = "Sequence length of the task's windows (capped at the model's context)."
+RUNTIME_HELP = ("Runtime that runs the model: torch, onnxruntime, openvino (both run the ONNX export) or llamacpp (the GGUF "
+                "export); quality and timing come from the same task code.")
+FILE_HELP = ("Exported file for --runtime (.onnx, an ONNX decoder folder, or .gguf); default: MODEL exported to a "
+             "temporary file (GGUF in F32).")
 EVAL_FLAG_HELP = "Evaluate the task's quality before and after and print both (two evaluations; --no-eval skips them)."
 
 
@@ -125,18 +129,27 @@ def eval_cmd(
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help=CALIB_HELP),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help=EVAL_HELP),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
+    runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
+    file: Optional[Path] = typer.Option(None, "--file", help=FILE_HELP),
 ) -> None:
-    """Evaluate a model: quality, size, latency, FLOPs, memory and energy."""
+    """Evaluate a model: quality, size, latency, FLOPs, memory and energy (in torch, or exported to another
+    runtime with the same task and timing)."""
     from torchslim.api import evaluate
     from torchslim.eval import render_table
+    from torchslim.runtime.backends import require
 
+    if runtime != "torch":
+        require(runtime)                      # unknown or not installed: one line before loading anything
+    elif file is not None:
+        raise TorchSlimError("--file is an exported file for --runtime onnxruntime, openvino or llamacpp")
     spec = _eval_spec(shape, iters, warmup, threads, decode_tokens, no_speed)
     if json_out is not None and (json_out.is_dir() or (json_out.parent.exists() and not json_out.parent.is_dir())):
         raise TorchSlimError(f"--json {json_out}: not a file path (it is a folder, or inside a file)")
     console = _console()
     with status(f"loading {model}"):
         loaded = _load_with_task(model, task, _data(calib_data, eval_data, seq_len))
-    report = evaluate(loaded.model, loaded.task, spec, what="all", label=loaded.name, console=progress_console())
+    report = evaluate(loaded.model, loaded.task, spec, what="all", label=loaded.name, console=progress_console(),
+                      runtime=runtime, file=file)
     console.print(render_table([report]))
     if report.layers:
         console.print(_layers_table(console, report.layers))

@@ -264,8 +264,11 @@ def _stage(console: Any, text: str, *, spinner: bool = True) -> Any:
 
 
 def _run(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple[int, int | None]],
-         device: torch.device, report: Report, source: dict[str, Any] | None, console: Any) -> None:
-    report.layers = layer_info(model)
+         device: torch.device, report: Report, source: dict[str, Any] | None, console: Any,
+         runner: nn.Module) -> None:
+    """Size and FLOPs are facts of ``model``; speed, memory, energy, decode and quality are measured on ``runner``
+    (the model itself, or an exported file run by another runtime)."""
+    report.layers = layer_info(model) if runner is model else []
     if spec.measure_size:
         with _stage(console, "measuring size (saving a temporary artifact)"):
             report.size = measure_size(model, artifact_dir=spec.artifact_dir, source=source, sizer=spec.sizer)
@@ -277,26 +280,30 @@ def _run(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple[int, i
     if spec.measure_speed or spec.measure_memory or spec.measure_energy:
         with _stage(console, f"timing {len(shapes)} shape(s): {spec.warmup} warm-up + {spec.iters} timed forwards each",
                     spinner=False):
-            _timed_runs(model, task, spec, shapes, device, report)
+            _timed_runs(runner, task, spec, shapes, device, report)
     if spec.measure_speed:               # a task that does not generate gets its note, not a stage line
         generates = task.supports_decode and spec.decode_tokens > 0 and report.speed is not None
         with _stage(console, f"measuring decode speed ({spec.decode_tokens} tokens)") if generates else \
                 contextlib.nullcontext():
-            _decode(model, task, spec, report)
+            _decode(runner, task, spec, report)
     if spec.measure_quality:
         with _stage(console, f"evaluating quality ({task.metric})"):
-            report.quality = _quality(model, task)
+            report.quality = _quality(runner, task)
 
 
 def evaluate(model: nn.Module, task: Task, spec: EvalSpec | None = None, *, what: str | Iterable[str] = "all",
              label: str | None = None, source: dict[str, Any] | None = None,
-             artifact_dir: str | os.PathLike | None = None, console: Any = None) -> Report:
+             artifact_dir: str | os.PathLike | None = None, console: Any = None,
+             runner: nn.Module | None = None) -> Report:
     """Measure ``model`` on ``task`` (in eval mode, with ``spec.threads`` threads) and return a Report.
 
     ``what`` picks the measurements (see :func:`measuring`; here the full sweep by default);
     ``label`` names the model in the report (default: :func:`model_label`); ``source`` is passed to
     ``spec.sizer`` when the artifact size is measured; ``artifact_dir`` overrides
-    ``spec.artifact_dir``; ``console`` (a ``rich.console.Console``) shows progress.
+    ``spec.artifact_dir``; ``console`` (a ``rich.console.Console``) shows progress. ``runner`` (an exported file
+    run by another runtime, :func:`torchslim.runtime.backends.open_file`) is what quality, latency, decode speed,
+    memory and energy are measured on, by the same task and timing code; ``model`` still gives size and FLOPs, and
+    ``spec.sizer`` the bytes on disk (of the file, for a runner). ``report.settings["runtime"]`` names the runtime.
     """
     spec = measuring(spec or EvalSpec(), what)
     if artifact_dir is not None:
@@ -316,13 +323,17 @@ def evaluate(model: nn.Module, task: Task, spec: EvalSpec | None = None, *, what
         settings={"shapes": [[b, n] for b, n in shapes], "warmup": spec.warmup, "iters": spec.iters,
                   "decode_tokens": spec.decode_tokens,
                   "what": [m for m in MEASUREMENTS if getattr(spec, f"measure_{m}")],
-                  "artifact_dir": None if spec.artifact_dir is None else str(spec.artifact_dir)},
+                  "artifact_dir": None if spec.artifact_dir is None else str(spec.artifact_dir),
+                  "runtime": getattr(runner, "runtime", "torch")},
     )
+    runner = model if runner is None else runner
+    if runner is not model:
+        report.settings["file"] = str(getattr(runner, "path", ""))
     prev_threads, was_training = torch.get_num_threads(), model.training
     torch.set_num_threads(threads)
     model.eval()
     try:
-        _run(model, task, spec, shapes, device, report, source, console)
+        _run(model, task, spec, shapes, device, report, source, console, runner)
     finally:
         torch.set_num_threads(prev_threads)
         model.train(was_training)

@@ -172,6 +172,8 @@ def table_rows(reports: list[Report], baseline_index: int = 0) -> tuple[list[str
     b = baseline_index
     ms = lambda v: f"{fmt_num(v)} ms"  # noqa: E731
     rows: list[Row | None] = [("Task / device", [f"{r.task} / {r.device}, {r.threads} threads" for r in reports])]
+    if any(r.settings.get("runtime", "torch") != "torch" for r in reports):
+        rows.append(("Runtime", [r.settings.get("runtime", "torch") for r in reports]))
     rows += _quality_rows(reports, b)
     rows += [
         _field_row(reports, b, "Artifact size on disk", "size.artifact_bytes", fmt_bytes),

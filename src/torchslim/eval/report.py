@@ -147,8 +147,10 @@ class Report:
 
     def summary(self) -> list[tuple[str, str]]:
         """``(label, value)`` rows of the headline figures: what ``str(report)`` prints."""
+        runtime = self.settings.get("runtime", "torch")
         rows = [("model", self.model), ("task", f"{self.task} on {self.device_name or self.device}, "
-                                                f"{self.threads} threads")]
+                                                f"{self.threads} threads"
+                                                + ("" if runtime == "torch" else f", runtime {runtime}"))]
         q = self.quality
         if q is not None and q.primary in q.metrics:
             better = "higher" if q.higher_is_better else "lower"
