@@ -241,3 +241,31 @@ def test_the_layers_table_shows_a_speed_recorded_at_conversion():
     console.print(layers_table([info, {"name": "m", "technique": "cast"}], 200))
     text = console.export_text()
     assert "0.63x@1 1.20x@256 (at conversion)" in text and "not measured" in text
+
+
+def test_eval_runtime_onnxruntime_end_to_end(tmp_path):
+    out = tmp_path / "r.json"
+    res = run("eval", "tiny-bert", "--runtime", "onnxruntime", "--shape", "1x8", "--iters", "3", "--warmup", "1",
+              "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    for row in ("tiny-bert @ onnxruntime", "Runtime", "cosine_fidelity", "Latency median @ batch 1, 8 tokens"):
+        assert row in res.stdout, row
+    report = json.loads(out.read_text())
+    assert report["settings"]["runtime"] == "onnxruntime" and report["settings"]["file"].endswith("model.onnx")
+    assert report["quality"]["metrics"]["cosine_fidelity"] == pytest.approx(1.0, abs=1e-5)   # the fp32 reference
+
+
+def test_eval_runtime_errors_are_one_line(capsys, monkeypatch, tmp_path):
+    from torchslim.runtime import backends
+
+    real = backends.importlib.util.find_spec
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
+    for args, fragment in ((["--runtime", "openvino"], "runtime 'openvino' is not installed: pip install openvino"),
+                           (["--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
+                           (["--file", str(tmp_path / "m.onnx")], "--file is an exported file for --runtime")):
+        from torchslim.cli.main import main
+
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "no-such-model", *args])                        # refused before the model loads
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
