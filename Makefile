@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training llama-cpp clean
+.PHONY: install chromium install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training bench-runtimes install-runtimes llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -122,7 +122,17 @@ bench-sparse-training: install-bench
 	nice -n 10 $(BIN)/python benchmarks/sparse_training/tiny_llama.py
 	$(BIN)/python benchmarks/sparse_training/targets.py
 
-bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training
+# Several runtimes, one harness (issue 25): MiniLM int8 in torch / ONNX Runtime / OpenVINO and SmolLM2 int4 in torch /
+# llama.cpp through llama-cpp-python (built from source here: 5-15 min once), timed under the shared lock; target check.
+install-runtimes: install-bench
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/pip install -q --no-deps diskcache llama-cpp-python==0.3.36
+
+bench-runtimes: install-runtimes
+	flock /tmp/torchslim-bench.lock $(BIN)/python benchmarks/runtimes/minilm.py
+	flock /tmp/torchslim-bench.lock $(BIN)/python benchmarks/runtimes/smollm2.py
+	$(BIN)/python benchmarks/runtimes/targets.py
+
+bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training bench-runtimes
 
 clean:
 	rm -rf $(VENV) .pytest_cache

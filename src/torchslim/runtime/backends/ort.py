@@ -12,7 +12,9 @@ from torchslim.runtime.backends.graph import OnnxGraphModel
 class OrtModel(OnnxGraphModel):
     """An ONNX file run by ONNX Runtime (CPU execution provider). ``threads``: intra-op threads (default: ONNX
     Runtime's choice, one per physical core). ``options``: ``SessionOptions`` attributes to set
-    (``{"graph_optimization_level": ...}``)."""
+    (``{"graph_optimization_level": ...}``); a dotted key is a session config entry
+    (``{"session.intra_op.allow_spinning": "0"}``: worker threads sleep after a run instead of spinning, so they do
+    not slow whatever is timed next)."""
 
     runtime = "onnxruntime"
 
@@ -25,7 +27,10 @@ class OrtModel(OnnxGraphModel):
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
         for key, value in (options or {}).items():
-            setattr(so, key, value)
+            if "." in key:
+                so.add_session_config_entry(key, str(value))
+            else:
+                setattr(so, key, value)
         self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         inputs = list(self.session.get_inputs())
         self.input_names = [i.name for i in inputs]
