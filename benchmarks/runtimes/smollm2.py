@@ -49,10 +49,12 @@ N_CTX = 512 + 128
 
 
 def variants(fp32, task, tmp: Path, threads: int) -> dict[str, tuple[torch.nn.Module, str]]:
+    body = torchslim.Selector(exclude=("lm_head",))          # the head is the tied embedding: left in fp32
     g128 = copy.deepcopy(fp32)
-    torchslim.quantize_(g128, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(128)))
+    torchslim.quantize_(g128, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(128),
+                                               selector=body))
     g32 = copy.deepcopy(fp32)
-    torchslim.quantize_(g32, WeightOnlyConfig(format=IntFormat(4), granularity=PerGroup(32)))
+    torchslim.quantize_(g32, WeightOnlyConfig(format=IntFormat(4), granularity=PerGroup(32), selector=body))
     out = {"torch fp32 (reference)": (fp32, "HF generate"),
            "torch int4 g128 (packed kernel)": (g128, "RTN asymmetric int4 per 128, _weight_int4pack_mm; head fp32"),
            "torch int4 g32 (Q4_0's grid)": (g32, "RTN symmetric int4 per 32: the Q4_0 row's codes; head fp32; "

@@ -111,3 +111,24 @@ def test_bad_runtime_names_and_files_are_config_errors(bert, tmp_path):
             ConfigError("llamacpp reads .gguf files"))
     with pytest.raises(ConfigError, match="need a runtime other than torch"):
         torchslim.evaluate(model, task, file=path)
+
+
+@pytest.mark.skipif(not available("openvino"), reason="openvino is not installed")
+def test_openvino_fp16_weights_halve_the_file_and_keep_the_outputs(bert):
+    model, task, path = bert
+    x = task.example_inputs(2, 16)
+    want = model(**x).last_hidden_state
+    f32 = open_file("openvino", path, threads=1)
+    f16 = open_file("openvino", path, threads=1, compress_to_fp16=True)
+    torch.testing.assert_close(f32(**x)[0], want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(f16(**x)[0], want, atol=3e-2, rtol=3e-2)
+    assert f16.file_bytes() < 0.6 * f32.file_bytes() and f32.config["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_onnxruntime_session_options_and_config_entries(bert):
+    model, task, path = bert
+    runner = open_file("onnxruntime", path, threads=1, options={"session.intra_op.allow_spinning": "0",
+                                                                 "enable_cpu_mem_arena": False})
+    assert runner.session.get_session_options().enable_cpu_mem_arena is False
+    x = task.example_inputs(1, 8)
+    torch.testing.assert_close(runner(**x)[0], model(**x).last_hidden_state, atol=1e-4, rtol=1e-4)
