@@ -280,6 +280,10 @@ def export_for_runtime(model: nn.Module, runtime: str, folder: str | Path, *, ta
         return out
     from torchslim.artifact.onnx_graphs import model_kind
 
-    out = folder / "model" if model_kind(model) in ("causal-lm", "seq2seq") else folder / "model.onnx"
+    kind = model_kind(model)
+    if kind == "seq2seq":
+        raise ConfigError(f"{type(model).__name__}: an encoder-decoder exports as three ONNX graphs, which are not "
+                          f"evaluated as one model in {runtime}")
+    out = folder / "model" if kind == "causal-lm" else folder / "model.onnx"
     write_onnx(model, out, task, tokenizer=tokenizer)
     return out / "model.onnx" if out.is_dir() else out
