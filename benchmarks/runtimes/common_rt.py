@@ -25,9 +25,15 @@ def versions() -> str:
     return ", ".join(out)
 
 
-def machine() -> dict[str, Any]:
+def machine(load_at_start: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """The machine line with runtime versions and the load average (other work on the machine slows every row)."""
+    import os
+
     info = machine_info()
-    return {"line": f"{machine_line(info)}; {versions()}", **info}
+    load = os.getloadavg()
+    seen = f"load average {load[0]:.1f} at the end" + (f", {load_at_start[0]:.1f} at the start" if load_at_start else "")
+    return {"line": f"{machine_line(info)}; {versions()}; {seen}", "load_end": load, "load_start": load_at_start,
+            **info}
 
 
 def pydoc_sentences(n: int = 124) -> list[str]:

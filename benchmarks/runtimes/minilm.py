@@ -20,7 +20,11 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
+# Worker threads sleep between runs in every runtime (ONNX Runtime: allow_spinning=0, see common_rt): torch's OpenMP
+# threads otherwise spin at each barrier, and on a machine shared with other work a 2-thread forward measured up to
+# 300x slower than with sleeping threads (tiny-llama 1x32: 814 ms against 2.8 ms median under load average 15).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,7 +75,7 @@ def runners(base, w8a8, f: dict[str, Path], threads: int) -> dict[str, tuple[tor
 
 def main() -> None:
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
+    threads, load = torch.get_num_threads(), os.getloadavg()
     loaded = torchslim.load_model("minilm")
     base, task = loaded.model.eval(), loaded.task
     w8a8 = copy.deepcopy(base)
@@ -99,7 +103,7 @@ def main() -> None:
         print(f"{b}x{s}: " + ", ".join(f"{k} {v.median_ms:.1f}" for k, v in stats.items()), flush=True)
     cols = ["cosine GPL-3", "min cosine GPL-3", "cosine pydoc", "min cosine pydoc", "MB"]
     cols += [f"{b}x{s} {k}" for b, s in SHAPES for k in ("ms", "vs torch fp32", "p90/median")]
-    info = machine()
+    info = machine(load)
     notes = [f"threads: {threads} for every runtime (torch.set_num_threads, ONNX Runtime intra_op_num_threads, "
              "OpenVINO INFERENCE_NUM_THREADS)",
              "quality: the task's own evaluate() on each runtime's outputs (SentenceEmbeddingTask: cosine of "
@@ -107,8 +111,9 @@ def main() -> None:
              f"{len(tasks['pydoc'].sentences('eval'))} sentences of Python's held-out reference topics)",
              f"latency: torchslim.runtime.timing.measure_interleaved over the harness's forward_fn, {WARMUP} warm-up "
              f"rounds and {ITERS} timed rounds per shape, all variants round-robin; medians",
-             "ONNX Runtime runs with session.intra_op.allow_spinning=0: its workers otherwise spin after a run and "
-             "slow whichever variant is timed next in the interleaved loop",
+             f"worker threads sleep between runs in every runtime: torch OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+             "ONNX Runtime session.intra_op.allow_spinning=0 (spinning workers slow whichever variant runs next, and "
+             "on a machine shared with other work they made torch's 2-thread forwards up to 300x slower)",
              "OpenVINO has no int8/int4 weight compression of its own without NNCF (not a torchslim dependency): its "
              "own options here are bf16 compute and fp16 weight storage; its int8 rows read the int8 ONNX files",
              "MB: bytes of the file the runtime reads; torch rows: see docs/results/speed_minilm.md for artifact sizes"]

@@ -4,7 +4,7 @@ the torch g32 row's codes, and F32), with torch fp32 as the reference.
 
 Every row's perplexity is computed by the same task code (``CausalLMTask.evaluate`` on each runtime's logits) on two
 domains: GPL-3 and Python's held-out reference topics, 512-token windows. Decode: the task's own ``decode`` (greedy,
-64 new tokens after its prompt, through each runner's ``generate``), rounds interleaved across variants, medians.
+32 new tokens after its prompt, through each runner's ``generate``), rounds interleaved across variants, medians.
 Prefill: the task's forward at 1 x 128 and 1 x 512 tokens (logits of every position in every runtime) timed by
 ``torchslim.runtime.timing.measure_interleaved``; tokens/s from the median. Run under the shared lock:
 ``flock /tmp/torchslim-bench.lock python benchmarks/runtimes/smollm2.py``. Writes docs/results/runtimes_smollm2.md
@@ -21,7 +21,11 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
+# Worker threads sleep between runs in every runtime (ONNX Runtime: allow_spinning=0, see common_rt): torch's OpenMP
+# threads otherwise spin at each barrier, and on a machine shared with other work a 2-thread forward measured up to
+# 300x slower than with sleeping threads (tiny-llama 1x32: 814 ms against 2.8 ms median under load average 15).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,10 +44,10 @@ from torchslim.zoo.smollm2 import gguf_path  # noqa: E402
 
 warnings.filterwarnings("ignore")
 SMOKE = os.environ.get("TORCHSLIM_BENCH_SMOKE") == "1"
-WINDOWS = 2 if SMOKE else 16
-DECODE_TOKENS, DECODE_ROUNDS = (8, 2) if SMOKE else (64, 5)
+WINDOWS = 2 if SMOKE else 8
+DECODE_TOKENS, DECODE_ROUNDS = (8, 2) if SMOKE else (32, 3)
 PREFILL = ((1, 128), (1, 512))
-WARMUP, ITERS = (1, 3) if SMOKE else (2, 7)
+WARMUP, ITERS = (1, 3) if SMOKE else (1, 5)
 OUT = Path("/tmp/runtimes_smollm2.md") if SMOKE else ROOT / "docs/results/runtimes_smollm2.md"
 N_CTX = 512 + 128
 
@@ -86,7 +90,7 @@ def decode_rounds(made: dict, task: CausalLMTask) -> dict[str, dict[str, float]]
 
 
 def main() -> None:
-    threads = torch.get_num_threads()
+    threads, load = torch.get_num_threads(), os.getloadavg()
     loaded = torchslim.load_model("smollm2-135m")
     fp32, tok = loaded.model.eval(), loaded.tokenizer
     tasks = {"GPL-3": CausalLMTask(tok, seq_len=512, max_eval_windows=WINDOWS),
@@ -114,7 +118,7 @@ def main() -> None:
         print(f"prefill {b}x{s}: " + ", ".join(f"{k} {v.median_ms:.0f} ms" for k, v in stats.items()), flush=True)
     cols = ["ppl GPL-3", "ppl pydoc", "MB", "decode tok/s", "decode vs fp32", "decode spread", "first token ms"]
     cols += [f"prefill {s} tok/s" for _, s in PREFILL]
-    info = machine()
+    info = machine(load)
     notes = [f"threads: {threads} for every runtime (torch.set_num_threads; llama.cpp n_threads and n_threads_batch)",
              f"perplexity: CausalLMTask.evaluate on each runtime's logits, {WINDOWS} non-overlapping 512-token windows "
              "per text (GPL-3; Python's held-out reference topics), no BOS, the same token ids in every runtime",
@@ -123,6 +127,9 @@ def main() -> None:
              "the adapter's generate (arg-max of llama.cpp's logits, its key/value cache)",
              f"prefill: one forward over 1 x 128 and 1 x 512 tokens returning every position's logits, "
              f"measure_interleaved ({WARMUP} warm-up, {ITERS} timed rounds), tokens / median",
+             f"torch OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} (its threads sleep between runs: spinning ones made "
+             "2-thread forwards up to 300x slower on this shared machine); llama.cpp keeps its own thread pool",
+             "torch int4 rows are round-to-nearest (no calibration): the runtime comparison, not the best int4 quality",
              "MB: bytes of the GGUF file llama.cpp reads (torch rows: see docs/results/speed_smollm2.md)",
              "llama.cpp multiplies Q4_0 weights by activations rounded to 8 bits (Q8_0) and its Q4_0 file stores the "
              "tied embedding/head in Q8_0: the Q4_0 row and the torch g32 row share the int4 codes, not the head"]
