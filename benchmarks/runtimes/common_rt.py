@@ -2,9 +2,12 @@
 domain, and timing every runtime's forward with the harness's own interleaved loop."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import re
-from typing import Any
+import time
+from typing import Any, Iterator
 
 import torch
 
@@ -13,6 +16,20 @@ from torchslim.runtime.machine import machine_info, machine_line
 from torchslim.runtime.timing import measure_interleaved
 
 ORT_QUIET = {"session.intra_op.allow_spinning": "0"}      # ONNX Runtime's workers sleep after a run (see notes)
+LOCK = "/tmp/torchslim-bench.lock"
+
+
+@contextlib.contextmanager
+def timing_lock() -> Iterator[float]:
+    """Hold the shared benchmark lock (as ``flock /tmp/torchslim-bench.lock``) while timing; yields seconds waited.
+    Quality is computed outside it, so other benchmarks' timings wait only for this one's timed loops."""
+    t = time.perf_counter()
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield time.perf_counter() - t
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def versions() -> str:

@@ -5,8 +5,8 @@ modes), with torch fp32 as the reference.
 Every row's quality is computed by the same task code (``SentenceEmbeddingTask.evaluate``: cosine of normalized
 mean-pooled embeddings to the fp32 torch model's) on two domains: the GPL-3 sentences and sentences of Python's
 reference topics. Latency: the task's forward at 1 x 128 and 32 x 128 tokens, every runtime interleaved in one
-process by ``torchslim.runtime.timing.measure_interleaved``; medians. Run under the shared lock:
-``flock /tmp/torchslim-bench.lock python benchmarks/runtimes/minilm.py``. Writes docs/results/runtimes_minilm.md
+process by ``torchslim.runtime.timing.measure_interleaved``; medians. The timed loops hold the shared benchmark lock
+(``/tmp/torchslim-bench.lock``, as ``flock`` takes it); quality is computed before, outside it. Writes docs/results/runtimes_minilm.md
 (+ .json).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, Row  # noqa: E402
-from common_rt import ORT_QUIET, interleaved_forwards, machine, pydoc_sentences  # noqa: E402
+from common_rt import ORT_QUIET, interleaved_forwards, machine, pydoc_sentences, timing_lock  # noqa: E402
 
 import torchslim  # noqa: E402
 from torchslim.exports import export_for_runtime  # noqa: E402
@@ -93,8 +93,10 @@ def main() -> None:
             rows[name].values[f"cosine {domain}"] = q["cosine_fidelity"]
             rows[name].values[f"min cosine {domain}"] = q["min_cosine"]
             print(f"{name} {domain}: {q['cosine_fidelity']:.5f} ({time.perf_counter() - t0:.1f} s)", flush=True)
-    for b, s in SHAPES:
-        stats = interleaved_forwards({k: m for k, (m, _) in made.items()}, task, b, s, WARMUP, ITERS)
+    with timing_lock():
+        timings = {(b, s): interleaved_forwards({k: m for k, (m, _) in made.items()}, task, b, s, WARMUP, ITERS)
+                   for b, s in SHAPES}
+    for (b, s), stats in timings.items():
         ref = stats["torch fp32 (reference)"].median_ms
         for name, st in stats.items():
             rows[name].values[f"{b}x{s} ms"] = st.median_ms

@@ -6,8 +6,8 @@ Every row's perplexity is computed by the same task code (``CausalLMTask.evaluat
 domains: GPL-3 and Python's held-out reference topics, 512-token windows. Decode: the task's own ``decode`` (greedy,
 32 new tokens after its prompt, through each runner's ``generate``), rounds interleaved across variants, medians.
 Prefill: the task's forward at 1 x 128 and 1 x 512 tokens (logits of every position in every runtime) timed by
-``torchslim.runtime.timing.measure_interleaved``; tokens/s from the median. Run under the shared lock:
-``flock /tmp/torchslim-bench.lock python benchmarks/runtimes/smollm2.py``. Writes docs/results/runtimes_smollm2.md
+``torchslim.runtime.timing.measure_interleaved``; tokens/s from the median. Decode and prefill timing hold the shared
+benchmark lock (``/tmp/torchslim-bench.lock``); perplexity is computed before, outside it. Writes docs/results/runtimes_smollm2.md
 (+ .json).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, Row  # noqa: E402
-from common_rt import interleaved_forwards, machine  # noqa: E402
+from common_rt import interleaved_forwards, machine, timing_lock  # noqa: E402
 from minilm import write  # noqa: E402
 
 import torchslim  # noqa: E402
@@ -105,14 +105,17 @@ def main() -> None:
             rows[name].values[f"ppl {domain}"] = t.evaluate(m)["perplexity"]
             print(f"{name} {domain}: {rows[name].values[f'ppl {domain}']:.3f} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
-    for name, v in decode_rounds(made, tasks["GPL-3"]).items():
+    with timing_lock():
+        decoded = decode_rounds(made, tasks["GPL-3"])
+        prefill = {(b, s): interleaved_forwards({k: m for k, (m, _) in made.items()}, tasks["GPL-3"], b, s, WARMUP,
+                                                ITERS) for b, s in PREFILL}
+    for name, v in decoded.items():
         rows[name].values.update(v)
         rows[name].values["decode spread"] = f"{100 * v['decode spread']:.0f}%"
     ref_decode = rows["torch fp32 (reference)"].values["decode tok/s"]
     for name in rows:
         rows[name].values["decode vs fp32"] = f"{rows[name].values['decode tok/s'] / ref_decode:.2f}x"
-    for b, s in PREFILL:
-        stats = interleaved_forwards({k: m for k, (m, _) in made.items()}, tasks["GPL-3"], b, s, WARMUP, ITERS)
+    for (b, s), stats in prefill.items():
         for name, st in stats.items():
             rows[name].values[f"prefill {s} tok/s"] = b * s * 1e3 / st.median_ms
         print(f"prefill {b}x{s}: " + ", ".join(f"{k} {v.median_ms:.0f} ms" for k, v in stats.items()), flush=True)
