@@ -147,4 +147,6 @@ def _evaluate_file(model: nn.Module, task: Any, spec: Any, what: Any, runtime: s
 
         spec = dataclasses.replace(spec, sizer=sizer, threads=threads)
         label = kwargs.pop("label", None) or model_label(model)
-        return _evaluate(model, task, spec, what=what, label=f"{label} @ {runtime}", runner=runner, **kwargs)
+        report = _evaluate(model, task, spec, what=what, label=f"{label} @ {runtime}", runner=runner, **kwargs)
+    report.settings["file_exported"] = file is None          # a temporary export, removed after the evaluation
+    return report

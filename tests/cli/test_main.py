@@ -252,6 +252,7 @@ def test_eval_runtime_onnxruntime_end_to_end(tmp_path):
         assert row in res.stdout, row
     report = json.loads(out.read_text())
     assert report["settings"]["runtime"] == "onnxruntime" and report["settings"]["file"].endswith("model.onnx")
+    assert report["settings"]["file_exported"] is True
     assert report["quality"]["metrics"]["cosine_fidelity"] == pytest.approx(1.0, abs=1e-5)   # the fp32 reference
 
 

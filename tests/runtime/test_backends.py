@@ -52,6 +52,7 @@ def test_encoder_fidelity_matches_the_torch_path(bert, torch_reports, runtime):
     for key in ("cosine_fidelity", "min_cosine", "nn_agreement"):
         assert report.quality.metrics[key] == pytest.approx(ref.quality.metrics[key], abs=1e-5), key
     assert report.settings["runtime"] == runtime and report.model.endswith(f"@ {runtime}")
+    assert report.settings["file"] == str(path) and report.settings["file_exported"] is False
     assert report.size.artifact_bytes == path.stat().st_size           # the file's bytes, not an artifact's
     assert [(s.batch, s.seq_len) for s in report.speed.shapes] == [(2, 16)]
     assert report.speed.shapes[0].latency.iters == 3
