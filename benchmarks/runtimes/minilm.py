@@ -93,7 +93,7 @@ def main() -> None:
             rows[name].values[f"cosine {domain}"] = q["cosine_fidelity"]
             rows[name].values[f"min cosine {domain}"] = q["min_cosine"]
             print(f"{name} {domain}: {q['cosine_fidelity']:.5f} ({time.perf_counter() - t0:.1f} s)", flush=True)
-    with timing_lock():
+    with timing_lock() as lock_note:
         timings = {(b, s): interleaved_forwards({k: m for k, (m, _) in made.items()}, task, b, s, WARMUP, ITERS)
                    for b, s in SHAPES}
     for (b, s), stats in timings.items():
@@ -106,7 +106,7 @@ def main() -> None:
     cols = ["cosine GPL-3", "min cosine GPL-3", "cosine pydoc", "min cosine pydoc", "MB"]
     cols += [f"{b}x{s} {k}" for b, s in SHAPES for k in ("ms", "vs torch fp32", "p90/median")]
     info = machine(load)
-    notes = [f"threads: {threads} for every runtime (torch.set_num_threads, ONNX Runtime intra_op_num_threads, "
+    notes = [lock_note, f"threads: {threads} for every runtime (torch.set_num_threads, ONNX Runtime intra_op_num_threads, "
              "OpenVINO INFERENCE_NUM_THREADS)",
              "quality: the task's own evaluate() on each runtime's outputs (SentenceEmbeddingTask: cosine of "
              f"normalized mean-pooled embeddings to torch fp32's; {len(task.sentences('eval'))} GPL-3 sentences and "

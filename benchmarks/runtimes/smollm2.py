@@ -105,7 +105,7 @@ def main() -> None:
             rows[name].values[f"ppl {domain}"] = t.evaluate(m)["perplexity"]
             print(f"{name} {domain}: {rows[name].values[f'ppl {domain}']:.3f} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
-    with timing_lock():
+    with timing_lock() as lock_note:
         decoded = decode_rounds(made, tasks["GPL-3"])
         prefill = {(b, s): interleaved_forwards({k: m for k, (m, _) in made.items()}, tasks["GPL-3"], b, s, WARMUP,
                                                 ITERS) for b, s in PREFILL}
@@ -122,7 +122,7 @@ def main() -> None:
     cols = ["ppl GPL-3", "ppl pydoc", "MB", "decode tok/s", "decode vs fp32", "decode spread", "first token ms"]
     cols += [f"prefill {s} tok/s" for _, s in PREFILL]
     info = machine(load)
-    notes = [f"threads: {threads} for every runtime (torch.set_num_threads; llama.cpp n_threads and n_threads_batch)",
+    notes = [lock_note, f"threads: {threads} for every runtime (torch.set_num_threads; llama.cpp n_threads and n_threads_batch)",
              f"perplexity: CausalLMTask.evaluate on each runtime's logits, {WINDOWS} non-overlapping 512-token windows "
              "per text (GPL-3; Python's held-out reference topics), no BOS, the same token ids in every runtime",
              f"decode: CausalLMTask.decode (greedy, {DECODE_TOKENS} new tokens after its prompt; tokens/s excludes the "
