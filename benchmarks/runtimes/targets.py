@@ -19,6 +19,17 @@ def _rows(name: str) -> dict[str, dict]:
     return {r["name"]: r for r in json.loads(path.read_text())["rows"]}
 
 
+def _lock(name: str) -> tuple[str, str, bool | None, str]:
+    path = RESULTS / f"runtimes_{name}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    note = next((n for n in data.get("notes", []) if n.startswith("timed ")), "no table")
+    load = (data.get("machine") or {}).get("load_end")
+    got = note.split(":")[0] + (f"; load average {load[0]:.1f} at the end" if load else "")
+    return (f"{name}: timed loops hold the shared benchmark lock", got, note.startswith("timed holding"),
+            "waited 10-20 min while other benchmarks held it, then timed without it (interleaved, so ratios "
+            "hold better than absolute figures); rerun `make bench-runtimes` on a quiet machine")
+
+
 def _has(rows: dict[str, dict], prefix: str, cols: list[str]) -> list[str]:
     return [n for n, r in rows.items() if n.startswith(prefix) and all(r.get(c) is not None for c in cols)]
 
@@ -64,7 +75,7 @@ def smollm2_checks() -> list[tuple[str, str, bool | None, str]]:
 
 def main() -> None:
     write_checks(RESULTS / "runtimes_targets.md", "Targets: several runtimes, one harness (issue 25)",
-                 minilm_checks() + smollm2_checks())
+                 minilm_checks() + smollm2_checks() + [_lock("minilm"), _lock("smollm2")])
 
 
 if __name__ == "__main__":
