@@ -13,6 +13,11 @@ sys.path.insert(0, str(Path(__file__).parent / "tools"))     # test tools (suppo
 # the documented default instead, so that they neither spend that time nor depend on a table measured elsewhere.
 os.environ.setdefault("TORCHSLIM_MEASURE_KERNELS", "0")
 os.environ.setdefault("TORCHSLIM_KERNEL_TABLE", os.devnull + ".no-kernel-table.json")   # never a user's table
+# OpenMP threads that spin at every barrier make a 2-thread forward hundreds of times slower when the cores are
+# shared (measured: tiny-llama 814 ms against 2.8 ms at load ~13), so tests with time limits failed on a loaded
+# machine. Sleeping threads cost a little latency on a quiet one; no test asserts a speed. Set before torch loads,
+# and inherited by every command the tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

@@ -18,15 +18,15 @@ def _mix(p: Point) -> str:
 def to_markdown(r: SearchResult) -> str:
     """The front, smallest first, with ratios against the uncompressed model."""
     lat = "latency_ms" in r.objectives
-    head = f"| trial | {r.metric} | MiB | size vs uncompressed |" + (" predicted ms | speed-up |" if lat else "")
+    head = f"| trial | {r.metric} | MiB | size vs uncompressed |" + (" predicted ms | speed-up |" if lat else "") + " mix |"
     lines = [f"Study `{r.study_name}`: {len(r.points)} trials measured end to end, {r.pruned} pruned early; "
              f"{len(r.front)} on the Pareto front of {', '.join(r.objectives)}."
              + (" Latency is predicted by the per-layer latency model (medians measured on this machine)." if lat
-                else ""), "", head, "|" + "---|" * (head.count("|") - 1) + " mix |"]
-    lines[-2] += " mix |"
+                else ""), "", head, "|" + "---|" * (head.count("|") - 1)]
     base = r.base
-    for p in [base, *r.front]:
-        name = "uncompressed" if p is base else str(p.number)
+    rows = r.front if any(not p.assignment for p in r.front) else [base, *r.front]
+    for p in rows:
+        name = "uncompressed" if p is base else f"{p.number}" + (" (uncompressed)" if not p.assignment else "")
         row = f"| {name} | {p.quality:.4g} | {p.bytes / 2**20:.3f} | {p.bytes / base.bytes:.3f}x |"
         if lat:
             row += (f" {p.latency_ms:.3g} | {base.latency_ms / p.latency_ms:.2f}x |" if p.latency_ms and base.latency_ms

@@ -65,6 +65,11 @@ class SearchResult:
         return {k: ([p.to_dict() for p in v] if k in ("points", "front") else v.to_dict() if k == "base" else v)
                 for k, v in self.__dict__.items()}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchResult:
+        return cls(**{**d, "base": Point(**d["base"]), "points": [Point(**p) for p in d["points"]],
+                      "front": [Point(**p) for p in d["front"]]})
+
 
 def _options(scan: Sensitivity) -> dict[str, list[str]]:
     return {r.group: [KEEP] + [a for a in scan.actions if r.cells.get(a) and r.cells[a].cost is not None]
