@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -43,6 +43,11 @@ HF_CONFIG = "config.json"
 
 
 # -- save --------------------------------------------------------------------------------
+class StreamedWeights(Protocol):
+    def write(self, file: Path, metadata: dict[str, str]) -> dict[str, str]: ...      # -> aliases
+    def layer_infos(self, model: nn.Module) -> dict[str, dict[str, Any]]: ...
+
+
 def _refuse_training_only(model: nn.Module) -> None:
     """Fake-quantized (QAT) layers are a training tool, never a deliverable: convert them first."""
     found = [n for n, m in model.named_modules() if getattr(m, "torchslim_training_only", False)]
@@ -60,9 +65,12 @@ def _refuse_runtime_only(model: nn.Module) -> None:
 
 
 def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = None,
-         metadata: dict[str, Any] | None = None, keep: tuple[str, ...] = ()) -> Path:
+         metadata: dict[str, Any] | None = None, keep: tuple[str, ...] = (),
+         streamed: StreamedWeights | None = None) -> Path:
     """Save ``model`` as an artifact folder at ``path`` and return the path. ``keep``: sub-folders of
-    ``path`` that are not the artifact's but may be there (a recipe run's checkpoint folders)."""
+    ``path`` that are not the artifact's but may be there (a recipe run's checkpoint folders). ``streamed``:
+    the weights were written elsewhere, part by part (layer-wise onloading); it writes the weights file and
+    gives the layer records of the parts no longer in memory."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -71,11 +79,14 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
     old = checks.check_target(path, keep)
     state = state_of(model)
     source = source or state.source or {"kind": "module"}
-    tensors, aliases = _dedup(model.state_dict())
+    tensors, aliases = _dedup(model.state_dict()) if streamed is None else ({}, {})
     arch = _architecture(model)
     history = [h.to_dict() for h in state.history]
     with io.staged_files(path, MANIFEST, stale=_stale_files(path, old)) as stage:
-        save_file(tensors, str(stage / WEIGHTS), metadata={"format": FORMAT_NAME})
+        if streamed is None:
+            save_file(tensors, str(stage / WEIGHTS), metadata={"format": FORMAT_NAME})
+        else:
+            aliases = streamed.write(stage / WEIGHTS, {"format": FORMAT_NAME})
         files = [WEIGHTS]
         if arch["kind"] == "transformers":
             files += hf_files.write_configs(model, arch, stage)
@@ -95,7 +106,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
             "history": history,
             "resized": resize_spec(model),
             "added": added_spec(model),
-            "layers": _compact_layers(layer_infos(model), history),
+            "layers": _compact_layers(layer_infos(model) if streamed is None else streamed.layer_infos(model),
+                                      history),
             "settings": [c.to_dict() for c in model_settings(model)],
             "metadata": metadata or {},
         }
@@ -137,6 +149,11 @@ def _architecture(model: nn.Module) -> dict[str, Any]:
         # top-level submodules present: a model built without some (BertModel(add_pooling_layer=False)) reloads so
         return {"kind": "transformers", "class": type(model).__name__, "children": [n for n, _ in model.named_children()]}
     return {"kind": "source", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+
+
+def dedup_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors that share memory stored once: ``(tensors, {alias: canonical})`` (what :func:`save` writes)."""
+    return _dedup(state)
 
 
 def _dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
