@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -325,6 +325,42 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify: bool = Tru
         return _load(path, model, verify)
     except ArtifactError as e:
         raise e if str(path) in str(e) else ArtifactError(f"{path}: {e}") from None
+
+
+def load_structure(path: str | Path, defer: Callable[[str], bool] | None = None
+                   ) -> tuple[nn.Module, dict[str, Any], Path]:
+    """``(model, manifest, weights file)``: the artifact's model rebuilt with its parameters on the meta device and
+    no weight read (buffers the model computes, such as rotary tables, are real), for reading an artifact larger
+    than memory part by part. Compressed layers whose name ``defer`` accepts are left as the skeleton built them:
+    :func:`apply_layer_formats` rebuilds them when their part is read. The weights file's size is checked, its
+    SHA-256 is not (that reads it whole)."""
+    from torchslim.core.surgery import meta_parameters
+
+    path = Path(path)
+    try:
+        manifest = read_manifest(path)
+        wpath = _weights_path(path, manifest, verify=False)
+        with meta_parameters():
+            model = build_skeleton(manifest, path)
+            apply_resize_spec(model, manifest.get("resized", {}))
+            apply_added_spec(model, manifest.get("added", {}))
+        apply_layer_formats(model, manifest, [n for n in manifest["layers"] if defer is None or not defer(n)])
+    except ArtifactError as e:
+        raise e if str(path) in str(e) else ArtifactError(f"{path}: {e}") from None
+    model.eval()
+    state = state_of(model)
+    state.source, state.manifest = manifest["source"], manifest
+    state.history = [HistoryEntry.from_dict(h) for h in manifest.get("history", [])]
+    return model, manifest, wpath
+
+
+def apply_layer_formats(model: nn.Module, manifest: dict[str, Any], names: list[str]) -> None:
+    """Rebuild the recorded compressed layers ``names`` as their (empty, parameters on meta) format modules."""
+    from torchslim.core.surgery import meta_parameters
+
+    layers = {n: manifest["layers"][n] for n in names}
+    with meta_parameters():
+        _apply_layer_formats(model, layers, manifest.get("history", []))
 
 
 def _load(path: Path, model: nn.Module | None, verify: bool) -> nn.Module:

@@ -6,6 +6,10 @@ from typing import Optional
 
 from torchslim.core.errors import TorchSlimError
 
+MAX_MEMORY_HELP = ("Memory budget for the model's weights, e.g. 700MB: a model whose float32 weights exceed it is "
+                   "compressed block by block (layer-wise onloading; post-training stages only), an artifact larger "
+                   "than it is evaluated by block streaming (perplexity only).")
+
 
 def parse_shape(text: str) -> tuple[int, int | None]:
     """``"8x128"`` -> ``(8, 128)``; ``"8"`` -> ``(8, None)``."""

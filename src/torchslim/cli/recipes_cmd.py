@@ -7,6 +7,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
+from torchslim.cli.options import MAX_MEMORY_HELP
+
 recipes_app = typer.Typer(help="Shipped recipes: starting templates for `torchslim run`.", no_args_is_help=True)
 
 
@@ -17,12 +19,13 @@ def _console():
 
 
 def _options(resume: bool, report: bool, speed: bool, iters: int, decode_tokens: int, shapes: list[str],
-             data: dict | None = None, max_steps: int | None = None):
+             data: dict | None = None, max_steps: int | None = None, max_memory: str | None = None):
     from torchslim.cli.options import parse_shape
     from torchslim.recipes import RunOptions
 
     return RunOptions(resume=resume, report=report, speed=speed, iters=iters, decode_tokens=decode_tokens,
-                      shapes=tuple(parse_shape(s) for s in shapes) or None, data=data or {}, max_steps=max_steps)
+                      shapes=tuple(parse_shape(s) for s in shapes) or None, data=data or {}, max_steps=max_steps,
+                      max_memory=max_memory)
 
 
 def run_cmd(
@@ -42,6 +45,7 @@ def run_cmd(
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length of the task's windows."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1,
                                             help="Cap every training stage at this many steps (a quick trial run)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
     """Run a recipe (ordered stages) on a model; resumable; writes the artifact and a report of every stage."""
     from torchslim.cli.options import data_flags
@@ -52,7 +56,8 @@ def run_cmd(
     console.print(f"recipe [bold]{escape(rec.name)}[/bold] ({len(rec.stages)} stages) on {escape(model)} -> "
                   f"{escape(str(out))}")
     data = data_flags(calib_data, eval_data, seq_len)
-    run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps), console)
+    run_recipe(rec, model, out, _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps,
+                                         max_memory), console)
     console.print(escape(f"artifact: {out}   report: {out / 'report.md'}" if report else f"artifact: {out}"))
 
 

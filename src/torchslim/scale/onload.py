@@ -27,10 +27,10 @@ from torchslim.core.config import BaseConfig
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.io import ONLOAD_DIR
-from torchslim.core.registry import apply_
+from torchslim.core.registry import apply_, get_entry
 from torchslim.core.state import state_of
 from torchslim.scale.files import TensorFiles, human, merge, parse_bytes
-from torchslim.scale.source import block_prefixes, in_block, load_tensors, open_source, reader, set_tensor
+from torchslim.scale.source import block_prefixes, in_block, load_tensors, open_source, set_tensor
 
 log = logging.getLogger("torchslim.scale")
 
@@ -56,10 +56,16 @@ class OnloadStats:
 
 
 def release(block: nn.Module) -> None:
-    """Put every stored tensor of ``block`` back on the meta device (non-persistent buffers stay)."""
-    for name, t in block.state_dict(keep_vars=True).items():
-        if not t.is_meta:
-            set_tensor(block, name, torch.empty_like(t, device="meta"))
+    """Put every parameter and persistent buffer of ``block`` back on the meta device (non-persistent buffers, which
+    the model computes rather than stores, stay)."""
+    for mname, m in block.named_modules():
+        where = f"{mname}." if mname else ""
+        for attr, t in list(m._parameters.items()):
+            if t is not None and not t.is_meta:
+                set_tensor(block, where + attr, torch.empty_like(t, device="meta"))
+        for attr, t in list(m._buffers.items()):
+            if t is not None and not t.is_meta and attr not in m._non_persistent_buffers_set:
+                set_tensor(block, where + attr, torch.empty_like(t, device="meta"))
 
 
 @dataclass
@@ -74,7 +80,6 @@ class BlockStreamer:
 
     def __post_init__(self) -> None:
         self.prefixes = block_prefixes(self.model)
-        self.read = reader(self.files)
         self.written: dict[str, Path] = {}
         self.previous: list[Path] = []
         self.aliases: dict[str, str] = {}
@@ -87,7 +92,7 @@ class BlockStreamer:
         if name in self.written:
             raise TorchSlimError(f"onloading: block {name} was reached twice in one stage")
         t0 = time.perf_counter()
-        n = load_tensors(block, self.read, list(block.state_dict(keep_vars=True)), prefix=name + ".")
+        n = load_tensors(block, self.files, prefix=name + ".")
         self.stats.read_bytes += n
         self.stats.largest_block = max(self.stats.largest_block, n)
         self.stats.read_seconds += time.perf_counter() - t0
@@ -127,7 +132,7 @@ class BlockStreamer:
                               f"blocks never reached, e.g. {missing[0]}): it cannot run with layer-wise onloading")
         self.stats.spilled_bytes += sum(s.spilled for s in self.stores)
         self.stores.clear()
-        self.read = reader(TensorFiles([self.written[p] for p in self.prefixes]))
+        self.files = TensorFiles([self.written[p] for p in self.prefixes])
         for old in self.previous:
             old.unlink(missing_ok=True)
         self.previous = [self.written[p] for p in self.prefixes]
@@ -208,6 +213,10 @@ def compress_onloaded(spec: str, configs: BaseConfig | list[BaseConfig], out: st
     configs = list(configs) if isinstance(configs, (list, tuple)) else [configs]
     if not configs or not all(isinstance(c, BaseConfig) for c in configs):
         raise ConfigError("expected a torchslim config or a non-empty list of them")
+    for cfg in configs:
+        if "calibration" not in get_entry(cfg).uses:
+            raise ConfigError(f"{type(cfg).__name__} does not calibrate block by block, which layer-wise onloading "
+                              f"needs (GPTQ, AWQ, W8A8 static, Wanda, SparseGPT do); load the model whole for it")
     src = open_source(spec, **(data or {}))
     model, out = src.model, Path(out)
     total, largest, resident = memory_needs(src.files, block_prefixes(model))
@@ -222,7 +231,13 @@ def compress_onloaded(spec: str, configs: BaseConfig | list[BaseConfig], out: st
     attach_onloader(model, streamer)
     try:
         for cfg in configs:
-            apply_(model, cfg, ctx)
+            try:
+                apply_(model, cfg, ctx)
+            except (RuntimeError, NotImplementedError) as e:
+                if "meta" not in str(e):
+                    raise
+                raise ConfigError(f"{type(cfg).__name__} reached weights outside the block it was given (a whole-model "
+                                  "step): it cannot run with layer-wise onloading") from None
             streamer.end_stage(type(cfg).__name__)
         save(model, out, source=src.loaded.source, streamed=streamer)
     finally:

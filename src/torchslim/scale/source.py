@@ -7,34 +7,17 @@ everything outside the transformer blocks (embeddings, final norm, head) is read
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from torchslim.core.archs import chain_blocks
 from torchslim.core.errors import ConfigError, UnknownModelError
+from torchslim.core.surgery import meta_parameters
 from torchslim.scale.files import TensorFiles
-
-
-@contextlib.contextmanager
-def meta_parameters() -> Iterator[None]:
-    """Build modules with their parameters on the meta device (no memory) and their buffers real."""
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        original(module, name, param)
-
-    nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original
 
 
 @dataclass
@@ -106,6 +89,28 @@ def open_source(spec: str, **data: Any) -> Source:
     return source
 
 
+def artifact_task(path: Path, manifest: dict[str, Any], model: nn.Module) -> Any:
+    """The causal-LM task of an artifact, built from a tokenizer without loading any model: the source folder's (or a
+    zoo entry's weights folder's) tokenizer and window length, as their loaders set them; else the artifact's own."""
+    from torchslim.zoo.hf import context_length, has_tokenizer, load_config, load_tokenizer, make_task
+
+    source = manifest.get("source") or {}
+    folder, kwargs = None, {}
+    if source.get("kind") == "hf" and Path(str(source.get("path", ""))).is_dir():
+        folder = Path(source["path"])
+        kwargs = {"seq_len": context_length(load_config(folder))}
+    elif source.get("kind") == "zoo" and isinstance(source.get("name"), str):
+        from torchslim.zoo.registry import get_entry
+
+        weights = getattr(get_entry(source["name"]), "weights_folder", None)
+        folder = Path(weights()) if weights is not None else None
+    if folder is not None and has_tokenizer(folder):
+        return make_task("causal-lm", load_tokenizer(folder), **kwargs)
+    from torchslim.models import task_for_artifact
+
+    return task_for_artifact(path, manifest, model)[0]       # a zoo model without a folder: its loader (small ones)
+
+
 def block_prefixes(model: nn.Module) -> list[str]:
     return [name for name, _ in chain_blocks(model)]
 
@@ -126,50 +131,52 @@ def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
     """Put ``value`` in place of the parameter or buffer ``name`` (keeping whether it is a parameter)."""
     owner_name, _, attr = name.rpartition(".")
     owner = module.get_submodule(owner_name)
-    old = owner._parameters.get(attr)
-    if old is not None or attr in owner._parameters:
+    if attr in owner._parameters:
+        old = owner._parameters[attr]
         requires_grad = old.requires_grad if old is not None else False
         owner._parameters[attr] = value if isinstance(value, nn.Parameter) else nn.Parameter(value, requires_grad)
     else:
         owner._buffers[attr] = value
 
 
-def load_tensors(module: nn.Module, read: Any, names: list[str], prefix: str = "") -> int:
-    """Read every tensor ``names`` lists (relative to ``module``) with ``read(prefix + name)``, in the module's
-    dtype for floating-point ones (as ``from_pretrained(dtype=float32)`` does), tied names sharing one tensor.
+def load_tensors(module: nn.Module, files: TensorFiles, prefix: str = "", aliases: dict[str, str] | None = None,
+                 skip: list[str] = ()) -> int:
+    """Read ``module``'s tensors (the files' names under ``prefix``, except those under a name in ``skip``) and load
+    them with the module's own ``load_state_dict`` (so a compressed layer reads its stored layout). Floating point
+    tensors take the dtype of the module's parameter or buffer of that name (as ``from_pretrained(dtype=float32)``
+    does); a tied tensor the files store once, or an alias the artifact records, is filled from its twin.
     Returns the bytes read."""
-    groups, done, total = tie_groups(module), set(), 0
-    current = dict(module.state_dict(keep_vars=True))
-    for name in names:
-        if name in done:
-            continue
-        value = read(prefix + name, [prefix + a for a in groups.get(name, [name])])
-        ref = current[name]
-        if value.is_floating_point() and ref.is_floating_point() and value.dtype != ref.dtype:
-            value = value.to(ref.dtype)
-        if tuple(value.shape) != tuple(ref.shape):
-            raise ConfigError(f"tensor '{prefix + name}' has shape {list(value.shape)}, the model expects "
-                              f"{list(ref.shape)}")
-        total += value.numel() * value.element_size()
-        shared = nn.Parameter(value, ref.requires_grad) if isinstance(ref, nn.Parameter) else value
-        for alias in groups.get(name, [name]):
-            set_tensor(module, alias, shared)
-            done.add(alias)
+    groups = tie_groups(module)
+    dtypes = {n: t.dtype for n, t in [*module.named_parameters(remove_duplicate=False),
+                                       *module.named_buffers(remove_duplicate=False)]}
+    tensors: dict[str, torch.Tensor] = {}
+    for full in files.where:
+        rel = full[len(prefix):]
+        if full.startswith(prefix) and not in_block(rel, list(skip)):
+            t = files.read(full)
+            want = dtypes.get(rel)
+            tensors[rel] = t.to(want) if want is not None and t.is_floating_point() and want.is_floating_point \
+                and t.dtype != want else t
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    for alias, canonical in (aliases or {}).items():
+        if alias.startswith(prefix) and canonical[len(prefix):] in tensors:
+            tensors.setdefault(alias[len(prefix):], tensors[canonical[len(prefix):]])
+    for name, twins in groups.items():
+        have = next((t for t in twins if t in tensors), None)
+        if have is not None:
+            tensors.setdefault(name, tensors[have])
+    result = module.load_state_dict(tensors, strict=False, assign=True)
+    missing = [n for n in result.missing_keys if not in_block(n, list(skip))]
+    if missing or result.unexpected_keys:
+        what = f"no tensor '{prefix}{missing[0]}'" if missing else f"an unexpected '{prefix}{result.unexpected_keys[0]}'"
+        raise ConfigError(f"the weight files do not match the model: {what}")
+    for twins in {tuple(t) for t in groups.values() if len(t) > 1}:
+        first = module.get_parameter(twins[0]) if twins[0] in dict(module.named_parameters()) else None
+        for other in twins[1:] if first is not None else []:
+            set_tensor(module, other, first)
     return total
-
-
-def reader(files: TensorFiles) -> Any:
-    """``read(name, aliases)``: the tensor under ``name`` or one of its tied aliases, or a one-line error."""
-    def read(name: str, aliases: list[str]) -> torch.Tensor:
-        for n in [name, *aliases]:
-            if n in files:
-                return files.read(n)
-        raise ConfigError(f"the weight files have no tensor '{name}'")
-    return read
 
 
 def load_resident(model: nn.Module, files: TensorFiles) -> None:
     """Read every tensor outside the transformer blocks (embeddings, final norm, head)."""
-    prefixes = block_prefixes(model)
-    names = [n for n in model.state_dict(keep_vars=True) if not in_block(n, prefixes)]
-    load_tensors(model, reader(files), names)
+    load_tensors(model, files, skip=block_prefixes(model))
