@@ -30,7 +30,7 @@ from torchslim.core.io import ONLOAD_DIR
 from torchslim.core.registry import apply_, get_entry
 from torchslim.core.state import state_of
 from torchslim.scale.files import TensorFiles, human, merge, parse_bytes
-from torchslim.scale.source import block_prefixes, in_block, load_tensors, open_source, set_tensor
+from torchslim.scale.source import block_prefixes, in_block, load_tensors, open_source
 
 log = logging.getLogger("torchslim.scale")
 
@@ -55,17 +55,37 @@ class OnloadStats:
                 f"largest block {human(self.largest_block)}, resident {human(self.resident_bytes)}")
 
 
-def release(block: nn.Module) -> None:
-    """Put every parameter and persistent buffer of ``block`` back on the meta device (non-persistent buffers, which
-    the model computes rather than stores, stay)."""
-    for mname, m in block.named_modules():
-        where = f"{mname}." if mname else ""
+def release(modules: list[nn.Module]) -> None:
+    """Put every parameter and persistent buffer of ``modules`` back on the meta device (non-persistent buffers, which
+    the model computes rather than stores, stay), then hand the freed memory back to the system."""
+    for m in modules:
         for attr, t in list(m._parameters.items()):
             if t is not None and not t.is_meta:
-                set_tensor(block, where + attr, torch.empty_like(t, device="meta"))
+                m._parameters[attr] = nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad)
         for attr, t in list(m._buffers.items()):
             if t is not None and not t.is_meta and attr not in m._non_persistent_buffers_set:
-                set_tensor(block, where + attr, torch.empty_like(t, device="meta"))
+                m._buffers[attr] = torch.empty_like(t, device="meta")
+    trim_memory()
+
+
+def trim_memory() -> None:
+    """Return freed heap memory to the system (glibc keeps it otherwise, and a process's resident set only grows)."""
+    import ctypes
+    import ctypes.util
+
+    global _LIBC
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC = ctypes.CDLL(name) if name else False
+            _LIBC.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
 
 
 @dataclass
@@ -92,6 +112,7 @@ class BlockStreamer:
         if name in self.written:
             raise TorchSlimError(f"onloading: block {name} was reached twice in one stage")
         t0 = time.perf_counter()
+        self.entered = list(block.modules())      # a module the handler replaces keeps its weights until released
         n = load_tensors(block, self.files, prefix=name + ".")
         self.stats.read_bytes += n
         self.stats.largest_block = max(self.stats.largest_block, n)
@@ -115,7 +136,8 @@ class BlockStreamer:
             info = getattr(m, "torchslim_layer_info", None)
             if callable(info):
                 self.infos[f"{name}.{sub}" if sub else name] = {"module": type(m).__name__, **info()}
-        release(block)
+        release([*self.entered, *block.modules()])
+        self.entered = []
         self.stats.write_seconds += time.perf_counter() - t0
 
     def new_store(self) -> HiddenStore:
