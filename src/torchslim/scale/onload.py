@@ -239,6 +239,9 @@ def compress_onloaded(spec: str, configs: BaseConfig | list[BaseConfig], out: st
         if "calibration" not in get_entry(cfg).uses:
             raise ConfigError(f"{type(cfg).__name__} does not calibrate block by block, which layer-wise onloading "
                               f"needs (GPTQ, AWQ, W8A8 static, Wanda, SparseGPT do); load the model whole for it")
+    from torchslim.artifact.checks import check_target
+
+    check_target(Path(out))                   # refuse a folder that is not ours before any work
     src = open_source(spec, **(data or {}))
     model, out = src.model, Path(out)
     total, largest, resident = memory_needs(src.files, block_prefixes(model))
