@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-# 42 blocks of 12.85 M parameters (51 MB): 2.16 GB of float32, 3.1x a 700 MB cap. Blocks this size leave room
-# under the cap for what a process holds besides weights (torch and transformers: about 390 MB) and for GPTQ's
-# working copies of the largest layer's Hessian (2816 x 2816)
-CONFIG = dict(vocab_size=257, hidden_size=1024, intermediate_size=2816, num_hidden_layers=42, num_attention_heads=8,
-              num_key_value_heads=8, max_position_embeddings=128, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+# 76 blocks of 7.08 M parameters (28 MB): 2.15 GB of float32, 3.1x a 700 MB cap. Blocks this size leave room
+# under the cap for what a process holds besides weights (torch, transformers and the task: about 440 MB) and for a
+# method's working copies (Wanda: the sparse layers beside the originals, scores; GPTQ: Hessians and their inverses)
+CONFIG = dict(vocab_size=257, hidden_size=768, intermediate_size=2048, num_hidden_layers=76, num_attention_heads=6,
+              num_key_value_heads=6, max_position_embeddings=128, bos_token_id=0, eos_token_id=0, pad_token_id=0,
               tie_word_embeddings=False, rms_norm_eps=1e-5)
 
 
@@ -74,4 +74,4 @@ def build(folder: Path, seed: int = 0, **overrides) -> Path:
 if __name__ == "__main__":
     import sys
 
-    print(build(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/torchslim-scale/llama-2gb-v2")))
+    print(build(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/torchslim-scale/llama-2gb-v3")))

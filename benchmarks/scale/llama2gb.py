@@ -2,7 +2,7 @@
 
 GPTQ int4 and Wanda 50%: each runs onloaded in a process capped by a cgroup (killed if it goes over), then in
 memory (uncapped) on the same model, and the two weights files are compared byte for byte. Few calibration samples
-and short windows (4 windows of 128 tokens): GPTQ on 42 blocks of 1024 x 2816 layers on 2 shared cores is slow, and
+and short windows (4 windows of 128 tokens): GPTQ on 76 blocks of 768 x 2048 layers on 2 shared cores is slow, and
 the point here is memory and exactness, not quality (the weights are random).
 
 Writes docs/results/scale_llama2gb.md and .json. Run under the benchmark lock: ``make bench-scale`` does.
@@ -26,7 +26,7 @@ MB = 1e6
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--folder", default="/tmp/torchslim-scale/llama-2gb-v2")
+    ap.add_argument("--folder", default="/tmp/torchslim-scale/llama-2gb-v3")
     ap.add_argument("--work", default="/tmp/torchslim-scale/out")
     ap.add_argument("--cap", default="700MB")
     ap.add_argument("--methods", default="gptq,wanda")
@@ -73,7 +73,7 @@ def main() -> None:
     data["rows"] = [{"name": r.name, "note": r.note, **r.values} for r in rows]
     path.write_text(json.dumps(data, indent=1))
     write_table(RES / "scale_llama2gb.md", "Layer-wise onloading: a 2 GB Llama under a 700 MB cap",
-                f"A Llama-architecture model (42 blocks, hidden 1024, MLP 2816, vocabulary 257) with seeded random "
+                f"A Llama-architecture model (76 blocks, hidden 768, MLP 2048, vocabulary 257) with seeded random "
                 f"weights: {size / 1e9:.2f} GB of float32, {size / cap:.2f}x the {cap / MB:.0f} MB cap. Onloaded runs "
                 "execute in a process the kernel caps (a memory cgroup; over the cap it is killed), in-memory runs "
                 "uncapped. `weights identical`: the two model.safetensors files are byte for byte the same.",

@@ -88,8 +88,9 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         else:
             aliases = streamed.write(stage / WEIGHTS, {"format": FORMAT_NAME})
         files = [WEIGHTS]
+        infos = layer_infos(model) if streamed is None else streamed.layer_infos(model)
         if arch["kind"] == "transformers":
-            files += hf_files.write_configs(model, arch, stage)
+            files += hf_files.write_configs(model, arch, stage, infos)
         files += hf_files.copy_companions(source, stage)
         manifest = {
             "format": FORMAT_NAME,
@@ -106,8 +107,7 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
             "history": history,
             "resized": resize_spec(model),
             "added": added_spec(model),
-            "layers": _compact_layers(layer_infos(model) if streamed is None else streamed.layer_infos(model),
-                                      history),
+            "layers": _compact_layers(infos, history),
             "settings": [c.to_dict() for c in model_settings(model)],
             "metadata": metadata or {},
         }

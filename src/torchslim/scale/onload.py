@@ -57,13 +57,15 @@ class OnloadStats:
 
 def release(modules: list[nn.Module]) -> None:
     """Put every parameter and persistent buffer of ``modules`` back on the meta device (non-persistent buffers, which
-    the model computes rather than stores, stay), then hand the freed memory back to the system."""
+    the model computes rather than stores, stay, except in compressed-format modules, whose loading rebuilds them: a
+    sparse layer's mask), then hand the freed memory back to the system."""
     for m in modules:
+        rebuilt = callable(getattr(m, "torchslim_layer_info", None))     # a format module rebuilds all on load
         for attr, t in list(m._parameters.items()):
             if t is not None and not t.is_meta:
                 m._parameters[attr] = nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad)
         for attr, t in list(m._buffers.items()):
-            if t is not None and not t.is_meta and attr not in m._non_persistent_buffers_set:
+            if t is not None and not t.is_meta and (rebuilt or attr not in m._non_persistent_buffers_set):
                 m._buffers[attr] = torch.empty_like(t, device="meta")
     trim_memory()
 
@@ -166,7 +168,10 @@ class BlockStreamer:
     def write(self, file: Path, metadata: dict[str, str]) -> dict[str, str]:
         from safetensors.torch import save_file
 
-        resident = {n: t for n, t in self.model.state_dict().items() if not in_block(n, self.prefixes)}
+        resident: dict[str, torch.Tensor] = {}
+        for name, m in self.model.named_modules():       # each module's own tensors: blocks (on meta) never asked
+            if not in_block(name + ".", self.prefixes):
+                m._save_to_state_dict(resident, f"{name}." if name else "", False)
         tensors, aliases = dedup_tensors(resident)
         rpath = self.work / "resident.safetensors"
         save_file(tensors, str(rpath))
