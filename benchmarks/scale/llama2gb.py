@@ -41,7 +41,7 @@ def main() -> None:
     cap = parse_bytes(args.cap)
     size = model_bytes(str(folder))
     env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path])}
-    path = RES / "scale_llama2gb.json"
+    path = RES / "scale_llama2gb_runs.json"     # scale_llama2gb.json is the table's rows
     old = json.loads(path.read_text()) if path.is_file() else {}
     keep = [r for r in old.get("runs", []) if r.get("method") not in args.methods.split(",")]   # other methods' runs
     rows, data = [], {"model_bytes": size, "cap": cap, "machine": machine_line(), "runs": keep}

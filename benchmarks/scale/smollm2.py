@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path])}
     runs: dict[str, list[dict]] = {"memory": [], "onload": []}
-    path = RES / "scale_smollm2.json"
+    path = RES / "scale_smollm2_runs.json"     # scale_smollm2.json is the table's rows
     for i in range(args.rounds):
         for mode in ("memory", "onload"):
             out = Path(args.work) / f"{mode}-{i}"
