@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training bench-runtimes install-runtimes llama-cpp clean
+.PHONY: install chromium install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training bench-runtimes bench-scale install-runtimes llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -55,6 +55,12 @@ bench-quant: install-bench
 	$(BIN)/python benchmarks/quantization/targets.py
 
 # Pruning tables (docs/results/pruning_*.md) and the issue-4 target check.
+# Layer-wise onloading (issue 24): a 2.15 GB Llama under a 700 MB cgroup cap, SmolLM2 onloaded vs in memory.
+bench-scale: install-bench
+	flock /tmp/torchslim-bench.lock nice $(BIN)/python benchmarks/scale/llama2gb.py
+	flock /tmp/torchslim-bench.lock nice $(BIN)/python benchmarks/scale/smollm2.py
+	$(BIN)/python benchmarks/scale/targets.py
+
 bench-prune: install-bench
 	$(BIN)/python benchmarks/pruning/digits.py
 	$(BIN)/python benchmarks/pruning/csr_kernel.py

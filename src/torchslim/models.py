@@ -29,6 +29,11 @@ def _task_for_source(source: dict[str, Any], artifact: Path, model: Any) -> tupl
     return None, None
 
 
+def task_for_artifact(path: str | Path, manifest: dict[str, Any], model: Any) -> tuple[Any, Any]:
+    """The (task, tokenizer) of the artifact at ``path`` without loading its weights (``model`` may be a skeleton)."""
+    return _task_for_source(manifest.get("source") or {}, Path(path), model)
+
+
 def load_model(spec: str, *, calib_data: str | Path | None = None, eval_data: str | Path | None = None,
                seq_len: int | None = None, **kwargs: Any) -> LoadedModel:
     """Load ``spec``: an artifact folder, a Hugging Face model folder, or a zoo name; with ``calib_data`` /

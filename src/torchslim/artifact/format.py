@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -43,6 +43,11 @@ HF_CONFIG = "config.json"
 
 
 # -- save --------------------------------------------------------------------------------
+class StreamedWeights(Protocol):
+    def write(self, file: Path, metadata: dict[str, str]) -> dict[str, str]: ...      # -> aliases
+    def layer_infos(self, model: nn.Module) -> dict[str, dict[str, Any]]: ...
+
+
 def _refuse_training_only(model: nn.Module) -> None:
     """Fake-quantized (QAT) layers are a training tool, never a deliverable: convert them first."""
     found = [n for n, m in model.named_modules() if getattr(m, "torchslim_training_only", False)]
@@ -60,9 +65,12 @@ def _refuse_runtime_only(model: nn.Module) -> None:
 
 
 def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = None,
-         metadata: dict[str, Any] | None = None, keep: tuple[str, ...] = ()) -> Path:
+         metadata: dict[str, Any] | None = None, keep: tuple[str, ...] = (),
+         streamed: StreamedWeights | None = None) -> Path:
     """Save ``model`` as an artifact folder at ``path`` and return the path. ``keep``: sub-folders of
-    ``path`` that are not the artifact's but may be there (a recipe run's checkpoint folders)."""
+    ``path`` that are not the artifact's but may be there (a recipe run's checkpoint folders). ``streamed``:
+    the weights were written elsewhere, part by part (layer-wise onloading); it writes the weights file and
+    gives the layer records of the parts no longer in memory."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -71,14 +79,18 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
     old = checks.check_target(path, keep)
     state = state_of(model)
     source = source or state.source or {"kind": "module"}
-    tensors, aliases = _dedup(model.state_dict())
+    tensors, aliases = _dedup(model.state_dict()) if streamed is None else ({}, {})
     arch = _architecture(model)
     history = [h.to_dict() for h in state.history]
     with io.staged_files(path, MANIFEST, stale=_stale_files(path, old)) as stage:
-        save_file(tensors, str(stage / WEIGHTS), metadata={"format": FORMAT_NAME})
+        if streamed is None:
+            save_file(tensors, str(stage / WEIGHTS), metadata={"format": FORMAT_NAME})
+        else:
+            aliases = streamed.write(stage / WEIGHTS, {"format": FORMAT_NAME})
         files = [WEIGHTS]
+        infos = layer_infos(model) if streamed is None else streamed.layer_infos(model)
         if arch["kind"] == "transformers":
-            files += hf_files.write_configs(model, arch, stage)
+            files += hf_files.write_configs(model, arch, stage, infos)
         files += hf_files.copy_companions(source, stage)
         manifest = {
             "format": FORMAT_NAME,
@@ -95,7 +107,7 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
             "history": history,
             "resized": resize_spec(model),
             "added": added_spec(model),
-            "layers": _compact_layers(layer_infos(model), history),
+            "layers": _compact_layers(infos, history),
             "settings": [c.to_dict() for c in model_settings(model)],
             "metadata": metadata or {},
         }
@@ -137,6 +149,11 @@ def _architecture(model: nn.Module) -> dict[str, Any]:
         # top-level submodules present: a model built without some (BertModel(add_pooling_layer=False)) reloads so
         return {"kind": "transformers", "class": type(model).__name__, "children": [n for n, _ in model.named_children()]}
     return {"kind": "source", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+
+
+def dedup_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors that share memory stored once: ``(tensors, {alias: canonical})`` (what :func:`save` writes)."""
+    return _dedup(state)
 
 
 def _dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -308,6 +325,42 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify: bool = Tru
         return _load(path, model, verify)
     except ArtifactError as e:
         raise e if str(path) in str(e) else ArtifactError(f"{path}: {e}") from None
+
+
+def load_structure(path: str | Path, defer: Callable[[str], bool] | None = None
+                   ) -> tuple[nn.Module, dict[str, Any], Path]:
+    """``(model, manifest, weights file)``: the artifact's model rebuilt with its parameters on the meta device and
+    no weight read (buffers the model computes, such as rotary tables, are real), for reading an artifact larger
+    than memory part by part. Compressed layers whose name ``defer`` accepts are left as the skeleton built them:
+    :func:`apply_layer_formats` rebuilds them when their part is read. The weights file's size is checked, its
+    SHA-256 is not (that reads it whole)."""
+    from torchslim.core.surgery import meta_parameters
+
+    path = Path(path)
+    try:
+        manifest = read_manifest(path)
+        wpath = _weights_path(path, manifest, verify=False)
+        with meta_parameters():
+            model = build_skeleton(manifest, path)
+            apply_resize_spec(model, manifest.get("resized", {}))
+            apply_added_spec(model, manifest.get("added", {}))
+        apply_layer_formats(model, manifest, [n for n in manifest["layers"] if defer is None or not defer(n)])
+    except ArtifactError as e:
+        raise e if str(path) in str(e) else ArtifactError(f"{path}: {e}") from None
+    model.eval()
+    state = state_of(model)
+    state.source, state.manifest = manifest["source"], manifest
+    state.history = [HistoryEntry.from_dict(h) for h in manifest.get("history", [])]
+    return model, manifest, wpath
+
+
+def apply_layer_formats(model: nn.Module, manifest: dict[str, Any], names: list[str]) -> None:
+    """Rebuild the recorded compressed layers ``names`` as their (empty, parameters on meta) format modules."""
+    from torchslim.core.surgery import meta_parameters
+
+    layers = {n: manifest["layers"][n] for n in names}
+    with meta_parameters():
+        _apply_layer_formats(model, layers, manifest.get("history", []))
 
 
 def _load(path: Path, model: nn.Module | None, verify: bool) -> nn.Module:

@@ -29,10 +29,11 @@ MARKER = {"model_type": "torchslim-artifact (load it with torchslim.load(folder)
                        "rebuilds it; transformers' from_pretrained cannot."}
 
 
-def hf_loadable(model: nn.Module, children: list[str] | None = None) -> bool:
-    """Whether ``from_pretrained`` on the config would build a model with exactly ``model``'s tensors."""
+def hf_loadable(model: nn.Module, children: list[str] | None = None, infos: dict[str, Any] | None = None) -> bool:
+    """Whether ``from_pretrained`` on the config would build a model with exactly ``model``'s tensors (``infos``: its
+    layer records, when they were taken earlier, as layer-wise onloading does)."""
     state = state_of(model)
-    if layer_infos(model) or state.added:
+    if (infos if infos is not None else layer_infos(model)) or state.added:
         return False
     try:
         with torch.device("meta"):
@@ -46,7 +47,7 @@ def hf_loadable(model: nn.Module, children: list[str] | None = None) -> bool:
     return not extra and all(theirs.get(k) == shape for k, shape in ours.items())
 
 
-def write_configs(model: nn.Module, arch: dict[str, Any], folder: Path) -> list[str]:
+def write_configs(model: nn.Module, arch: dict[str, Any], folder: Path, infos: dict[str, Any] | None = None) -> list[str]:
     """Write the config (or the marker and the real config); returns the file names, and records in
     ``arch`` which file holds the real config."""
     problem = config_problem(model.config)
@@ -54,7 +55,7 @@ def write_configs(model: nn.Module, arch: dict[str, Any], folder: Path) -> list[
         raise ArtifactError(f"{type(model.config).__name__} fails transformers' validation ({problem}): neither "
                             f"torchslim.load nor from_pretrained could read it back; fix the config before saving")
     text = model.config.to_json_string()
-    if hf_loadable(model, arch.get("children")):
+    if hf_loadable(model, arch.get("children"), infos):
         (folder / "config.json").write_text(text)
         return ["config.json"]
     (folder / "config.json").write_text(json.dumps(MARKER, indent=2))

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from torch import nn
 
+from torchslim.calibration.onload import BlockInputs, HiddenStore, onloader_of
 from torchslim.core.archs import arch_of, chain_blocks
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.progress import track
@@ -85,6 +86,9 @@ def run_basic(model: nn.Module, targets: dict[str, nn.Module], batches: list[dic
     """Measure ``targets`` over full-model forwards, then ``solve`` them all at once."""
     if not targets:
         return
+    if onloader_of(model) is not None:
+        raise ConfigError(f"{desc}: {len(targets)} layer(s) ({next(iter(targets))}, ...) need whole-model forwards, "
+                          "which layer-wise onloading cannot run (the blocks are not all in memory at once)")
     groups = shared_input_groups(targets, lambda: forward(model, batches[0]))
     stats, handles = _hook_stats(targets, factory, groups)
     try:
@@ -139,18 +143,40 @@ def block_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _block_inputs(model: nn.Module, caught: list[tuple]) -> BlockInputs:
+    """The caught first-block inputs, hidden states in the store the model's onloader gives (spilling to disk
+    beyond its budget), or all in memory."""
+    loader = onloader_of(model)
+    return BlockInputs.from_caught(caught, loader.new_store() if loader is not None else HiddenStore())
+
+
+def _run_block(model: nn.Module, block: nn.Module, cache: BlockInputs) -> HiddenStore:
+    """``block``'s hidden-state outputs for every cached input (the next block's inputs)."""
+    loader = onloader_of(model)
+    store = loader.new_store() if loader is not None else HiddenStore()
+    for args, kwargs in cache:
+        store.append(block_output(block(*args, **kwargs)))
+    return store
+
+
 @torch.no_grad()
 def walk_blocks(model: nn.Module, batches: list[dict], forward: Forward,
-                desc: str = "blocks") -> Iterator[tuple[str, nn.Module, list[tuple], list[torch.Tensor]]]:
+                desc: str = "blocks") -> Iterator[tuple[str, nn.Module, BlockInputs, HiddenStore]]:
     """For each transformer block in order: ``(name, block, inputs, outputs)``, where ``inputs`` are the
     block's cached ``(args, kwargs)`` per batch and ``outputs`` its hidden states (the next block's inputs).
-    Only one block's activations are held at a time."""
+    Only one block's activations are held at a time; with an onloader attached (:mod:`.onload`) only one
+    block's weights too."""
     blocks = chain_blocks(model)
-    cache = catch_block_inputs(model, blocks[0][1], batches, forward)
+    loader = onloader_of(model)
+    cache = _block_inputs(model, catch_block_inputs(model, blocks[0][1], batches, forward))
     for bname, block in track(blocks, desc):
-        outputs = [block_output(block(*args, **kwargs)) for args, kwargs in cache]
+        if loader is not None:
+            loader.enter(bname, block)
+        outputs = _run_block(model, block, cache)
         yield bname, block, cache, outputs
-        cache = [((out,) + tuple(args[1:]), kwargs) for out, (args, kwargs) in zip(outputs, cache)]
+        if loader is not None:
+            loader.leave(bname, block)
+        cache = cache.with_hidden(outputs)
 
 
 def _head_from_cache(model: nn.Module, rest: dict[str, nn.Module], cache: list[tuple], factory: StatsFactory,
@@ -182,9 +208,12 @@ def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: lis
         blocks = chain_blocks(model)
     except TorchSlimError:
         return run_basic(model, targets, batches, forward, factory, solve, desc)
-    cache = catch_block_inputs(model, blocks[0][1], batches, forward)
+    loader = onloader_of(model)
+    cache = _block_inputs(model, catch_block_inputs(model, blocks[0][1], batches, forward))
     done: set[str] = set()
     for bname, block in track(blocks, desc):
+        if loader is not None:
+            loader.enter(bname, block)
         inside = {n: m for n, m in targets.items() if n.startswith(bname + ".")}
         outputs = None
         if inside:
@@ -192,15 +221,19 @@ def run_sequential(model: nn.Module, targets: dict[str, nn.Module], batches: lis
             groups = shared_input_groups(inside, lambda: block(*args0, **kwargs0))
             stats, handles = _hook_stats(inside, factory, groups)
             try:
-                outputs = [block_output(block(*args, **kwargs)) for args, kwargs in cache]
+                outputs = _run_block(model, block, cache)
             finally:
                 for h in handles:
                     h.remove()
             solve({n: (inside[n], stats[n]) for n in inside})
             done |= set(inside)
         if outputs is None or propagate_solved:
-            outputs = [block_output(block(*args, **kwargs)) for args, kwargs in cache]
-        cache = [((out,) + tuple(args[1:]), kwargs) for out, (args, kwargs) in zip(outputs, cache)]
+            if outputs is not None:
+                outputs.release()
+            outputs = _run_block(model, block, cache)
+        if loader is not None:
+            loader.leave(bname, block)
+        cache = cache.with_hidden(outputs)
     rest = _head_from_cache(model, {n: m for n, m in targets.items() if n not in done}, cache, factory, solve)
     run_basic(model, rest, batches, forward, factory, solve, desc + " (outside blocks)")
 

@@ -11,7 +11,7 @@ import typer
 
 from rich.markup import escape
 
-from torchslim.cli.options import PARALLEL_HELP, data_flags as _data, parse_shape
+from torchslim.cli.options import MAX_MEMORY_HELP, PARALLEL_HELP, data_flags as _data, parse_shape
 from torchslim.cli.status import progress_console, status
 from torchslim.core.errors import TorchSlimError
 
@@ -131,6 +131,7 @@ def eval_cmd(
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
     runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
     file: Optional[Path] = typer.Option(None, "--file", help=FILE_HELP),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
     """Evaluate a model: quality, size, latency, FLOPs, memory and energy (in torch, or exported to another
     runtime with the same task and timing)."""
@@ -146,6 +147,9 @@ def eval_cmd(
     if json_out is not None and (json_out.is_dir() or (json_out.parent.exists() and not json_out.parent.is_dir())):
         raise TorchSlimError(f"--json {json_out}: not a file path (it is a folder, or inside a file)")
     console = _console()
+    if max_memory is not None and _streamed_eval(console, model, max_memory, json_out,
+                                                 _data(calib_data, eval_data, seq_len)):
+        return
     with status(f"loading {model}"):
         loaded = _load_with_task(model, task, _data(calib_data, eval_data, seq_len))
     report = evaluate(loaded.model, loaded.task, spec, what="all", label=loaded.name, console=progress_console(),
@@ -159,6 +163,48 @@ def eval_cmd(
         with atomic_file(json_out) as f:
             f.write(report.to_json())
         console.print(f"report written to {escape(str(json_out))}")
+
+
+def _streamed_eval(console, model: str, max_memory: str, json_out: Optional[Path], data: dict) -> bool:
+    """Perplexity by block streaming when ``model`` is an artifact whose weights exceed ``max_memory`` (then True)."""
+    import json
+
+    from torchslim.artifact.format import is_artifact, read_manifest
+    from torchslim.scale.files import human, parse_bytes
+
+    cap = parse_bytes(max_memory)
+    if not (Path(model).is_dir() and is_artifact(model)):
+        console.print(escape(f"{model}: not an artifact; --max-memory streams artifacts only: loading it whole"))
+        return False
+    size = int(read_manifest(model)["weights"]["bytes"])
+    if size <= cap:
+        console.print(escape(f"{model}: {human(size)} of weights fit --max-memory {human(cap)}: loaded whole"))
+        return False
+    from torchslim.scale.stream_eval import stream_perplexity
+
+    task = None
+    if data:
+        from torchslim.artifact.format import load_structure
+        from torchslim.scale.source import artifact_task
+        from torchslim.tasks.user_data import task_with_user_data
+        from torchslim.zoo.registry import LoadedModel
+
+        skeleton, manifest, _ = load_structure(model, defer=lambda _name: True)
+        task = artifact_task(Path(model), manifest, skeleton)
+        task = task_with_user_data(LoadedModel(Path(model).name, skeleton, task, manifest["source"],
+                                               getattr(task, "tokenizer", None)),
+                                   data.get("calib_data"), data.get("eval_data"), data.get("seq_len"))
+    console.print(escape(f"{model}: {human(size)} of weights exceed --max-memory {human(cap)}: perplexity by block "
+                         "streaming (size, speed, FLOPs, memory and energy are not measured)"))
+    metrics, stats = stream_perplexity(model, task)
+    console.print(escape(", ".join(f"{k} {v:.4g}" for k, v in metrics.items())))
+    console.print(escape(stats.line()))
+    if json_out is not None:
+        from torchslim.core.io import atomic_file
+
+        with atomic_file(json_out) as f:
+            f.write(json.dumps({"quality": metrics, "streaming": vars(stats)}, indent=1))
+    return True
 
 
 def _print_plan(console, model) -> None:
@@ -189,6 +235,7 @@ def quantize_cmd(
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=SEQ_HELP),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help=EVAL_FLAG_HELP),
     force: bool = typer.Option(False, "--force", help="Replace an artifact already at --out."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
     """Quantize a model with a config file, print its quality before and after, and save the artifact."""
     from torchslim.api import quantize_
@@ -201,6 +248,8 @@ def quantize_cmd(
     check_new_artifact(out, model, force)
     cfg = BaseConfig.load(config)
     console = _console()
+    if _onloaded(console, model, cfg, out, max_memory, _data(calib_data, eval_data, seq_len), evaluate):
+        return
     with status(f"loading {model}"):
         loaded = load_model(model, **_data(calib_data, eval_data, seq_len))
     before = _quality(loaded, evaluate, "before")
@@ -227,6 +276,7 @@ def prune_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an artifact already at --out."),
     resume: bool = typer.Option(False, "--resume", help="Continue a prune run that was killed (from its last "
                                                         "completed stage)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
     """Prune a model with a config file (optionally fine-tune to recover), print its quality before and after, and
     save the artifact.
@@ -248,8 +298,14 @@ def prune_cmd(
     console = _console()
     console.print(f"pruning with {type(cfg).__name__} (progress per layer)"
                   + (f", then recovery fine-tuning: {recover_steps} steps" if recover_steps else ""))
-    options = RunOptions(resume=resume, report=False, data=_data(calib_data, eval_data, seq_len))
+    options = RunOptions(resume=resume, report=False, data=_data(calib_data, eval_data, seq_len),
+                         max_memory=max_memory)
     result = run_recipe(Recipe(f"prune {config.name}", "", stages), model, out, options, console)
+    if result.onloaded:
+        final = result.report.get("final")
+        console.print(escape(f"saved {out}" + (f"; {result.task.metric} {final[result.task.metric]:.4g}"
+                                               if final and result.task is not None else "")))
+        return
     history = state_of(result.model).history
     touched = next(h for h in history if h.kind != "evaluate").touched
     before, after = touched.get("params_before"), touched.get("params_after")
@@ -261,6 +317,27 @@ def prune_cmd(
     if evaluate and len(evals) >= 2:
         _print_quality(console, result.task, evals[0], evals[-1])
     _print_sparse_notes(console, result.model)
+
+
+def _onloaded(console, model: str, cfg, out: Path, max_memory: Optional[str], data: dict, evaluate: bool) -> bool:
+    """Compress ``model`` block by block when its weights exceed ``max_memory`` (then True), printing what ran."""
+    from torchslim.recipes.onloaded import needs_onloading
+
+    onload, line = needs_onloading(model, max_memory)
+    if line:
+        console.print(escape(line))
+    if not onload:
+        return False
+    from torchslim.scale.onload import compress_onloaded
+    from torchslim.scale.stream_eval import stream_perplexity
+
+    loaded, stats = compress_onloaded(model, cfg, out, max_memory=max_memory, data=data)
+    console.print(escape(f"saved {out}; {stats.line()}"))
+    if evaluate and loaded.task is not None:
+        console.print("quality before: not measured (block streaming evaluates artifacts; the source is not one)")
+        metrics, sstats = stream_perplexity(out, loaded.task)
+        console.print(escape(f"quality after: {loaded.task.metric} {metrics[loaded.task.metric]:.4g}; {sstats.line()}"))
+    return True
 
 
 def _quality(loaded, evaluate: bool, label: str) -> dict | None:

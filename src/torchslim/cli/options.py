@@ -9,6 +9,9 @@ from torchslim.core.errors import TorchSlimError
 PARALLEL_HELP = ("How torchrun processes share training: ddp, fsdp (parameters, gradients and optimizer state "
                  "sharded over the processes) or auto (FSDP when a whole replica would take over half the memory "
                  "of a process). Default: the training config's own setting (auto).")
+MAX_MEMORY_HELP = ("Memory budget for the model's weights, e.g. 700MB: a model whose float32 weights exceed it is "
+                   "compressed block by block (layer-wise onloading; post-training stages only), an artifact larger "
+                   "than it is evaluated by block streaming (perplexity only).")
 
 
 def parse_shape(text: str) -> tuple[int, int | None]:

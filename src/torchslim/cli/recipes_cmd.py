@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from torchslim.cli.options import PARALLEL_HELP
+from torchslim.cli.options import MAX_MEMORY_HELP, PARALLEL_HELP
 
 recipes_app = typer.Typer(help="Shipped recipes: starting templates for `torchslim run`.", no_args_is_help=True)
 
@@ -19,13 +19,14 @@ def _console():
 
 
 def _options(resume: bool, report: bool, speed: bool, iters: int, decode_tokens: int, shapes: list[str],
-             data: dict | None = None, max_steps: int | None = None, parallel: str | None = None):
+             data: dict | None = None, max_steps: int | None = None, parallel: str | None = None,
+             max_memory: str | None = None):
     from torchslim.cli.options import parse_shape
     from torchslim.recipes import RunOptions
 
     return RunOptions(resume=resume, report=report, speed=speed, iters=iters, decode_tokens=decode_tokens,
                       shapes=tuple(parse_shape(s) for s in shapes) or None, data=data or {}, max_steps=max_steps,
-                      parallel=parallel)
+                      parallel=parallel, max_memory=max_memory)
 
 
 def run_cmd(
@@ -46,6 +47,7 @@ def run_cmd(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1,
                                             help="Cap every training stage at this many steps (a quick trial run)."),
     parallel: Optional[str] = typer.Option(None, "--parallel", help=PARALLEL_HELP),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
     """Run a recipe (ordered stages) on a model; resumable; writes the artifact and a report of every stage.
     Under `torchrun --nproc-per-node N` every process runs every stage and the training stages share the
@@ -64,7 +66,8 @@ def run_cmd(
         console.print(f"recipe [bold]{escape(rec.name)}[/bold] ({len(rec.stages)} stages) on {escape(model)} -> "
                       f"{escape(str(out))}")
     data = data_flags(calib_data, eval_data, seq_len)
-    options = _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps, parallel)
+    options = _options(resume, report, speed, iters, decode_tokens, shape, data, max_steps, parallel,
+                       max_memory)
     if rank != 0:
         import shutil
 

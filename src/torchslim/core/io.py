@@ -15,8 +15,9 @@ STAGING = ".torchslim-staging"
 REPLACED = ".replaced-"
 RUN_DIR = ".torchslim-run"
 LOCK = ".torchslim-lock"          # a recipe run holds it while it writes the folder (core.lock)
+ONLOAD_DIR = ".torchslim-onload"  # layer-wise onloading's block files and spilled inputs while it runs
 # Entries torchslim itself creates inside an output folder (besides an artifact's own files).
-OWNED_NAMES = frozenset({STAGING, RUN_DIR, LOCK})
+OWNED_NAMES = frozenset({STAGING, RUN_DIR, LOCK, ONLOAD_DIR})
 
 
 def _umask() -> int:

@@ -1,6 +1,7 @@
 """Model surgery: find, walk and replace submodules by their dotted names."""
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import torch
@@ -79,3 +80,20 @@ def model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def meta_parameters() -> Iterator[None]:
+    """Build modules with their parameters on the meta device (no memory) and their buffers real."""
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original

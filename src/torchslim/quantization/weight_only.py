@@ -129,7 +129,9 @@ def plan(model: nn.Module, config: WeightOnlyConfig) -> list[dict[str, Any]]:
             rows.append({"name": name, "format": cfg.format.name, "kernel": QuantConv2d.kernel, "slower_than_fp32": True,
                          "note": "Conv2d: the weight is dequantized on every call (no fast kernel)"})
             continue
-        choice = choose(cfg.format, cfg.granularity, lin.in_features, lin.weight.device.type, cfg.kernel)
+        device = lin.weight.device.type
+        device = "cpu" if device == "meta" else device     # a block not yet onloaded (torchslim.scale) is read to CPU
+        choice = choose(cfg.format, cfg.granularity, lin.in_features, device, cfg.kernel)
         rows.append({"name": name, "format": cfg.format.name, "kernel": choice.kernel.value,
                      "slower_than_fp32": choice.slower_than_fp32, "note": choice.reason})
     return rows

@@ -29,7 +29,7 @@ from torchslim.core.io import RUN_DIR, atomic_file
 from torchslim.core.paths import confined, folder_fields
 from torchslim.core.state import Timer, state_of
 from torchslim.recipes.recipe import Recipe
-from torchslim.recipes.report import StageRow, interleaved_speed, markdown, quick_eval, stage_row
+from torchslim.recipes.report import interleaved_speed, markdown, quick_eval, stage_row
 from torchslim.recipes import runstate
 from torchslim.recipes.runstate import RUN_FORMAT
 from torchslim.recipes.stages import ApplyStage, RunContext, SaveStage, needs_teacher
@@ -53,6 +53,7 @@ class RunOptions:
     data: dict[str, Any] = field(default_factory=dict)   # calib_data / eval_data / seq_len for load_model
     max_steps: int | None = None      # cap every training stage (a quick trial of a recipe); recorded in the history
     parallel: str | None = None       # ddp | fsdp | auto for every training stage under torchrun; None: the stages' own
+    max_memory: str | int | None = None   # a model whose weights exceed it runs its post-training stages onloaded
 
 
 @dataclass
@@ -62,6 +63,7 @@ class RunResult:
     report: dict[str, Any]
     resumed_from: int | None = None
     task: Any = None               # the task the run evaluated on (its metric and direction)
+    onloaded: bool = False         # run block by block (recipes.onloaded): ``model`` is a skeleton, blocks on meta
 
 
 class _RunFolder:
@@ -167,9 +169,20 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, options: RunOptions 
     Only one run writes ``out`` at a time (a lock inside it); nothing is written outside it."""
     from torchslim.core.lock import out_lock
 
+    from torchslim.recipes.onloaded import needs_onloading, run_onloaded
+
     options = options or RunOptions()
     owned = _recipe_folders(recipe, Path(out))
+    onload, line = needs_onloading(model, options.max_memory)
+    if line:
+        (console.print(escape(line)) if console is not None else log.info(line))
     with out_lock(out) as folder:
+        if onload:
+            from torchslim.artifact.checks import check_target
+
+            check_target(folder, owned)
+            loaded, report = run_onloaded(recipe, model, folder, options, console)
+            return RunResult(folder, loaded.model, report, None, loaded.task, onloaded=True)
         return _run(recipe, model, folder, options, console, owned)
 
 

@@ -162,18 +162,23 @@ class CausalLMTask(Task):
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
     # --------------------------------------------------------------- metric
+    def eval_batches(self) -> list[Batch]:
+        """The batches :meth:`evaluate` runs, in its order (block streaming replays them)."""
+        return [self._batch(chunk) for chunk in self.eval_windows().split(self.eval_batch_size)]
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        windows = self.eval_windows()
+        batches = self.eval_batches()
         device = model_device(model)
         nll_sum, count = 0.0, 0
         with eval_mode(model):
-            for chunk in track(windows.split(self.eval_batch_size), f"perplexity ({len(windows)} windows)"):
-                chunk = chunk.to(device)
-                logits = logits_of(self.forward(model, self._batch(chunk)))
+            for batch in track(batches, f"perplexity ({sum(len(b['input_ids']) for b in batches)} windows)"):
+                chunk = batch["input_ids"].to(device)
+                logits = logits_of(self.forward(model, {k: v.to(device) for k, v in batch.items()}))
                 nll_sum += shifted_nll(logits, chunk, reduction="sum").item()
                 count += chunk[:, 1:].numel()
         nll = nll_sum / count
-        return {"perplexity": math.exp(nll), "nll": nll, "eval_tokens": float(count), "eval_windows": float(len(windows))}
+        windows = sum(len(b["input_ids"]) for b in batches)
+        return {"perplexity": math.exp(nll), "nll": nll, "eval_tokens": float(count), "eval_windows": float(windows)}
 
     # ---------------------------------------------------------------- inputs
     def example_inputs(self, batch: int, seq_len: int | None = None) -> Batch:

@@ -42,6 +42,8 @@ class ZooEntry:
     skeleton: Callable[[dict[str, Any]], nn.Module] | None = None
     # The GGUF file the model was converted from, if any (GGUF export reuses its tokenizer keys).
     gguf_file: Callable[[], Any] | None = None
+    # The Hugging Face folder (config.json + safetensors) holding the weights, for layer-wise onloading.
+    weights_folder: Callable[[], Any] | None = None
 
     def available(self) -> bool:
         return True

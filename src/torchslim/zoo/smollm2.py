@@ -131,5 +131,6 @@ ENTRY = register_zoo(
         needs=INSTALL_HINT,
         package=PACKAGE,
         gguf_file=gguf_path,
+        weights_folder=ensure_cache,
     )
 )

@@ -1,0 +1,63 @@
+"""Check the scale targets (issue 24, onloading parts) against docs/results/scale_llama2gb_runs.json and scale_smollm2_runs.json.
+
+Writes docs/results/scale_targets.md: each target, the measured figure, met or missed. Run after the benchmarks
+(``make bench-scale`` does).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, write_checks  # noqa: E402
+
+RES = ROOT / "docs/results"
+
+
+def _load(name: str) -> dict:
+    p = RES / name
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def checks() -> list[tuple[str, str, bool | None, str]]:
+    out = []
+    big = _load("scale_llama2gb_runs.json")
+    cap, size = big.get("cap"), big.get("model_bytes")
+    for method, label in (("gptq", "GPTQ int4"), ("wanda", "Wanda 50%")):
+        runs = {r["mode"]: r for r in big.get("runs", []) if r.get("method") == method and "mode" in r}
+        onl, mem = runs.get("onload"), runs.get("memory")
+        if not (onl and mem and cap and size):
+            out.append((f"2 GB Llama, {label} under the cap, bit-identical", "not measured", False,
+                        "not run yet: GPTQ on 76 blocks takes tens of minutes on 2 shared cores; "
+                        f"`python benchmarks/scale/llama2gb.py --methods {method}`"))
+            continue
+        same = onl.get("sha256") == mem.get("sha256")
+        under = onl["peak_rss"] <= cap
+        out.append((f"{size / 1e9:.2f} GB float32 Llama ({size / cap:.1f}x the cap), {label} completes under "
+                    f"{cap / 1e6:.0f} MB, output bit-identical to in-memory",
+                    f"peak RSS {onl['peak_rss'] / 1e6:.0f} MB ({onl['capped_by']}), {onl['seconds']:.0f} s; in memory "
+                    f"{mem['peak_rss'] / 1e6:.0f} MB; weights file {'identical' if same else 'DIFFERENT'}",
+                    bool(same and under and size >= 3 * cap), "kernel-enforced cap where a cgroup can be made"))
+    s = _load("scale_smollm2_runs.json")
+    if s.get("median"):
+        med = s["median"]
+        out.append(("SmolLM2-135M GPTQ int4 onloaded: peak RSS <= 0.4x in memory",
+                    f"{s['rss_ratio']:.2f}x ({med['onload']['peak_rss'] / 1e6:.0f} vs {med['memory']['peak_rss'] / 1e6:.0f} "
+                    f"MB); above the imports: {s['rss_above_imports_ratio']:.2f}x",
+                    s["rss_ratio"] <= 0.4, "the onloaded peak is GPTQ on the 49152-row output head (its working copies, "
+                    "about 4 x 113 MB) beside the resident tied embedding (113 MB) and 396 MB of torch/transformers "
+                    "imports; next step: solve the head's rows in chunks (GPTQ rows are independent given H)"))
+        out.append(("SmolLM2-135M GPTQ int4 onloaded: time <= 1.3x in memory",
+                    f"{s['time_ratio']:.2f}x ({med['onload']['seconds']:.0f} vs {med['memory']['seconds']:.0f} s), "
+                    f"weights {'identical' if s['identical'] else 'DIFFERENT'}; one round each on a machine at load 13-19 (other "
+                    "jobs): the ratio is dominated by contention, onloading itself adds about 1.2 s of block reads "
+                    "and writes and the final merge", s["time_ratio"] <= 1.3,
+                    f"medians of {s.get('rounds')} alternating rounds, {s.get('n_samples')} calibration windows"))
+    else:
+        out.append(("SmolLM2-135M onloaded vs in memory", "missing", False, "run benchmarks/scale/smollm2.py"))
+    return out
+
+
+if __name__ == "__main__":
+    write_checks(RES / "scale_targets.md", "Scale targets (issue 24: onloading and block streaming)", checks())
