@@ -59,6 +59,7 @@ bench-quant: install-bench
 bench-scale: install-bench
 	flock /tmp/torchslim-bench.lock nice $(BIN)/python benchmarks/scale/llama2gb.py
 	flock /tmp/torchslim-bench.lock nice $(BIN)/python benchmarks/scale/smollm2.py
+	$(BIN)/python benchmarks/scale/fsdp.py
 	$(BIN)/python benchmarks/scale/targets.py
 
 bench-prune: install-bench
