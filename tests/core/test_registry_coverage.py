@@ -17,3 +17,17 @@ def test_quantizing_pruned_layers_counts_them(caplog) -> None:
     assert len(lines) == 1 and lines[0].startswith("WeightOnlyConfig changed 15 of 15 weight layers")
     assert "14 SparseQuantLinear" in lines[0]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "weight layers" in r.getMessage()]
+
+
+def _coverage_levels(caplog, include) -> list[int]:
+    lm = torchslim.load_model("tiny-llama")
+    with caplog.at_level(logging.INFO, logger="torchslim"):
+        torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel(),
+                                                       selector=torchslim.Selector(include=include)))
+    return [r.levelno for r in caplog.records if "weight layers" in r.getMessage()]
+
+
+def test_a_few_layers_named_exactly_are_no_warning_but_a_pattern_missing_most_is(caplog) -> None:
+    assert _coverage_levels(caplog, ("model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj")) == [logging.INFO]
+    caplog.clear()
+    assert _coverage_levels(caplog, ("re:.*up_proj",)) == [logging.WARNING]

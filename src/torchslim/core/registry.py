@@ -170,8 +170,18 @@ def _report_coverage(config: BaseConfig, before: dict[str, nn.Module], changed: 
     rest = ", ".join(f"{c} {t}" for t, c in sorted(kept.items(), key=lambda kv: -kv[1]))
     msg = "%s changed %d of %d weight layers%s" + (f"; not changed: {rest} (not selected, or not supported)"
                                                    if rest else "")
-    log.log(logging.WARNING if done < len(layers) / 2 else logging.INFO, msg, type(config).__name__, done, len(layers),
-            produced)
+    few = done < len(layers) / 2 and not _named_and_done(config, changed)
+    log.log(logging.WARNING if few else logging.INFO, msg, type(config).__name__, done, len(layers), produced)
+
+
+def _named_and_done(config: BaseConfig, changed: set[str]) -> bool:
+    """True when the config's selector lists its layers by exact name and every one of them changed: a few
+    layers of many is then what the user (or a tuned recipe) asked for, not a selector that missed."""
+    sel = getattr(config, "selector", None) or getattr(getattr(config, "weight", None), "selector", None)
+    include = getattr(sel, "include", None)
+    if not include or not all(isinstance(r, str) and not r.startswith(("re:", "type:")) for r in include):
+        return False
+    return set(include) <= changed
 
 
 def config_dict(config: BaseConfig) -> dict[str, Any]:
