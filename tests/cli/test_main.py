@@ -243,6 +243,7 @@ def test_the_layers_table_shows_a_speed_recorded_at_conversion():
     assert "0.63x@1 1.20x@256 (at conversion)" in text and "not measured" in text
 
 
+@pytest.mark.slow
 def test_eval_runtime_onnxruntime_end_to_end(tmp_path):
     out = tmp_path / "r.json"
     res = run("eval", "tiny-bert", "--runtime", "onnxruntime", "--shape", "1x8", "--iters", "3", "--warmup", "1",

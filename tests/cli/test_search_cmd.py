@@ -28,15 +28,23 @@ def _run(capsys, *args):
     return e.value.code, out.out, out.err
 
 
+def _short_text(tmp_path):
+    text = tmp_path / "short.txt"                      # a few windows per evaluation: the search is under test
+    text.write_text(" ".join(f"word{i % 97} and the license says {i}" for i in range(400)))
+    return ["--eval-data", str(text), "--calib-data", str(text)]
+
+
 def test_search_writes_the_front_its_recipes_and_a_study_that_continues(scan_file, tmp_path, capsys):
     out = tmp_path / "s"
-    code, stdout, err = _run(capsys, "tiny-llama", "--scan", scan_file, "-o", out, "-n", "3", "--no-latency")
+    data = _short_text(tmp_path)
+    code, stdout, err = _run(capsys, "tiny-llama", "--scan", scan_file, "-o", out, "-n", "3", "--no-latency", *data)
     assert code == 0, err
     doc = json.loads((out / "front.json").read_text())
     assert len(doc["points"]) == 3 and doc["front"] and (out / "study.db").is_file() and (out / "front.png").is_file()
     assert "Pareto front" in stdout and "recipe(s)" in stdout
-    code, _, err = _run(capsys, "tiny-llama", "--scan", scan_file, "-o", out, "-n", "2", "--no-latency")
-    assert code == 0, err and len(json.loads((out / "front.json").read_text())["points"]) == 5
+    code, _, err = _run(capsys, "tiny-llama", "--scan", scan_file, "-o", out, "-n", "2", "--no-latency", *data)
+    assert code == 0, err
+    assert len(json.loads((out / "front.json").read_text())["points"]) == 5
 
 
 @pytest.mark.parametrize("args,words", [
@@ -54,10 +62,8 @@ def test_bad_input_is_one_error_line(scan_file, tmp_path, capsys, args, words):
 @pytest.mark.slow
 def test_two_processes_share_one_study_with_no_lost_or_duplicated_trial(scan_file, tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    text = tmp_path / "short.txt"                      # a few windows per evaluation: the storage is under test
-    text.write_text(" ".join(f"word{i % 97} and the license says {i}" for i in range(400)))
     cmd = [sys.executable, "-m", "torchslim.cli.main", "search", "tiny-llama", "--scan", str(scan_file), "--no-latency",
-           "-n", "4", "--storage", url, "--study", "shared", "--eval-data", str(text), "--calib-data", str(text)]
+           "-n", "4", "--storage", url, "--study", "shared", *_short_text(tmp_path)]
     procs = [subprocess.Popen(cmd + ["-o", str(tmp_path / f"p{i}"), "--seed", str(i)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for p in procs:

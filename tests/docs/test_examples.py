@@ -6,13 +6,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SWAP = {'"smollm2-135m"': '"tiny-llama"', '"minilm"': '"tiny-bert"'}
+# examples whose work stays long even on the tiny models (each trial of a 20-trial search is measured end to end):
+# they run with the slow tests
+SLOW = {("search.md", 2)}
 
 
 def _blocks() -> list[tuple[str, int, str]]:
     out = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for i, m in enumerate(re.finditer(r"```python\n(.*?)```", doc.read_text(), re.S)):
-            out.append((doc.name, i, m.group(1)))
+            marks = [pytest.mark.slow] if (doc.name, i) in SLOW else []
+            out.append(pytest.param(doc.name, i, m.group(1), marks=marks))
     return out
 
 

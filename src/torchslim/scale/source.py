@@ -71,7 +71,7 @@ def open_source(spec: str, **data: Any) -> Source:
         else:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     model.eval()
     source = Source(folder, None, TensorFiles(files))
     load_resident(model, source.files)
