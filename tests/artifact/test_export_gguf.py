@@ -52,13 +52,23 @@ def test_without_calibration_float_layers_are_rounded_to_the_grid_and_counted(tm
     model, art = _artifact(tmp_path)
     info = export_gguf(art, tmp_path / "m.gguf", qtype="Q8_0", calibrate=False)
     assert info["rounded_layers"] == 15 and info["exact_layers"] == 0        # 14 linears + the embedding
-    assert "rounded" in caplog.text
+    assert "15 float weight layer(s) were rounded (15 to the Q8_0 grid;" in caplog.text
     names = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
     assert names["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0 and "output.weight" not in names  # tied
     assert names["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
     ids = torch.randint(0, 257, (1, 16), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(_logits(hf, ids), _logits(model, ids), rtol=0, atol=3e-2)
+
+
+def test_the_rounding_line_names_each_grid_a_layer_went_to(tmp_path, caplog) -> None:
+    """A Q4_0 file keeps its token embedding as Q8_0: the warning counts the layers per grid, not all as Q4_0."""
+    _, art = _artifact(tmp_path)
+    export_gguf(art, tmp_path / "m.gguf", qtype="Q4_0", calibrate=False)
+    names = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    emb = names["token_embd.weight"].name
+    line = next(r.getMessage() for r in caplog.records if "were rounded" in r.getMessage())
+    assert "14 to the Q4_0 grid" in line and (f"1 to the {emb} grid" in line or emb == "Q4_0"), line
 
 
 def test_f16_export_of_an_untied_model_writes_the_output_head(tmp_path) -> None:

@@ -104,6 +104,12 @@ def weight_of(module: nn.Module) -> torch.Tensor:
     return w.detach().float()
 
 
+def _count_rounded(counts: dict[str, int], qtype: str) -> None:
+    """One more float layer rounded to ``qtype``'s grid (per type too: a file mixes types, e.g. a Q8_0 embedding)."""
+    counts["rounded"] += 1
+    counts[f"rounded:{qtype}"] = counts.get(f"rounded:{qtype}", 0) + 1
+
+
 def encode(module: nn.Module, qtype: str, rows: torch.Tensor | None, counts: dict[str, int]) -> tuple[np.ndarray, Any]:
     """(data, raw GGML type or None) of one weight matrix in ``qtype``, rows reordered by ``rows``."""
     import gguf
@@ -119,7 +125,7 @@ def encode(module: nn.Module, qtype: str, rows: torch.Tensor | None, counts: dic
         if not _is_float(module):
             raise _NotOnGrid(qtype)
         w = weight_of(module)
-        counts["rounded"] += 1
+        _count_rounded(counts, qtype)
         return pack_rounded(qtype, w[rows] if rows is not None else w), getattr(gguf.GGMLQuantizationType, qtype)
     t = TYPES[qtype]
     got = exact_codes(module, t)
@@ -130,7 +136,7 @@ def encode(module: nn.Module, qtype: str, rows: torch.Tensor | None, counts: dic
         if w.shape[1] % 32:
             raise TorchSlimError(f"GGUF {qtype} needs rows of a multiple of 32 weights; a layer has {w.shape[1]}")
         got = round_to_grid(t, w)
-        counts["rounded"] += 1
+        _count_rounded(counts, qtype)
     else:
         counts["exact"] += 1
     codes, scale, minimum = got
@@ -429,10 +435,12 @@ def write_gguf(model: nn.Module, out: str | Path, *, qtype: str = "Q4_0", embed_
     if counts["fallback"]:
         log.info("GGUF export: %d tensor(s) with rows that are not whole super-blocks of %d took llama.cpp's fallback "
                  "type (Q5_0 for Q4_K, Q8_0 for Q6_K)", counts["fallback"], QK)
+    by_type = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("rounded:")}
     if counts["rounded"]:
-        log.warning("GGUF export: %d float weight layer(s) were rounded to the %s grid (round-to-nearest from their "
-                    "weights, as llama-quantize without an importance matrix); %d packed layer(s) kept their codes "
-                    "exactly", counts["rounded"], qtype, counts["exact"])
+        grids = ", ".join(f"{n} to the {t} grid" for t, n in sorted(by_type.items()))
+        log.warning("GGUF export: %d float weight layer(s) were rounded (%s; round-to-nearest from their weights, as "
+                    "llama-quantize without an importance matrix); %d packed layer(s) kept their codes exactly",
+                    counts["rounded"], grids, counts["exact"])
     return {"file": str(out), "bytes": Path(out).stat().st_size, "type": qtype, "embed_type": embed_type,
             "tokenizer": "copied from " + source_gguf.name if source_gguf else "from the Hugging Face tokenizer",
-            **{f"{k}_layers": v for k, v in counts.items()}}
+            **{f"{k}_layers": v for k, v in counts.items() if ":" not in k}}
