@@ -6,20 +6,7 @@ from typing import Optional
 
 import typer
 
-from torchslim.cli.options import data_flags
-
-
-def _shape(text: str) -> tuple[int, int | None]:
-    from torchslim.core.errors import ConfigError
-
-    parts = text.lower().split("x")
-    try:
-        b, s = int(parts[0]), (int(parts[1]) if len(parts) > 1 and parts[1] else None)
-    except ValueError:
-        raise ConfigError(f"--shape {text!r}: BATCHxSEQ such as 1x128 (or 1 for images)") from None
-    if b < 1 or (s is not None and s < 1) or len(parts) > 2:
-        raise ConfigError(f"--shape {text!r}: BATCHxSEQ with positive numbers, such as 1x128")
-    return b, s
+from torchslim.cli.options import data_flags, parse_shape
 
 
 def search_cmd(
@@ -47,7 +34,7 @@ def search_cmd(
     from rich.markup import escape
 
     from torchslim.cli.status import status
-    from torchslim.core.errors import ConfigError
+    from torchslim.core.errors import ConfigError, TorchSlimError
     from torchslim.models import load_model
     from torchslim.search.front import save, to_markdown
     from torchslim.search.joint import search
@@ -58,7 +45,10 @@ def search_cmd(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: not a folder")
     budget = Budget.parse(max_loss) if max_loss is not None else None
-    at = _shape(shape)
+    try:
+        at = parse_shape(shape)
+    except TorchSlimError as e:
+        raise ConfigError(f"--shape: {e}") from None
     result_scan = load(scan)
     with status(f"loading {model}"):
         loaded = load_model(model, **data_flags(calib_data, eval_data, seq_len))

@@ -159,7 +159,8 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-def _has(model: nn.Module, path: str) -> bool:
+def has_submodule(model: nn.Module, path: str) -> bool:
+    """Whether ``model.get_submodule(path)`` would find a module."""
     try:
         model.get_submodule(path)
         return True
@@ -171,15 +172,15 @@ def resolve(block: nn.Module, path: str | None) -> str | None:
     """The first alternative of ``path`` (``"a|b"``) that exists in ``block``, or ``None``."""
     if not path:
         return None
-    return next((p for p in path.split("|") if _has(block, p)), None)
+    return next((p for p in path.split("|") if has_submodule(block, p)), None)
 
 
 def _block_paths(model: nn.Module, spec: ArchSpec) -> list[str]:
     """The block paths of ``spec`` present in ``model``, allowing a base-model prefix (``bert.encoder.layer``)."""
     found = []
     for blocks in spec.blocks:
-        path = blocks if _has(model, blocks) else next(
-            (f"{prefix}.{blocks}" for prefix, _ in model.named_children() if _has(model, f"{prefix}.{blocks}")), None)
+        path = blocks if has_submodule(model, blocks) else next(
+            (f"{prefix}.{blocks}" for prefix, _ in model.named_children() if has_submodule(model, f"{prefix}.{blocks}")), None)
         if path is not None and isinstance(model.get_submodule(path), (nn.ModuleList, nn.Sequential)):
             found.append(path)
             if not spec.encoder_decoder:

@@ -117,7 +117,7 @@ def _storage(url: str | None) -> Any:
     return url
 
 
-def _study(scan: Sensitivity, directions: list[str], storage: str | None, study_name: str, seed: int) -> Any:
+def _study(directions: list[str], storage: str | None, study_name: str, seed: int) -> Any:
     optuna = _optuna()
     sampler = optuna.samplers.NSGAIISampler(seed=seed)
     return optuna.create_study(storage=_storage(storage), study_name=study_name, directions=directions,
@@ -143,7 +143,7 @@ def search(model: nn.Module, task: Any, scan: Sensitivity, *, n_trials: int = 20
     model.eval()
     base_q, base_b = float(task.evaluate(model)[task.metric]), stored_bytes([model])
     base = Point(-1, {}, base_q, base_b, latency.base_ms if latency else None, 0.0)
-    study = _study(scan, directions, storage, study_name, seed)
+    study = _study(directions, storage, study_name, seed)
     if warm_start and not study.trials:
         for mix in _warm_starts(scan, max(2, n_trials // 2)):
             study.enqueue_trial({g: mix.get(g, KEEP) for g in opts}, skip_if_exists=True)

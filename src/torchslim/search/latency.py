@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from torchslim.core.archs import has_submodule
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.progress import track
@@ -123,26 +124,15 @@ def fit(model: nn.Module, task: Any, actions: Sequence[Action], layers: Sequence
     for n in track(list(layers), "latency model: timing layers", total=len(layers)):
         if n not in capture:
             continue                                   # not reached by this forward: it costs nothing here
-        fns = {}
-        for k, m in variants.items():
-            mod = m.get_submodule(n) if _has(m, n) else None
-            if mod is not None and (k == KEEP or mod is not model.get_submodule(n)):
-                fns[k] = _call(mod, capture[n])
+        original = model.get_submodule(n)
+        fns = {KEEP: _call(original, capture[n])}
+        for k, m in variants.items():                  # an action that left this layer as it was is not timed
+            if k != KEEP and has_submodule(m, n) and not _same(m.get_submodule(n), original):
+                fns[k] = _call(m.get_submodule(n), capture[n])
         stats = measure_interleaved(fns, 2, iters)
         layer_ms[n] = {k: s.median_ms for k, s in stats.items()}
-        for k in list(layer_ms[n]):                    # an action that left this layer as it was: no change
-            if k != KEEP and _same(variants[k].get_submodule(n), model.get_submodule(n)):
-                del layer_ms[n][k]
     base = _end_to_end({KEEP: model}, task, shape, iters)[KEEP]
     return LatencyModel(tuple(shape), base, layer_ms, machine_facts())
-
-
-def _has(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-        return True
-    except AttributeError:
-        return False
 
 
 def _same(a: nn.Module, b: nn.Module) -> bool:
