@@ -1,6 +1,8 @@
 """Shared benchmark helpers: variants measured side by side in one process, interleaved, as ratios."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import statistics
@@ -8,7 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -91,3 +93,40 @@ def write_checks(path: Path, title: str, checks: list[tuple[str, str, bool | Non
         lines.append(f"| {target} | {got} | {'yes' if ok else 'NO'} | {'' if ok else tried} |")
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+LOCK = "/tmp/torchslim-bench.lock"        # the machine's shared timing lock (``flock`` on the command line)
+
+
+@contextlib.contextmanager
+def timing_lock(queue: str | None = None) -> Iterator[str]:
+    """Hold the shared benchmark lock (as ``flock /tmp/torchslim-bench.lock``) while timing; yields a note for the
+    table. Only the timed loops hold it, so other benchmarks' timings wait for nothing else. ``queue`` names a
+    second lock that benchmarks of one family take first, so they never overlap even without the shared one.
+    ``TORCHSLIM_BENCH_LOCK_WAIT`` (seconds) bounds the wait: past it the loops run without the lock, and the note
+    says so."""
+    limit = float(os.environ.get("TORCHSLIM_BENCH_LOCK_WAIT", "inf"))
+    t = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if queue is not None:
+            own = stack.enter_context(open(f"{LOCK}.{queue}", "a"))
+            fcntl.flock(own, fcntl.LOCK_EX)
+        f = stack.enter_context(open(LOCK, "a"))
+        held = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                if time.perf_counter() - t > limit:
+                    break
+                time.sleep(1.0)
+        waited = time.perf_counter() - t
+        try:
+            yield (f"timed holding {LOCK} (waited {waited:.0f} s for it)" if held else
+                   f"timed WITHOUT {LOCK}: another benchmark held it for the {waited:.0f} s this run could wait, so "
+                   "other timed work may have overlapped (the interleaved ratios are the robust figures)")
+        finally:
+            if held:
+                fcntl.flock(f, fcntl.LOCK_UN)

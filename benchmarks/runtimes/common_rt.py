@@ -3,13 +3,11 @@ domain, and timing every runtime's forward with the harness's own interleaved lo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.metadata
-import os
 import re
-import time
-from typing import Any, Iterator
+from typing import Any
 
+import common
 import torch
 
 from torchslim.eval.speed import forward_fn
@@ -17,37 +15,12 @@ from torchslim.runtime.machine import machine_info, machine_line
 from torchslim.runtime.timing import measure_interleaved
 
 ORT_QUIET = {"session.intra_op.allow_spinning": "0"}      # ONNX Runtime's workers sleep after a run (see notes)
-LOCK = "/tmp/torchslim-bench.lock"
 
 
-@contextlib.contextmanager
-def timing_lock() -> Iterator[str]:
-    """Hold the shared benchmark lock (as ``flock /tmp/torchslim-bench.lock``) while timing; yields a note for the
-    table. Quality is computed outside it, so other benchmarks' timings wait only for this one's timed loops.
-    ``TORCHSLIM_BENCH_LOCK_WAIT`` (seconds) bounds the wait: past it the loops run without the lock, and the note
-    says so."""
-    limit = float(os.environ.get("TORCHSLIM_BENCH_LOCK_WAIT", "inf"))
-    t = time.perf_counter()
-    with open(LOCK + ".runtimes", "a") as own, open(LOCK, "a") as f:
-        fcntl.flock(own, fcntl.LOCK_EX)          # the two runtime benchmarks never overlap, with or without the lock
-        held = False
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-                break
-            except BlockingIOError:
-                if time.perf_counter() - t > limit:
-                    break
-                time.sleep(1.0)
-        waited = time.perf_counter() - t
-        try:
-            yield (f"timed holding {LOCK} (waited {waited:.0f} s for it)" if held else
-                   f"timed WITHOUT {LOCK}: another benchmark held it for the {waited:.0f} s this run could wait, so "
-                   "other timed work may have overlapped (the interleaved ratios are the robust figures)")
-        finally:
-            if held:
-                fcntl.flock(f, fcntl.LOCK_UN)
+def timing_lock() -> contextlib.AbstractContextManager[str]:
+    """The shared benchmark lock (common.timing_lock), queued behind the other runtime benchmark: the two runtime
+    benchmarks never overlap, with or without the shared lock."""
+    return common.timing_lock("runtimes")
 
 
 def versions() -> str:

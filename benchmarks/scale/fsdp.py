@@ -37,9 +37,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, Row, machine_line, write_table  # noqa: E402
+from common import LOCK, ROOT, Row, machine_line, write_table  # noqa: E402
 
-LOCK = "/tmp/torchslim-bench.lock"
 SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=8,
              num_key_value_heads=4)
 SMOKE_SHAPE: dict[str, int] = {}

@@ -3,15 +3,13 @@ latency model checked against end-to-end timings of the front's mixes (which it 
 sharing one SQLite study.
 
 Writes docs/results/search_joint_<stem>.{md,json,png} and search_joint_storage.json; front.py's target check reads
-them. Timed parts hold /tmp/torchslim-bench.lock when it exists (other benchmarks on the machine wait).
+them. Timed parts hold the shared benchmark lock (common.timing_lock) (other benchmarks on the machine wait).
 
     python benchmarks/search/joint.py [--models digits-cnn minilm] [--trials 30] [--storage-check]
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import json
 import os
 import subprocess
@@ -21,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, machine_line  # noqa: E402
+from common import ROOT, machine_line, timing_lock  # noqa: E402
 
 import torchslim  # noqa: E402
 from torchslim.core.context import ApplyContext  # noqa: E402
@@ -39,17 +37,6 @@ SETUPS = {   # actions, granularity, latency shape, stem
     "digits-cnn": ("int8,int4,int2,sparse50,svd50", "layer", (64, None), "digits"),
     "minilm": ("int8,int4g32,sparse50,2:4,svd30", "layer", (1, 128), "minilm"),
 }
-
-
-@contextlib.contextmanager
-def bench_lock():
-    """The machine's shared timing lock (flock), so that no two timed jobs overlap."""
-    with open("/tmp/torchslim-bench.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _build(model, task, recipe: dict):
@@ -71,7 +58,7 @@ def run(name: str, trials: int) -> dict:
     scan = sensitivity(model, task, actions, granularity=granularity)
     scan_s = time.perf_counter() - t0
     layers = [n for r in scan.rows for n in r.layers]
-    with bench_lock():
+    with timing_lock():
         t = time.perf_counter()
         lm = fit(model, task, actions, layers, shape=shape, iters=20)
         fit_s = time.perf_counter() - t
@@ -108,7 +95,7 @@ def _check(model, task, lm, result, layers_of: dict, rounds: int = 3):
     mixes = [(p, _build(model, task, p.recipe)) for p in result.front if p.recipe]
     runs = []
     for _ in range(rounds):
-        with bench_lock():
+        with timing_lock():
             runs.append(check(lm, model, task, [(m, {a: [n for g, act in p.assignment.items() if act == a
                                                          for n in layers_of[g]] for a in set(p.assignment.values())})
                                                 for p, m in mixes], iters=20))
