@@ -29,6 +29,7 @@ from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.io import ONLOAD_DIR
 from torchslim.core.registry import apply_, get_entry
 from torchslim.core.state import state_of
+from torchslim.runtime.allocator import release_freed_memory
 from torchslim.scale.files import TensorFiles, human, merge, parse_bytes
 from torchslim.scale.source import block_prefixes, in_block, load_tensors, open_source
 
@@ -67,27 +68,7 @@ def release(modules: list[nn.Module]) -> None:
         for attr, t in list(m._buffers.items()):
             if t is not None and not t.is_meta and (rebuilt or attr not in m._non_persistent_buffers_set):
                 m._buffers[attr] = torch.empty_like(t, device="meta")
-    trim_memory()
-
-
-def trim_memory() -> None:
-    """Return freed heap memory to the system (glibc keeps it otherwise, and a process's resident set only grows)."""
-    import ctypes
-    import ctypes.util
-
-    global _LIBC
-    if _LIBC is None:
-        name = ctypes.util.find_library("c")
-        try:
-            _LIBC = ctypes.CDLL(name) if name else False
-            _LIBC.malloc_trim  # noqa: B018 - glibc only
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: Any = None
+    release_freed_memory()
 
 
 @dataclass
