@@ -22,6 +22,7 @@ from torchslim.core.modules import StandIn, register_module_format
 from torchslim.core.surgery import stacked_bias
 from torchslim.quantization import kernel_table
 from torchslim.quantization import kernels as K
+from torchslim.quantization import split_int8
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
 from torchslim.quantization.frozen_grad import frozen_linear
 from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
@@ -47,6 +48,8 @@ def fill_packed(m: nn.Module, qt: QTensor) -> None:
 @register_module_format
 class QuantLinear(StandIn, nn.Module):
     """Weight-quantized linear layer. Build with :meth:`from_qtensor`."""
+
+    split_rows = split_int8.MAX_ROWS   # rows up to which an int8 layer switched to the split kernel uses it
 
     def __init__(self, in_features: int, out_features: int, bias: bool, fmt: Format, gran: Granularity,
                  n_groups: int, kernel: K.Kernel = K.Kernel.AUTO, config: BaseConfig | None = None,
@@ -77,6 +80,7 @@ class QuantLinear(StandIn, nn.Module):
             self.input_scale = None
         self.choice = K.choose(fmt, gran, in_features, "cpu", kernel)
         self._cache: dict[str, Any] = {}
+        self._split: int | None = None   # split-activation int8 kernel's handle, set by the runtime (use_split_int8)
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -179,6 +183,8 @@ class QuantLinear(StandIn, nn.Module):
         if kernel is K.Kernel.DEQUANT or x2.shape[0] > self.rows_cut() or x2.device.type != "cpu":
             dt = torch.bfloat16 if kernel is not K.Kernel.DEQUANT else x2.dtype
             y = F.linear(x2.to(dt), self.dequantize(dt))
+        elif kernel is K.Kernel.INT8PACK_MM and self._split is not None and x2.shape[0] <= self.split_rows:
+            y = split_int8.matmul_op(x2, self._split, self.out_features)
         elif kernel is K.Kernel.INT8PACK_MM:
             c = self._prepared()
             if c["w"].shape[1] != self.in_features:
@@ -190,6 +196,37 @@ class QuantLinear(StandIn, nn.Module):
                 x2 = F.pad(x2, (0, self.padded_in - self.in_features))
             y = K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])[:, : self.out_features]
         return y.to(x2.dtype)
+
+    def can_split_int8(self) -> bool:
+        """Whether the split-activation int8 kernel (:mod:`~torchslim.quantization.split_int8`) can run this layer."""
+        return self.choice.kernel is K.Kernel.INT8PACK_MM and self.in_features >= 2
+
+    def use_split_int8(self, on: bool = True) -> None:
+        """Run this int8 layer at up to ``split_rows`` rows on the int8 units, activations split in two
+        int8 passes (exact to about 2e-4; keeps a packed copy of the weight), or stop doing so."""
+        self._split = None
+        if not on:
+            return
+        if not self.can_split_int8():
+            raise ValueError(f"the split int8 kernel needs an int8 per-channel layer of two inputs or more: {self}")
+        codes = self.codes()[:, : self.in_features]
+        self._split = split_int8.register(self, split_int8.prepare(codes, self.scale.reshape(-1)))
+
+    def split_int8_candidates(self) -> dict[str, Any]:
+        """The two kernels this int8 layer can run at few rows, as ``x2 -> y`` callables on a 2-D input:
+        ``"bf16"`` (the packed bf16 kernel) and ``"split"`` (the split-activation int8 kernel), for the runtime to
+        time; the layer's own setting is left as it was."""
+        if not self.can_split_int8():
+            raise ValueError(f"the split int8 kernel needs an int8 per-channel layer of two inputs or more: {self}")
+        c = self._prepared()
+        codes = self.codes()[:, : self.in_features]
+        handle = split_int8.register(self, split_int8.prepare(codes, self.scale.reshape(-1)))
+
+        def bf16(x2: torch.Tensor) -> torch.Tensor:
+            pad = c["w"].shape[1] - self.in_features
+            return K.int8pack_mm(F.pad(x2, (0, pad)) if pad else x2, c["w"], c["s"])
+
+        return {"bf16": bf16, "split": lambda x2: split_int8.matmul_op(x2, handle, self.out_features)}
 
     def table_key(self) -> str | None:
         """This layer's row in the kernel table (formats with a packed kernel), else None."""
@@ -206,7 +243,7 @@ class QuantLinear(StandIn, nn.Module):
         return cut
 
     def _apply(self, fn, recurse=True):  # .to()/.cuda(): drop derived kernel buffers
-        self._cache, self._rows_cut = {}, None
+        self._cache, self._rows_cut, self._split = {}, None, None
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
