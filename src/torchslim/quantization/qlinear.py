@@ -26,7 +26,7 @@ from torchslim.quantization import split_int8
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
 from torchslim.quantization.frozen_grad import frozen_linear
 from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
-from torchslim.quantization.primitives import QTensor, padded_cols
+from torchslim.quantization.primitives import QTensor, dequantize_groups, padded_cols
 
 
 def signed_codes(fmt: Format) -> bool:
@@ -143,10 +143,7 @@ class QuantLinear(StandIn, nn.Module):
         c = self.codes()
         vals = self.levels[c.long()] if self.levels is not None else c.float()
         groups = self.scale.shape[1]
-        vals = vals.reshape(self.scale.shape[0], groups, -1)
-        w = vals * self.scale.unsqueeze(-1)
-        if self.offset is not None:
-            w = w + self.offset.unsqueeze(-1)
+        w = dequantize_groups(vals.reshape(self.scale.shape[0], groups, -1), self.scale, self.offset)
         return w.reshape(self.out_features, self.padded_in)[:, : self.in_features].to(dtype)
 
     # -- execution ---------------------------------------------------------------------
@@ -178,24 +175,34 @@ class QuantLinear(StandIn, nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
-        """``x2 @ W.T`` (2-D, no bias) by this layer's kernel, in ``x2``'s dtype."""
+        """``x2 @ W.T`` (2-D, no bias) by this layer's kernel, in ``x2``'s dtype: the packed kernel up to the
+        rows the kernel table measured it faster here, else the dequantized bf16 matmul."""
         kernel = self.choice.kernel
-        if kernel is K.Kernel.DEQUANT or x2.shape[0] > self.rows_cut() or x2.device.type != "cpu":
-            dt = torch.bfloat16 if kernel is not K.Kernel.DEQUANT else x2.dtype
-            y = F.linear(x2.to(dt), self.dequantize(dt))
-        elif kernel is K.Kernel.INT8PACK_MM and self._split is not None and x2.shape[0] <= self.split_rows:
-            y = split_int8.matmul_op(x2, self._split, self.out_features)
-        elif kernel is K.Kernel.INT8PACK_MM:
-            c = self._prepared()
+        if kernel is K.Kernel.DEQUANT:
+            y = F.linear(x2, self.dequantize(x2.dtype))
+        elif x2.shape[0] > self.rows_cut() or x2.device.type != "cpu":
+            y = self.dense_matmul(x2)
+        else:
+            y = self.packed_matmul(x2)
+        return y.to(x2.dtype)
+
+    def dense_matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        """``x2 @ W.T`` as a bf16 matmul on the weight dequantized now (many rows: compute-bound)."""
+        return F.linear(x2.to(torch.bfloat16), self.dequantize(torch.bfloat16))
+
+    def packed_matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        """``x2 @ W.T`` by the layer's packed kernel (few rows: bound by reading the weight)."""
+        kernel = self.choice.kernel
+        if kernel is K.Kernel.INT8PACK_MM and self._split is not None and x2.shape[0] <= self.split_rows:
+            return split_int8.matmul_op(x2, self._split, self.out_features)
+        c = self._prepared()
+        if kernel is K.Kernel.INT8PACK_MM:
             if c["w"].shape[1] != self.in_features:
                 x2 = F.pad(x2, (0, c["w"].shape[1] - self.in_features))
-            y = K.int8pack_mm(x2, c["w"], c["s"])
-        else:
-            c = self._prepared()
-            if self.padded_in != self.in_features:
-                x2 = F.pad(x2, (0, self.padded_in - self.in_features))
-            y = K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])[:, : self.out_features]
-        return y.to(x2.dtype)
+            return K.int8pack_mm(x2, c["w"], c["s"])
+        if self.padded_in != self.in_features:
+            x2 = F.pad(x2, (0, self.padded_in - self.in_features))
+        return K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])[:, : self.out_features]
 
     def can_split_int8(self) -> bool:
         """Whether the split-activation int8 kernel (:mod:`~torchslim.quantization.split_int8`) can run this layer."""
