@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-TYPES = ("F32", "Q8_0", "Q4_0", "Q4_K_M")
+TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K_M")   # F16: the peer of torchslim's bf16 path
 
 
 def tools() -> Path | None:

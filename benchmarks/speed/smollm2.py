@@ -68,22 +68,78 @@ def fast_decoder(model, ids, compile: bool = False):
     return lambda: dec.generate(ids, NEW)[1].tokens_per_s
 
 
+NO_AMX = "AVX512_CORE_BF16"     # ONEDNN_MAX_CPU_ISA below AMX: oneDNN's bf16/int8 kernels without the tile units
+
+
+def has_amx() -> bool:
+    from torchslim.runtime.machine import machine_info
+
+    return any(f.startswith("amx") for f in machine_info()["isa"])
+
+
+def no_amx_rows(rounds: int) -> dict[str, dict[str, float]]:
+    """The bf16 and int4 fast paths timed in a child process whose oneDNN may not use AMX (it reads its ISA cap
+    once per process): decode tok/s and prefill ms, medians as in the main run. Empty if the child fails."""
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": NO_AMX}
+    res = subprocess.run([sys.executable, __file__, "--child-no-amx", "--rounds", str(rounds)], env=env,
+                         capture_output=True, text=True)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 or not lines:
+        print(f"AMX-off child failed: {(res.stderr or '').strip().splitlines()[-1:]}", file=sys.stderr)
+        return {}
+    return json.loads(lines[-1])
+
+
+def child_no_amx(rounds: int) -> None:
+    import json
+
+    loaded = torchslim.load_model("smollm2-135m")
+    fp32, task = loaded.model.eval(), loaded.task
+    ids = loaded.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    bf16, int4 = copy.deepcopy(fp32), int4_model(fp32)
+    prepare_fast(bf16)
+    out = {}
+    with torch.inference_mode():
+        for name, m in (("bf16", bf16), ("int4 g128", int4)):
+            dec = fast_decoder(m, ids)
+            dec()
+            row = {"decode tok/s": statistics.median(dec() for _ in range(rounds))}
+            for seq in (128, 512):
+                x = task.example_inputs(1, seq)
+                row[f"prefill {seq} ms"] = 1e3 * interleaved({name: lambda: m(**x)}, rounds=5, warm_calls=1)[name]
+            out[name] = row
+    print(json.dumps(out))
+
+
+def int4_model(fp32):
+    """The int4-gptq recipe's layout (RTN codes: the same size and speed), on the fast path."""
+    int4 = copy.deepcopy(fp32)
+    head = WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel())
+    torchslim.quantize_(int4, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(128),
+                                               selector=torchslim.Selector(overrides={"lm_head": head})))
+    prepare_fast(int4)
+    return int4
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd fast paths")
+    ap.add_argument("--child-no-amx", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child_no_amx:
+        return child_no_amx(args.rounds)
     kernel_table.ensure()
     loaded = torchslim.load_model("smollm2-135m")
     fp32, tok, task = loaded.model.eval(), loaded.tokenizer, loaded.task
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     bf16 = copy.deepcopy(fp32)
     prepare_fast(bf16)
-    int4 = copy.deepcopy(fp32)                   # the int4-gptq recipe's layout (RTN codes: the same size and speed)
-    head = WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel())
-    torchslim.quantize_(int4, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(128),
-                                               selector=torchslim.Selector(overrides={"lm_head": head})))
-    prepare_fast(int4)
+    int4 = int4_model(fp32)
     int8 = copy.deepcopy(fp32)
     torchslim.quantize_(int8, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
     prepare_fast(int8)
@@ -120,6 +176,7 @@ def main() -> None:
             x = task.example_inputs(1, seq)
             lat = interleaved({k: (lambda m=m: m(**x)) for k, m in models.items()}, rounds=5, warm_calls=1)
             prefill[seq] = lat
+    amx_off = no_amx_rows(args.rounds) if has_amx() else {}
     bw = copy_bandwidth()
     rows = []
     for k, v in runs.items():
@@ -137,6 +194,14 @@ def main() -> None:
         spread = (max(v) - min(v)) / tps
         rows.append(Row(k, f"decode spread {spread:.0%} over {args.rounds} rounds", values))
         print(rows[-1], flush=True)
+    for name, r in amx_off.items():
+        values = {"decode tok/s": r["decode tok/s"],
+                  "decode vs fp32 HF": f"{r['decode tok/s'] / statistics.median(runs['fp32, HF generate']):.2f}x"}
+        for seq in (128, 512):
+            values[f"prefill {seq} ms"] = r[f"prefill {seq} ms"]
+            values[f"prefill {seq} vs fp32"] = f"{1e3 * prefill[seq]['fp32'] / r[f'prefill {seq} ms']:.2f}x"
+        rows.append(Row(f"{name}, fast path, AMX off", f"ONEDNN_MAX_CPU_ISA={NO_AMX} in a child process timed right "
+                        "after the main rounds: what the AMX tile units add to the rows above", values))
     for t, results in peer.items():
         tps = statistics.median(r["tg"] for r in results)
         values = {"artifact MiB": ggufs[t].stat().st_size / 2**20, "decode tok/s": tps,

@@ -53,13 +53,15 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     if bits == 8:
         return packed.flatten()[:numel].to(torch.uint8)
     n_bytes = packed_numel(numel, bits)
-    if bits == 4 and packed.dtype == torch.uint8 and sys.byteorder == "little":
+    eager = not torch.compiler.is_compiling()    # compiled graphs take the int32 form below, which inductor fuses
+    # into one loop: the eager forms here gave all-NaN logits in a compiled SmolLM2 prefill (inductor 2.13)
+    if bits == 4 and packed.dtype == torch.uint8 and sys.byteorder == "little" and eager:
         # each byte hi:lo widened to the int16 ``lo | hi << 8``, whose two bytes in memory are the two codes in
         # order: contiguous passes only, 6x faster than broadcasting int32 shifts (which dominated the dequantized
         # matmul of int4 layers at prefill) and 1.6x faster than strided byte writes
         b = packed.flatten()[:n_bytes].to(torch.int16)
         return torch.bitwise_or(b & 0x0F, (b & 0xF0) << 4).view(torch.uint8)[:numel]
-    if 8 % bits == 0 and packed.dtype == torch.uint8:
+    if 8 % bits == 0 and packed.dtype == torch.uint8 and eager:
         # one strided uint8 write per code position in a byte: 4x faster than broadcasting int32 shifts
         per, mask = 8 // bits, (1 << bits) - 1
         p = packed.flatten()[:n_bytes]
