@@ -110,6 +110,7 @@ llama-cpp:
 
 bench-speed: install-bench llama-cpp
 	$(BIN)/python benchmarks/speed/smollm2.py --compile
+	$(BIN)/python benchmarks/speed/decode_profile.py
 	$(BIN)/python benchmarks/speed/gguf_quality.py --types Q4_0 Q4_K_M
 	$(BIN)/python benchmarks/speed/gguf_families.py
 	$(BIN)/python benchmarks/speed/minilm.py

@@ -1,4 +1,4 @@
-"""Check issue 12's speed, size and export targets against the measured tables (docs/results/speed_*.json).
+"""Check issue 12's and issue 23's speed, size and export targets against the measured tables (docs/results/speed_*.json).
 
 Writes docs/results/speed_targets.md: each target, the measured figure, met or missed, and for a miss what was
 tried (or that it was not built). Run after the benchmarks (``make bench-speed`` does).
@@ -57,6 +57,68 @@ def speed(d: dict[str, dict]) -> list[tuple[str, str, bool, str]]:
     out.append(("decode bandwidth efficiency >= 50% (fp32/bf16) and >= 35% (int4)",
                 f"{flt['name']} {flt['bandwidth efficiency']}; {int4['name']} {int4['bandwidth efficiency']}",
                 eff_f >= 0.5 and eff_4 >= 0.35, "see the decode rows: overhead-bound, not bandwidth-bound"))
+    return out
+
+
+def _best(d: dict[str, dict], prefix: str, key: str, low: bool = False) -> dict | None:
+    rows = [v for k, v in d.items() if k.startswith(prefix) and "fast path" in k and "AMX off" not in k
+            and isinstance(v.get(key), (int, float))]
+    return (min if low else max)(rows, key=lambda v: v[key]) if rows else None
+
+
+def llama_parity(d: dict[str, dict]) -> list[tuple[str, str, bool, str]]:
+    """Issue 23: the torch runtime at llama.cpp's speed (its rows measured in the same run)."""
+    out = []
+    for ours, peer, tried in (
+            ("int4", "Q4_0", "decode: split int8 head on the int8 units, compiled step with guards skipped "
+             "(speed_decode_profile.md breaks a step down); prefill: the int4 layers are dequantized on every call "
+             "(int4pack_mm is a GEMV kernel); llama.cpp multiplies Q4_0 by Q8_0 activations on the int8 units "
+             "without dequantizing: a fused int8-activation x int4-weight GEMM (C++ extension) is what is left"),
+            ("bf16", "F16", "bf16 GEMV at one row runs far below memory bandwidth in oneDNN; max-autotune and "
+             "freezing measured no faster")):
+        p = d.get(f"llama.cpp {peer} (this run)")
+        if p is None:
+            out.append((f"{ours} vs llama.cpp {peer}", "llama.cpp not measured in this run", False,
+                        "make llama-cpp builds llama-bench"))
+            continue
+        dec = _best(d, ours, "decode tok/s")
+        out.append((f"{ours} decode >= 100% of llama.cpp {peer}", f"{dec['name']}: {dec['decode tok/s']:.1f} tok/s = "
+                    f"{dec['decode tok/s'] / p['decode tok/s']:.0%} of {p['decode tok/s']:.1f}",
+                    dec["decode tok/s"] >= p["decode tok/s"], tried))
+        for seq in (128, 512):
+            pre = _best(d, ours, f"prefill {seq} ms", low=True)
+            out.append((f"{ours} prefill at {seq} tokens >= 100% of llama.cpp {peer}",
+                        f"{pre['name']}: {pre[f'prefill {seq} ms']:.1f} ms vs {p[f'prefill {seq} ms']:.1f} ms "
+                        f"({p[f'prefill {seq} ms'] / pre[f'prefill {seq} ms']:.0%})",
+                        pre[f"prefill {seq} ms"] <= p[f"prefill {seq} ms"], tried))
+    amx = [k for k in d if "AMX off" in k]
+    from common import machine_line
+
+    if "amx" in machine_line():
+        out.append(("on an AMX machine the table shows the AMX path", f"{len(amx)} AMX-off rows beside the AMX rows",
+                    bool(amx), "the AMX-off child process failed"))
+    return out
+
+
+def minilm_vs_ort(d: dict[str, dict]) -> list[tuple[str, str, bool, str]]:
+    """Issue 23: the encoder fast path against ONNX Runtime at both shapes, fp32 and int8."""
+    if not d:
+        return []
+    out = []
+    for ours_names, peer, label in (
+            (("torch fp32, fast path", "torch fp32, fast path + compile"), "ONNX Runtime fp32 (peer)", "fp32"),
+            (("W8A8 (torchslim), fast path", "W8A8 (torchslim), fast path + compile"),
+             "ONNX Runtime dynamic int8 (its quantizer)", "W8A8 vs dynamic int8")):
+        rows = [d[n] for n in ours_names if n in d]
+        if not rows or peer not in d:
+            continue
+        for shape in ("1x128", "32x128"):
+            best = min(rows, key=lambda r: r[f"{shape} ms"])
+            out.append((f"MiniLM {label}: torch fast path >= ONNX Runtime at {shape}",
+                        f"{best['name']}: {best[f'{shape} ms']:.2f} ms vs {d[peer][f'{shape} ms']:.2f} ms",
+                        best[f"{shape} ms"] <= d[peer][f"{shape} ms"],
+                        "fused shared-input matmuls, freed memory kept, compile; what is left is per-op overhead "
+                        "between small kernels at 1 x 128"))
     return out
 
 
@@ -142,7 +204,8 @@ def main() -> None:
                        "mix's per-tensor Q5_0/Q8_0 grids) is beyond llama.cpp's own Q4_K_M at the same size (see the "
                        "GGUF rows); that mix is mostly int5, which has no fast torch kernel, so the torchslim-runtime "
                        "int4 recipe stays behind"))
-    write_checks(RES / "speed_targets.md", "Speed, size and export targets (issue 12)", checks)
+    checks += llama_parity(sp) + minilm_vs_ort(load("speed_minilm"))
+    write_checks(RES / "speed_targets.md", "Speed, size and export targets (issues 12 and 23)", checks)
 
 
 if __name__ == "__main__":
