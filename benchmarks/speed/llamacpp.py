@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -63,9 +64,14 @@ def imatrix_quantize(f32: Path, text: str, qtype: str, folder: Path) -> Path | N
     return out
 
 
-def bench(path: Path, threads: int, n_gen: int, prompts: tuple[int, ...] = ()) -> dict[str, float]:
-    """One llama-bench run (one repetition): ``{"tg": tok/s, "pp128": tok/s, ...}``."""
-    cmd = [str(tools() / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", "1", "-o", "json",
+def no_amx_tools() -> Path | None:
+    """A second build with AMX off (``build_llamacpp.sh`` makes it on AMX machines), or None."""
+    path = HERE / ".cache" / "llama.cpp" / "build-noamx" / "bin"
+    return path if (path / "llama-bench").is_file() else None
+
+
+def _bench(exe: Path, path: Path, threads: int, n_gen: int, prompts: tuple[int, ...]) -> dict[str, float]:
+    cmd = [str(exe), "-m", str(path), "-t", str(threads), "-r", "1", "-o", "json",
            "-n", str(n_gen), "-p", ",".join(map(str, prompts)) if prompts else "0"]
     res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     out = {}
@@ -73,6 +79,21 @@ def bench(path: Path, threads: int, n_gen: int, prompts: tuple[int, ...] = ()) -
         key = f"pp{r['n_prompt']}" if r["n_prompt"] else "tg"
         out[key] = float(r["avg_ts"])
     return out
+
+
+def bench(path: Path, threads: int, n_gen: int, prompts: tuple[int, ...] = ()) -> dict[str, float]:
+    """One llama-bench run (one repetition): ``{"tg": tok/s, "pp128": tok/s, ...}``. Where the native build's
+    prefill dies with SIGILL (its AMX int8 kernels run ``tileloadd`` unconfigured on some AMX machines), decode
+    comes from the native build and prefill from the AMX-off build, and ``"no_amx_prefill": 1.0`` says so."""
+    try:
+        return _bench(tools() / "llama-bench", path, threads, n_gen, prompts)
+    except subprocess.CalledProcessError as e:
+        other = no_amx_tools()
+        if e.returncode != -signal.SIGILL or not prompts or other is None:
+            raise
+    out = _bench(tools() / "llama-bench", path, threads, n_gen, ())
+    out.update(_bench(other / "llama-bench", path, threads, 0, prompts))
+    return {**out, "no_amx_prefill": 1.0}
 
 
 def perplexity(path: Path, text_file: Path, ctx: int, chunks: int, threads: int) -> float:

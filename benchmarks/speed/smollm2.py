@@ -210,8 +210,11 @@ def main() -> None:
             ms = 1e3 * seq / statistics.median(r[f"pp{seq}"] for r in results)
             values[f"prefill {seq} ms"] = ms
             values[f"prefill {seq} vs fp32"] = f"{1e3 * prefill[seq]['fp32'] / ms:.2f}x"
+        amx_note = ("; prefill by the AMX-off build (the native build's AMX int8 prefill dies with SIGILL here)"
+                    if any(r.get("no_amx_prefill") for r in results) else "")
         rows.append(Row(f"llama.cpp {t} (this run)", f"llama-bench, {threads} threads, its own quantizer, no imatrix; "
-                        f"spread {(max(runs[f'llama.cpp {t}']) - min(runs[f'llama.cpp {t}'])) / tps:.0%}", values))
+                        f"spread {(max(runs[f'llama.cpp {t}']) - min(runs[f'llama.cpp {t}'])) / tps:.0%}{amx_note}",
+                        values))
     if not peer:
         for name, t in LLAMA_CPP.items():
             rows.append(Row(f"llama.cpp {name} (reference run)", "llama-bench tg128, 2 threads, same machine type, "
