@@ -527,6 +527,13 @@ def _quiet_peers() -> None:
 
     for name in ("torchao", "torchao.kernel", "torchao.quantization"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # torchao's import registers its enums with torch's pytree, which logs a deprecation line per enum
+    pytree = logging.getLogger("torch.utils._pytree")
+    if not any(getattr(f, "_torchslim_cli", False) for f in pytree.filters):
+        enums = logging.Filter()
+        enums.filter = lambda record: "register_constant" not in record.getMessage()  # type: ignore[method-assign]
+        enums._torchslim_cli = True  # type: ignore[attr-defined]
+        pytree.addFilter(enums)
     for module in (r"torchao(\..*)?", r"torch\.ao(\..*)?"):
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
