@@ -48,38 +48,59 @@ def _inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
     raise ConfigError("GPTQ: the Hessian is not positive definite even after dampening; use more calibration data")
 
 
+ROW_CHUNK = 4096   # rows quantized at a time: GPTQ's rows are independent given the Hessian, so a 49152-row head
+# needs a few MB of working copies instead of five full-size fp32 ones (the peak of an onloaded SmolLM2 run)
+
+
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, fmt: Format, gran: Granularity, obs: Observer,
-                  block_size: int = 128, damp: float = 0.01, act_order: bool = True) -> QTensor:
-    """Quantize ``W [rows, cols]`` given the input Hessian ``H [cols, cols]``."""
+                  block_size: int = 128, damp: float = 0.01, act_order: bool = True,
+                  row_chunk: int = ROW_CHUNK) -> QTensor:
+    """Quantize ``W [rows, cols]`` given the input Hessian ``H [cols, cols]``, ``row_chunk`` rows at a time (the
+    same result: each row's updates depend only on that row and the Hessian)."""
     if not isinstance(fmt, IntFormat):
         raise ConfigError(f"GPTQ supports integer formats; got {fmt.name}")
-    W = W.detach().float().clone()
+    if isinstance(gran, PerTensor):
+        raise ConfigError("GPTQ needs per-channel or per-group granularity")
     rows, true_cols = W.shape
     cols = padded_cols(true_cols, gran)
     H = H.clone().float()
     if cols > true_cols:  # ragged last group: zero columns with zero Hessian (treated as dead inputs)
-        W = torch.cat([W, W.new_zeros(rows, cols - true_cols)], 1)
         H = torch.nn.functional.pad(H, (0, cols - true_cols, 0, cols - true_cols))
-    gsize = gran.size if isinstance(gran, PerGroup) else cols
-    n_groups = cols // gsize
     dead = H.diagonal() == 0
     H[dead, dead] = 1
+    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(cols)
+    Hinv = _inverse_hessian_factor(H[perm][:, perm], damp)
+    gsize = gran.size if isinstance(gran, PerGroup) else cols
+    static = act_order or isinstance(gran, PerChannel)
+    parts = [_gptq_rows(W[r:r + row_chunk], cols, dead, perm, Hinv, fmt, gsize, static, obs, block_size)
+             for r in range(0, rows, row_chunk)]
+    codes, scales = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    offsets = None if fmt.symmetric else torch.cat([p[2] for p in parts])
+    n_groups = cols // gsize
+    return QTensor(codes.reshape(rows, n_groups, gsize), scales.unsqueeze(-1),
+                   None if offsets is None else offsets.unsqueeze(-1), None, fmt, torch.Size((rows, true_cols)))
+
+
+def _gptq_rows(W: torch.Tensor, cols: int, dead: torch.Tensor, perm: torch.Tensor, Hinv: torch.Tensor,
+               fmt: IntFormat, gsize: int, static: bool, obs: Observer,
+               block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """GPTQ of some rows: ``(codes [rows, cols] int8/uint8, scales [rows, groups], offsets or None)``."""
+    W = W.detach().float().clone()
+    rows, true_cols = W.shape
+    if cols > true_cols:
+        W = torch.cat([W, W.new_zeros(rows, cols - true_cols)], 1)
     W[:, dead] = 0
+    n_groups = cols // gsize
     scales = torch.zeros(rows, n_groups)
     offsets = None if fmt.symmetric else torch.zeros(rows, n_groups)
-    if isinstance(gran, PerTensor):
-        raise ConfigError("GPTQ needs per-channel or per-group granularity")
-    static = act_order or isinstance(gran, PerChannel)
     if static:  # all group parameters from the original weight
         for g in range(n_groups):
             s, o = _params(W[:, g * gsize:(g + 1) * gsize], fmt, obs)
             scales[:, g] = s.squeeze(-1)
             if offsets is not None:
                 offsets[:, g] = o.squeeze(-1)
-    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(cols)
-    W, H = W[:, perm], H[perm][:, perm]
-    Hinv = _inverse_hessian_factor(H, damp)
-    codes = torch.zeros(rows, cols)
+    W = W[:, perm]
+    codes = torch.zeros(rows, cols, dtype=torch.int8 if fmt.symmetric else torch.uint8)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
@@ -98,7 +119,4 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, fmt: Format, gran: Granulari
             W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    codes = codes[:, torch.argsort(perm)]
-    dtype = torch.int8 if fmt.symmetric else torch.uint8
-    return QTensor(codes.reshape(rows, n_groups, gsize).to(dtype), scales.unsqueeze(-1),
-                   None if offsets is None else offsets.unsqueeze(-1), None, fmt, torch.Size((rows, true_cols)))
+    return codes[:, torch.argsort(perm)], scales, offsets
