@@ -78,7 +78,7 @@ def run_cmd(
         return
     run_recipe(rec, model, out, options, console)
     console.print(escape(f"artifact: {out}   report: {out / 'report.md'}, {out / 'report.html'}" if report
-                         else f"artifact: {out}"))
+                         else f"artifact: {out}"), soft_wrap=True)   # paths whole in an 80-column log
 
 
 @recipes_app.command("list")
