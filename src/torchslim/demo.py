@@ -32,5 +32,6 @@ def run_demo(model: str = "smollm2-135m", out: Path = Path("out/demo"), recipe: 
     if console is not None:
         from rich.markup import escape
 
-        console.print(escape(f"artifact: {out}   (load it with torchslim.load('{out}'))   report: {Path(out) / 'report.md'}"))
+        console.print(escape(f"artifact: {out}   (load it with torchslim.load('{out}'))   report: {Path(out) / 'report.md'}"),
+                      soft_wrap=True)   # one line even in an 80-column log: paths stay whole for copying
     return result

@@ -54,3 +54,18 @@ def test_different_thread_counts_are_flagged_and_bad_inputs_are_one_error(tmp_pa
                            ([tmp_path / "a.json", tmp_path / "bad.json"], "not JSON")):
         code, _, err = _run(capsys, *args)
         assert code == 2 and err.count("error:") == 1 and fragment in err, err
+
+
+def test_timings_from_separate_runs_carry_a_note(tmp_path, capsys):
+    # SmolLM2 fp32 at 1x128 read 386 ms in `eval --json` and 1,025 ms in a run folder: the ratio was load, not model
+    from torchslim.eval.report import SpeedResult
+
+    for name in ("a", "b"):
+        r = _report(name, 20.0)
+        r.speed = SpeedResult([])
+        r.save(tmp_path / f"{name}.json")
+    code, out, _ = _run(capsys, tmp_path / "a.json", tmp_path / "b.json")
+    assert code == 0 and "separate runs" in out
+    _report("c", 21.0).save(tmp_path / "c.json")                     # quality only: no timing, no note
+    code, out, _ = _run(capsys, tmp_path / "a.json", tmp_path / "c.json")
+    assert code == 0 and "separate runs" not in out

@@ -9,14 +9,16 @@ import yaml
 EXE = str(Path(sys.executable).with_name("torchslim"))
 
 
-def run(*args):
-    env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": "240"}
+def run(*args, columns=240):
+    env = {**os.environ, "TORCHSLIM_PROGRESS": "0", "COLUMNS": str(columns)}
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_recipes_list_and_show_give_runnable_templates(tmp_path):
     listed = run("recipes", "list")
     assert listed.returncode == 0 and "sparse50-int8" in listed.stdout and "structured25-recover" in listed.stdout
+    narrow = run("recipes", "list", columns=80)      # a log or a small terminal: descriptions wrap, none cut off
+    assert narrow.returncode == 0 and "…" not in narrow.stdout
     shown = run("recipes", "show", "sparse50-int8")
     assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["recipe"] == "sparse50-int8"
     (tmp_path / "mine.yaml").write_text(shown.stdout.replace("sparsity: 0.5", "sparsity: 0.25"))

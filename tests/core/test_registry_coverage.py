@@ -31,3 +31,16 @@ def test_a_few_layers_named_exactly_are_no_warning_but_a_pattern_missing_most_is
     assert _coverage_levels(caplog, ("model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj")) == [logging.INFO]
     caplog.clear()
     assert _coverage_levels(caplog, ("re:.*up_proj",)) == [logging.WARNING]
+
+
+def test_structured_pruning_of_one_part_of_each_block_is_no_warning(caplog) -> None:
+    # neurons only (structured25-recover, structured25-lora) change each block's MLP: 6 of 15 layers on
+    # tiny-llama, 90 of 211 on SmolLM2, as asked; the line said "warning: ... (not selected, or not supported)"
+    for targets, changed in ((("neurons",), 6), (("heads",), 8)):
+        lm = torchslim.load_model("tiny-llama")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="torchslim"):
+            torchslim.prune_(lm.model, torchslim.StructuredConfig(targets=targets, ratio=0.25, importance="magnitude_l2"))
+        lines = [r for r in caplog.records if "weight layers" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].levelno == logging.INFO, [r.getMessage() for r in lines]
+        assert f"changed {changed} of 15" in lines[0].getMessage() and "outside the config's targets" in lines[0].getMessage()

@@ -73,3 +73,14 @@ def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
             failures.append(f"{cmd}\n  exit {e.value.code}: {out.err.strip()[-400:]}")
     print(sorted(timings, reverse=True)[:5])
     assert not failures, "README commands that fail as written:\n" + "\n".join(failures)
+
+
+def test_the_readme_lists_every_shipped_recipe():
+    # the comment beside `torchslim recipes list` is what a new user reads first: it must name them all
+    from torchslim.recipes import preset_names
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("# shipped recipes:"):]
+    comment = " ".join(re.sub(r"^.*?#", "", line) for line in block.splitlines()[:12] if "#" in line)
+    listed = set(re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)+", comment.split(":", 1)[1]))
+    assert set(preset_names()) <= listed, sorted(set(preset_names()) - listed)

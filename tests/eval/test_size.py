@@ -131,3 +131,18 @@ def test_a_tied_embedding_reading_the_heads_codes_counts_once() -> None:
     table = model.config.vocab_size * model.config.hidden_size
     linears = sum(m.in_features * m.out_features for n, m in model.named_modules() if n.endswith("_proj"))
     assert elements == table + linears
+
+
+def test_pruning_keeps_the_parameter_count_of_every_sparse_layer():
+    # sparse layers build their stored values in state_dict(): freed between layers, a reused address made a
+    # later layer look like an alias of an earlier one and count 0 parameters (the total moved run to run)
+    import torchslim
+    from torchslim.eval.size import count_parameters
+    from torchslim.pruning import UnstructuredConfig
+    from torchslim.zoo.tiny import build_tiny_llama
+
+    m = build_tiny_llama().eval()
+    total, _ = count_parameters(m)
+    torchslim.prune_(m, UnstructuredConfig(sparsity=0.5))
+    for _ in range(5):
+        assert count_parameters(m)[0] == total

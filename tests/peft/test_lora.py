@@ -97,6 +97,19 @@ def test_a_packed_int4_base_stays_packed_and_its_adapter_learns() -> None:
     assert (merged - adapted).norm() < 0.25 * adapted.norm()
 
 
+def test_a_merge_that_drowns_in_the_grid_names_the_adapter_it_merged(caplog) -> None:
+    # merge_(model) with no adapter named merges the active one: the warning must name it, not say "None"
+    lm = tiny_llama(0)
+    torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32)))
+    tiny_step = TrainConfig(steps=1, batch_size=2, lr=1e-7, schedule="constant", progress=False, eval_at_end=False)
+    torchslim.finetune_(lm.model, LoraConfig(r=4, adapter="mine"), task=lm.task, train=tiny_step)
+    with caplog.at_level("WARNING", logger="torchslim.peft"):
+        report = merge_(lm.model)
+    assert report["update_error"]["mean"] > 0.5
+    warned = [r.getMessage() for r in caplog.records if "re-quantized" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("merging adapter 'mine' ") and "None" not in warned[0]
+
+
 def test_a_branch_follows_its_layer_when_the_layer_is_quantized_afterwards(tmp_path) -> None:
     lm = tiny_llama(0)
     torchslim.finetune_(lm.model, LoraConfig(r=2, selector=Selector(include="re:.*v_proj")), task=lm.task,

@@ -189,6 +189,14 @@ def test_taylor_importance_uses_accumulated_gradients() -> None:
         accumulate_grads(build_digits_cnn(), task, task.calibration_batches(4, 2))
 
 
+def test_taylor_gradients_report_progress(monkeypatch, capsys) -> None:
+    # a real model takes minutes here (one backward pass per batch): it must not sit silent in a log
+    monkeypatch.setenv("TORCHSLIM_PROGRESS", "lines")
+    accumulate_grads(build_digits_cnn(), labelled_task(), n_samples=16, batch_size=8)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "Taylor importance" in ln]
+    assert lines and lines[0].startswith("[torchslim] ") and "2/2" in lines[-1]
+
+
 def test_importance_errors_and_random() -> None:
     with pytest.raises(ConfigError, match="gradients"):
         prune_channels_(build_digits_cnn(), config(importance=Importance.TAYLOR), DIGITS)

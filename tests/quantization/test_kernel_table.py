@@ -29,6 +29,16 @@ def test_crossover_is_the_cut_that_loses_least_and_speeds_are_against_fp32() -> 
     assert "0.50x fp32 at 1 row (slower" in kt.describe("int4-g32", slow)
 
 
+def test_the_short_form_shows_a_slow_middle_row_count() -> None:
+    # SmolLM2 int4 showed "3.40x@1 5.34x@4096" while a 1x128 prefill (128 rows) ran at 0.57x fp32
+    fast_ends = _table({1: 1.0, 8: 2.0, 64: 9.0, 512: 80.0}, {1: 5.0, 8: 5.0, 64: 6.0, 512: 40.0},
+                       {1: 3.0, 8: 4.0, 64: 12.0, 512: 90.0})
+    assert kt.short("int4-g32", fast_ends) == "3.00x@1 2.25x@512"
+    slow_middle = _table({1: 1.0, 8: 2.0, 64: 20.0, 512: 80.0}, {1: 5.0, 8: 5.0, 64: 24.0, 512: 40.0},
+                         {1: 3.0, 8: 4.0, 64: 12.0, 512: 90.0})
+    assert kt.short("int4-g32", slow_middle) == "3.00x@1 0.60x@64 2.25x@512"
+
+
 def test_one_noisy_row_count_does_not_move_the_cut_to_the_end() -> None:
     t = _table({1: 1.0, 8: 2.0, 64: 9.0, 512: 80.0, 2048: 300.0}, {1: 5.0, 8: 5.0, 64: 6.0, 512: 81.0, 2048: 200.0},
                {r: 1.0 for r in (1, 8, 64, 512, 2048)})

@@ -18,6 +18,13 @@ def test_markdown_puts_the_most_sensitive_first_and_says_what_did_not_apply():
     assert "kernel table: 2.0x@1" in text and "KL divergence" in text
 
 
+def test_a_cut_table_says_how_many_groups_it_left_out():
+    cut = to_markdown(_result(), top=1)
+    assert [ln for ln in cut.splitlines() if ln.startswith("| b |")] and "| a |" not in cut
+    assert "The 1 most sensitive of 2 layers" in cut
+    assert "most sensitive of" not in to_markdown(_result(), top=2)
+
+
 def test_save_writes_json_markdown_and_a_png_that_round_trip(tmp_path):
     files = save(_result(), tmp_path / "s")
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and files["png"].stat().st_size > 2000

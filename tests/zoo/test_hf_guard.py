@@ -148,3 +148,20 @@ def test_a_tokenizer_setting_of_the_wrong_type_is_refused_at_load(lm, tmp_path):
     _edit(folder / "tokenizer_config.json", model_max_length="x")
     with pytest.raises(UnknownModelError, match="tokenizer_config.json: 'model_max_length' must be a number, got 'x'"):
         load_tokenizer(folder)
+
+
+def test_quiet_transformers_turns_off_its_tqdm_bar_and_restores_it():
+    # the Python API loads zoo models inside it: transformers' "Loading weights" bar wrote \r frames into logs
+    from transformers.utils import logging as hf_logging
+
+    from torchslim.zoo.hf_guard import quiet_transformers
+
+    hf_logging.enable_progress_bar()
+    with quiet_transformers():
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()               # a user who turned them off keeps them off
+    with quiet_transformers():
+        pass
+    assert not hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()

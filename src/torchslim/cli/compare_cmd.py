@@ -26,10 +26,13 @@ def compare_cmd(
     from torchslim.eval import render_table
 
     reports = []
+    timed_in = set()                # the arguments whose results carry timings: each was timed in its own process
     for p in results:
         for r in _reports(p):
             if not any(r.to_dict() == o.to_dict() for o in reports):     # two runs of one model share a baseline
                 reports.append(r)
+                if r.speed is not None:
+                    timed_in.add(p)
     if len(reports) < 2:
         raise TorchSlimError("compare needs two or more results")
     console = Console()
@@ -39,6 +42,10 @@ def compare_cmd(
         console.print("note: these results were timed on different machines or thread counts ("
                       + "; ".join(f"{d}, {t} threads" for d, t in sorted(machines)) + "): compare their speed only "
                       "within one machine")
+    elif len(timed_in) > 1:         # one model's fp32 timings read 386 ms in one eval and 1,025 ms in a run
+        console.print("note: the speed figures come from separate runs, each timed under the machine's load of the "
+                      "moment: ratios across runs are rough; a run folder's own table times its two models "
+                      "interleaved", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

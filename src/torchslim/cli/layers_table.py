@@ -69,7 +69,7 @@ def layers_table(layers: list[dict], console_width: int):
     name_width = max(min(full[0], console_width - _BORDERS - sum(words[1:])), min(full[0], _MIN_NAME))
     if tight:
         words[1:] = _fit(words[1:], console_width - _BORDERS - name_width)
-    table = Table(title="compressed layers (speed: measured against fp32 on this machine at 1 row / the most rows)")
+    table = Table(title="compressed layers (speed: measured against fp32 on this machine at 1 row / the most rows, and the slowest row count between where slower than fp32)")
     table.add_column(headers[0], no_wrap=True, width=name_width)
     for header, word in zip(headers[1:], words[1:]):
         table.add_column(header, width=word if tight else None, overflow="fold")

@@ -543,14 +543,21 @@ def _quiet_peers() -> None:
     # imported, before main() ran, so its default is changed here; a TQDM_DISABLE the user set (an empty one keeps
     # the bars: tqdm reads any other value, "0" included, as true) is left to tqdm. The original is kept, so a
     # second call (commands run in one process) decides afresh rather than wrapping the wrapper.
-    from functools import partialmethod
-
+    # Off even where a peer passes disable= itself: compressed-tensors calls tqdm(..., disable=not show_progress)
+    # with show_progress on, and its "Applying quantization config" / "Dispatching model" bars reached the log.
     import tqdm.std
 
     original = tqdm.std.tqdm.__dict__.get("_torchslim_init", tqdm.std.tqdm.__init__)
     tqdm.std.tqdm._torchslim_init = original                                      # type: ignore[attr-defined]
-    tqdm.std.tqdm.__init__ = original if "TQDM_DISABLE" in os.environ else \
-        partialmethod(original, disable=True)                                     # type: ignore[method-assign]
+
+    def quiet_init(self, *args, **kwargs):
+        if len(args) > 10:              # disable is tqdm's 11th positional parameter
+            args = (*args[:10], True, *args[11:])
+        else:
+            kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    tqdm.std.tqdm.__init__ = original if "TQDM_DISABLE" in os.environ else quiet_init  # type: ignore[method-assign]
 
 
 def _one_line(text: str, limit: int = 600) -> str:

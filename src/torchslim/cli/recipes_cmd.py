@@ -78,7 +78,7 @@ def run_cmd(
         return
     run_recipe(rec, model, out, options, console)
     console.print(escape(f"artifact: {out}   report: {out / 'report.md'}, {out / 'report.html'}" if report
-                         else f"artifact: {out}"))
+                         else f"artifact: {out}"), soft_wrap=True)   # paths whole in an 80-column log
 
 
 @recipes_app.command("list")
@@ -90,7 +90,7 @@ def recipes_list() -> None:
 
     table = Table(title="shipped recipes (torchslim recipes show NAME prints one)")
     for col in ("name", "stages", "description"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")   # a long path in a description wraps, never ends in '…' (80 columns)
     for name in preset_names():
         r = load_recipe(name)
         table.add_row(name, " -> ".join(s.describe() for s in r.stages), r.description)

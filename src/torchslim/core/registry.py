@@ -168,9 +168,10 @@ def _report_coverage(config: BaseConfig, before: dict[str, nn.Module], changed: 
     made = what.get("by_type") or {}
     produced = f" ({', '.join(f'{c} {t}' for t, c in sorted(made.items(), key=lambda kv: -kv[1]))})" if made else ""
     rest = ", ".join(f"{c} {t}" for t, c in sorted(kept.items(), key=lambda kv: -kv[1]))
-    msg = "%s changed %d of %d weight layers%s" + (f"; not changed: {rest} (not selected, or not supported)"
-                                                   if rest else "")
-    few = done < len(layers) / 2 and not _named_and_done(config, changed)
+    by_design = bool(getattr(config, "partial_by_design", False))     # e.g. structured pruning of MLP neurons only
+    why = "outside the config's targets" if by_design else "not selected, or not supported"
+    msg = "%s changed %d of %d weight layers%s" + (f"; not changed: {rest} ({why})" if rest else "")
+    few = done < len(layers) / 2 and not _named_and_done(config, changed) and not by_design
     log.log(logging.WARNING if few else logging.INFO, msg, type(config).__name__, done, len(layers), produced)
 
 

@@ -52,7 +52,8 @@ def _packed_modules(model: nn.Module) -> dict[str, _Packed]:
     one stored weight is one set of parameters, as a tied float embedding is."""
     out: dict[str, _Packed] = {}
     seen: set[tuple] = set()
-    for name, module in model.named_modules():
+    alive: list[dict] = []      # a state_dict may build its tensors (a sparse layer's values): freed, their
+    for name, module in model.named_modules():   # addresses are reused, and a later layer would read as an alias
         info_fn = getattr(module, "torchslim_layer_info", None)
         if not callable(info_fn):
             continue
@@ -61,6 +62,7 @@ def _packed_modules(model: nn.Module) -> dict[str, _Packed]:
         if elements is None:
             continue
         tensors = module.state_dict(keep_vars=True)
+        alive.append(tensors)
         own = {k for k in tensors if "." not in k}
         names = set(info.get("weight_tensors") or (own - {"bias"}))
         nz = info.get("weight_nonzero")

@@ -47,7 +47,9 @@ def merge_(model: nn.Module, adapter: str | None = None, *, keep: bool = False) 
     defines ``merged_bias(layer)`` (IA3's output scaling) has that bias written too."""
     counts: dict[str, int] = {}
     errors = []
-    for name, branch in _mergeable(model, adapter):
+    found = _mergeable(model, adapter)
+    merged = ", ".join(repr(a) for a in dict.fromkeys(b.adapter for _, b in found))   # what the log names
+    for name, branch in found:
         lname = layer_name(name)
         layer = get_module(model, lname)
         base = effective_weight(layer)
@@ -72,10 +74,10 @@ def merge_(model: nn.Module, adapter: str | None = None, *, keep: bool = False) 
     if errors:
         report["update_error"] = {"mean": sum(errors) / len(errors), "max": max(errors)}
         if report["update_error"]["mean"] > 0.5:
-            log.warning("merging adapter %r re-quantized %d layer(s) and lost %.0f%% of the update on average: "
+            log.warning("merging adapter %s re-quantized %d layer(s) and lost %.0f%% of the update on average: "
                         "the adapter is finer than the quantization grid; keep it as a branch (merge=False)",
-                        adapter, counts["requantized"], 100 * report["update_error"]["mean"])
-    log.info("merged adapter %r into %s", adapter, ", ".join(f"{v} {k}" for k, v in counts.items()))
+                        merged, counts["requantized"], 100 * report["update_error"]["mean"])
+    log.info("merged adapter %s into %s", merged, ", ".join(f"{v} {k}" for k, v in counts.items()))
     return report
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from torchslim.core import kinds
 from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.core.progress import track
 from torchslim.core.resize import record_resized
 from torchslim.core.surgery import get_module, replace_module
 from torchslim.pruning.config import Scope, StructuredConfig, Target
@@ -81,7 +82,8 @@ def accumulate_grads(model: nn.Module, task: Any, batches: Iterable[dict[str, An
     sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     try:
         with eval_mode(model), torch.enable_grad():
-            for batch in batches:
+            # one backward pass per batch: minutes on a real model, so it shows progress like calibration does
+            for batch in track(batches, "gradients (Taylor importance)"):
                 for p in params.values():
                     p.grad = None
                 try:

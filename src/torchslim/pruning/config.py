@@ -109,6 +109,12 @@ class StructuredConfig(BaseConfig):
     min_keep: int = between(1, 1, 1 << 20)
     selector: Selector = field(default_factory=lambda: Selector(include=("re:.*",)))
 
+    @property
+    def partial_by_design(self) -> bool:
+        """Neurons alone change only each block's MLP layers, heads alone only its attention: a stage that leaves
+        most weight layers as they were did what was asked (the coverage report then says so without a warning)."""
+        return set(self.targets) in ({Target.NEURONS}, {Target.HEADS})
+
     def validate(self) -> None:
         check_sparsity(self.ratio, "StructuredConfig.ratio")
         if not self.targets:

@@ -31,6 +31,8 @@ def to_markdown(s: Sensitivity, top: int | None = None) -> str:
                                        + [_cost(c.cost if c else None) for c in cells]
                                        + ["n/a" if not c or c.bytes is None else f"{c.bytes / 2**20:.2f}"
                                           for c in cells]) + " |")
+    if top and len(rows) > top:     # the printed table was cut silently: 15 of SmolLM2's 30 blocks, no word of it
+        lines += ["", f"The {top} most sensitive of {len(rows)} {s.granularity}s; sensitivity.md lists all."]
     lines.append("")
     for a in s.actions:
         cells = [r.cells[a] for r in s.rows if a in r.cells]

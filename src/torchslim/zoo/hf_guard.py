@@ -207,14 +207,22 @@ def check_model_size(folder: Path, auto: Any, config: Any) -> None:
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """transformers' own loading report is a multi-line log; torchslim says what matters in one line."""
+    """transformers' own loading report is a multi-line log; torchslim says what matters in one line. Its
+    "Loading weights" tqdm bar is off too: through the Python API (where the CLI's tqdm default does not apply)
+    it wrote carriage-return frames into scripts' logs on every load; torchslim's own progress is the one shown."""
+    from transformers.utils import logging as hf_logging
+
     logger = logging.getLogger("transformers")
     old = logger.level
     logger.setLevel(logging.ERROR)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         logger.setLevel(old)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def check_config_numbers(doc: Any, where: Path, tensors: int | None = None) -> None:

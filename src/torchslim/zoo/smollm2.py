@@ -24,6 +24,7 @@ from torch import nn
 from torchslim.core.errors import UnknownModelError
 from torchslim.tasks.causal_lm import CausalLMTask
 from torchslim.zoo.hf import PackageZooEntry, load_pretrained, load_tokenizer
+from torchslim.zoo.hf_guard import quiet_transformers
 from torchslim.zoo.registry import LoadedModel, register_zoo
 
 NAME = "smollm2-135m"
@@ -62,9 +63,10 @@ def load_gguf(gguf: Path | None = None) -> tuple[nn.Module, Any]:
     gguf = gguf or gguf_path()
     kwargs: dict[str, Any] = {"gguf_file": gguf.name, "local_files_only": True, "trust_remote_code": False}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True), **kwargs
-    )
+    with quiet_transformers():                    # no tqdm frames of transformers' own in a log
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True), **kwargs
+        )
     return model.eval(), tokenizer
 
 
