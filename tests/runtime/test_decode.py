@@ -102,3 +102,24 @@ def test_a_compiled_prefill_of_packed_smollm2_matches_eager() -> None:
         compiled = torch.compile(lambda x: model(input_ids=x, use_cache=False).logits)(ids).float()
     assert torch.isfinite(compiled).all()
     assert (compiled.argmax(-1) == eager.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.slow
+def test_two_compiled_decoders_each_run_their_own_model() -> None:
+    """Skipping Dynamo's guards after the first step once let one compiled decoder run another's graph."""
+    import torch._dynamo
+
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(tiny_llama().model.eval())
+    tok = torch.tensor([[5]])
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        decs = [FastDecoder(m, max_len=16, compile=True) for m in models]
+        eager = [d._forward(tok, torch.tensor([0]), d._cache()).float() for d in decs]
+        for d in decs:
+            d.generate(torch.tensor([[3, 4]]), 4)
+        for d, ref, other in zip(decs, eager, eager[::-1]):
+            got = d._step(tok, torch.tensor([0]), d._cache()).float()
+            assert (got - ref).abs().max() < 0.05 * (ref - other).abs().max()
