@@ -87,6 +87,7 @@ def test_user_errors_are_one_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow   # nine CLI processes (39 s); truncated artifacts are refused in tests/artifact by default
 def test_quantize_then_info_then_eval_artifact_and_corrupt_refused(tmp_path):
     cfg = tmp_path / "bf16.yaml"
     torchslim.CastConfig(dtype=torch.bfloat16).save(cfg)

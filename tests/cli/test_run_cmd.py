@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 EXE = str(Path(sys.executable).with_name("torchslim"))
@@ -14,6 +15,7 @@ def run(*args, columns=240):
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow   # 19 s; every shipped recipe still runs on tiny-llama in tests/recipes by default
 def test_recipes_list_and_show_give_runnable_templates(tmp_path):
     listed = run("recipes", "list")
     assert listed.returncode == 0 and "sparse50-int8" in listed.stdout and "structured25-recover" in listed.stdout

@@ -110,6 +110,7 @@ def test_classifier_recipes_run_on_digits_cnn(tmp_path, name):
     torchslim.load(tmp_path / "out")
 
 
+@pytest.mark.slow   # 36 s of CLI runs; resume after a kill stays in the default suite via the prune --resume test
 def test_a_run_killed_during_its_second_stage_resumes_to_the_same_artifact(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(KILL_RECIPE)

@@ -76,7 +76,9 @@ def test_lora_on_packed_int4_and_qat_match_one_process(runs: dict[str, Any], one
     learned scales and offsets. Both converted (merged / packed) after training."""
     two, ref = runs[0][stage], one[stage]
     assert two["parallel"] == "fsdp" and two["plain"] and runs[1][stage]["logits"] == two["logits"]
-    assert two["losses"] == pytest.approx(ref["losses"], rel=1e-5)
+    # QAT rounds weights with learned scales: a gradient summed in another order moves a scale by an ulp, which
+    # can move a rounding; over 8 steps that reached 1.02e-5 relative on an AMX Xeon (LoRA stays below 1e-6)
+    assert two["losses"] == pytest.approx(ref["losses"], rel=1e-5 if stage == "lora" else 1e-4)
     assert two["losses"][-1] < ref["losses"][0] - 0.1
     torch.testing.assert_close(torch.tensor(two["logits"]), torch.tensor(ref["logits"]), rtol=0, atol=2e-2)
 

@@ -30,7 +30,7 @@ def _prune() -> str:
 
     cfg = UnstructuredConfig(sparsity=0.5, importance="wanda", selector=Selector(exclude=("lm_head",)))
     return ("# wanda50.yaml: half of every linear layer's weights removed by Wanda (calibrated), the head kept\n"
-            "# torchslim prune MODEL --config wanda50.yaml --out out/sparse\n" + cfg.to_yaml())
+            "# torchslim prune MODEL --config wanda50.yaml --out out/wanda50\n" + cfg.to_yaml())
 
 
 def _finetune() -> str:
