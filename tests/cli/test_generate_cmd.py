@@ -41,6 +41,7 @@ def test_a_rate_is_printed_only_where_it_was_timed_and_never_rounds_to_zero() ->
     assert "0 tok/s" not in untimed and "too short to time" in untimed and "no step after the first token" in untimed
     slow = timing_line(DecodeTiming(prompt_tokens=5, new_tokens=30, prefill_s=12.0, decode_s=29.0), 7.3, 1.5, "bf16")
     assert "0.42 tok/s" in slow and "decode 1.0 tok/s" in slow and "compile 1.5 s" in slow and "12000 ms" in slow
+    assert "30 new tokens, bf16 activations, compiled:" in slow      # the activations' dtype, not the weights'
 
 
 def test_eager_generation_reports_each_part(tmp_path) -> None:

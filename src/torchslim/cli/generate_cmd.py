@@ -34,7 +34,8 @@ def timing_line(timing: DecodeTiming, load_s: float, compile_s: float | None, dt
     """One line: load, compile, first token (prompt rate only where it could be timed), decode rate."""
     decode = rate(timing.new_tokens - 1, timing.decode_s)       # the first new token comes from the prefill
     decode_text = "decode: no step after the first token" if timing.new_tokens < 2 else f"decode {rate_text(decode)}"
-    return (f"{timing.new_tokens} new tokens, {dtype}{', compiled' if compile_s is not None else ''}: "
+    # the dtype is the activations': an int4 artifact runs its packed weights on bf16 activations, and said "bf16"
+    return (f"{timing.new_tokens} new tokens, {dtype} activations{', compiled' if compile_s is not None else ''}: "
             f"load {load_s:.1f} s" + (f", compile {compile_s:.1f} s" if compile_s is not None else "") +
             f", first token {ms_text(timing.prefill_s)} ({timing.prompt_tokens}-token prompt, "
             f"{rate_text(rate(timing.prompt_tokens, timing.prefill_s))}), {decode_text}")
