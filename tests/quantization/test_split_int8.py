@@ -86,3 +86,24 @@ def test_moving_a_layer_drops_the_packed_copy_and_other_layers_are_refused() -> 
     assert not int4[0].can_split_int8()
     with pytest.raises(ValueError, match="int8 per-channel"):
         int4[0].use_split_int8()
+
+
+def test_a_copy_owns_its_packed_weight_and_switching_off_frees_it() -> None:
+    import gc
+
+    m = _int8_model()
+    m[0].use_split_int8()
+    x = torch.randn(1, 64)
+    with torch.inference_mode():
+        want = m(x)
+    twin = copy.deepcopy(m)
+    assert twin[0]._split is not None and twin[0]._split != m[0]._split
+    handle = m[0]._split
+    del m
+    gc.collect()
+    assert handle not in split_int8._PACKED                    # released with its layer
+    with torch.inference_mode():
+        assert torch.equal(twin(x), want)                     # the copy's own packed weight outlived the original
+    own = twin[0]._split
+    twin[0].use_split_int8(False)
+    assert own not in split_int8._PACKED and twin[0]._split is None

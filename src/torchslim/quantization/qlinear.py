@@ -195,14 +195,18 @@ class QuantLinear(StandIn, nn.Module):
         kernel = self.choice.kernel
         if kernel is K.Kernel.INT8PACK_MM and self._split is not None and x2.shape[0] <= self.split_rows:
             return split_int8.matmul_op(x2, self._split, self.out_features)
-        c = self._prepared()
         if kernel is K.Kernel.INT8PACK_MM:
-            if c["w"].shape[1] != self.in_features:
-                x2 = F.pad(x2, (0, c["w"].shape[1] - self.in_features))
-            return K.int8pack_mm(x2, c["w"], c["s"])
+            return self._int8pack_mm(x2)
         if self.padded_in != self.in_features:
             x2 = F.pad(x2, (0, self.padded_in - self.in_features))
+        c = self._prepared()
         return K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])[:, : self.out_features]
+
+    def _int8pack_mm(self, x2: torch.Tensor) -> torch.Tensor:
+        c = self._prepared()
+        if c["w"].shape[1] != self.in_features:       # the kernel's input width: a multiple of 16
+            x2 = F.pad(x2, (0, c["w"].shape[1] - self.in_features))
+        return K.int8pack_mm(x2, c["w"], c["s"])
 
     def can_split_int8(self) -> bool:
         """Whether the split-activation int8 kernel (:mod:`~torchslim.quantization.split_int8`) can run this layer."""
@@ -211,6 +215,7 @@ class QuantLinear(StandIn, nn.Module):
     def use_split_int8(self, on: bool = True) -> None:
         """Run this int8 layer at up to ``split_rows`` rows on the int8 units, activations split in two
         int8 passes (exact to about 2e-4; keeps a packed copy of the weight), or stop doing so."""
+        split_int8.release(self._split)
         self._split = None
         if not on:
             return
@@ -220,20 +225,23 @@ class QuantLinear(StandIn, nn.Module):
         self._split = split_int8.register(self, split_int8.prepare(codes, self.scale.reshape(-1)))
 
     def split_int8_candidates(self) -> dict[str, Any]:
-        """The two kernels this int8 layer can run at few rows, as ``x2 -> y`` callables on a 2-D input:
-        ``"bf16"`` (the packed bf16 kernel) and ``"split"`` (the split-activation int8 kernel), for the runtime to
-        time; the layer's own setting is left as it was."""
-        if not self.can_split_int8():
-            raise ValueError(f"the split int8 kernel needs an int8 per-channel layer of two inputs or more: {self}")
-        c = self._prepared()
-        codes = self.codes()[:, : self.in_features]
-        handle = split_int8.register(self, split_int8.prepare(codes, self.scale.reshape(-1)))
+        """The two kernels this int8 layer can run at few rows, as ``x2 -> y`` callables on a 2-D input, for the
+        runtime to time: ``"bf16"`` (the packed bf16 kernel) and ``"split"`` (the split-activation kernel, on the
+        packed copy :meth:`use_split_int8` made: switch it on first)."""
+        if self._split is None:
+            raise ValueError(f"the split int8 kernel is off on this layer (use_split_int8 first): {self}")
+        handle = self._split
+        return {"bf16": self._int8pack_mm, "split": lambda x2: split_int8.matmul_op(x2, handle, self.out_features)}
 
-        def bf16(x2: torch.Tensor) -> torch.Tensor:
-            pad = c["w"].shape[1] - self.in_features
-            return K.int8pack_mm(F.pad(x2, (0, pad)) if pad else x2, c["w"], c["s"])
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy makes its own packed copy: a shared handle would die with whichever layer is collected first
+        return {**self.__dict__, "_split": self._split is not None}
 
-        return {"bf16": bf16, "split": lambda x2: split_int8.matmul_op(x2, handle, self.out_features)}
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        on = bool(state.get("_split"))
+        super().__setstate__({**state, "_split": None})
+        if on:
+            self.use_split_int8(True)
 
     def table_key(self) -> str | None:
         """This layer's row in the kernel table (formats with a packed kernel), else None."""
@@ -250,6 +258,7 @@ class QuantLinear(StandIn, nn.Module):
         return cut
 
     def _apply(self, fn, recurse=True):  # .to()/.cuda(): drop derived kernel buffers
+        split_int8.release(getattr(self, "_split", None))
         self._cache, self._rows_cut, self._split = {}, None, None
         return super()._apply(fn, recurse)
 

@@ -66,8 +66,14 @@ def register(owner: object, packed: Any) -> int:
     """A handle for ``packed`` that :func:`matmul_op` accepts; released when ``owner`` is collected."""
     handle = next(_HANDLES)
     _PACKED[handle] = packed
-    weakref.finalize(owner, _PACKED.pop, handle, None)
+    weakref.finalize(owner, release, handle)
     return handle
+
+
+def release(handle: int | None) -> None:
+    """Drop the packed weight behind ``handle`` (a layer switching the kernel off, or moving)."""
+    if handle is not None:
+        _PACKED.pop(handle, None)
 
 
 @torch.library.custom_op("torchslim::split_int8_mm", mutates_args=())

@@ -54,10 +54,14 @@ def use_int8_units(model: nn.Module, min_gain: float = 1.1, reps: int = 9) -> Sp
         if not (callable(getattr(m, "can_split_int8", None)) and m.can_split_int8()):
             continue
         shape = f"{m.in_features}->{m.out_features}"
+        m.use_split_int8(True)                 # the packed copy the timing uses, kept if the kernel wins
         if shape not in report.speedups:
             report.speedups[shape] = _speedup(m, reps)
         fast = report.speedups[shape] >= min_gain
-        m.use_split_int8(fast)
-        (report.switched if fast else report.kept).append(name)
-    report.max_rows = max((m.split_rows for m in model.modules() if hasattr(m, "split_rows")), default=0)
+        if fast:
+            report.switched.append(name)
+            report.max_rows = max(report.max_rows, m.split_rows)
+        else:
+            m.use_split_int8(False)
+            report.kept.append(name)
     return report
