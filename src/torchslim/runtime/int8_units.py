@@ -30,8 +30,9 @@ class SplitReport:
         if not n:
             return "no int8 weight-only layers"
         shapes = ", ".join(f"{s} {r:.2f}x" for s, r in self.speedups.items())
-        return (f"{len(self.switched)} of {n} int8 layers run on the int8 units at <= "
-                f"{self.max_rows} rows (split activations; measured at 1 row, bf16 kernel time / split: {shapes})")
+        rows = f" at <= {self.max_rows} rows" if self.switched else ""
+        return (f"{len(self.switched)} of {n} int8 layers run on the int8 units{rows} (split activations; "
+                f"measured at 1 row, bf16 kernel time / split: {shapes})")
 
 
 def _speedup(layer: nn.Module, reps: int) -> float:
