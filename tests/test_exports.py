@@ -51,3 +51,21 @@ def test_a_file_that_cannot_be_evaluated_says_why(tmp_path) -> None:
     assert compare_quality(lm, 1.0, unreadable, "x") == {"skipped": "no reader for this file"}
     lm.task = None
     assert "no task" in compare_quality(lm, None, unreadable, "x")["skipped"]
+
+
+def test_an_onnx_export_logs_its_trace_and_names_each_evaluation(tmp_path, monkeypatch, capsys) -> None:
+    """Off a terminal the single long trace is not silent, and the two perplexity runs (the model, then the
+    written file in ONNX Runtime) are named apart in the log."""
+    from torchslim.exports import export_onnx
+
+    monkeypatch.setenv("TORCHSLIM_PROGRESS", "lines")
+    lm = torchslim.load_model("tiny-llama")
+    torchslim.save(lm.model, tmp_path / "art", source=lm.source)
+    capsys.readouterr()
+    export_onnx(tmp_path / "art", tmp_path / "onnx", evaluate=True)
+    err = capsys.readouterr().err.splitlines()
+    assert "[torchslim] ONNX export 1/1: tracing model.onnx (packed layers rewritten after)" in err
+    assert any(line.startswith("[torchslim] ONNX export 1/1") and "done in" in line for line in err)
+    model = err.index("[torchslim] quality of the model: perplexity")
+    exported = err.index("[torchslim] quality of the exported file (read by ONNX Runtime): perplexity")
+    assert model < exported and any("perplexity (" in line for line in err[model:exported])

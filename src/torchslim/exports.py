@@ -23,6 +23,7 @@ from torchslim.artifact.export_onnx import write_onnx
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.registry import apply_
+from torchslim.core.progress import announce
 from torchslim.core.select import Selector
 from torchslim.models import load_model
 from torchslim.quantization import GPTQConfig, IntFormat, PerGroup, WeightOnlyConfig
@@ -94,10 +95,11 @@ def _quiet_kernel_warnings() -> Iterator[None]:
         target.removeFilter(note)
 
 
-def _metric(loaded: Any, model: nn.Module) -> float | None:
-    """The task's primary metric of ``model``, or None without a task."""
+def _metric(loaded: Any, model: nn.Module, what: str = "the model") -> float | None:
+    """The task's primary metric of ``model`` (``what`` names it in the progress lines), or None without a task."""
     if loaded.task is None:
         return None
+    announce(f"quality of {what}: {loaded.task.metric}")
     return float(loaded.task.evaluate(model)[loaded.task.metric])
 
 
@@ -107,7 +109,7 @@ def compare_quality(loaded: Any, before: float | None, read: Any, reader: str) -
     if loaded.task is None or before is None:
         return {"skipped": "no task is known for this model (nothing to evaluate on)"}
     try:
-        exported = _metric(loaded, read())
+        exported = _metric(loaded, read(), f"the exported file (read by {reader})")
     except (TorchSlimError, ImportError) as e:
         return {"skipped": str(e)}
     return {"metric": loaded.task.metric, "higher_is_better": loaded.task.higher_is_better, "artifact": before,

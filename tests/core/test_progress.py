@@ -75,3 +75,24 @@ def test_a_script_with_stderr_in_a_file_gets_progress_lines(tmp_path: Path) -> N
     lines = [line for line in text.splitlines() if line.startswith("[torchslim] ")]
     assert any(" GPTQ " in line and "/" in line for line in lines), text[-2000:]
     assert any(line.startswith("[torchslim] train 3/3 steps") for line in lines), text[-2000:]
+
+
+def test_heartbeat_speaks_during_one_long_call(monkeypatch, capsys) -> None:
+    """A single long call (an ONNX trace) prints on entry, periodically while it runs, and on exit."""
+    import time
+
+    monkeypatch.setenv("TORCHSLIM_PROGRESS", "lines")
+    monkeypatch.setenv("TORCHSLIM_PROGRESS_EVERY", "0.05")
+    with P.heartbeat("ONNX export 1/1: tracing model.onnx"):
+        time.sleep(0.6)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "[torchslim] ONNX export 1/1: tracing model.onnx"
+    assert sum(line.endswith("elapsed") for line in lines) >= 2            # beats while the call ran
+    assert "done in" in lines[-1]
+
+
+def test_heartbeat_and_announce_are_silent_when_off(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TORCHSLIM_PROGRESS", "off")
+    with P.heartbeat("work"):
+        P.announce("quality of the model")
+    assert capsys.readouterr().err == ""

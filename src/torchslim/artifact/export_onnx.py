@@ -43,7 +43,7 @@ from torchslim.artifact.onnx_rewrite import (
     rewrite_kind,
 )
 from torchslim.core.errors import ConfigError, TorchSlimError
-from torchslim.core.progress import track
+from torchslim.core.progress import heartbeat
 
 log = logging.getLogger("torchslim")
 EXTERNAL_DATA_BYTES = 1_800_000_000        # protobuf's 2 GiB limit: larger graphs keep weights in a .data file
@@ -146,9 +146,10 @@ def write_onnx(model: nn.Module, out: str | Path, task: Any = None, example_inpu
     seen: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="torchslim-onnx-") as d:
         protos = []
-        for graph in track(graphs, "ONNX export (trace, then packed layers rewritten)"):
+        for i, graph in enumerate(graphs, 1):
             tmp = Path(d) / graph.file
-            _export(graph, tmp, type(model).__name__, opset)
+            with heartbeat(f"ONNX export {i}/{len(graphs)}: tracing {graph.file} (packed layers rewritten after)"):
+                _export(graph, tmp, type(model).__name__, opset)
             proto = onnx.load(str(tmp))
             for m in rewrite(proto, packed):
                 seen[id(m)] = rewrite_kind(m)

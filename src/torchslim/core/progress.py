@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from typing import Any, Iterable, Iterator, TypeVar
 
@@ -135,6 +136,45 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
             progress.note = _label(item)
             yield item
             progress.update(1)
+
+
+def announce(text: str) -> None:
+    """``[torchslim] text`` on stderr (when progress is on): names the step whose own progress lines follow, so
+    two runs of the same work (the model, then its exported file) read apart in a log."""
+    if enabled():
+        print(f"[torchslim] {text}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def heartbeat(description: str) -> Iterator[None]:
+    """Progress for one long call that reports no steps of its own (a trace, an export, one evaluation): on a
+    terminal a spinner with the elapsed time; off a terminal ``[torchslim] description`` on entry, then
+    ``[torchslim] description: 40 s elapsed`` every ``TORCHSLIM_PROGRESS_EVERY`` seconds from a background thread,
+    and the total on exit, so a log never sits silent through it."""
+    if not enabled():
+        yield
+        return
+    if mode() == "bar":
+        with Progress(description, None):
+            yield
+        return
+    start = time.perf_counter()
+    stop = threading.Event()
+    print(f"[torchslim] {description}", file=sys.stderr, flush=True)
+
+    def beat() -> None:
+        while not stop.wait(max(_interval(), 0.05)):
+            print(f"[torchslim] {description}: {_seconds(time.perf_counter() - start)} elapsed", file=sys.stderr,
+                  flush=True)
+
+    thread = threading.Thread(target=beat, name="torchslim-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    print(f"[torchslim] {description}: done in {_seconds(time.perf_counter() - start)}", file=sys.stderr, flush=True)
 
 
 def _len(items: Iterable) -> int | None:
