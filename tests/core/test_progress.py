@@ -96,3 +96,27 @@ def test_heartbeat_and_announce_are_silent_when_off(monkeypatch, capsys) -> None
     with P.heartbeat("work"):
         P.announce("quality of the model")
     assert capsys.readouterr().err == ""
+
+
+def test_a_stage_off_a_terminal_beats_on_its_console(monkeypatch) -> None:
+    """A command's stage (a model load, a compile) keeps printing on its own console in a log; a timed stage
+    (spinner=False) prints once and starts no thread."""
+    import io
+    import threading
+    import time
+
+    from rich.console import Console
+
+    monkeypatch.setenv("TORCHSLIM_PROGRESS", "auto")
+    monkeypatch.setenv("TORCHSLIM_PROGRESS_EVERY", "0.05")
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    with P.stage(console, "compiling the decode step"):
+        time.sleep(0.4)
+    lines = console.file.getvalue().splitlines()
+    assert lines[0] == "[torchslim] compiling the decode step"
+    assert sum("elapsed" in line for line in lines) >= 2 and "done in" in lines[-1]
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    with P.stage(console, "timing", spinner=False):
+        assert not any(t.name == "torchslim-heartbeat" for t in threading.enumerate())
+        time.sleep(0.2)
+    assert console.file.getvalue().splitlines() == ["[torchslim] timing"]

@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 MODES = ("auto", "bar", "lines", "off")
@@ -145,12 +145,16 @@ def announce(text: str) -> None:
         print(f"[torchslim] {text}", file=sys.stderr, flush=True)
 
 
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
-def heartbeat(description: str) -> Iterator[None]:
+def heartbeat(description: str, emit: Callable[[str], None] = _stderr) -> Iterator[None]:
     """Progress for one long call that reports no steps of its own (a trace, an export, one evaluation): on a
     terminal a spinner with the elapsed time; off a terminal ``[torchslim] description`` on entry, then
     ``[torchslim] description: 40 s elapsed`` every ``TORCHSLIM_PROGRESS_EVERY`` seconds from a background thread,
-    and the total on exit, so a log never sits silent through it."""
+    and the total on exit, so a log never sits silent through it. ``emit`` writes one line (default: stderr)."""
     if not enabled():
         yield
         return
@@ -160,12 +164,11 @@ def heartbeat(description: str) -> Iterator[None]:
         return
     start = time.perf_counter()
     stop = threading.Event()
-    print(f"[torchslim] {description}", file=sys.stderr, flush=True)
+    emit(f"[torchslim] {description}")
 
     def beat() -> None:
         while not stop.wait(max(_interval(), 0.05)):
-            print(f"[torchslim] {description}: {_seconds(time.perf_counter() - start)} elapsed", file=sys.stderr,
-                  flush=True)
+            emit(f"[torchslim] {description}: {_seconds(time.perf_counter() - start)} elapsed")
 
     thread = threading.Thread(target=beat, name="torchslim-heartbeat", daemon=True)
     thread.start()
@@ -174,7 +177,7 @@ def heartbeat(description: str) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-    print(f"[torchslim] {description}: done in {_seconds(time.perf_counter() - start)}", file=sys.stderr, flush=True)
+    emit(f"[torchslim] {description}: done in {_seconds(time.perf_counter() - start)}")
 
 
 def _len(items: Iterable) -> int | None:
@@ -192,15 +195,19 @@ def _label(item: object) -> str:
 
 def stage(console: Any, text: str, *, spinner: bool = True) -> Any:
     """A context manager saying what is being done while it runs, on ``console`` (a ``rich.console.Console``;
-    commands give one on stderr, so stdout keeps only their results): a spinner on a terminal, else ``text``
-    printed once on entry as ``[torchslim] text`` (rich's spinner prints nothing off a terminal, so a script or a log sat silent through
-    a model load). Timed stages pass ``spinner=False``: the spinner's refresh thread would compete with what is
-    timed. ``text`` is shown as written (never read as markup); ``console`` None shows nothing."""
+    commands give one on stderr, so stdout keeps only their results): a spinner on a terminal, else a
+    :func:`heartbeat` (``[torchslim] text`` on entry, every ``TORCHSLIM_PROGRESS_EVERY`` seconds while it runs, and
+    its time on success: rich's spinner prints nothing off a terminal, so a log sat silent through a model load or a
+    compile). Timed stages pass ``spinner=False`` (the line is printed once, no thread competes with what is timed),
+    as does everything when progress is off. ``text`` is shown as written (never read as markup); ``console`` None shows nothing."""
     if console is None:
         return contextlib.nullcontext()
     from rich.markup import escape
 
     if spinner and console.is_terminal:
         return console.status(escape(text))
+    if spinner and enabled():                   # a long load or compile keeps saying it is alive in a log
+        return heartbeat(text, lambda line: console.print(escape(line), soft_wrap=True, style="dim",
+                                                          highlight=False))
     console.print(escape("[torchslim] " + text), soft_wrap=True, style="dim", highlight=False)   # as progress lines
     return contextlib.nullcontext()

@@ -283,7 +283,7 @@ def _run(model: nn.Module, task: Task, spec: EvalSpec, shapes: list[tuple[int, i
             _timed_runs(runner, task, spec, shapes, device, report)
     if spec.measure_speed:               # a task that does not generate gets its note, not a stage line
         generates = task.supports_decode and spec.decode_tokens > 0 and report.speed is not None
-        with _stage(console, f"measuring decode speed ({spec.decode_tokens} tokens)") if generates else \
+        with _stage(console, f"measuring decode speed ({spec.decode_tokens} tokens)", spinner=False) if generates else \
                 contextlib.nullcontext():
             _decode(runner, task, spec, report)
     if spec.measure_quality:
