@@ -96,3 +96,13 @@ def test_the_table_path_can_be_named_and_commands_can_be_told_not_to_measure(tmp
     assert not kt.may_measure()
     monkeypatch.setenv("TORCHSLIM_MEASURE_KERNELS", "1")
     assert kt.may_measure()
+
+
+def test_a_noisier_measurement_does_not_replace_the_saved_table() -> None:
+    base = _table({1: 1.0, 8: 1.0, 64: 1.0}, {1: 1.0, 8: 1.0, 64: 1.0}, {1: 1.0, 8: 1.0, 64: 1.0})
+    quiet = {**base, "spread": {"1": 0.05, "8": 0.3, "64": 0.1}}
+    loaded = {**base, "spread": {"1": 0.9, "8": 0.8, "64": 0.1}}
+    assert kt.noisier(loaded, quiet)                 # 2 noisy row counts against 1: keep the saved table
+    assert not kt.noisier(quiet, loaded)             # better than what is saved: replace it
+    assert not kt.noisier(loaded, None)              # nothing saved yet: a noisy table beats none (and says so)
+    assert not kt.noisier({**base, "spread": {"1": 0.01}}, quiet)

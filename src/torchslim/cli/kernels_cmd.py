@@ -7,7 +7,8 @@ import typer
 
 def kernels_cmd(
     measure: bool = typer.Option(False, "--measure", help="Measure now (30 s on a quiet machine, minutes on a busy "
-                                                          "one), replacing any cached table."),
+                                                          "one), replacing the cached table unless the new timings "
+                                                          "are noisier than its own."),
 ) -> None:
     """Show (or measure) which kernel runs each packed format at each row count on this machine."""
     from rich.console import Console
@@ -20,8 +21,13 @@ def kernels_cmd(
     if measure:
         # a plain line, not a spinner: its refresh thread would compete with the timed calls
         console.print("[dim]timing packed kernels against fp32 at 1..4096 rows (interleaved)[/dim]")
-        path = kt.save(kt.measure())
-        console.print(f"saved {path}")
+        fresh, saved = kt.measure(), kt.load()
+        if kt.noisier(fresh, saved):
+            console.print(f"[yellow]warning:[/yellow] these timings were too noisy at {len(kt.noisy_rows(fresh))} of "
+                          f"{len(fresh['rows'])} row counts, the saved table at {len(kt.noisy_rows(saved))}: kept "
+                          f"the saved table ({kt.table_path()}); rerun on a quiet machine")
+        else:
+            console.print(f"saved {kt.save(fresh)}")
     table = kt.load()
     console.print(f"Machine: {machine_line()}")
     if table is None:

@@ -129,6 +129,12 @@ def noisy_rows(table: dict[str, Any], limit: float = NOISY_SPREAD) -> list[int]:
     return [int(r) for r, spread in (table.get("spread") or {}).items() if spread > limit]
 
 
+def noisier(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
+    """Whether a fresh measurement is less trustworthy than the saved table ``old`` (more of its row counts too
+    noisy): then the saved table is kept, so packed layers do not pick kernels from timings taken under load."""
+    return bool(noisy_rows(new)) and old is not None and len(noisy_rows(old)) < len(noisy_rows(new))
+
+
 def save(table: dict[str, Any], path: Path | None = None) -> Path:
     from torchslim.core.io import atomic_file
 
