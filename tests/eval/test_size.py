@@ -146,3 +146,26 @@ def test_pruning_keeps_the_parameter_count_of_every_sparse_layer():
     torchslim.prune_(m, UnstructuredConfig(sparsity=0.5))
     for _ in range(5):
         assert count_parameters(m)[0] == total
+
+
+def test_quantized_weights_count_non_zero_as_they_compute() -> None:
+    """Quantizing never adds non-zero weights: a packed layer's non-zero count is that of the weight it computes
+    with (SmolLM2 showed 134 M -> 135 M: exact float zeros counted, packed codes all taken for non-zero)."""
+    import torchslim
+    from torchslim import WeightOnlyConfig
+    from torchslim.quantization import IntFormat, PerChannel
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16, bias=False))
+    with torch.no_grad():
+        model[0].weight[:, :4] = 0.0          # exact zeros stay zero
+        model[0].weight[0, 4:] = 1e-6         # tiny, but row 0 has its own scale: kept non-zero
+        model[0].weight[1, 4:8] = 1e-6        # rounds to code 0 beside row 1's large weights
+    before = count_parameters(model)
+    assert before == (512, 512 - 64)
+    torchslim.quantize_(model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
+    total, nonzero = count_parameters(model)
+    assert total == 512
+    assert nonzero == int(torch.count_nonzero(model[0].dequantize())) <= 512 - 64 - 4
+    assert bool((model[0].dequantize()[0, 4:] != 0).all())
+    assert count_parameters(model, nonzero=False) == (512, None)

@@ -34,6 +34,19 @@ class _Packed:
     elements: int
     nonzero: int | None
     tensors: set[str]  # leaf names of the module's own state-dict entries
+    module: nn.Module | None = None
+
+    def count_nonzero(self) -> int:
+        """The declared non-zero count; else the non-zero entries of the weight the module computes with (its
+        ``dequantize()``: an int4 code that rounds to zero is a zero weight, as an exact zero of a float model
+        is); else every element."""
+        if self.nonzero is not None:
+            return self.nonzero
+        dequantize = getattr(self.module, "dequantize", None)
+        if self.elements and callable(dequantize):
+            with torch.no_grad():
+                return int(torch.count_nonzero(dequantize()).item())
+        return self.elements
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -70,7 +83,7 @@ def _packed_modules(model: nn.Module) -> dict[str, _Packed]:
         if keys and keys <= seen:
             elements, nz = 0, 0
         seen |= keys
-        out[name] = _Packed(elements, None if nz is None else int(nz), names)
+        out[name] = _Packed(elements, None if nz is None else int(nz), names, module)
     return out
 
 
@@ -112,19 +125,21 @@ def weight_storage(model: nn.Module) -> tuple[int, int]:
     return nbytes, elements
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(parameters, nonzero_parameters)``: logical counts, packed weights counted unpacked."""
+def count_parameters(model: nn.Module, nonzero: bool = True) -> tuple[int, int | None]:
+    """``(parameters, nonzero_parameters)``: logical counts, packed weights counted unpacked (their non-zero
+    count is that of the weight they compute with). ``nonzero=False`` skips that count (None)."""
     packed = _packed_modules(model)
     total = sum(p.elements for p in packed.values())
-    nonzero = sum(p.elements if p.nonzero is None else p.nonzero for p in packed.values())
+    nz = sum(p.count_nonzero() for p in packed.values()) if nonzero else 0
     for key, p in model.named_parameters():  # named_parameters() already skips tied duplicates
         prefix, leaf = _split(key)
         if prefix in packed and leaf in packed[prefix].tensors:
             continue
         total += p.numel()
-        with torch.no_grad():
-            nonzero += int(torch.count_nonzero(p.detach()).item()) if p.numel() else 0
-    return total, nonzero
+        if nonzero and p.numel():
+            with torch.no_grad():
+                nz += int(torch.count_nonzero(p.detach()).item())
+    return total, nz if nonzero else None
 
 
 def memory_bytes(model: nn.Module) -> int:

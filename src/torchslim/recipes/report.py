@@ -32,7 +32,7 @@ def quick_eval(model: nn.Module, task: Any, label: str) -> dict[str, Any]:
     state = state_of(model)
     _warn_collapse(state.history, metrics, task, label)
     state.add_entry("evaluate", label, None, seconds=t.seconds, metrics=metrics,
-                    touched={"params": count_parameters(model)[0], "memory_bytes": memory_bytes(model)})
+                    touched={"params": count_parameters(model, nonzero=False)[0], "memory_bytes": memory_bytes(model)})
     return metrics
 
 
@@ -76,7 +76,7 @@ def stage_row(index: int, stage: str, seconds: float, model: nn.Module, since: i
     metrics: dict[str, float] = {}
     for e in entries:
         metrics.update({k: v for k, v in e.metrics.items() if isinstance(v, (int, float))})
-    return StageRow(index, stage, seconds, changed, count_parameters(model)[0], memory_bytes(model), metrics)
+    return StageRow(index, stage, seconds, changed, count_parameters(model, nonzero=False)[0], memory_bytes(model), metrics)
 
 
 def interleaved_speed(models: dict[str, nn.Module], task: Any, shapes: list[tuple[int, int | None]], warmup: int,
