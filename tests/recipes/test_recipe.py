@@ -76,3 +76,16 @@ def test_stages_built_in_python():
     assert Recipe.from_dict(r.to_dict()).fingerprint() == r.fingerprint()
     with pytest.raises(ConfigError, match="no stages"):
         Recipe("empty", "", [])
+
+
+def test_a_written_recipe_is_the_short_form_and_reads_back_equal(tmp_path) -> None:
+    """`tune -o tuned.yaml` and Recipe.save write what `recipes show` prints and users edit (no _version/_data
+    wrappers), and reading it back gives the same recipe (same fingerprint) for every shipped one."""
+    from torchslim.recipes import Recipe, load_recipe, preset_names
+
+    for name in preset_names():
+        recipe = load_recipe(name)
+        recipe.save(tmp_path / f"{name}.yaml")
+        text = (tmp_path / f"{name}.yaml").read_text()
+        assert "_data" not in text and "_version: 1" not in text, name
+        assert Recipe.load(tmp_path / f"{name}.yaml").fingerprint() == recipe.fingerprint(), name

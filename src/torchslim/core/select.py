@@ -124,6 +124,17 @@ class Selector:
             "overrides": {_rule_to_str(k): encode(v) for k, v in self.overrides.items()},
         }
 
+    def to_short_dict(self) -> dict[str, Any]:
+        """The form recipe files use: empty ``exclude``/``overrides`` left out, override configs short."""
+        full = self.to_dict()
+        out: dict[str, Any] = {"include": full["include"]}
+        if full["exclude"]:
+            out["exclude"] = full["exclude"]
+        if self.overrides:
+            out["overrides"] = {_rule_to_str(k): v.to_short_dict() if hasattr(v, "to_short_dict") else full_v
+                                for (k, v), full_v in zip(self.overrides.items(), full["overrides"].values())}
+        return out
+
     @classmethod
     def from_dict(cls, d: Any) -> Selector:
         from torchslim.core.codec import shown

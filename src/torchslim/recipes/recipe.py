@@ -68,9 +68,12 @@ class Recipe:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_yaml(self) -> str:
+        """The recipe as a person edits it: each stage's config in its short form (``to_dict`` keeps the full,
+        versioned form that fingerprints a run)."""
         import yaml
 
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, width=110)
+        short = {**self.to_dict(), "stages": [s.to_short_dict() for s in self.stages]}
+        return yaml.safe_dump(short, sort_keys=False, width=110)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

@@ -84,6 +84,13 @@ class Stage:
     def to_dict(self) -> dict[str, Any]:
         return {self.kind: self.body()}
 
+    def short_body(self) -> Any:
+        """The body as a recipe file writes it: configs in their short form (fields that differ from defaults)."""
+        return self.body()
+
+    def to_short_dict(self) -> dict[str, Any]:
+        return {self.kind: self.short_body()}
+
 
 def stage_from_dict(d: Any, where: str) -> Stage:
     """A stage from ``{kind: body}``; errors name the stage (``stage 2 (prune): ...``)."""
@@ -159,6 +166,9 @@ class ApplyStage(Stage):
     def body(self) -> Any:
         return self.config.to_dict()
 
+    def short_body(self) -> Any:
+        return self.config.to_short_dict()
+
     @classmethod
     def from_body(cls, body: Any, where: str) -> Stage:
         raise NotImplementedError  # one subclass per verb (below) parses its key
@@ -200,6 +210,9 @@ class TrainStage(ApplyStage):
 
     def body(self) -> Any:
         return self.config.train.to_dict()["_data"]
+
+    def short_body(self) -> Any:
+        return {k: v for k, v in self.config.train.to_short_dict().items() if not k.startswith("_")}
 
     @classmethod
     def from_body(cls, body: Any, where: str) -> Stage:
