@@ -22,7 +22,7 @@ def report_cmd(
     from torchslim.report import write
 
     path = write(inputs, out, title)
-    Console().print("wrote " + escape(str(path)))
+    Console().print("wrote " + escape(str(path)), soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -68,7 +68,8 @@ def search_cmd(
     console = Console()
     console.print(escape(to_markdown(result)), soft_wrap=True)
     console.print("wrote " + ", ".join(escape(str(p)) for k, p in files.items() if not k.startswith("trial-"))
-                  + f" and {sum(k.startswith('trial-') for k in files)} recipe(s) in " + escape(str(out / "recipes")))
+                  + f" and {sum(k.startswith('trial-') for k in files)} recipe(s) in " + escape(str(out / "recipes")),
+                  soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

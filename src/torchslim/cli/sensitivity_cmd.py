@@ -52,7 +52,7 @@ def sensitivity_cmd(
     files = save(result, out)
     console = Console()
     console.print(escape(to_markdown(result, top=top)), soft_wrap=True)
-    console.print("wrote " + ", ".join(escape(str(p)) for p in files.values()))
+    console.print("wrote " + ", ".join(escape(str(p)) for p in files.values()), soft_wrap=True)   # paths unbroken
 
 
 def tune_cmd(
