@@ -24,6 +24,21 @@ def print_quality(console, quality: dict | None) -> None:
     better = "higher" if quality["higher_is_better"] else "lower"
     console.print(escape(f"quality: {quality['metric']} ({better} is better) model {a:.4g}, exported file {e:.4g} "
                          f"({change}read by {quality['reader']})"))
+def gguf_layer_summary(done: dict) -> str:
+    """``180 calibrated by GPTQ on their grid, 31 rounded to their grid (round-to-nearest), 0 float, 180 in
+    llama.cpp's fallback type``: what happened to each weight layer, in the words of what was done to it."""
+    calibrated = done["calibrated_layers"]
+    kept = done["exact_layers"] - calibrated                # packed layers whose codes were already on the grid
+    parts = [f"{calibrated} calibrated by GPTQ on their grid"] if calibrated else []
+    if kept or not calibrated:
+        parts.append(f"{kept} packed layers kept their codes")
+    parts.append(f"{done['rounded_layers']} rounded to their grid (round-to-nearest)")
+    parts.append(f"{done['float_layers']} float")
+    if done["fallback_layers"]:
+        parts.append(f"{done['fallback_layers']} in llama.cpp's fallback type")
+    return ", ".join(parts)
+
+
 export_app = typer.Typer(help="Export an artifact to another format.", no_args_is_help=True)
 
 
@@ -84,10 +99,7 @@ def export_gguf_cmd(
                        evaluate=evaluate)
     console = Console()
     console.print(escape(f"wrote {out}") + f" ({done['bytes'] / 2**20:.1f} MiB, {done['type']}): "
-                    f"{done['exact_layers']} layers kept their codes ({done['calibrated_layers']} calibrated now by "
-                    f"GPTQ), {done['rounded_layers']} rounded to the grid, {done['float_layers']} float"
-                    + (f", {done['fallback_layers']} in llama.cpp's fallback type" if done["fallback_layers"] else "")
-                    + "; " + escape(f"tokenizer {done['tokenizer']}"))
+                  + gguf_layer_summary(done) + "; " + escape(f"tokenizer {done['tokenizer']}"), soft_wrap=True)
     print_quality(console, done.get("quality"))
 
 
