@@ -108,6 +108,8 @@ def test_a_merge_that_drowns_in_the_grid_names_the_adapter_it_merged(caplog) -> 
     assert report["update_error"]["mean"] > 0.5
     warned = [r.getMessage() for r in caplog.records if "re-quantized" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("merging adapter 'mine' ") and "None" not in warned[0]
+    # the ratio reads as a ratio ("lost 122% of the update" read as more than all of it)
+    assert f"{report['update_error']['mean']:.2f}x the adapter's update" in warned[0] and "%" not in warned[0]
 
 
 def test_a_branch_follows_its_layer_when_the_layer_is_quantized_afterwards(tmp_path) -> None:

@@ -74,9 +74,10 @@ def merge_(model: nn.Module, adapter: str | None = None, *, keep: bool = False) 
     if errors:
         report["update_error"] = {"mean": sum(errors) / len(errors), "max": max(errors)}
         if report["update_error"]["mean"] > 0.5:
-            log.warning("merging adapter %s re-quantized %d layer(s) and lost %.0f%% of the update on average: "
-                        "the adapter is finer than the quantization grid; keep it as a branch (merge=False)",
-                        merged, counts["requantized"], 100 * report["update_error"]["mean"])
+            log.warning("merging adapter %s re-quantized %d layer(s): the rounding error is %.2fx the adapter's "
+                        "update on average (0 would be a perfect merge; 1 or more: the update drowned in the "
+                        "quantization grid); keep the adapter as a branch (skip merge_, or LoraConfig(merge=False))",
+                        merged, counts["requantized"], report["update_error"]["mean"])
     log.info("merged adapter %s into %s", merged, ", ".join(f"{v} {k}" for k, v in counts.items()))
     return report
 
