@@ -226,6 +226,6 @@ def _report(run: Factorizer, config: LowRankConfig, ctx: ApplyContext) -> None:
         slow = [n for n, d in made.items() if d.get("faster") is False]
         log.warning("LowRankConfig: %d of %d factorized layers are smaller, not faster (measured against dense at "
                     "conversion; e.g. %s)", len(slow), measured, slow[0])
-    elif not measured and made:
-        log.warning("LowRankConfig: speed not measured (measure_speed=False): %d layer(s) smaller, speed unknown",
-                    len(made))
+    elif not measured and made:                 # asked for (a scan's trials turn it off): not a problem to warn of
+        log.info("LowRankConfig: speed not measured (measure_speed=False): %d layer(s) smaller, speed unknown",
+                 len(made))
