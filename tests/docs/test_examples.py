@@ -86,3 +86,70 @@ def test_inline_calls_name_what_exists(doc, span):
         return
     for kw in node.keywords:
         assert kw.arg in params, f"{doc}: `{dotted}` has no parameter {kw.arg!r}"
+
+
+# what the prose's free names stand for when an inline example runs (on the tiny models)
+ENCODER_CALLS = ("prepare_fast_encoder",)
+TASK_NAMED = ("source_task",)                    # calls whose `name` is a labelled text task, not a model
+SLOW_INLINE: tuple[str, ...] = ()
+
+
+def _namespace(span: str, tmp_path: Path) -> dict:
+    import torchslim
+    import torchslim.eval
+    import torchslim.quantization
+    import torchslim.train
+
+    lm = torchslim.load_model("tiny-bert" if any(c in span for c in ENCODER_CALLS) else "tiny-llama")
+    ns = {name: getattr(mod, name) for mod in (torchslim.quantization, torchslim.eval, torchslim.train, torchslim)
+          for name in getattr(mod, "__all__", ())}
+    ns.update(torchslim=torchslim, model=lm.model, task=lm.task, tokenizer=lm.tokenizer,
+              name="pydoc" if any(c in span for c in TASK_NAMED) else lm.name,
+              path=tmp_path / "artifact",
+              w=torchslim.quantization.WeightOnlyConfig(format=torchslim.quantization.IntFormat(4),
+                                                        granularity=torchslim.quantization.PerGroup(32)))
+    return ns
+
+
+def _free_names(code: str) -> set[str] | None:
+    import ast
+    import builtins
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None                                  # prose that elides arguments (`...`, `runtime=`)
+    if any(isinstance(n, ast.Constant) and n.value is Ellipsis for n in ast.walk(tree)):
+        return None
+    stored = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} \
+        - stored - set(dir(builtins))
+
+
+KNOWN = {"torchslim", "model", "task", "tokenizer", "name", "path", "w"}
+
+
+def _runnable_inline() -> list:
+    out = []
+    for doc, span in _inline_calls():
+        code = " ".join(span.strip("`").split())
+        free = _free_names(code)
+        if free is None or not free <= KNOWN | {"EvalSpec", "AWQConfig", "GPTQConfig", "FinetuneConfig",
+                                               "TrainConfig", "LowRankConfig", "AttentionConfig", "EarlyExitConfig"}:
+            continue
+        marks = [pytest.mark.slow] if any(s in code for s in SLOW_INLINE) else []
+        out.append(pytest.param(doc, code, marks=marks))
+    return out
+
+
+def test_most_inline_examples_are_complete_enough_to_run() -> None:
+    # the ones left out elide arguments (`LowRankConfig(...)`) or name the user's own objects (`MyNet()`, `cfg`)
+    assert len(_runnable_inline()) >= 6
+
+
+@pytest.mark.parametrize("doc,code", _runnable_inline(), ids=lambda v: str(v)[:50])
+def test_inline_example_runs(doc, code, tmp_path, monkeypatch):
+    """An inline example whose arguments are all given runs as written, its names standing for the tiny models."""
+    ns = _namespace(code, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"{doc} (inline)", "exec"), ns)
