@@ -172,3 +172,18 @@ def test_str_says_what_was_not_measured() -> None:
 def test_repr_is_one_short_line(base: Report) -> None:
     assert repr(base) == ("Report(model='fp32', task='causal-lm', perplexity=12.0, size='3.81 MiB', "
                           "latency_ms={'1x128': 20.0})")
+
+
+def test_headers_fold_rather_than_end_in_an_ellipsis_at_80_columns() -> None:
+    """Five reports at 80 columns cut every header to 'smollm2-1…': which column was which could not be told."""
+    from rich.console import Console
+
+    names = [f"smollm2-135m-{kind}" for kind in ("fp32", "int4-gptq", "sparse50", "int8-rtn", "lowrank20")]
+    reports = [make_report(n, acc=12, disk=1, params=1, bpw=32, lat=40, flops=1, rss=1, joules=None) for n in names]
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    console.print(render_table(reports))
+    text = console.file.getvalue()
+    assert "…" not in text
+    lines = [line.split("┃")[1:-1] for line in text.split("┡")[0].splitlines() if line.startswith("┃")]
+    columns = ["".join(line[j].strip() for line in lines) for j in range(len(lines[0]))]   # each header, unfolded
+    assert columns[1:] == [names[0] + "(baseline)", *names[1:]]

@@ -69,7 +69,7 @@ def zoo_list(all_: bool = typer.Option(False, "--all", help="Also list tiny rand
 
     table = Table(title="torchslim zoo")
     for col in ("name", "task", "description"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for e in list_entries(include_test=all_):
         table.add_row(e.name, e.kind, e.summary + (" [test]" if e.test_only else ""))
     _console().print(table)

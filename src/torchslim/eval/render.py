@@ -216,9 +216,9 @@ def render_table(reports: list[Report], baseline_index: int = 0) -> Any:
     headers, rows, notes = table_rows(reports, baseline_index)
     headers = [escape(h) for h in headers]              # model labels are user text, never markup
     table = Table(title="torchslim evaluation", caption="\n".join(notes), caption_justify="left")
-    table.add_column("Metric", style="bold")
-    for h in headers:
-        table.add_column(h, justify="right")
+    table.add_column("Metric", style="bold", overflow="fold")
+    for h in headers:           # fold, never '…': five columns at 80 cut every header to 'smollm2-1…'
+        table.add_column(h, justify="right", overflow="fold")
     for label, cells in rows:
         table.add_row(escape(label), *map(escape, cells))
     return table
