@@ -22,7 +22,7 @@ from torchslim.core.modules import StandIn, register_module_format
 from torchslim.core.surgery import stacked_bias
 from torchslim.quantization import kernel_table
 from torchslim.quantization import kernels as K
-from torchslim.quantization import split_int8
+from torchslim.quantization import fused_int4, split_int8
 from torchslim.quantization.formats import Format, Granularity, IntFormat, PerGroup, PerTensor
 from torchslim.quantization.frozen_grad import frozen_linear
 from torchslim.quantization.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
@@ -50,6 +50,7 @@ class QuantLinear(StandIn, nn.Module):
     """Weight-quantized linear layer. Build with :meth:`from_qtensor`."""
 
     split_rows = split_int8.MAX_ROWS   # rows up to which an int8 layer switched to the split kernel uses it
+    fused_rows = fused_int4.MAX_ROWS   # rows up to which an int4 layer switched to the fused kernel uses it
 
     def __init__(self, in_features: int, out_features: int, bias: bool, fmt: Format, gran: Granularity,
                  n_groups: int, kernel: K.Kernel = K.Kernel.AUTO, config: BaseConfig | None = None,
@@ -81,6 +82,7 @@ class QuantLinear(StandIn, nn.Module):
         self.choice = K.choose(fmt, gran, in_features, "cpu", kernel)
         self._cache: dict[str, Any] = {}
         self._split: int | None = None   # split-activation int8 kernel's handle, set by the runtime (use_split_int8)
+        self._fused: dict[str, Any] | None = None   # fused int4 kernel's operands, set by the runtime (use_fused_int4)
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -178,7 +180,9 @@ class QuantLinear(StandIn, nn.Module):
         """``x2 @ W.T`` (2-D, no bias) by this layer's kernel, in ``x2``'s dtype: the packed kernel up to the
         rows the kernel table measured it faster here, else the dequantized bf16 matmul."""
         kernel = self.choice.kernel
-        if kernel is K.Kernel.DEQUANT:
+        if self._fused is not None and x2.shape[0] <= self.fused_rows and x2.device.type == "cpu":
+            y = self._fused_int4(x2, self._fused)
+        elif kernel is K.Kernel.DEQUANT:
             y = F.linear(x2, self.dequantize(x2.dtype))
         elif x2.shape[0] > self.rows_cut() or x2.device.type != "cpu":
             y = self.dense_matmul(x2)
@@ -197,10 +201,18 @@ class QuantLinear(StandIn, nn.Module):
             return split_int8.matmul_op(x2, self._split, self.out_features)
         if kernel is K.Kernel.INT8PACK_MM:
             return self._int8pack_mm(x2)
+        return self._int4pack_mm(x2)
+
+    def _int4pack_mm(self, x2: torch.Tensor) -> torch.Tensor:
         if self.padded_in != self.in_features:
             x2 = F.pad(x2, (0, self.padded_in - self.in_features))
         c = self._prepared()
         return K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])[:, : self.out_features]
+
+    def _fused_int4(self, x2: torch.Tensor, ops: dict[str, Any]) -> torch.Tensor:
+        if x2.dtype not in (torch.float32, torch.bfloat16):
+            x2 = x2.float()
+        return fused_int4.matmul(x2, ops)          # unpadded inputs: the kernel pads with zeros itself
 
     def _int8pack_mm(self, x2: torch.Tensor) -> torch.Tensor:
         c = self._prepared()
@@ -233,6 +245,36 @@ class QuantLinear(StandIn, nn.Module):
         handle = self._split
         return {"bf16": self._int8pack_mm, "split": lambda x2: split_int8.matmul_op(x2, handle, self.out_features)}
 
+    def can_fuse_int4(self) -> bool:
+        """Whether the fused int4 x int8 kernel (:mod:`~torchslim.quantization.fused_int4`) can run this layer
+        (int4 integer codes in groups of a multiple of 32, and the kernel built here)."""
+        return (self.choice.kernel in (K.Kernel.INT4PACK_MM, K.Kernel.DEQUANT) and isinstance(self.fmt, IntFormat)
+                and self.fmt.bits == 4 and isinstance(self.gran, PerGroup)
+                and fused_int4.supports(self.padded_in, self.gran.size) and fused_int4.available())
+
+    def use_fused_int4(self, on: bool = True) -> None:
+        """Run this int4 layer at up to ``fused_rows`` rows on the integer units, activations
+        quantized to int8 per block of 32 (as llama.cpp's Q4 kernels do; keeps a packed copy of the weight,
+        half a byte per weight), or stop doing so."""
+        self._fused = None
+        if not on:
+            return
+        if not self.can_fuse_int4():
+            raise ValueError(f"the fused int4 kernel needs int4 integer codes in groups of 32k: {self}")
+        signed_min = self.fmt.qmin if signed_codes(self.fmt) else None
+        self._fused = fused_int4.prepare(self.codes(), self.scale, self.offset, signed_min)
+
+    def fused_int4_candidates(self) -> dict[str, Any]:
+        """The two kernels this int4 layer can run at few rows, as ``x2 -> y`` callables for the runtime to time:
+        ``"bf16"`` (torch's int4 kernel, or the dequantized matmul of symmetric codes, which it does not take) and
+        ``"fused"`` (:meth:`use_fused_int4` first)."""
+        if self._fused is None:
+            raise ValueError(f"the fused int4 kernel is off on this layer (use_fused_int4 first): {self}")
+        ops = self._fused
+        other = self._int4pack_mm if self.choice.kernel is K.Kernel.INT4PACK_MM else \
+            (lambda x2: F.linear(x2, self.dequantize(x2.dtype)))
+        return {"bf16": other, "fused": lambda x2: self._fused_int4(x2, ops)}
+
     def __getstate__(self) -> dict[str, Any]:
         # a copy makes its own packed copy: a shared handle would die with whichever layer is collected first
         return {**self.__dict__, "_split": self._split is not None}
@@ -259,7 +301,7 @@ class QuantLinear(StandIn, nn.Module):
 
     def _apply(self, fn, recurse=True):  # .to()/.cuda(): drop derived kernel buffers
         split_int8.release(getattr(self, "_split", None))
-        self._cache, self._rows_cut, self._split = {}, None, None
+        self._cache, self._rows_cut, self._split, self._fused = {}, None, None, None
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:

@@ -28,13 +28,15 @@ def _is_norm(m: nn.Module) -> bool:
 
 
 def prepare_fast(model: nn.Module, dtype: torch.dtype = torch.bfloat16, fuse: bool = True,
-                 int8_units: bool = True) -> int:
+                 int8_units: bool = True, int4_units: bool = True) -> int:
     """Cast the weights of float layers (linear, embedding, norms) to ``dtype`` once; packed layers keep their
     storage and compute in ``dtype`` from their input. With ``fuse``, q/k/v and gate/up also run as one matmul
     each (float or packed alike: :func:`torchslim.runtime.fuse.fuse_shared_inputs`), where the architecture
     table knows the model. With ``int8_units``, int8 weight-only layers whose shape measures faster on the int8
     units with split activations use that kernel at decode (:func:`torchslim.runtime.int8_units.use_int8_units`;
-    as exact as the bf16 kernel). Returns how many layers were cast."""
+    as exact as the bf16 kernel). With ``int4_units``, int4 layers whose shape measures faster with the fused
+    int4 x int8 kernel use it at decode (:func:`torchslim.runtime.int8_units.use_int4_units`; activations
+    quantized per block of 32, as llama.cpp does). Returns how many layers were cast."""
     n = 0
     for m in model.modules():
         if type(m) in FLOAT_MODULES or _is_norm(m):
@@ -51,11 +53,11 @@ def prepare_fast(model: nn.Module, dtype: torch.dtype = torch.bfloat16, fuse: bo
 
         if arch_of(model) is not None:
             log.info("fast path: %s", fuse_shared_inputs(model).summary())
-    if int8_units:
-        from torchslim.runtime.int8_units import use_int8_units
+    from torchslim.runtime.int8_units import use_int4_units, use_int8_units
 
-        report = use_int8_units(model)
-        if report.switched or report.kept:
+    for on, use in ((int8_units, use_int8_units), (int4_units, use_int4_units)):
+        report = use(model) if on else None
+        if report is not None and (report.switched or report.kept):
             log.info("fast path: %s", report.summary())
     return n
 

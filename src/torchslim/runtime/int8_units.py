@@ -1,11 +1,17 @@
-"""Which int8 weight-only layers run on the int8 dot-product units, decided by measuring them here.
+"""Which packed layers run on the integer dot-product units at decode, decided by measuring them here.
 
-The split-activation kernel (:mod:`torchslim.quantization.split_int8`) multiplies int8 weights by activations
-split into two int8 passes, on the VNNI/AMX units, to about 2e-4 relative error (the bf16 kernel it replaces:
-about 2e-3). Whether it is faster depends on the CPU and the layer's shape: measured on SmolLM2's 49152 x 576
-head it ran 1.7-3.3x faster than ``_weight_int8pack_mm`` on an AMX Xeon, while some small layers run slower.
-So each layer shape is timed at one row (decode), both kernels interleaved, and a layer switches only where the
-split kernel is faster by ``min_gain``. The packed copy it needs costs one byte per weight in memory (not on disk).
+Two kernels multiply packed weights on the integer units (VNNI/AMX/AVX2) instead of converting them to bf16:
+
+* int8 weight-only layers: the split-activation kernel (:mod:`torchslim.quantization.split_int8`), activations
+  split into two int8 passes, to about 2e-4 relative error (the bf16 kernel it replaces: about 2e-3). Measured on
+  SmolLM2's 49152 x 576 head it ran 1.7-3.3x faster than ``_weight_int8pack_mm`` on an AMX Xeon.
+* int4 layers: the fused int4 x int8 kernel (:mod:`torchslim.quantization.fused_int4`), activations quantized to
+  int8 per block of 32 as llama.cpp's Q4 kernels do (measured about 1.4x ``_weight_int4pack_mm`` at one row on an
+  AMX Xeon; the perplexity it costs is in ``docs/results/speed_decode_profile.md``).
+
+Whether a kernel is faster depends on the CPU and the layer's shape, so each layer shape is timed at one row
+(decode), both kernels interleaved, and a layer switches only where the new kernel is faster by ``min_gain``.
+Layers are found by what they offer (duck typing), so the runtime imports no quantization code.
 """
 from __future__ import annotations
 
@@ -18,51 +24,83 @@ from torch import nn
 log = logging.getLogger("torchslim")
 
 
+@dataclass(frozen=True)
+class Units:
+    """How a layer offers one integer kernel: its method names, and the words a report uses."""
+
+    can: str
+    use: str
+    candidates: str
+    name: str              # the new kernel's key among the candidates (the old one is "bf16")
+    words: str             # "int8 layers run on the int8 units (split activations)"
+    max_rows: str          # the layer attribute or module constant bounding the rows it is used at
+
+
+INT8 = Units("can_split_int8", "use_split_int8", "split_int8_candidates", "split",
+             "int8 layers run on the int8 units (split activations)", "split_rows")
+INT4 = Units("can_fuse_int4", "use_fused_int4", "fused_int4_candidates", "fused",
+             "int4 layers run on the integer units (int8 activations per block of 32)", "")
+
+
 @dataclass
 class SplitReport:
     switched: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
-    speedups: dict[str, float] = field(default_factory=dict)    # "K->N" shape: bf16 kernel time / split time
+    speedups: dict[str, float] = field(default_factory=dict)    # "K->N" shape: bf16 kernel time / new kernel's
     max_rows: int = 0                                            # rows up to which switched layers use it
+    words: str = INT8.words
+    kind: str = "int8"
 
     def summary(self) -> str:
         n = len(self.switched) + len(self.kept)
         if not n:
-            return "no int8 weight-only layers"
+            return f"no {self.kind} layers the integer kernel can run"
         shapes = ", ".join(f"{s} {r:.2f}x" for s, r in self.speedups.items())
-        rows = f" at <= {self.max_rows} rows" if self.switched else ""
-        return (f"{len(self.switched)} of {n} int8 layers run on the int8 units{rows} (split activations; "
-                f"measured at 1 row, bf16 kernel time / split: {shapes})")
+        rows = f" at <= {self.max_rows} rows" if self.switched and self.max_rows else ""
+        return (f"{len(self.switched)} of {n} {self.words}{rows} (measured at 1 row, bf16 kernel time / "
+                f"integer kernel's: {shapes})")
 
 
-def _speedup(layer: nn.Module, reps: int) -> float:
-    """The bf16 kernel's median time over the split kernel's on this layer at one row (both interleaved)."""
+def _speedup(layer: nn.Module, units: Units, reps: int) -> float:
+    """The bf16 kernel's median time over the integer kernel's on this layer at one row (both interleaved)."""
     from torchslim.runtime.timing import measure_interleaved
 
     x = torch.randn(1, layer.in_features, dtype=torch.bfloat16)
-    fns = {k: (lambda fn=fn: fn(x)) for k, fn in layer.split_int8_candidates().items()}
+    fns = {k: (lambda fn=fn: fn(x)) for k, fn in getattr(layer, units.candidates)().items()}
     with torch.inference_mode():
         stats = measure_interleaved(fns, warmup=2, iters=reps)
-    return stats["bf16"].median_ms / max(stats["split"].median_ms, 1e-9)
+    return stats["bf16"].median_ms / max(stats[units.name].median_ms, 1e-9)
+
+
+def use_units(model: nn.Module, units: Units, min_gain: float = 1.1, reps: int = 9,
+              max_rows: int = 0) -> SplitReport:
+    """Switch every layer of ``model`` that offers ``units`` and whose shape measures ``min_gain`` times faster
+    with it at one row (one timing per distinct shape); the others keep their kernel."""
+    report = SplitReport(words=units.words, kind="int8" if units is INT8 else "int4")
+    for name, m in model.named_modules():
+        can = getattr(m, units.can, None)
+        if not (callable(can) and can()):
+            continue
+        shape = f"{m.in_features}->{m.out_features}"
+        getattr(m, units.use)(True)            # the packed copy the timing uses, kept if the kernel wins
+        if shape not in report.speedups:
+            report.speedups[shape] = _speedup(m, units, reps)
+        if report.speedups[shape] >= min_gain:
+            report.switched.append(name)
+            rows = getattr(m, units.max_rows, max_rows) if units.max_rows else max_rows
+            report.max_rows = max(report.max_rows, rows)
+        else:
+            getattr(m, units.use)(False)
+            report.kept.append(name)
+    return report
 
 
 def use_int8_units(model: nn.Module, min_gain: float = 1.1, reps: int = 9) -> SplitReport:
-    """Switch every int8 weight-only layer of ``model`` whose shape measures ``min_gain`` times faster with the
-    split-activation kernel at one row (one timing per distinct shape); the others keep the bf16 kernel.
-    Layers are found by what they offer (``can_split_int8``), so the runtime needs no quantization import."""
-    report = SplitReport()
-    for name, m in model.named_modules():
-        if not (callable(getattr(m, "can_split_int8", None)) and m.can_split_int8()):
-            continue
-        shape = f"{m.in_features}->{m.out_features}"
-        m.use_split_int8(True)                 # the packed copy the timing uses, kept if the kernel wins
-        if shape not in report.speedups:
-            report.speedups[shape] = _speedup(m, reps)
-        fast = report.speedups[shape] >= min_gain
-        if fast:
-            report.switched.append(name)
-            report.max_rows = max(report.max_rows, m.split_rows)
-        else:
-            m.use_split_int8(False)
-            report.kept.append(name)
-    return report
+    """Int8 weight-only layers on the split-activation kernel where it measures ``min_gain`` times faster."""
+    return use_units(model, INT8, min_gain, reps)
+
+
+def use_int4_units(model: nn.Module, min_gain: float = 1.1, reps: int = 9, max_rows: int = 8) -> SplitReport:
+    """Int4 layers on the fused int4 x int8 kernel where it measures ``min_gain`` times faster (``max_rows``: the
+    kernel's row bound, for the report)."""
+    return use_units(model, INT4, min_gain, reps, max_rows)

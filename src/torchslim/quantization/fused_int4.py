@@ -1,0 +1,123 @@
+"""Fused int4 x int8 kernel for few rows (decode): the weight's 4-bit codes multiplied on the integer units.
+
+``torch.ops.aten._weight_int4pack_mm`` converts every weight to bf16 and multiplies in floating point, at about
+6 GB/s of weight per thread here: compute-bound, a third of llama.cpp's Q4_0 decode. This kernel
+(``csrc/int4_gemv.cpp``) does what llama.cpp does: the activation is quantized to int8 per block of 32 inputs
+(``max|x| / 127``), and 32 weight codes at a time are multiplied with it by one integer dot-product instruction
+(AVX512-VNNI ``vpdpbusd``; AVX2 ``vpmaddubsw``; plain C++ elsewhere, chosen at run time). The offset of
+asymmetric codes multiplies the exact float sum of the activation over its group.
+
+It is a C++ extension built on first use with the C++ compiler torch's own extensions use (about 30 s, once per
+machine and torch version; cached under ``$TORCHSLIM_CACHE/cpp``). Without a compiler, or with
+``TORCHSLIM_CPP_KERNELS=0``, :func:`available` is False and layers keep their other kernels. Pure kernel math:
+which layers use it is the runtime's decision, measured (``torchslim.runtime.int4_units``).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("torchslim")
+
+SOURCE = Path(__file__).with_name("csrc") / "int4_gemv.cpp"
+BLOCK = 32           # inputs per activation block and per 16 packed weight bytes
+MAX_ROWS = 8         # rows up to which a layer with the kernel uses it (decode of a few sequences)
+LEVELS = {0: "plain C++", 1: "AVX2", 2: "AVX512-VNNI"}
+_STATE: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def _build_dir() -> Path:
+    tag = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    root = Path(os.environ.get("TORCHSLIM_CACHE") or Path.home() / ".cache" / "torchslim").expanduser()
+    return root / "cpp" / f"int4_gemv-{tag}"
+
+
+def available() -> bool:
+    """Whether the kernel is built and loaded here (building it now, once, if it was not)."""
+    if os.environ.get("TORCHSLIM_CPP_KERNELS", "1") == "0":
+        return False
+    with _LOCK:
+        if "ok" not in _STATE:
+            _STATE["ok"] = _load()
+    return _STATE["ok"]
+
+
+def _load() -> bool:
+    from torch.utils.cpp_extension import load
+
+    folder = _build_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        from torchslim.core.progress import heartbeat
+
+        built = any(folder.glob("*.so"))
+        with heartbeat("building the fused int4 kernel (C++, once per machine)") if not built else _null():
+            load(name="torchslim_int4_gemv", sources=[str(SOURCE)], build_directory=str(folder),
+                 extra_cflags=["-O3"], is_python_module=False, verbose=False)
+    except Exception as e:               # no compiler, no ninja, a failed build: the other kernels stay
+        log.warning("the fused int4 kernel is unavailable here (%s); int4 layers keep torch's kernels",
+                    (str(e).strip().splitlines() or [type(e).__name__])[-1][:200])
+        return False
+    _register_fake()
+    return True
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _register_fake() -> None:
+    @torch.library.register_fake("torchslim_cpu::int4_gemv")
+    def _(x, packed, scale, offset, group, level):
+        return x.new_empty(x.shape[0], packed.shape[0])
+
+
+def level() -> int:
+    """The instruction set the kernel uses on this CPU: 2 AVX512-VNNI, 1 AVX2, 0 plain C++."""
+    return int(torch.ops.torchslim_cpu.int4_gemv_level())
+
+
+def supports(in_features: int, group: int) -> bool:
+    """Whether a layer of ``in_features`` (padded) inputs in groups of ``group`` fits the kernel's blocks."""
+    return group % BLOCK == 0 and in_features % group == 0
+
+
+def pack(codes: torch.Tensor) -> torch.Tensor:
+    """Unsigned 4-bit codes ``[N, K]`` (0..15) as ``[N, K / 2]`` bytes: per block of 32 inputs, byte ``j``
+    holds input ``j`` in its low nibble and input ``j + 16`` in its high nibble."""
+    n, k = codes.shape
+    u = codes.to(torch.uint8).reshape(n, k // BLOCK, 2, BLOCK // 2)
+    return (u[:, :, 0] | (u[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+
+
+def prepare(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, signed_min: int | None,
+            ) -> dict[str, Any]:
+    """The kernel's operands from a layer's codes ``[N, K]``, per-group ``scale``/``offset`` ``[N, G]``:
+    signed codes (``signed_min``, e.g. -8) are shifted to unsigned and the shift folded into the offset."""
+    scale = scale.float().contiguous()
+    if signed_min is not None:
+        codes = codes.to(torch.int16) - signed_min
+        shift = scale * float(signed_min)
+        offset = shift if offset is None else offset.float() + shift
+    return {"packed": pack(codes), "scale": scale, "offset": None if offset is None else offset.float().contiguous(),
+            "group": codes.shape[1] // scale.shape[1]}
+
+
+def matmul(x2: torch.Tensor, ops: dict[str, Any], use_level: int = -1) -> torch.Tensor:
+    """``x2 @ W.T`` in ``x2``'s dtype (float32 or bfloat16) for a 2-D ``x2`` of any rows, whose inputs may stop
+    short of the weight's padded width (the rest are zeros). Each row's result depends on that row only, so a
+    long input computes what decoding it row by row would. ``use_level``: force a lower instruction set (tests);
+    -1 the best here."""
+    return torch.ops.torchslim_cpu.int4_gemv(x2, ops["packed"], ops["scale"], ops["offset"], ops["group"],
+                                             use_level)
