@@ -1,5 +1,6 @@
 """Where one decode step of SmolLM2-135M spends its time: weight matmuls, attention, the other kernels, framework
-overhead and sampling, eager and compiled, before and after the split-activation int8 kernel.
+overhead and sampling, eager and compiled, before and after the split-activation int8 kernel and the fused int4 x
+int8 kernel (``prepare_fast`` switches the int4 layer shapes it measures 1.1x faster).
 
 Each variant decodes on a static KV cache; the step time is the median over rounds of 16 unprofiled steps,
 variants interleaved. Then ``torch.profiler`` records 16 more steps and each op's own CPU time is put in a
@@ -33,7 +34,7 @@ from torchslim.runtime import FastDecoder, prepare_fast  # noqa: E402
 warnings.filterwarnings("ignore")
 OUT = ROOT / "docs/results/speed_decode_profile.md"
 STEPS = 16
-MATMUL = ("_weight_int4pack_mm", "_weight_int8pack_mm", "split_int8_mm", "linear_dynamic", "aten::mm", "aten::addmm",
+MATMUL = ("_weight_int4pack_mm", "_weight_int8pack_mm", "split_int8_mm", "int4_gemv", "linear_dynamic", "aten::mm", "aten::addmm",
           "aten::bmm", "aten::_int_mm", "mkldnn", "onednn")
 ATTENTION = ("scaled_dot_product", "flash_attention")
 FRAMEWORK = ("Dynamo", "Torch-Compiled Region", "AOTDispatcher", "Pregraph", "CompiledFunction")
@@ -107,9 +108,10 @@ def models(fp32: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, bool]]:
     head = WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel())
     torchslim.quantize_(int4, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(128),
                                                selector=torchslim.Selector(overrides={"lm_head": head})))
-    before = copy.deepcopy(int4)
-    prepare_fast(before, int8_units=False)
-    prepare_fast(int4)
+    before, fused = copy.deepcopy(int4), copy.deepcopy(int4)
+    prepare_fast(before, int8_units=False, int4_units=False)
+    prepare_fast(int4, int4_units=False)
+    prepare_fast(fused)                   # and int4 layers on the fused int4 x int8 kernel where measured faster
     bf16 = copy.deepcopy(fp32)
     prepare_fast(bf16)
     out = {}
@@ -117,6 +119,7 @@ def models(fp32: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, bool]]:
         tag = "compiled" if compile else "eager"
         out[f"int4 g128, {tag}, int8 head on the bf16 kernel (before)"] = (before, compile)
         out[f"int4 g128, {tag}, int8 head split on the int8 units"] = (int4, compile)
+        out[f"int4 g128, {tag}, int8 head split, int4 body on the fused kernel"] = (fused, compile)
         out[f"bf16, {tag}"] = (bf16, compile)
     return out
 
@@ -156,7 +159,8 @@ def main() -> None:
                 "(the profiler's own step time is shown). Regenerate: `python benchmarks/speed/decode_profile.py`.",
                 COLUMNS, rows,
                 [f"threads: {torch.get_num_threads()}; {lock_note}",
-                 "weight matmuls: the packed int4/int8 kernels, the split int8 kernel (its activation split included), "
+                 "weight matmuls: the packed int4/int8 kernels, the split int8 and fused int4 kernels (their "
+                 "activation quantization included), "
                  "dense mm; attention: the SDPA kernel over the static cache; other kernels: norms, rotary, residuals "
                  "(in a compiled step, the generated C++ kernels); framework: Python, dispatch, Dynamo's guards, the "
                  "compiled wrapper, and the step time no op accounts for",
