@@ -253,9 +253,9 @@ class QuantLinear(StandIn, nn.Module):
                 and fused_int4.supports(self.padded_in, self.gran.size) and fused_int4.available())
 
     def use_fused_int4(self, on: bool = True) -> None:
-        """Run this int4 layer at up to ``fused_rows`` rows on the integer units, activations
-        quantized to int8 per block of 32 (as llama.cpp's Q4 kernels do; keeps a packed copy of the weight,
-        half a byte per weight), or stop doing so."""
+        """Run this int4 layer at up to ``fused_rows`` rows on the integer units, activations quantized per
+        block of 32 in two int8 parts (about 15 bits; keeps a packed copy of the weight, half a byte per weight),
+        or stop doing so."""
         self._fused = None
         if not on:
             return

@@ -5,9 +5,9 @@ Two kernels multiply packed weights on the integer units (VNNI/AMX/AVX2) instead
 * int8 weight-only layers: the split-activation kernel (:mod:`torchslim.quantization.split_int8`), activations
   split into two int8 passes, to about 2e-4 relative error (the bf16 kernel it replaces: about 2e-3). Measured on
   SmolLM2's 49152 x 576 head it ran 1.7-3.3x faster than ``_weight_int8pack_mm`` on an AMX Xeon.
-* int4 layers: the fused int4 x int8 kernel (:mod:`torchslim.quantization.fused_int4`), activations quantized to
-  int8 per block of 32 as llama.cpp's Q4 kernels do (measured about 1.4x ``_weight_int4pack_mm`` at one row on an
-  AMX Xeon; the perplexity it costs is in ``docs/results/speed_decode_profile.md``).
+* int4 layers: the fused int4 x int8 kernel (:mod:`torchslim.quantization.fused_int4`), activations quantized per
+  block of 32 in two int8 parts (about 15 bits; measured 1.0-1.2x ``_weight_int4pack_mm`` at one row on an AMX
+  Xeon, and 18x the dequantized path of symmetric int4, which torch has no kernel for).
 
 Whether a kernel is faster depends on the CPU and the layer's shape, so each layer shape is timed at one row
 (decode), both kernels interleaved, and a layer switches only where the new kernel is faster by ``min_gain``.
@@ -39,7 +39,7 @@ class Units:
 INT8 = Units("can_split_int8", "use_split_int8", "split_int8_candidates", "split",
              "int8 layers run on the int8 units (split activations)", "split_rows")
 INT4 = Units("can_fuse_int4", "use_fused_int4", "fused_int4_candidates", "fused",
-             "int4 layers run on the integer units (int8 activations per block of 32)", "")
+             "int4 layers run on the integer units (activations in two int8 parts per block of 32)", "")
 
 
 @dataclass
