@@ -33,7 +33,10 @@ def part_checks(model: str, part: dict, metrics: list[str]) -> list[Check]:
     need = search["config"]["_data"].get("min_speedup")
     label = f"{model} {part['label']}".strip()
     wins = {m: searched[m] - uniform[m] for m in metrics}
-    figs = "; ".join(f"{m}: searched {searched[m]:.4f}, uniform {uniform[m]:.4f} ({wins[m]:+.4f})" for m in metrics)
+    seeds = part["facts"].get("seeds", 1)
+    figs = "; ".join(f"{m}: searched {searched[m]:.4f}, uniform {uniform[m]:.4f} ({wins[m]:+.4f})" for m in metrics) \
+        + f" (means over {seeds} recovery seed(s); per seed, searched {searched.get(metrics[0] + ' per seed', '')}, " \
+        f"uniform {uniform.get(metrics[0] + ' per seed', '')})"
     speeds = f"final interleaved timing: searched {searched['speed-up']}, uniform {uniform['speed-up']} " \
              f"({uniform['name'].split(',')[0]})"
     rho = search["proxy_spearman"]
