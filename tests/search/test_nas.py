@@ -116,6 +116,8 @@ def test_the_returned_architecture_meets_the_latency_constraint(llama4, tmp_path
     assert r.best is not None and r.best.feasible and r.best.speedup >= 1.15
     assert r.best.quality is not None and all(t.feasible for t in r.trials if t.quality is not None)
     assert r.model is not None and sum(p.numel() for p in r.model.parameters()) == r.best.params
+    assert r.best.quality == min(t.quality for t in r.trials if t.quality is not None)      # perplexity: lower
+    assert llama4.task.evaluate(r.model)["perplexity"] == pytest.approx(r.best.quality)    # the recovered model
     assert len(r.trials) == 8 and r.trials[0].origin == "uniform"
     md = to_markdown(r)
     assert f"| {r.best.number} (chosen) |" in md and ">= 1.15x at 1x32" in md

@@ -247,18 +247,20 @@ def nas(model: nn.Module, task: Any, config: NASConfig | None = None, *, teacher
                              n_samples=config.n_importance_samples, importance=config.importance)
     trials, base_ms = measure_candidates(model, task, space, scores, config)
     chosen = to_recover(trials, config) if config.recover is not None else []
-    models: dict[int, nn.Module] = {}
+    kept: dict[int, nn.Module] = {}                  # only the best recovered model so far (memory)
+    sign = 1.0 if task.higher_is_better else -1.0
     with Progress("NAS: recovering candidates", total=len(chosen)) as bar:
         for t in chosen:
             m = recover(quiet_build(model, space, t.shape, scores), teacher or model, task, config.recover)
-            t.quality, models[t.number] = quality(m, task), m
+            t.quality = quality(m, task)
+            if not kept or sign * t.quality > sign * next(c.quality for c in chosen if c.number in kept):
+                kept = {t.number: m}                 # ties keep the first, as _pick does
             bar.update(note=f"{task.metric} {t.quality:.4g}")
     best = _pick(trials, chosen, task)
     rho = None
-    if len(chosen) >= 3:
-        sign = -1.0 if task.higher_is_better else 1.0      # a low proxy should mean good quality
-        rho = _spearman(torch.tensor([sign * t.proxy for t in chosen]), torch.tensor([t.quality for t in chosen]))
-    out = models.get(best.number) if best else None
+    if len(chosen) >= 3:                                   # a low proxy should mean good quality
+        rho = _spearman(torch.tensor([-sign * t.proxy for t in chosen]), torch.tensor([t.quality for t in chosen]))
+    out = kept.get(best.number) if best else None
     if best is not None and out is None:
         out = quiet_build(model, space, best.shape, scores)
     return NASResult(out, best.shape if best else None, best, trials, task.metric, task.higher_is_better,
