@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training bench-runtimes bench-scale install-runtimes llama-cpp clean
+.PHONY: install chromium install-bench demo test test-slow test-all bench bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training bench-nas bench-runtimes bench-scale install-runtimes llama-cpp clean
 
 $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -130,6 +130,13 @@ bench-sparse-training: install-bench
 	nice -n 10 $(BIN)/python benchmarks/sparse_training/tiny_llama.py
 	$(BIN)/python benchmarks/sparse_training/targets.py
 
+# Compact-architecture search (issue 25): searched sub-networks against uniform structured pruning at the same
+# measured latency constraint, after the same recovery; one core, one thread (latencies are timed on this machine)
+bench-nas: install-bench
+	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/python benchmarks/nas/digits.py
+	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/python benchmarks/nas/minilm.py
+	$(BIN)/python benchmarks/nas/targets.py
+
 # Several runtimes, one harness (issue 25): MiniLM int8 in torch / ONNX Runtime / OpenVINO and SmolLM2 int4 in torch /
 # llama.cpp through llama-cpp-python (built from source here: 5-15 min once); the scripts take the shared
 # benchmark lock around their timed loops (quality is computed outside it); then the target check.
@@ -141,7 +148,7 @@ bench-runtimes: install-runtimes
 	$(BIN)/python benchmarks/runtimes/smollm2.py
 	$(BIN)/python benchmarks/runtimes/targets.py
 
-bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training bench-runtimes
+bench: bench-quant bench-prune bench-recipes bench-recovery bench-speed bench-lowrank bench-peft bench-search bench-attention bench-early-exit bench-sparse-training bench-nas bench-runtimes
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from torchslim.cli.main import main
 from torchslim.search.report import save
+from tests.cli.conftest import run_verb, short_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,21 +22,12 @@ def scan_file(tmp_path_factory):
 
 
 def _run(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        main(["search", *map(str, args)])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
-
-def _short_text(tmp_path):
-    text = tmp_path / "short.txt"                      # a few windows per evaluation: the search is under test
-    text.write_text(" ".join(f"word{i % 97} and the license says {i}" for i in range(400)))
-    return ["--eval-data", str(text), "--calib-data", str(text)]
+    return run_verb(capsys, "search", *args)
 
 
 def test_search_writes_the_front_its_recipes_and_a_study_that_continues(scan_file, tmp_path, capsys):
     out = tmp_path / "s"
-    data = _short_text(tmp_path)
+    data = short_text(tmp_path)
     code, stdout, err = _run(capsys, "tiny-llama", "--scan", scan_file, "-o", out, "-n", "3", "--no-latency", *data)
     assert code == 0, err
     doc = json.loads((out / "front.json").read_text())
@@ -63,7 +54,7 @@ def test_bad_input_is_one_error_line(scan_file, tmp_path, capsys, args, words):
 def test_two_processes_share_one_study_with_no_lost_or_duplicated_trial(scan_file, tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     cmd = [sys.executable, "-m", "torchslim.cli.main", "search", "tiny-llama", "--scan", str(scan_file), "--no-latency",
-           "-n", "4", "--storage", url, "--study", "shared", *_short_text(tmp_path)]
+           "-n", "4", "--storage", url, "--study", "shared", *short_text(tmp_path)]
     procs = [subprocess.Popen(cmd + ["-o", str(tmp_path / f"p{i}"), "--seed", str(i)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for p in procs:

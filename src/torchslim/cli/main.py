@@ -40,7 +40,7 @@ app.add_typer(zoo_app, name="zoo")
 
 
 def _register_commands() -> None:
-    from torchslim.cli import (compare_cmd, config_cmd, export_cmd, generate_cmd, kernels_cmd, recipes_cmd,
+    from torchslim.cli import (compare_cmd, config_cmd, export_cmd, generate_cmd, kernels_cmd, nas_cmd, recipes_cmd,
                                report_cmd, search_cmd, sensitivity_cmd)
 
     recipes_cmd.register(app)
@@ -50,6 +50,7 @@ def _register_commands() -> None:
     generate_cmd.register(app)
     sensitivity_cmd.register(app)
     search_cmd.register(app)
+    nas_cmd.register(app)
     compare_cmd.register(app)
     report_cmd.register(app)
 

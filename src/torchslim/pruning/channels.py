@@ -145,14 +145,20 @@ def prune_channels_(model: nn.Module, config: StructuredConfig, example_inputs: 
                    for g, ok in zip(groups, selectable)]
     keeps = choose_channels(groups, group_score, config)
     before = count_params(model)
-    for name, removed in removals(groups, keeps).items():
-        replace_module(model, name, shrink_module(get_module(model, name), removed))
-        record_resized(model, name)
+    slice_groups_(model, groups, keeps)
     _check_forward(model, args)
     return {"params_before": before, "params_after": count_params(model),
             "groups": [{"producers": list(g.producers), "size": g.size,
                         "kept": g.size if k is None else int(k.numel()), "prunable": k is not None}
                        for g, k in zip(groups, keeps)]}
+
+
+def slice_groups_(model: nn.Module, groups: list[ChannelGroup], keeps: list[torch.Tensor | None]) -> None:
+    """Replace every module the kept channels ``keeps`` (per group; ``None`` keeps all) touch by its smaller
+    copy, recorded so artifacts rebuild it on load."""
+    for name, removed in removals(groups, keeps).items():
+        replace_module(model, name, shrink_module(get_module(model, name), removed))
+        record_resized(model, name)
 
 
 def count_params(model: nn.Module) -> int:

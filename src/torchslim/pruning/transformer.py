@@ -188,6 +188,18 @@ def prune_heads_(model: nn.Module, spec: ArchSpec, info: BlockInfo, q_parts: lis
     return len(kept_q)
 
 
+def prune_scored_heads_(model: nn.Module, spec: ArchSpec, info: BlockInfo, config: StructuredConfig,
+                        grads: dict | None, norms: dict | None, kv_keep: int, q_per_keep: int) -> int:
+    """Score one block's query heads (their own parts plus their key/value group's, shared by the group's heads)
+    and keep ``kv_keep`` groups of ``q_per_keep`` heads; returns the number of query heads kept."""
+    q_parts, kv_parts = head_parts(model, spec, info)
+    hs = part_scores(model, q_parts, config, grads, norms)
+    if kv_parts:
+        per = info.heads // info.kv_heads
+        hs = hs + part_scores(model, kv_parts, config, grads, norms).repeat_interleave(per) / per
+    return prune_heads_(model, spec, info, q_parts, kv_parts, hs, kv_keep, q_per_keep)
+
+
 def _slice_heads(model: nn.Module, q_parts: list[Part], kv_parts: list[Part], kept_q: torch.Tensor,
                  groups: torch.Tensor) -> None:
     """Kept query heads of the q parts, kept groups of the k/v parts; a fused [q; k; v] layer is sliced once,
@@ -239,13 +251,8 @@ def prune_blocks_mlp_attn(model: nn.Module, spec: ArchSpec, blocks: list[tuple[s
     if heads:
         kept = []
         for i in infos:
-            q_parts, kv_parts = head_parts(model, spec, i)
-            hs = part_scores(model, q_parts, config, grads, norms)
-            if kv_parts:
-                hs = hs + part_scores(model, kv_parts, config, grads, norms).repeat_interleave(
-                    i.heads // i.kv_heads) / (i.heads // i.kv_heads)
             kv_keep, q_per = head_plan(i, config.ratio, config.min_keep)
-            kept.append(prune_heads_(model, spec, i, q_parts, kv_parts, hs, kv_keep, q_per))
+            kept.append(prune_scored_heads_(model, spec, i, config, grads, norms, kv_keep, q_per))
         if all(k == i.heads for k, i in zip(kept, infos)) and config.ratio > 0:
             log.warning("heads: a ratio of %g keeps every head (%d per block, in groups of %d): nothing removed",
                         config.ratio, infos[0].heads, infos[0].heads // infos[0].kv_heads)

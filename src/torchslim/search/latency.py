@@ -96,7 +96,8 @@ def _call(module: nn.Module, args: tuple) -> Any:
     return f
 
 
-def _end_to_end(models: dict[str, nn.Module], task: Any, shape: tuple[int, int | None], iters: int) -> dict[str, float]:
+def end_to_end(models: dict[str, nn.Module], task: Any, shape: tuple[int, int | None], iters: int) -> dict[str, float]:
+    """Median milliseconds of one forward of each model at ``shape``, the models timed interleaved."""
     from torchslim.eval.speed import forward_fn
 
     inputs = task.example_inputs(shape[0], shape[1])
@@ -131,7 +132,7 @@ def fit(model: nn.Module, task: Any, actions: Sequence[Action], layers: Sequence
                 fns[k] = _call(m.get_submodule(n), capture[n])
         stats = measure_interleaved(fns, 2, iters)
         layer_ms[n] = {k: s.median_ms for k, s in stats.items()}
-    base = _end_to_end({KEEP: model}, task, shape, iters)[KEEP]
+    base = end_to_end({KEEP: model}, task, shape, iters)[KEEP]
     return LatencyModel(tuple(shape), base, layer_ms, machine_facts())
 
 
@@ -197,7 +198,7 @@ def check(lm: LatencyModel, model: nn.Module, task: Any, mixes: Sequence[tuple[n
     interleaved with the uncompressed one, and compare with the model's prediction scaled to this session's
     measured baseline (so drift of the machine between fitting and checking is not counted as model error)."""
     models = {"base": model, **{f"mix{i}": m for i, (m, _) in enumerate(mixes)}}
-    measured = _end_to_end(models, task, lm.shape, iters)
+    measured = end_to_end(models, task, lm.shape, iters)
     scale = measured["base"] / lm.base_ms
     return Check([lm.predict(layers) * scale for _, layers in mixes],
                  [measured[f"mix{i}"] for i in range(len(mixes))])
