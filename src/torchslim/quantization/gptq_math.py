@@ -37,12 +37,14 @@ def _q_col(w: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, fm
 
 
 def _inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
-    H = H.clone()
+    """The upper Cholesky factor of the dampened ``H``'s inverse. ``H`` is dampened in place (callers pass a copy
+    of their own), and each intermediate is freed as soon as the next exists: a 2048-wide layer's Hessian is 17 MB,
+    and the chain held six of them at once, the peak of an onloaded GPTQ block."""
     H.diagonal().add_(damp * H.diagonal().mean().clamp_min(1e-8))
     for _ in range(5):
         try:
-            L = torch.linalg.cholesky(H)
-            return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+            inv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+            return torch.linalg.cholesky(inv, upper=True)
         except torch.linalg.LinAlgError:
             H.diagonal().add_(damp * H.diagonal().mean())
     raise ConfigError("GPTQ: the Hessian is not positive definite even after dampening; use more calibration data")
@@ -63,13 +65,16 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, fmt: Format, gran: Granulari
         raise ConfigError("GPTQ needs per-channel or per-group granularity")
     rows, true_cols = W.shape
     cols = padded_cols(true_cols, gran)
-    H = H.clone().float()
+    H = H.float() if H.dtype != torch.float32 else H.clone()       # one working copy (the caller's stays)
     if cols > true_cols:  # ragged last group: zero columns with zero Hessian (treated as dead inputs)
         H = torch.nn.functional.pad(H, (0, cols - true_cols, 0, cols - true_cols))
     dead = H.diagonal() == 0
     H[dead, dead] = 1
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(cols)
-    Hinv = _inverse_hessian_factor(H[perm][:, perm], damp)
+    if act_order:
+        H = H.index_select(0, perm).index_select(1, perm)
+    Hinv = _inverse_hessian_factor(H, damp)
+    del H
     gsize = gran.size if isinstance(gran, PerGroup) else cols
     static = act_order or isinstance(gran, PerChannel)
     parts = [_gptq_rows(W[r:r + row_chunk], cols, dead, perm, Hinv, fmt, gsize, static, obs, block_size)
