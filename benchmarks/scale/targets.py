@@ -41,8 +41,10 @@ def checks() -> list[tuple[str, str, bool | None, str]]:
                     bool(same and under and size >= 3 * cap),
                     "ran to completion inside the kernel-enforced memory cgroup, whose limit was never hit, yet the "
                     "stricter VmHWM is above the cap: the two count memory differently (VmHWM includes file-backed "
-                    "pages such as libraries); GPTQ holds each block's Hessians and working copies beside the block "
-                    "(Wanda peaked at 693 MB on the same model); judged by VmHWM" if same and not under else
+                    "pages such as libraries); judged by VmHWM. Packing codes in bytes (no int32/int64 widening) "
+                    "took the GPTQ peak from 784 to 702 MB; what is left is each block's Hessians and working "
+                    "copies beside the block, and about 400 MB of imports, 11 of them torchao's, a benchmark-only "
+                    "peer that transformers imports when it is installed" if same and not under else
                     "kernel-enforced cap where a cgroup can be made"))
     s = _load("scale_smollm2_runs.json")
     if s.get("median"):
