@@ -11,7 +11,7 @@ row, one thread on an AMX Xeon: 1.0-1.2x ``_weight_int4pack_mm`` (near the core'
 layers), 18x the dequantized path of symmetric int4.
 
 It is a C++ extension built on first use with the C++ compiler torch's own extensions use (about 10-30 s, once per
-machine and torch version; cached under ``$TORCHSLIM_CACHE/cpp``). Without a compiler, or with
+machine and torch version; cached where torch caches its extensions, ``$TORCH_EXTENSIONS_DIR``). Without a compiler, or with
 ``TORCHSLIM_CPP_KERNELS=0``, :func:`available` is False and layers keep their other kernels. Pure kernel math:
 which layers use it is the runtime's decision, measured (:func:`torchslim.runtime.int8_units.use_int4_units`).
 """
@@ -37,9 +37,12 @@ _LOCK = threading.Lock()
 
 
 def _build_dir() -> Path:
+    """Where torch's extensions are built (``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``), one
+    folder per source and torch version: not under ``$TORCHSLIM_CACHE``, which tests and users point at fresh
+    folders for data, and which would rebuild the kernel each time."""
     tag = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
-    root = Path(os.environ.get("TORCHSLIM_CACHE") or Path.home() / ".cache" / "torchslim").expanduser()
-    return root / "cpp" / f"int4_gemv-{tag}"
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions").expanduser()
+    return root / f"torchslim-int4-gemv-{tag}"
 
 
 def available() -> bool:
