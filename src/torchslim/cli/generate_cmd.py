@@ -98,7 +98,7 @@ def generate_cmd(
                "decode_tokens_per_s": rate(timing.new_tokens - 1, timing.decode_s),
                "prefill_tokens_per_s": rate(timing.prompt_tokens, timing.prefill_s)}
     line = timing_line(timing, load_s, compile_s if compile else None, summary["dtype"])
-    console.print(f"[dim]{escape(line)}[/dim]")
+    console.print(f"[dim]{escape(line)}[/dim]", soft_wrap=True)   # one line in a log, never cut
     if json_out is not None:
         from torchslim.core.io import atomic_file
 
