@@ -13,6 +13,7 @@ import re
 from rich.markup import escape
 
 _MIN_NAME = 20
+_BLOCK_NUMBER = re.compile(r"(?<=\.)\d+(?=\.|$)")      # a dotted name's numeric part: layers.12.mlp
 _BORDERS = 16          # five columns: six rules and a space either side of each cell
 
 
@@ -68,10 +69,10 @@ def group_rows(rows: list[list[str]]) -> list[list[str]]:
     merged into one row named ``layers.{3..4}``, in the order of their first layer; other rows as they are."""
     groups: dict[tuple, list[tuple[int | None, list[str]]]] = {}
     for row in rows:
-        numbers = re.findall(r"(?<=\.)\d+(?=\.|$)", row[0])
-        pattern = re.sub(r"(?<=\.)\d+(?=\.|$)", "#", row[0]) if len(numbers) == 1 else row[0]
-        key = (pattern, *row[1:])
-        groups.setdefault(key, []).append((int(numbers[0]) if len(numbers) == 1 else None, row))
+        numbers = _BLOCK_NUMBER.findall(row[0])
+        one = len(numbers) == 1
+        key = (_BLOCK_NUMBER.sub("#", row[0]) if one else row[0], *row[1:])
+        groups.setdefault(key, []).append((int(numbers[0]) if one else None, row))
     out = []
     for (pattern, *rest), members in groups.items():
         if len(members) == 1:

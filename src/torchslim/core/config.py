@@ -140,7 +140,7 @@ class BaseConfig:
 
 
 def _short(value: Any) -> Any:
-    if isinstance(value, BaseConfig) or (hasattr(value, "to_short_dict") and not isinstance(value, type)):
+    if hasattr(value, "to_short_dict") and not isinstance(value, type):     # a config, a Selector
         return value.to_short_dict()
     if isinstance(value, (list, tuple)) and any(isinstance(v, BaseConfig) for v in value):
         return [_short(v) for v in value]

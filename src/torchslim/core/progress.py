@@ -138,15 +138,15 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
             progress.update(1)
 
 
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def announce(text: str) -> None:
     """``[torchslim] text`` on stderr (when progress is on): names the step whose own progress lines follow, so
     two runs of the same work (the model, then its exported file) read apart in a log."""
     if enabled():
-        print(f"[torchslim] {text}", file=sys.stderr, flush=True)
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+        _stderr(f"[torchslim] {text}")
 
 
 @contextlib.contextmanager
@@ -206,8 +206,11 @@ def stage(console: Any, text: str, *, spinner: bool = True) -> Any:
 
     if spinner and console.is_terminal:
         return console.status(escape(text))
+
+    def say(line: str) -> None:                 # as progress lines
+        console.print(escape(line), soft_wrap=True, style="dim", highlight=False)
+
     if spinner and enabled():                   # a long load or compile keeps saying it is alive in a log
-        return heartbeat(text, lambda line: console.print(escape(line), soft_wrap=True, style="dim",
-                                                          highlight=False))
-    console.print(escape("[torchslim] " + text), soft_wrap=True, style="dim", highlight=False)   # as progress lines
+        return heartbeat(text, say)
+    say("[torchslim] " + text)
     return contextlib.nullcontext()

@@ -126,13 +126,12 @@ class Selector:
 
     def to_short_dict(self) -> dict[str, Any]:
         """The form recipe files use: empty ``exclude``/``overrides`` left out, override configs short."""
-        full = self.to_dict()
-        out: dict[str, Any] = {"include": full["include"]}
-        if full["exclude"]:
-            out["exclude"] = full["exclude"]
-        if self.overrides:
-            out["overrides"] = {_rule_to_str(k): v.to_short_dict() if hasattr(v, "to_short_dict") else full_v
-                                for (k, v), full_v in zip(self.overrides.items(), full["overrides"].values())}
+        out: dict[str, Any] = {"include": [_rule_to_str(r) for r in self.include]}
+        if self.exclude:
+            out["exclude"] = [_rule_to_str(r) for r in self.exclude]
+        if self.overrides:                      # a config, or None (the layer skipped)
+            out["overrides"] = {_rule_to_str(k): None if v is None else v.to_short_dict()
+                                for k, v in self.overrides.items()}
         return out
 
     @classmethod

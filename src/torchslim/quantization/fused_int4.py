@@ -17,6 +17,7 @@ which layers use it is the runtime's decision, measured (:func:`torchslim.runtim
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -31,7 +32,6 @@ log = logging.getLogger("torchslim")
 SOURCE = Path(__file__).with_name("csrc") / "int4_gemv.cpp"
 BLOCK = 32           # inputs per activation block and per 16 packed weight bytes
 MAX_ROWS = 8         # rows up to which a layer with the kernel uses it (decode of a few sequences)
-LEVELS = {0: "plain C++", 1: "AVX2", 2: "AVX512-VNNI"}
 _STATE: dict[str, Any] = {}
 _LOCK = threading.Lock()
 
@@ -64,7 +64,8 @@ def _load() -> bool:
         from torchslim.core.progress import heartbeat
 
         built = any(folder.glob("*.so"))
-        with heartbeat("building the fused int4 kernel (C++, once per machine)") if not built else _null():
+        with heartbeat("building the fused int4 kernel (C++, once per machine)") if not built else \
+                contextlib.nullcontext():
             load(name="torchslim_int4_gemv", sources=[str(SOURCE)], build_directory=str(folder),
                  extra_cflags=["-O3"], is_python_module=False, verbose=False)
     except Exception as e:               # no compiler, no ninja, a failed build: the other kernels stay
@@ -73,14 +74,6 @@ def _load() -> bool:
         return False
     _register_fake()
     return True
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _register_fake() -> None:

@@ -183,7 +183,7 @@ class QuantLinear(StandIn, nn.Module):
         if self._fused is not None and x2.shape[0] <= self.fused_rows and x2.device.type == "cpu":
             y = self._fused_int4(x2, self._fused)
         elif kernel is K.Kernel.DEQUANT:
-            y = F.linear(x2, self.dequantize(x2.dtype))
+            y = self._dequant_mm(x2)
         elif x2.shape[0] > self.rows_cut() or x2.device.type != "cpu":
             y = self.dense_matmul(x2)
         else:
@@ -208,6 +208,9 @@ class QuantLinear(StandIn, nn.Module):
             x2 = F.pad(x2, (0, self.padded_in - self.in_features))
         c = self._prepared()
         return K.int4pack_mm(x2, c["w"], self.gran.size, c["sz"])[:, : self.out_features]
+
+    def _dequant_mm(self, x2: torch.Tensor) -> torch.Tensor:
+        return F.linear(x2, self.dequantize(x2.dtype))
 
     def _fused_int4(self, x2: torch.Tensor, ops: dict[str, Any]) -> torch.Tensor:
         if x2.dtype not in (torch.float32, torch.bfloat16):
@@ -271,8 +274,7 @@ class QuantLinear(StandIn, nn.Module):
         if self._fused is None:
             raise ValueError(f"the fused int4 kernel is off on this layer (use_fused_int4 first): {self}")
         ops = self._fused
-        other = self._int4pack_mm if self.choice.kernel is K.Kernel.INT4PACK_MM else \
-            (lambda x2: F.linear(x2, self.dequantize(x2.dtype)))
+        other = self._int4pack_mm if self.choice.kernel is K.Kernel.INT4PACK_MM else self._dequant_mm
         return {"bf16": other, "fused": lambda x2: self._fused_int4(x2, ops)}
 
     def __getstate__(self) -> dict[str, Any]:

@@ -35,8 +35,8 @@ def prepare_fast(model: nn.Module, dtype: torch.dtype = torch.bfloat16, fuse: bo
     table knows the model. With ``int8_units``, int8 weight-only layers whose shape measures faster on the int8
     units with split activations use that kernel at decode (:func:`torchslim.runtime.int8_units.use_int8_units`;
     as exact as the bf16 kernel). With ``int4_units``, int4 layers whose shape measures faster with the fused
-    int4 x int8 kernel use it at decode (:func:`torchslim.runtime.int8_units.use_int4_units`; activations
-    quantized per block of 32, as llama.cpp does). Returns how many layers were cast."""
+    int4 x int8 kernel use it at decode (:func:`torchslim.runtime.int8_units.use_int4_units`; activations in
+    two int8 parts per block of 32, about 15 bits). Returns how many layers were cast."""
     n = 0
     for m in model.modules():
         if type(m) in FLOAT_MODULES or _is_norm(m):

@@ -32,14 +32,15 @@ class Units:
     use: str
     candidates: str
     name: str              # the new kernel's key among the candidates (the old one is "bf16")
+    rows: str              # the layer attribute bounding the rows it is used at
+    kind: str              # "int8", "int4"
     words: str             # "int8 layers run on the int8 units (split activations)"
-    max_rows: str          # the layer attribute or module constant bounding the rows it is used at
 
 
-INT8 = Units("can_split_int8", "use_split_int8", "split_int8_candidates", "split",
-             "int8 layers run on the int8 units (split activations)", "split_rows")
-INT4 = Units("can_fuse_int4", "use_fused_int4", "fused_int4_candidates", "fused",
-             "int4 layers run on the integer units (activations in two int8 parts per block of 32)", "")
+INT8 = Units("can_split_int8", "use_split_int8", "split_int8_candidates", "split", "split_rows", "int8",
+             "int8 layers run on the int8 units (split activations)")
+INT4 = Units("can_fuse_int4", "use_fused_int4", "fused_int4_candidates", "fused", "fused_rows", "int4",
+             "int4 layers run on the integer units (activations in two int8 parts per block of 32)")
 
 
 @dataclass
@@ -56,7 +57,7 @@ class SplitReport:
         if not n:
             return f"no {self.kind} layers the integer kernel can run"
         shapes = ", ".join(f"{s} {r:.2f}x" for s, r in self.speedups.items())
-        rows = f" at <= {self.max_rows} rows" if self.switched and self.max_rows else ""
+        rows = f" at <= {self.max_rows} rows" if self.switched else ""
         return (f"{len(self.switched)} of {n} {self.words}{rows} (measured at 1 row, bf16 kernel time / "
                 f"integer kernel's: {shapes})")
 
@@ -72,11 +73,10 @@ def _speedup(layer: nn.Module, units: Units, reps: int) -> float:
     return stats["bf16"].median_ms / max(stats[units.name].median_ms, 1e-9)
 
 
-def use_units(model: nn.Module, units: Units, min_gain: float = 1.1, reps: int = 9,
-              max_rows: int = 0) -> SplitReport:
+def use_units(model: nn.Module, units: Units, min_gain: float = 1.1, reps: int = 9) -> SplitReport:
     """Switch every layer of ``model`` that offers ``units`` and whose shape measures ``min_gain`` times faster
     with it at one row (one timing per distinct shape); the others keep their kernel."""
-    report = SplitReport(words=units.words, kind="int8" if units is INT8 else "int4")
+    report = SplitReport(words=units.words, kind=units.kind)
     for name, m in model.named_modules():
         can = getattr(m, units.can, None)
         if not (callable(can) and can()):
@@ -87,8 +87,7 @@ def use_units(model: nn.Module, units: Units, min_gain: float = 1.1, reps: int =
             report.speedups[shape] = _speedup(m, units, reps)
         if report.speedups[shape] >= min_gain:
             report.switched.append(name)
-            rows = getattr(m, units.max_rows, max_rows) if units.max_rows else max_rows
-            report.max_rows = max(report.max_rows, rows)
+            report.max_rows = max(report.max_rows, getattr(m, units.rows))
         else:
             getattr(m, units.use)(False)
             report.kept.append(name)
@@ -100,7 +99,6 @@ def use_int8_units(model: nn.Module, min_gain: float = 1.1, reps: int = 9) -> Sp
     return use_units(model, INT8, min_gain, reps)
 
 
-def use_int4_units(model: nn.Module, min_gain: float = 1.1, reps: int = 9, max_rows: int = 8) -> SplitReport:
-    """Int4 layers on the fused int4 x int8 kernel where it measures ``min_gain`` times faster (``max_rows``: the
-    kernel's row bound, for the report)."""
-    return use_units(model, INT4, min_gain, reps, max_rows)
+def use_int4_units(model: nn.Module, min_gain: float = 1.1, reps: int = 9) -> SplitReport:
+    """Int4 layers on the fused int4 x int8 kernel where it measures ``min_gain`` times faster."""
+    return use_units(model, INT4, min_gain, reps)
