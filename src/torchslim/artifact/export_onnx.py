@@ -148,7 +148,8 @@ def write_onnx(model: nn.Module, out: str | Path, task: Any = None, example_inpu
         protos = []
         for i, graph in enumerate(graphs, 1):
             tmp = Path(d) / graph.file
-            with heartbeat(f"ONNX export {i}/{len(graphs)}: tracing {graph.file} (packed layers rewritten after)"):
+            shown = graph.file if folder else out.name          # a single file is written under the user's name
+            with heartbeat(f"ONNX export {i}/{len(graphs)}: tracing {shown} (packed layers rewritten after)"):
                 _export(graph, tmp, type(model).__name__, opset)
             proto = onnx.load(str(tmp))
             for m in rewrite(proto, packed):

@@ -23,7 +23,7 @@ def print_quality(console, quality: dict | None) -> None:
     change = f"{100 * (e - a) / abs(a):+.2f}%; " if a else ""
     better = "higher" if quality["higher_is_better"] else "lower"
     console.print(escape(f"quality: {quality['metric']} ({better} is better) model {a:.4g}, exported file {e:.4g} "
-                         f"({change}read by {quality['reader']})"))
+                         f"({change}read by {quality['reader']})"), soft_wrap=True)
 def gguf_layer_summary(done: dict) -> str:
     """``180 calibrated by GPTQ on their grid, 31 rounded to their grid (round-to-nearest), 0 float, 180 in
     llama.cpp's fallback type``: what happened to each weight layer, in the words of what was done to it."""
