@@ -133,7 +133,10 @@ class NASResult:
 
 
 def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Logical parameters (tied weights once, packed ones unpacked), as every torchslim report counts them."""
+    from torchslim.eval.size import count_parameters
+
+    return count_parameters(model, nonzero=False)[0]
 
 
 def proxy_reference(model: nn.Module, task: Any, n_samples: int) -> tuple[list[dict], list[torch.Tensor], str]:
