@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 import time
 import warnings
@@ -41,12 +42,13 @@ from common_train import timed  # noqa: E402
 import torchslim  # noqa: E402
 from torchslim import (ActQuant, BlackBoxDistillConfig, DistillConfig, FinetuneConfig, GPTQConfig,  # noqa: E402
                        QATConfig, ReconstructConfig, StructuredConfig, TrainConfig, W8A8Config, WeightOnlyConfig)
-from torchslim.data.text import pydoc_text  # noqa: E402
+from torchslim.data.text import pydoc_text, split_text  # noqa: E402
 from torchslim.quantization import ActMode, IntFormat, PerChannel, PerGroup  # noqa: E402
 from torchslim.tasks.causal_lm import CausalLMTask, logits_of  # noqa: E402
 
 warnings.filterwarnings("ignore")
 OUT = ROOT / "docs/results/recovery_smollm2.md"
+FIGURE = OUT.with_name("recovery_smollm2_time.png")
 COLUMNS = ["ppl", "ppl change", "ppl pydoc", "pydoc change", "teacher KL", "top-1 agree", "steps", "train s", "peak MB", "samples seen",
            "tokens seen"]
 ORDER = ["fp32 (teacher)", "int4 RTN g128", "int4 RTN g128 + block-wise reconstruction", "int4 GPTQ g128",
@@ -84,6 +86,14 @@ class Bench:
         self.base_ppl = self.task.evaluate(self.base)["perplexity"]
         self.base_pydoc = self.pydoc.evaluate(self.base)["perplexity"]
         self.record("fp32 (teacher)", self.base, "uncompressed", {})
+        self.calib, self.calib_name, self.tag = self.task, "license calibration text", ""
+
+    def calibrate_on(self, split: str) -> None:
+        """Calibrate and reconstruct on another built-in text split (rows get a tag naming it)."""
+        if split != "calibration":
+            self.calib = CausalLMTask(self.task.tokenizer, seq_len=self.task.seq_len,
+                                      calibration_text=split_text(split))
+            self.calib_name, self.tag = f"{split} text", f" [{split}]"
 
     def record(self, name: str, model, note: str, values: dict) -> None:
         model.eval()
@@ -116,8 +126,8 @@ def _gptq_int4(b: Bench):
     sel = torchslim.Selector(include=(torch.nn.Linear,), overrides={"lm_head": lm_head})
     torchslim.quantize_(m, GPTQConfig(weight=WeightOnlyConfig(format=IntFormat(4, symmetric=False),
                                                               granularity=PerGroup(128), selector=sel)),
-                        calibration=b.task)
-    b.record("int4 GPTQ g128", m, "post-training, as the int4-gptq recipe", {})
+                        calibration=b.calib)
+    b.record(f"int4 GPTQ g128{b.tag}", m, f"post-training, as the int4-gptq recipe, on the {b.calib_name}", {})
     return m
 
 
@@ -131,19 +141,24 @@ def _rtn_int4(b: Bench):
     return m
 
 
-def part_int4_block(b: Bench, steps: int, samples: int) -> None:
-    """Block-wise reconstruction from round-to-nearest (as EfficientQAT and OmniQuant start) and from GPTQ."""
-    for start, name in ((_rtn_int4, "int4 RTN g128 + block-wise reconstruction"),
-                        (_gptq_int4, "int4 GPTQ g128 + block-wise reconstruction")):
-        m = start(b)
-        cfg = ReconstructConfig(steps=steps, n_samples=samples, batch_size=2)
-        values: dict = {"steps": steps * 30}
-        with timed(values, steps * 30, 2, b.task.seq_len):
-            torchslim.distill_(m, cfg, task=b.task, teacher=b.base)
-        b.record(name, m, f"{steps} steps per block, each one cached batch of 2 x 512 calibration tokens ({samples} "
-                 f"windows); AdamW lr {cfg.lr:g} (weights, norms) / {cfg.quantizer_lr:g} (step sizes, offsets), "
-                 "cosine; packed back to the same int4 layers", values)
-        write(b.rows, b.name)
+def part_int4_block(b: Bench, steps: list[int], samples: int, routes: tuple[str, ...] = ("rtn", "gptq")) -> None:
+    """Block-wise reconstruction from round-to-nearest (as EfficientQAT and OmniQuant start) and from GPTQ, at each
+    number of steps per block in ``steps``: quality against wall time."""
+    starts = {"rtn": (_rtn_int4, "int4 RTN g128"), "gptq": (_gptq_int4, "int4 GPTQ g128")}
+    for route in routes:
+        start, base = starts[route]
+        quantized = start(b)
+        for n in steps:
+            m = copy.deepcopy(quantized)
+            cfg = ReconstructConfig(steps=n, n_samples=samples, batch_size=2)
+            values: dict = {"steps": n * 30}
+            with timed(values, n * 30, 2, b.task.seq_len):
+                torchslim.distill_(m, cfg, task=b.calib, teacher=b.base)
+            name = f"{base}{b.tag} + block-wise reconstruction" + (f" ({n}/block)" if len(steps) > 1 else "")
+            b.record(name, m, f"{n} steps per block, each one cached batch of 2 x 512 {b.calib_name} tokens "
+                     f"({samples} windows); AdamW lr {cfg.lr:g} (weights, norms) / {cfg.quantizer_lr:g} (step sizes, "
+                     "offsets), cosine; packed back to the same int4 layers", values)
+            write(b.rows, b.name)
 
 
 def part_int4_scales(b: Bench, steps: int, samples: int) -> None:
@@ -152,9 +167,9 @@ def part_int4_scales(b: Bench, steps: int, samples: int) -> None:
     cfg = ReconstructConfig(steps=steps, n_samples=samples, batch_size=2, train_weights=False)
     values: dict = {"steps": steps * 30}
     with timed(values, steps * 30, 2, b.task.seq_len):
-        torchslim.distill_(m, cfg, task=b.task, teacher=b.base)
-    b.record("int4 GPTQ g128 + block-wise step sizes", m, f"{steps} steps per block ({samples} windows): latent "
-             f"weights frozen (GPTQ's rounding kept), step sizes/offsets at lr {cfg.quantizer_lr:g}, norms at "
+        torchslim.distill_(m, cfg, task=b.calib, teacher=b.base)
+    b.record(f"int4 GPTQ g128{b.tag} + block-wise step sizes", m, f"{steps} steps per block ({samples} windows): "
+             f"latent weights frozen (GPTQ's rounding kept), step sizes/offsets at lr {cfg.quantizer_lr:g}, norms at "
              f"{cfg.lr:g}; packed back to the same int4 layers", values)
 
 
@@ -204,7 +219,11 @@ def main() -> None:
     ap.add_argument("--parts", nargs="*", default=["int4-block", "int4", "w8a8", "structured", "blackbox"])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps-int4", type=int, default=100)
-    ap.add_argument("--steps-block", type=int, default=64)
+    ap.add_argument("--steps-block", type=int, nargs="+", default=[16, 64],
+                    help="steps per block; several give points of the quality-against-time curve")
+    ap.add_argument("--routes", nargs="+", default=["rtn", "gptq"], choices=["rtn", "gptq"])
+    ap.add_argument("--calibration", default="calibration",
+                    help="text split the int4 rows calibrate and reconstruct on (e.g. mixed-calibration)")
     ap.add_argument("--samples-block", type=int, default=128)
     ap.add_argument("--steps-w8a8", type=int, default=40)
     ap.add_argument("--steps-structured", type=int, default=100)
@@ -215,12 +234,13 @@ def main() -> None:
     kept = {r["name"]: r for r in json.loads(json_path.read_text())} if json_path.exists() else {}
     rows = {n: Row(n, v.pop("note", ""), {k: x for k, x in v.items() if k != "name"}) for n, v in kept.items()}
     b = Bench(args.model, rows)
+    b.calibrate_on(args.calibration)
     t0 = time.perf_counter()
     for part in args.parts:
         if part == "int4-scales":
-            part_int4_scales(b, args.steps_block, args.samples_block)
+            part_int4_scales(b, args.steps_block[-1], args.samples_block)
         elif part == "int4-block":
-            part_int4_block(b, args.steps_block, args.samples_block)
+            part_int4_block(b, args.steps_block, args.samples_block, tuple(args.routes))
         elif part == "int4":
             part_int4(b, args.steps_int4)
         elif part == "w8a8":
@@ -235,20 +255,74 @@ def main() -> None:
     print(f"parts {args.parts} took {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def _order_key(name: str) -> tuple[int, str, int]:
+    """Rows in ORDER's order; a tagged row ("[split]") or a curve point ("(N/block)") after its untagged kin."""
+    steps = re.search(r" \((\d+)/block\)$", name)
+    plain = re.sub(r" \[[^]]+\]", "", re.sub(r" \(\d+/block\)$", "", name))
+    return (ORDER.index(plain) if plain in ORDER else len(ORDER), name if plain != name else "",
+            int(steps.group(1)) if steps else 0)
+
+
+def _series(rows: dict[str, Row]) -> dict[str, list[tuple[float, float, float]]]:
+    """Each recovery route as (train minutes, ppl, ppl pydoc) points from its starting row (0 minutes)."""
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    for name, row in rows.items():
+        if " + " not in name or not isinstance(row.values.get("train s"), (int, float)):
+            continue
+        start = rows.get(name.split(" + ")[0])
+        key = re.sub(r" \(\d+/block\)$", "", name)
+        if start is None or not isinstance(start.values.get("ppl pydoc"), (int, float)):
+            continue
+        pts = out.setdefault(key, [(0.0, start.values["ppl"], start.values["ppl pydoc"])])
+        pts.append((row.values["train s"] / 60, row.values["ppl"], row.values.get("ppl pydoc", float("nan"))))
+    return {k: sorted(v) for k, v in out.items() if len(v) > 1}
+
+
+def plot(rows: dict[str, Row], path: Path) -> None:
+    """Perplexity on both texts against training minutes, one line per route, the teacher dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = _series(rows)
+    if not series:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    teacher = rows["fp32 (teacher)"].values
+    for ax, col, label in ((axes[0], 1, "GPL-3 (license domain)"), (axes[1], 2, "Python reference (other domain)")):
+        for key, pts in series.items():
+            ax.plot([p[0] for p in pts], [p[col] for p in pts], marker="o", label=key)
+        ax.axhline(teacher["ppl" if col == 1 else "ppl pydoc"], color="k", ls="--", lw=1, label="fp32 teacher")
+        ax.set_xlabel("training minutes (2 cores shared)")
+        ax.set_ylabel("perplexity")
+        ax.set_title(label)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M recovery: quality against wall time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write(rows: dict[str, Row], model: str) -> None:
     write_table(OUT, f"Recovery training on {model}",
                 "Perplexity on GPL-3 (512-token windows), never trained on; teacher KL (nats/token) and top-1 "
                 "agreement with the uncompressed model on 8 of those windows. Training: AdamW, batch 4 x 512 tokens "
                 "(black-box rows: 8 x 128), cosine schedule, 10% warm-up, gradient norm clipped at 1, on the other "
                 "license texts. 'train s' and 'peak MB' (resident memory, sampled) cover the training call only; "
-                "controls use identical steps, batch, text and learning rate. "
-                "Regenerate: `python benchmarks/recovery/smollm2.py`.",
-                COLUMNS, [rows[n] for n in ORDER if n in rows],
+                "controls use identical steps, batch, text and learning rate. 'ppl pydoc': the held-out quarter of "
+                "Python's reference topics, a second domain. Rows tagged [split] calibrate (GPTQ) and reconstruct on "
+                "that built-in text instead of the license calibration text: mixed-calibration is the license text "
+                "plus three times as much standard-library docstring prose (torchslim.data.docstrings), the source "
+                "of neither evaluation text. Quality against training time: "
+                f"![quality against time]({FIGURE.name}). Regenerate: `python benchmarks/recovery/smollm2.py`.",
+                COLUMNS, [rows[n] for n in sorted(rows, key=_order_key)],
                 ["Fine-tuning on the task loss adapts to the license-text domain of the evaluation text, which "
                  "lowers GPL-3 perplexity below what recovery alone would: the KD-only rows cannot gain from "
                  "that, since they learn the teacher's distribution; teacher KL measures recovery without it.",
                  "SmolLM2's weights come from a Q4_1 file (groups of 32, asymmetric): int4 g128 is not a round trip "
                  "of that grid."])
+    plot(rows, FIGURE)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,14 @@ technical prose about Python). Its topics are split by a fixed rule (every fourt
 * ``pydoc-calibration``: the other topics;
 * ``broad-calibration``: the license calibration text followed by ``pydoc-calibration`` (a broader default for
   calibration and distillation; disjoint from both evaluation texts).
+
+A third source, of neither evaluation text (:mod:`torchslim.data.docstrings`):
+
+* ``docstrings``: the docstrings of the Python standard library, parsed from its sources, minus any that shares a
+  12-word run with either evaluation text;
+* ``mixed-calibration``: the license calibration text followed by :data:`DOCSTRING_SHARE` times as many characters
+  of ``docstrings``, taken at an even stride through the library (a quarter legal prose, three quarters programming
+  prose, about 280 KB; neither evaluation text's source).
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import re
 from pathlib import Path
 
 from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.data import docstrings
 
 DEFAULT_TEXT_DIR = Path("/usr/share/common-licenses")
 EVAL_FILES: tuple[str, ...] = ("GPL-3",)
@@ -36,6 +45,7 @@ CALIBRATION_FILES: tuple[str, ...] = ("Apache-2.0", "MPL-2.0", "Artistic", "BSD"
 SPLITS: dict[str, tuple[str, ...]] = {"eval": EVAL_FILES, "calibration": CALIBRATION_FILES}
 MIN_WORDS = 6
 MAX_WORDS = 40
+DOCSTRING_SHARE = 3  # characters of docstrings per character of license text in mixed-calibration
 
 DATA_NOTE = (
     f"Debian common-licenses texts: evaluation = {', '.join(EVAL_FILES)}; "
@@ -68,7 +78,7 @@ def _read(folder: Path, names: tuple[str, ...]) -> str:
     return "\n\n".join((folder / n).read_text(encoding="utf-8") for n in names)
 
 
-PYDOC_SPLITS = ("pydoc-eval", "pydoc-calibration", "broad-calibration")
+PYDOC_SPLITS = ("pydoc-eval", "pydoc-calibration", "broad-calibration", "docstrings", "mixed-calibration")
 ALL_SPLITS = (*SPLITS, *PYDOC_SPLITS)
 
 
@@ -92,7 +102,20 @@ def split_text(split: str) -> str:
         return pydoc_text(False)
     if split == "broad-calibration":
         return split_text("calibration") + "\n\n" + pydoc_text(False)
+    if split == "docstrings":
+        return "\n\n".join(_docstrings())
+    if split == "mixed-calibration":
+        licenses = split_text("calibration")
+        return licenses + "\n\n" + "\n\n".join(docstrings.spread(_docstrings(), DOCSTRING_SHARE * len(licenses)))
     return _read(text_dir(), _files(split))
+
+
+def _docstrings() -> tuple[str, ...]:
+    try:
+        held_out: tuple[str, ...] = (split_text("eval"), pydoc_text(True))
+    except TorchSlimError:  # no license texts here: only the pydoc evaluation text is held out
+        held_out = (pydoc_text(True),)
+    return docstrings.stdlib_docstrings(held_out)
 
 
 def eval_text() -> str:
