@@ -60,6 +60,14 @@ class StandIn:
         return cached[1]
 
 
+def is_tied_input_embedding(model: nn.Module, module: nn.Module) -> bool:
+    """Whether ``module`` is ``model``'s input embedding and the model ties it to an output head (one table)."""
+    config = getattr(model, "config", None)
+    if not (getattr(config, "tie_word_embeddings", False) and hasattr(model, "get_output_embeddings")):
+        return False
+    return model.get_output_embeddings() is not None and model.get_input_embeddings() is module
+
+
 def module_format(name: Any) -> type[nn.Module]:
     if not isinstance(name, str) or name not in _MODULE_FORMATS:
         raise ArtifactError(

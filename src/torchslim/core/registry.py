@@ -155,7 +155,7 @@ def _report_coverage(config: BaseConfig, before: dict[str, nn.Module], changed: 
         return is_linear_like(m) or isinstance(m, _ConvNd) or getattr(m, "stands_for", None) is not None \
             or callable(getattr(m, "torchslim_layer_info", None))
 
-    layers = {n: m for n, m in before.items() if n and weight_layer(m)}
+    layers = {n: m for n, m in before.items() if n and (weight_layer(m) or n in changed)}  # + embeddings it packed
     if not layers:
         return
     kept: dict[str, int] = {}

@@ -1,10 +1,16 @@
-"""Tied embeddings stay tied when the output head is quantized: the input embedding reads its rows from the
+"""Packed embedding tables: tied to a quantized output head, or quantized on their own.
+
+Tied embeddings stay tied when the output head is quantized: the input embedding reads its rows from the
 head's packed codes (one copy of the table, as llama.cpp's ``token_embd`` serves both).
 
 A language model with ``tie_word_embeddings`` uses one ``vocab x hidden`` matrix twice. Quantizing the head
 alone used to leave the embedding in float beside an int8 head: the table stored twice (SmolLM2: a 57 MB bf16
 table beside a 28 MB int8 head). :func:`tie_packed_head_` replaces such an embedding by a
 :class:`PackedEmbedding` whose buffers are the head's own tensors; artifacts store them once (aliases).
+
+An untied table (an encoder's word embedding: half of MiniLM's bytes) is quantized when a
+``WeightOnlyConfig`` selects it (``type:Embedding``): :meth:`PackedEmbedding.quantized` rounds its rows to the
+config's grid, one scale per row or per group of a row, and :meth:`PackedEmbedding.from_rows` owns the codes. A lookup unpacks only the rows it reads.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ class PackedEmbedding(StandIn, nn.Module):
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.fmt, self.gran, self.config, self.padded_in = fmt, gran, config, head.padded_in
         self.out_dtype = torch.float32        # the dtype of the rows it returns (a bf16 fast path sets bf16)
+        self.shared = True                    # the codes are an output head's (False: this table's own)
         for name in SHARED:
             t = getattr(head, name, None)
             if isinstance(t, torch.Tensor):
@@ -53,6 +60,23 @@ class PackedEmbedding(StandIn, nn.Module):
         for name in SHARED:
             if getattr(head, name, None) is not None:
                 m._buffers[name] = head._buffers[name]
+        return m
+
+    @classmethod
+    def from_rows(cls, head: QuantLinear, emb: nn.Embedding) -> PackedEmbedding:
+        """An embedding owning ``head``'s tensors: ``emb``'s table quantized as a linear weight (rows = tokens).
+        A ConfigError for a grid a row lookup cannot read (one scale for the whole table, rows not on whole
+        bytes)."""
+        from torchslim.core.errors import ConfigError
+
+        if isinstance(head.gran, PerTensor) or head.scale.shape[0] != emb.num_embeddings:
+            raise ConfigError("an embedding table is quantized per row (PerChannel) or per group of a row "
+                              "(PerGroup), not PerTensor")
+        if (head.padded_in * head.fmt.storage_bits) % 8:
+            raise ConfigError(f"{head.fmt.name} rows of {emb.embedding_dim} values do not fill whole bytes: an "
+                              "embedding lookup cannot read them (use 8 or 4 bits, or groups that pad the row)")
+        m = cls.tied_to(head, emb)
+        m.shared = False
         return m
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -72,11 +96,14 @@ class PackedEmbedding(StandIn, nn.Module):
         return self.forward(torch.arange(self.num_embeddings, device=self.packed.device)).float()
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, {self.fmt.name} (the output head's codes)"
+        whose = "the output head's codes" if self.shared else "row lookup"
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.fmt.name} ({whose})"
 
     def torchslim_layer_info(self) -> dict[str, Any]:
-        return {"technique": "tied", "config": self.config.to_dict() if self.config is not None else None,
-                "storage": f"{self.fmt.name}, shared with the output head", "format": self.fmt.to_dict(),
+        storage = f"{self.fmt.name}, shared with the output head" if self.shared else f"{self.fmt.name} rows"
+        return {"technique": "tied" if self.shared else "rtn", "shared": self.shared,
+                "config": self.config.to_dict() if self.config is not None else None,
+                "storage": storage, "format": self.fmt.to_dict(),
                 "granularity": self.gran.to_dict(), "kernel": "row lookup", "slower_than_fp32": False,
                 "shape": [self.num_embeddings, self.embedding_dim], "groups": int(self.scale.shape[1]),
                 "padding_idx": self.padding_idx}
@@ -85,8 +112,10 @@ class PackedEmbedding(StandIn, nn.Module):
     def from_layer_info(cls, original: nn.Module, info: dict[str, Any]) -> PackedEmbedding:
         config = config_from_dict(info["config"]) if info.get("config") else None
         num, dim = info["shape"]
-        return cls(num, dim, config_from_dict(info["format"]), config_from_dict(info["granularity"]),
-                   int(info["groups"]), info.get("padding_idx"), config)
+        m = cls(num, dim, config_from_dict(info["format"]), config_from_dict(info["granularity"]),
+                int(info["groups"]), info.get("padding_idx"), config)
+        m.shared = bool(info.get("shared", True))
+        return m
 
 
 def _why_not(emb: nn.Module, head: nn.Module) -> str | None:
@@ -130,3 +159,4 @@ def head_is_shared(model: nn.Module, module: nn.Module) -> bool:
     """Whether ``module`` (a packed head) also serves a :class:`PackedEmbedding` (then it is not retrained)."""
     packed = getattr(module, "packed", None)
     return packed is not None and any(isinstance(m, PackedEmbedding) and m.packed is packed for m in model.modules())
+

@@ -16,6 +16,7 @@ from torchslim.core.config import BaseConfig
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError
 from torchslim.core.linear import LinearLike, canonical_linear_
+from torchslim.core.modules import is_tied_input_embedding
 from torchslim.core.progress import track
 from torchslim.core.registry import register_handler
 from torchslim.core.select import Selector
@@ -72,14 +73,23 @@ def is_sparse(module: nn.Module) -> bool:
     return getattr(module, "keeps_zeros", False) is True and isinstance(getattr(module, "mask", None), torch.Tensor)
 
 
-def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = False,
-                     sparse: bool = False, scaled: bool = False) -> list[tuple[str, nn.Module, Any]]:
+def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = False, sparse: bool = False,
+                     scaled: bool = False, embeddings: bool = False) -> list[tuple[str, nn.Module, Any]]:
     """``(name, layer, per-layer config)`` for every layer ``config.selector`` picks (linears, plus Conv2d if
-    ``convs``, plus pruned sparse layers if ``sparse``, plus equivalence-scaled float layers if ``scaled``)."""
+    ``convs``, plus pruned sparse layers if ``sparse``, plus equivalence-scaled float layers if ``scaled``, plus
+    ``nn.Embedding`` tables if ``embeddings``: an input embedding tied to the output head is left to the head's
+    quantization, with a warning)."""
     out, skipped_convs = [], 0
     for name, module, layer_cfg in config.selector.resolve(model, config):
         if not _holds_weights(module):
             continue                                     # a container or an activation a broad rule matched
+        if embeddings and type(module) is nn.Embedding:
+            if is_tied_input_embedding(model, module):
+                log.warning("%s: '%s' is tied to the output head: it is quantized with the head (select the head) "
+                            "and reads its codes, so it is left as it is here", type(config).__name__, name)
+            else:
+                out.append((name, module, layer_cfg))
+            continue
         module = canonical_linear_(model, name)          # Conv1D, nn.Linear subclasses -> plain nn.Linear
         if isinstance(module, ScaledLinear):
             if not scaled:
@@ -97,7 +107,8 @@ def selected_linears(model: nn.Module, config: BaseConfig, *, convs: bool = Fals
             skipped_convs += 1
             continue
         if not (type(module) is nn.Linear or (convs and isinstance(module, nn.Conv2d))):
-            kinds = "nn.Linear and nn.Conv2d" if convs else "nn.Linear"
+            kinds = "nn.Linear" + (", nn.Conv2d" if convs else "") + (", nn.Embedding" if embeddings else "")
+            kinds = " and ".join(kinds.rsplit(", ", 1))
             raise ConfigError(f"{type(config).__name__} applies to {kinds} layers; '{name}' is a {type(module).__name__}")
         out.append((name, module, layer_cfg))
     if skipped_convs:
@@ -117,10 +128,14 @@ def _holds_weights(module: nn.Module) -> bool:
 def plan(model: nn.Module, config: WeightOnlyConfig) -> list[dict[str, Any]]:
     """What quantizing would do, before doing it: per layer, its format and kernel (and any slowdown)."""
     rows = []
-    for name, lin, cfg in selected_linears(model, config, convs=True, sparse=True, scaled=True):
+    for name, lin, cfg in selected_linears(model, config, convs=True, sparse=True, scaled=True, embeddings=True):
         if cfg is None:
             continue                          # an override of None skips the layer
         cfg = getattr(cfg, "weight", cfg)     # a per-layer GPTQ/AWQ override holds its weight scheme
+        if isinstance(lin, nn.Embedding):
+            rows.append({"name": name, "format": cfg.format.name, "kernel": "row lookup", "slower_than_fp32": False,
+                         "note": "embedding table: the rows a batch reads are unpacked"})
+            continue
         if is_sparse(lin):
             rows.append({"name": name, "format": cfg.format.name, "kernel": "sparse+quantized",
                          "slower_than_fp32": False, "note": "kept weights quantized under the pruning mask"})
@@ -147,22 +162,29 @@ def warn_slow_layers(rows: list[dict[str, Any]], when: str) -> None:
 @register_handler(WeightOnlyConfig)
 def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: ApplyContext) -> nn.Module:
     warn_slow_layers(plan(model, config), "before quantizing")
-    for name, lin, cfg in track(selected_linears(model, config, convs=True, sparse=True, scaled=True), "RTN"):
-        if is_sparse(lin):
-            replace_module(model, name, SparseQuantLinear.from_sparse(lin, cfg))
-            continue
-        if isinstance(lin, nn.Conv2d):
-            replace_module(model, name, quantize_conv_weight_only(lin, cfg))
-            continue
-        replace_module(model, name, rtn_linear(lin, cfg))
+    from torchslim.quantization.qembedding import tie_packed_head_
+
+    for name, lin, cfg in track(selected_linears(model, config, convs=True, sparse=True, scaled=True,
+                                                 embeddings=True), "RTN"):
+        replace_module(model, name, SparseQuantLinear.from_sparse(lin, cfg) if is_sparse(lin) else rtn_module(lin, cfg))
     warn_slow_layers([{"name": n, "slower_than_fp32": m.choice.slower_than_fp32, "note": m.choice.reason}
                       for n, m in model.named_modules() if isinstance(m, QuantLinear)]
                      + [{"name": n, "slower_than_fp32": True, "note": "Conv2d: dequantized on every call"}
                         for n, m in model.named_modules() if isinstance(m, QuantConv2d)], "after quantizing")
-    from torchslim.quantization.qembedding import tie_packed_head_
-
     tie_packed_head_(model)
     return model
+
+
+def rtn_module(layer: nn.Module, cfg: WeightOnlyConfig) -> nn.Module:
+    """Round-to-nearest of a linear layer, a Conv2d or an embedding table: its packed replacement."""
+    if isinstance(layer, nn.Embedding):
+        from torchslim.quantization.qembedding import PackedEmbedding
+
+        head = QuantLinear.from_qtensor(quantize_weight(layer.weight, cfg), cfg.granularity, None, cfg.kernel, cfg)
+        return PackedEmbedding.from_rows(head, layer)
+    if isinstance(layer, nn.Conv2d):
+        return quantize_conv_weight_only(layer, cfg)
+    return rtn_linear(layer, cfg)
 
 
 def rtn_linear(lin: nn.Module, cfg: WeightOnlyConfig, config: BaseConfig | None = None) -> QuantLinear:
@@ -177,9 +199,12 @@ def split_calibrated(model: nn.Module, config: Any) -> tuple[dict[str, tuple[nn.
     where an override gives it a WeightOnlyConfig, else left as it is (see :func:`start_calibrated`). Pure: the model
     is not changed."""
     own, rtn = {}, {}
-    for n, m, c in selected_linears(model, config, convs=True, scaled=True):
+    for n, m, c in selected_linears(model, config, convs=True, scaled=True, embeddings=True):
         if isinstance(c, WeightOnlyConfig):
             rtn[n] = (m, c)
+        elif isinstance(m, nn.Embedding) and c is not None:
+            raise ConfigError(f"{type(config).__name__} applies to linear layers; '{n}' is an embedding table: round "
+                              "it to nearest with a selector override {'type:Embedding': WeightOnlyConfig(...)}")
         elif not isinstance(m, nn.Conv2d):
             own[n] = (m, c)
     return own, rtn
@@ -198,5 +223,4 @@ def start_calibrated(model: nn.Module, config: Any, label: str) -> None:
                     "WeightOnlyConfig stage", type(config).__name__, len(convs))
     warn_slow_layers([r for r in plan(model, config.weight) if r["name"] in own or r["name"] in rtn], f"before {label}")
     for name, (lin, cfg) in rtn.items():
-        replace_module(model, name, quantize_conv_weight_only(lin, cfg) if isinstance(lin, nn.Conv2d)
-                       else rtn_linear(lin, cfg))
+        replace_module(model, name, rtn_module(lin, cfg))

@@ -3,7 +3,8 @@
 ============  ==========================================================================
 name          action
 ============  ==========================================================================
-``int8``      weight-only int8, symmetric, one scale per output channel (RTN)
+``int8``      weight-only int8, symmetric, one scale per output channel (RTN); int actions also
+              cover convolutions and untied embedding tables (rows quantized, read by lookup)
 ``int4g128``  weight-only int4, asymmetric, groups of 128 (``int3g64``, ``int2g32``, ...)
 ``int4``      weight-only int4, asymmetric, one scale per output channel
 ``sparse50``  unstructured magnitude pruning, 50% of the weights (any percentage 1-99)
@@ -20,7 +21,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from torchslim.core.config import BaseConfig
+from torchslim.core.linear import LinearLike
+from torchslim.core.select import Selector
 from torchslim.core.errors import ConfigError
 from torchslim.lowrank import LowRankConfig, Method
 from torchslim.pruning import UnstructuredConfig
@@ -49,7 +54,8 @@ def parse_action(text: str) -> Action:
     if m := _INT.fullmatch(t):
         bits, group = int(m.group(1)), m.group(2)
         gran = PerGroup(int(group)) if group else PerChannel()
-        return Action(t, WeightOnlyConfig(format=IntFormat(bits, symmetric=bits == 8), granularity=gran))
+        return Action(t, WeightOnlyConfig(format=IntFormat(bits, symmetric=bits == 8), granularity=gran,
+                                          selector=Selector(include=(LinearLike, nn.Conv2d, nn.Embedding))))
     if (m := _SPARSE.fullmatch(t)) and 0 < int(m.group(1)) < 100:
         return Action(t, UnstructuredConfig(sparsity=int(m.group(1)) / 100))
     if (m := _NM.fullmatch(t)) and 0 < int(m.group(1)) < int(m.group(2)):

@@ -22,6 +22,7 @@ from torch import nn
 from torchslim.core.archs import arch_of, find_blocks
 from torchslim.core.context import ApplyContext
 from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.core.modules import is_tied_input_embedding
 from torchslim.core.progress import muted, track
 from torchslim.core.registry import apply_
 from torchslim.core.select import Selector
@@ -259,7 +260,8 @@ def sensitivity(model: nn.Module, task: Any, actions: Sequence[Action], *, layer
         raise ConfigError("no actions to scan")
     t0 = time.perf_counter()
     model.eval()
-    picks = {a.name: {n for n, _ in a.config.selector.select(model)} for a in actions}
+    picks = {a.name: {n for n, m in a.config.selector.select(model) if not is_tied_input_embedding(model, m)}
+             for a in actions}             # a tied input embedding follows its head's action (one table)
     allowed = {n for n, _ in layers.select(model)} if layers is not None else None
     names = [n for n, _ in model.named_modules() if any(n in p for p in picks.values())
              and (allowed is None or n in allowed)]
