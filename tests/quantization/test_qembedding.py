@@ -105,7 +105,16 @@ def test_embedding_rules_are_refused_or_left_to_the_head_in_one_line(caplog) -> 
                             selector=torchslim.Selector(include=(torch.nn.Embedding, "lm_head")))
     torchslim.quantize_(lm.model, both)
     assert lm.model.model.embed_tokens.shared and lm.model.model.embed_tokens.packed is lm.model.lm_head.packed
+    from torchslim import GPTQConfig
+
+    enc = tiny_bert()
     with pytest.raises(ConfigError, match="embedding table"):
-        from torchslim import GPTQConfig
-        torchslim.quantize_(tiny_bert().model, GPTQConfig(weight=_embeddings_only(IntFormat(8), PerChannel())),
-                            calibration=tiny_bert().task)
+        torchslim.quantize_(enc.model, GPTQConfig(weight=_embeddings_only(IntFormat(8), PerChannel())),
+                            calibration=enc.task)
+    rounded = torchslim.Selector(include=(torch.nn.Linear, torch.nn.Embedding),
+                                 overrides={"type:Embedding": WeightOnlyConfig(format=IntFormat(8),
+                                                                               granularity=PerChannel())})
+    torchslim.quantize_(enc.model, GPTQConfig(weight=WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel(),
+                                                                      selector=rounded)), calibration=enc.task)
+    assert isinstance(enc.model.embeddings.word_embeddings, PackedEmbedding)
+    assert type(enc.model.encoder.layer[0].output.dense).__name__ == "QuantLinear"

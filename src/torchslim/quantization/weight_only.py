@@ -215,7 +215,7 @@ def start_calibrated(model: nn.Module, config: Any, label: str) -> None:
     overridden with a plain WeightOnlyConfig (convolutions included); say which convolutions stay float and how to
     cover them."""
     own, rtn = split_calibrated(model, config)
-    convs = [n for n, m, c in selected_linears(model, config, convs=True, scaled=True)
+    convs = [n for n, m, c in selected_linears(model, config, convs=True, scaled=True, embeddings=True)
              if isinstance(m, nn.Conv2d) and n not in rtn and c is not None]
     if convs:
         log.warning("%s: %d Conv2d layer(s) left float (its solver applies to linear layers): round them to nearest "
