@@ -116,7 +116,7 @@ class Bench:
     def pruned(self):
         m = copy.deepcopy(self.base)
         torchslim.prune_(m, StructuredConfig(targets=["heads", "neurons"], ratio=0.25, importance="taylor", round_to=8),
-                         task=self.task)
+                         task=self.calib)
         return m
 
 
@@ -201,6 +201,27 @@ def part_structured(b: Bench, steps: int) -> None:
               "structured 25% + fine-tuning (control)", "task loss only, same steps/batch/text/lr", teacher=False)
 
 
+def part_structured_block(b: Bench, steps: int, samples: int, distill_steps: int) -> None:
+    """25% structured, then block-wise reconstruction of the kept (float) weights: no whole-model pass per step;
+    then, optionally, a short end-to-end distillation from there."""
+    m = b.pruned()
+    if f"structured 25%{b.tag} (one-shot)" not in b.rows:
+        b.record(f"structured 25%{b.tag} (one-shot)", m, f"Taylor importance on the {b.calib_name}, heads + neurons, "
+                 "round to 8", {})
+    cfg = ReconstructConfig(steps=steps, n_samples=samples, batch_size=2)
+    values: dict = {"steps": steps * 30}
+    with timed(values, steps * 30, 2, b.task.seq_len):
+        torchslim.distill_(m, cfg, task=b.calib, teacher=b.base)
+    b.record(f"structured 25%{b.tag} + block-wise reconstruction", m, f"{steps} steps per block on cached "
+             f"{b.calib_name} inputs ({samples} windows, batch 2), the kept weights and norms at lr {cfg.lr:g}, "
+             "cosine; relative block-output MSE to the uncompressed block", values)
+    write(b.rows, b.name)
+    if distill_steps:
+        kd = DistillConfig(output_weight=1.0, temperature=1.0, hidden_weight=1.0, train=_train(distill_steps, 1e-4))
+        b.trained(m, kd, distill_steps, f"structured 25%{b.tag} + block-wise + distillation",
+                  "then logit KL + relative block-output MSE, end to end", task=b.calib)
+
+
 def part_blackbox(b: Bench, steps: int, prompts: int) -> None:
     m = b.pruned()
     seq = 128
@@ -216,7 +237,8 @@ def part_blackbox(b: Bench, steps: int, prompts: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--parts", nargs="*", default=["int4-block", "int4", "w8a8", "structured", "blackbox"])
+    ap.add_argument("--parts", nargs="*", default=["int4-block", "int4", "w8a8", "structured", "structured-block",
+                                                    "blackbox"])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps-int4", type=int, default=100)
     ap.add_argument("--steps-block", type=int, nargs="+", default=[16, 64],
@@ -228,6 +250,8 @@ def main() -> None:
     ap.add_argument("--steps-w8a8", type=int, default=40)
     ap.add_argument("--steps-structured", type=int, default=100)
     ap.add_argument("--steps-blackbox", type=int, default=60)
+    ap.add_argument("--steps-structured-distill", type=int, default=0,
+                    help="end-to-end distillation steps after the structured block-wise reconstruction")
     ap.add_argument("--prompts", type=int, default=64)
     args = ap.parse_args()
     json_path = OUT.with_suffix(".json")
@@ -247,6 +271,8 @@ def main() -> None:
             part_w8a8(b, args.steps_w8a8)
         elif part == "structured":
             part_structured(b, args.steps_structured)
+        elif part == "structured-block":
+            part_structured_block(b, args.steps_block[-1], args.samples_block, args.steps_structured_distill)
         elif part == "blackbox":
             part_blackbox(b, args.steps_blackbox, args.prompts)
         else:
@@ -269,7 +295,8 @@ def _series(rows: dict[str, Row]) -> dict[str, list[tuple[float, float, float]]]
     for name, row in rows.items():
         if " + " not in name or not isinstance(row.values.get("train s"), (int, float)):
             continue
-        start = rows.get(name.split(" + ")[0])
+        head = name.split(" + ")[0]
+        start = rows.get(head) or rows.get(f"{head} (one-shot)")
         key = re.sub(r" \(\d+/block\)$", "", name)
         if start is None or not isinstance(start.values.get("ppl pydoc"), (int, float)):
             continue
