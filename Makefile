@@ -91,6 +91,7 @@ bench-early-exit: install-bench
 # Low-rank factorization of SmolLM2-135M (docs/results/lowrank_smollm2*.md) and the issue-21 target check.
 bench-lowrank: install-bench
 	$(BIN)/python benchmarks/lowrank/smollm2.py
+	$(BIN)/python benchmarks/lowrank/minilm.py
 	$(BIN)/python benchmarks/lowrank/targets.py
 
 # Efficient attention: speed/memory curves against SDPA (timed under the shared lock), MiniLM recovery at 512
