@@ -49,6 +49,7 @@ from torchslim.tasks.causal_lm import CausalLMTask, logits_of  # noqa: E402
 warnings.filterwarnings("ignore")
 OUT = ROOT / "docs/results/recovery_smollm2.md"
 FIGURE = OUT.with_name("recovery_smollm2_time.png")
+MEASURED: set[str] = set()     # rows this run measured (the others are re-read from disk before each write)
 COLUMNS = ["ppl", "ppl change", "ppl pydoc", "pydoc change", "teacher KL", "top-1 agree", "steps", "train s", "peak MB", "samples seen",
            "tokens seen"]
 ORDER = ["fp32 (teacher)", "int4 RTN g128", "int4 RTN g128 + block-wise reconstruction", "int4 GPTQ g128",
@@ -103,6 +104,7 @@ class Bench:
                   "pydoc change": f"{100 * (pydoc / self.base_pydoc - 1):+.1f}%", **values,
                   **fidelity(model, self.base, self.task)}
         self.rows[name] = Row(name, note, values)
+        MEASURED.add(name)
         print(self.rows[name], flush=True)
 
     def trained(self, model, config, steps: int, name: str, note: str, teacher=True, seq_len: int | None = None,
@@ -332,6 +334,12 @@ def plot(rows: dict[str, Row], path: Path) -> None:
 
 
 def write(rows: dict[str, Row], model: str) -> None:
+    """The table of this run's rows over those on disk now (another run may have added rows since this one began)."""
+    json_path = OUT.with_suffix(".json")
+    if json_path.exists():
+        for r in json.loads(json_path.read_text()):
+            if r["name"] not in MEASURED:
+                rows[r["name"]] = Row(r["name"], r.pop("note", ""), {k: x for k, x in r.items() if k != "name"})
     write_table(OUT, f"Recovery training on {model}",
                 "Perplexity on GPL-3 (512-token windows), never trained on; teacher KL (nats/token) and top-1 "
                 "agreement with the uncompressed model on 8 of those windows. Training: AdamW, batch 4 x 512 tokens "
