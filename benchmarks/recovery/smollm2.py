@@ -50,7 +50,7 @@ warnings.filterwarnings("ignore")
 OUT = ROOT / "docs/results/recovery_smollm2.md"
 FIGURE = OUT.with_name("recovery_smollm2_time.png")
 MEASURED: set[str] = set()     # rows this run measured (the others are re-read from disk before each write)
-COLUMNS = ["ppl", "ppl change", "ppl pydoc", "pydoc change", "teacher KL", "top-1 agree", "steps", "train s", "peak MB", "samples seen",
+COLUMNS = ["threads", "ppl", "ppl change", "ppl pydoc", "pydoc change", "teacher KL", "top-1 agree", "steps", "train s", "peak MB", "samples seen",
            "tokens seen"]
 ORDER = ["fp32 (teacher)", "int4 RTN g128", "int4 RTN g128 + block-wise reconstruction", "int4 GPTQ g128",
          "int4 GPTQ g128 + block-wise reconstruction", "int4 GPTQ g128 + block-wise step sizes",
@@ -100,7 +100,7 @@ class Bench:
         model.eval()
         ppl = self.task.evaluate(model)["perplexity"]
         pydoc = self.pydoc.evaluate(model)["perplexity"]
-        values = {"ppl": ppl, "ppl change": f"{100 * (ppl / self.base_ppl - 1):+.1f}%", "ppl pydoc": pydoc,
+        values = {"threads": torch.get_num_threads(), "ppl": ppl, "ppl change": f"{100 * (ppl / self.base_ppl - 1):+.1f}%", "ppl pydoc": pydoc,
                   "pydoc change": f"{100 * (pydoc / self.base_pydoc - 1):+.1f}%", **values,
                   **fidelity(model, self.base, self.task)}
         self.rows[name] = Row(name, note, values)
@@ -347,7 +347,8 @@ def write(rows: dict[str, Row], model: str) -> None:
                 "license texts. 'train s' and 'peak MB' (resident memory, sampled) cover the training call only; "
                 "controls use identical steps, batch, text and learning rate. 'ppl pydoc': the held-out quarter of "
                 "Python's reference topics, a second domain. Rows tagged [split] calibrate (GPTQ) and reconstruct on "
-                "that built-in text instead of the license calibration text: mixed-calibration is the license text "
+                "that built-in text instead of the license calibration text; rows come from several runs (the machine line is "
+                "the latest run's, 'threads' the row's own where recorded): mixed-calibration is the license text "
                 "plus three times as much standard-library docstring prose (torchslim.data.docstrings), the source "
                 "of neither evaluation text. Quality against training time: "
                 f"![quality against time]({FIGURE.name}). Regenerate: `python benchmarks/recovery/smollm2.py`.",

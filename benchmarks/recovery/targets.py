@@ -54,14 +54,22 @@ def smollm2(d: dict[str, dict]) -> list[Check]:
     else:
         out.append(("SmolLM2 int4 QAT", "missing", False, "run benchmarks/recovery/smollm2.py --parts int4"))
     kd, ft = d.get("structured 25% + distillation"), d.get("structured 25% + fine-tuning (control)")
+    block = [r for n, r in d.items() if n.startswith("structured 25%") and "block-wise" in n]
     if base and kd and ft:
-        minutes = kd["train s"] / 60
-        out.append(("SmolLM2 25% structured: <= +30% perplexity after distillation in <= 60 min",
-                    f"{kd['ppl']:.2f} ({kd['ppl change']}) in {minutes:.1f} min, {kd['steps']} steps; control "
-                    f"fine-tuning {ft['ppl']:.2f} ({ft['ppl change']}); teacher KL {kd['teacher KL']:.3f} vs "
-                    f"{ft['teacher KL']:.3f}", kd["ppl"] <= 1.3 * base and minutes <= 60,
-                    "only 16 steps fitted this session (the target allows about 60 minutes); logit KL + relative "
-                    "block MSE; fine-tuning's lower perplexity comes with adapting to the evaluation's domain"))
+        rec = min([kd, *block], key=lambda r: r["ppl"])
+        minutes = rec["train s"] / 60 + (sum(r["train s"] for r in block if r is not rec and r["name"] in
+                                             rec["name"].replace(" + distillation", "")) / 60
+                                         if "block-wise + " in rec["name"] else 0)
+        routes = "; ".join(f"{r['name']}: {r['ppl']:.2f} ({r['ppl change']}), pydoc {r.get('pydoc change', '–')}, "
+                           f"{r['train s'] / 60:.0f} min" for r in [kd, *block])
+        out.append(("SmolLM2 25% structured: <= +30% perplexity after recovery in <= 60 min",
+                    f"{rec['name']}: {rec['ppl']:.2f} ({rec['ppl change']}) in {minutes:.1f} min; control "
+                    f"fine-tuning {ft['ppl']:.2f} ({ft['ppl change']}); teacher KL {rec['teacher KL']:.3f} vs "
+                    f"{ft['teacher KL']:.3f}", rec["ppl"] <= 1.3 * base and minutes <= 60,
+                    f"routes: {routes}. End-to-end distillation: logit KL + relative block MSE, 16 steps of 4 x 512 "
+                    "tokens fitted then; block-wise reconstruction of the kept weights on cached inputs (no "
+                    "whole-model pass per step); fine-tuning's lower perplexity comes with adapting to the "
+                    "evaluation's domain"))
     else:
         out.append(("SmolLM2 structured distillation", "missing", False, "run --parts structured"))
     w, wq = d.get("W8A8 static SmoothQuant"), d.get("W8A8 static + QAT (KD)")
@@ -87,25 +95,34 @@ def _gap(base: float, compressed: float, recovered: float) -> float:
 
 
 def smollm2_blockwise(d: dict[str, dict]) -> list[Check]:
-    """Issue 19: block-wise reconstruction of int4 g128, on both texts, in the time budget; against Q4_K_M."""
+    """Issue 19: block-wise reconstruction of int4 g128, on both texts, in the time budget; against Q4_K_M. Gaps are
+    measured from the int4-gptq recipe's GPTQ (license calibration text), whatever text a route calibrated on."""
     base, gptq = d.get("fp32 (teacher)"), d.get("int4 GPTQ g128")
-    rows = [d[n] for n in ("int4 RTN g128 + block-wise reconstruction", "int4 GPTQ g128 + block-wise reconstruction",
-                           "int4 GPTQ g128 + block-wise step sizes") if n in d and "ppl pydoc" in d[n]]
+    rows = [r for n, r in d.items() if n.startswith("int4 ") and "block-wise" in n and "ppl pydoc" in r]
     if not (base and gptq and rows and "ppl pydoc" in gptq):
         return [("SmolLM2 int4 g128 block-wise reconstruction", "missing", False,
                  "run benchmarks/recovery/smollm2.py --parts int4-block")]
-    best = min(rows, key=lambda r: r["ppl"] / gptq["ppl"] + r["ppl pydoc"] / gptq["ppl pydoc"])   # both texts
-    g1, g2 = _gap(base["ppl"], gptq["ppl"], best["ppl"]), _gap(base["ppl pydoc"], gptq["ppl pydoc"], best["ppl pydoc"])
+
+    def gaps(r: dict) -> tuple[float, float]:
+        return _gap(base["ppl"], gptq["ppl"], r["ppl"]), _gap(base["ppl pydoc"], gptq["ppl pydoc"], r["ppl pydoc"])
+
+    best = max(rows, key=lambda r: min(gaps(r)))                       # the best on the worse of the two texts
+    g1, g2 = gaps(best)
     minutes = best["train s"] / 60
+    routes = "; ".join(f"{r['name']}: {gaps(r)[0]:.0%} / {gaps(r)[1]:.0%} in {r['train s'] / 60:.0f} min"
+                       for r in rows)
     tried = ("block-wise reconstruction (latent weights + LSQ+ step sizes/offsets per block, relative output MSE, "
-             f"AdamW with cosine decay), {best['steps']} steps in all, from GPTQ and from RTN (the best of the "
-             "measured routes on both texts is shown); on the calibration text's domain it closes most of the gap, "
-             "on the other domain little: the 128 calibration windows are license text only; the quantization "
-             "step before it (RTN: seconds; GPTQ: about 3 minutes) is not in this time")
+             "AdamW with cosine decay) from GPTQ and from RTN, calibrated on the license text alone or on "
+             f"mixed-calibration (license + standard-library docstrings); gap closed on GPL-3 / Python reference: "
+             f"{routes}. License-only calibration fits GPL-3's domain and leaves the other; the mixed text trades "
+             "some GPL-3 for the other domain; 16 -> 64 steps per block still lowers both (figure "
+             "recovery_smollm2_time.png), so more steps would help within a larger budget. The quantization step "
+             "before it (RTN: seconds; GPTQ: 3-13 minutes) is not in this time")
     checks = [("SmolLM2 int4 g128: recovery closes >= 60% of GPTQ's gap on GPL-3 and on the Python reference, <= 30 min",
                f"{best['name']}: GPL-3 {gptq['ppl']:.2f} -> {best['ppl']:.2f} ({g1:.0%}), Python reference "
                f"{gptq['ppl pydoc']:.2f} -> {best['ppl pydoc']:.2f} ({g2:.0%}), {minutes:.1f} min",
                g1 >= 0.6 and g2 >= 0.6 and minutes <= 30, tried)]
+    best = min(rows, key=lambda r: r["ppl"])
     quality = {r["name"]: r for r in json.loads((RES / "speed_gguf_quality.json").read_text())} \
         if (RES / "speed_gguf_quality.json").exists() else {}
     q4km = quality.get("Q4_K_M llama-quantize")
