@@ -173,8 +173,9 @@ def _joint_checks() -> list[tuple[str, str, bool, str]]:
         out.append((target, f"{len(front)} points of {d['trials']} trials on the quality/bytes/latency front, "
                     f"spanning {size:.1f}x in size and {lat:.1f}x in measured latency", len(front) >= 5 and
                     max(size, lat) >= 3, "NSGA-II warm-started from the scan, 30 trials; the span is bounded by what "
-                    "the actions touch (MiniLM: its 45.5 MiB token embedding table, half the model, is in no action's "
-                    "selection) and by the kernels' speed-ups at this shape (weight-only int8/int4 and 2:4 at 1x128)"))
+                    "the actions touch (the int actions reach untied embedding tables: MiniLM's 45.5 MiB word table, "
+                    "half the model) and by the kernels' speed-ups at this shape (weight-only int8/int4 and 2:4 at "
+                    "1x128)"))
         errors += [(name, e) for e in d["check"]["errors"]]
     if errors:
         worst = max(e for _, e in errors)

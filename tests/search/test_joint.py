@@ -1,3 +1,4 @@
+import pytest
 import yaml
 
 from torchslim.recipes import Recipe
@@ -60,3 +61,30 @@ def test_mixes_predicted_beyond_a_failed_one_are_pruned_before_applying(scan, mo
     monkeypatch.setattr(joint, "measure_recipe", measured)
     r = search(lm.model, lm.task, s, n_trials=8, max_loss="1%", seed=1)
     assert r.pruned > 0 and len(calls) + r.pruned + sum(p.assignment == {} for p in r.points) >= 8
+
+
+def test_a_storage_whose_tables_another_process_is_creating_is_retried(tmp_path, monkeypatch):
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    from torchslim.core.errors import TorchSlimError
+    from torchslim.search import joint
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kw):
+        calls.append(url)
+        if len(calls) == 1:          # the first try loses the race to create the schema
+            raise OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+        return real(url, **kw)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert isinstance(joint._storage(url), real) and len(calls) == 2
+
+    def broken(url, **kw):
+        raise OperationalError("SELECT", {}, Exception("unable to open database file"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(TorchSlimError, match="unable to open database file"):
+        joint._storage(url)

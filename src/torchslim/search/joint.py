@@ -18,12 +18,13 @@ latency model) milliseconds. The result is the Pareto front, each point a recipe
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.core.errors import ConfigError, TorchSlimError, first_line
 from torchslim.core.progress import Progress, muted
 from torchslim.search.latency import LatencyModel
 from torchslim.search.sensitivity import Sensitivity, stored_bytes
@@ -108,13 +109,27 @@ def _optuna() -> Any:
     return optuna
 
 
-def _storage(url: str | None) -> Any:
+def _storage(url: str | None, attempts: int = 6) -> Any:
+    """The study's RDB storage. Processes starting together on a new database race to create its tables (SQLite:
+    "table studies already exists"): the loser retries, and then finds the tables made."""
     optuna = _optuna()
     if url is None:
         return None
-    if url.startswith("sqlite"):          # several processes on one file: wait for the lock instead of failing
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-    return url
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    # SQLite: several processes on one file wait for the lock instead of failing
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except (OperationalError, IntegrityError) as e:
+            racing = "already exists" in str(e) or isinstance(e, IntegrityError)
+            if not racing or attempt == attempts - 1:
+                raise TorchSlimError(f"search storage {url}: {first_line(e.orig or e)}") \
+                    from None
+            log.info("search storage: another process is creating the tables; retrying (%d)", attempt + 1)
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _study(directions: list[str], storage: str | None, study_name: str, seed: int) -> Any:
