@@ -83,7 +83,8 @@ def main() -> None:
     ap.add_argument("--min-param-use", type=float, default=0.95, help="skip shapes below this fraction of the budget")
     ap.add_argument("--importance-samples", type=int, default=32, help="Taylor samples (StructuredConfig's default)")
     ap.add_argument("--proxy-samples", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the search's sampling seed")
+    ap.add_argument("--out", type=Path, default=OUT, help="the table (+ .json) to write")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -158,6 +159,7 @@ def main() -> None:
 
 
 def write(rows: list[Row], result, facts: dict, args: argparse.Namespace) -> None:
+    out = args.out
     cols = ["params", "params vs full", "ppl GPL-3", "ppl pydoc", "ppl validation", "proxy", "shape"]
     budget = facts["budget"]
     same = "" if facts["uniform trial"] is None else (
@@ -177,16 +179,16 @@ def write(rows: list[Row], result, facts: dict, args: argparse.Namespace) -> Non
              "ppl validation: the last ~12% of the license calibration text, held out from importance, proxy and "
              "recovery; the search selects on it. GPL-3 (14 x 512-token windows) and pydoc (48 windows) are never "
              "trained or selected on."]
-    write_table(OUT, "Architecture search at equal parameters: SmolLM2-135M",
+    write_table(out, "Architecture search at equal parameters: SmolLM2-135M",
                 "A searched depth/width shape under a parameter budget equal to uniform 25% structured pruning's "
                 "count, against that uniform pruning, both recovered by the same block-wise reconstruction. "
                 "Regenerate: `python benchmarks/nas/smollm2.py`.",
                 cols, rows, notes)
-    with OUT.open("a") as f:
+    with out.open("a") as f:
         f.write("\n## Search trials\n\n" + to_markdown(result))
     data = {"rows": [{"name": r.name, "note": r.note, **r.values} for r in rows], "facts": facts}
-    OUT.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
-    print(f"wrote {OUT}", flush=True)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
+    print(f"wrote {out}", flush=True)
 
 
 if __name__ == "__main__":
