@@ -136,6 +136,7 @@ bench-sparse-training: install-bench
 bench-nas: install-bench
 	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/python benchmarks/nas/digits.py
 	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/python benchmarks/nas/minilm.py
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/python benchmarks/nas/smollm2.py
 	$(BIN)/python benchmarks/nas/targets.py
 
 # Several runtimes, one harness (issue 25): MiniLM int8 in torch / ONNX Runtime / OpenVINO and SmolLM2 int4 in torch /

@@ -15,7 +15,9 @@ from torchslim.pruning.transformer import block_info
 from torchslim.core.archs import arch_of
 from torchslim.search import ArchShape, NASConfig, nas
 from torchslim.search.arch_space import build, space_of
-from torchslim.search.nas import output_proxy, proxy_reference
+from torchslim.distill.reconstruct import ReconstructConfig
+from torchslim.eval.size import count_parameters
+from torchslim.search.nas import output_proxy, proxy_reference, teacher_targets
 from torchslim.search.nas_report import save, to_markdown
 from torchslim.zoo.digits_cnn import build_digits_cnn, digits_task
 from torchslim.zoo.tiny import tiny_bert, tiny_llama
@@ -138,7 +140,12 @@ def test_without_recovery_the_proxy_picks_among_feasible_candidates():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({}, "give a latency constraint"),
+    ({}, "give a constraint"),
+    ({"max_param_ratio": 1.5}, "max_param_ratio must be a fraction"),
+    ({"max_param_ratio": 0.0}, "max_param_ratio must be a fraction"),
+    ({"max_params": 0}, "max_params must be a positive"),
+    ({"max_params": 1.5}, "max_params must be a positive"),
+    ({"min_speedup": 2.0, "min_param_use": 0.9}, "min_param_use needs a parameter budget"),
     ({"min_speedup": 2.0, "widths": (0.5, 1.5)}, "fractions in"),
     ({"min_speedup": 2.0, "importance": "wanda"}, "taylor, magnitude_l2 or magnitude"),
     ({"max_latency_ms": -1.0}, "must be positive"),
@@ -175,3 +182,79 @@ def test_the_config_round_trips():
     cfg = _quick(min_speedup=2.0, selector=Selector(include=("re:.*layers\\.[01]",)))
     back = NASConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg and back.recover.train.steps == 2
+
+
+def _count(model) -> int:
+    return count_parameters(model, nonzero=False)[0]
+
+
+def test_the_returned_architecture_meets_a_parameter_budget_alone(llama4, tmp_path):
+    full = _count(llama4.model)
+    r = nas(llama4.model, llama4.task, _quick(max_param_ratio=0.7, n_candidates=6))
+    budget = int(0.7 * full)
+    assert r.param_budget == budget and r.base_ms is None and len(r.trials) == 6
+    assert all(t.params <= budget and t.feasible and t.latency_ms is None for t in r.trials)
+    assert r.model is not None and _count(r.model) == r.best.params <= budget
+    assert r.n_drawn == 6 + r.n_over_budget and r.n_over_budget >= 1     # uniform 0.75 keeps more than 70%
+    md = to_markdown(r)
+    assert f"<= {budget} parameters (70.0% of the full model)" in md
+    assert f"Parameter budget: 6 of the {r.n_drawn} shapes built met it ({r.n_over_budget} over it" in md
+    data = json.loads(save(r, tmp_path / "nas").with_suffix(".json").read_text())
+    assert data["param_budget"] == budget and data["n_over_budget"] == r.n_over_budget
+
+
+def test_a_parameter_budget_and_a_latency_constraint_together(llama4):
+    full = _count(llama4.model)
+    r = nas(llama4.model, llama4.task, _quick(max_params=int(0.9 * full), min_speedup=0.5, n_candidates=4,
+                                               recover=None))
+    assert r.param_budget == int(0.9 * full) and r.base_ms is not None
+    assert all(t.params <= r.param_budget and t.latency_ms is not None for t in r.trials)
+    assert r.best is not None and r.best.feasible and r.best.speedup >= 0.5
+
+
+def test_min_param_use_skips_shapes_far_below_the_budget(llama4):
+    r = nas(llama4.model, llama4.task, _quick(max_param_ratio=0.8, min_param_use=0.9, n_candidates=4, recover=None))
+    assert r.n_under_use >= 1 and all(0.9 * r.param_budget <= t.params <= r.param_budget for t in r.trials)
+
+
+def test_a_budget_no_shape_meets_is_a_clear_config_error(llama4):
+    with pytest.raises(ConfigError, match="none of the .* shapes built met the parameter budget of 1000") as e:
+        nas(llama4.model, llama4.task, _quick(max_params=1000, n_candidates=3))
+    assert "\n" not in str(e.value)
+
+
+def test_teacher_targets_follow_the_kept_blocks():
+    assert teacher_targets((0, 1, 2, 3), 4) == (0, 1, 2, 3)
+    assert teacher_targets((0, 2, 3), 6) == (1, 2, 5)          # block 0 also learns dropped block 1; 3 learns 4, 5
+    assert teacher_targets((1, 3), 4) == (2, 3)
+
+
+def test_reconstruction_recovers_a_shallower_candidate_on_its_kept_blocks(llama4, llama_space, monkeypatch):
+    """Block-wise reconstruction as the fixed recovery: a candidate that dropped a block learns the teacher's
+    output just before the next kept block, and comes out closer to the full model."""
+    import torchslim.train.blockwise as blockwise
+    from torchslim.search.nas import recover
+
+    space, scores = llama_space
+    seen = []
+    real = blockwise.reconstruct
+    monkeypatch.setattr(blockwise, "reconstruct", lambda s, t, b, f, plan, c: seen.append(plan.teacher_blocks)
+                        or real(s, t, b, f, plan, c))
+    shape = ArchShape(blocks=(0, 2, 3), heads=space.heads, neurons=space.neurons)
+    cand = build(llama4.model, space, shape, scores)
+    ref = proxy_reference(llama4.model, llama4.task, 8)
+    before = output_proxy(cand, llama4.task, ref)
+    rec = ReconstructConfig(steps=20, n_samples=8, batch_size=2, lr=2e-3)
+    after = output_proxy(recover(cand, llama4.model, llama4.task, rec, shape.blocks), llama4.task, ref)
+    assert seen == [(1, 2, 3)] and after < before
+    r = nas(llama4.model, llama4.task, _quick(max_param_ratio=0.9, n_candidates=3, n_recover=1, n_validate=0,
+                                               recover=ReconstructConfig(steps=2, n_samples=4, batch_size=2)))
+    assert r.best is not None and r.best.quality is not None and _count(r.model) <= r.param_budget
+    with pytest.raises(ConfigError, match="increasing block indices"):
+        ReconstructConfig(teacher_blocks=(2, 1))
+
+
+def test_a_reconstruct_recovery_round_trips():
+    cfg = _quick(max_param_ratio=0.75, min_param_use=0.5, recover=ReconstructConfig(steps=3))
+    back = NASConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and isinstance(back.recover, ReconstructConfig) and back.recover.steps == 3

@@ -4,7 +4,9 @@ time (:mod:`torchslim.train.blockwise`). After GPTQ, AWQ or W8A8 the packed laye
 layers (latent weights, learned step sizes) and pack back into the same formats and kernels; after structured
 pruning the smaller float layers train as they are. A shallower student (blocks dropped) learns, block by block,
 the teacher's hidden state at the same relative depth (block ``i`` of ``S`` the output of teacher block
-``round((i + 1) * T / S) - 1``).
+``round((i + 1) * T / S) - 1``), unless ``teacher_blocks`` names the teacher block each student block learns
+(a sub-network that dropped chosen blocks: the block just before the next kept one, as :mod:`torchslim.search.nas`
+sets it).
 
 ``torchslim.distill_(model, ReconstructConfig(), task=task, teacher=uncompressed)``, or a recipe stage
 ``distill: {_type: ReconstructConfig}`` (the teacher is then the uncompressed model). Per block it costs
@@ -31,7 +33,8 @@ log = logging.getLogger("torchslim")
 class ReconstructConfig(BaseConfig):
     """``steps`` per block, each on one cached batch of ``batch_size`` calibration windows out of ``n_samples``;
     AdamW with cosine decay at ``lr`` (weights, norms) and ``quantizer_lr`` (step sizes, offsets). With
-    ``checkpoint_dir`` finished blocks are saved and a killed run resumes after the last one."""
+    ``checkpoint_dir`` finished blocks are saved and a killed run resumes after the last one. ``teacher_blocks``:
+    the teacher block whose output each student block learns, increasing (None: evenly spaced)."""
 
     family: ClassVar[str] = "distillation"
     technique: ClassVar[str] = "reconstruct"
@@ -48,6 +51,15 @@ class ReconstructConfig(BaseConfig):
     train_weights: bool = True
     seed: int = between(0, 0, 1 << 31)
     checkpoint_dir: str | None = None
+    teacher_blocks: tuple[int, ...] | None = None
+
+    def validate(self) -> None:
+        if self.teacher_blocks is not None:
+            tb = tuple(int(b) for b in self.teacher_blocks)
+            if not tb or tb[0] < 0 or any(b <= a for a, b in zip(tb, tb[1:])):
+                raise ConfigError(f"ReconstructConfig.teacher_blocks must be increasing block indices from 0, "
+                                  f"got {list(self.teacher_blocks)}")
+            self.teacher_blocks = tb
 
     def needs_teacher(self) -> bool:
         return True
@@ -66,7 +78,7 @@ def _reconstruct(model: nn.Module, config: ReconstructConfig, ctx: ApplyContext)
     fields = {k: v for k, v in config.to_dict()["_data"].items() if k != "checkpoint_dir"}
     fingerprint = json.dumps({**fields, "batches": len(batches)}, sort_keys=True, default=str)
     plan = BlockPlan(config.steps, config.lr, config.quantizer_lr, config.seed, config.max_grad_norm,
-                     config.checkpoint_dir, fingerprint, config.train_weights)
+                     config.checkpoint_dir, fingerprint, config.train_weights, config.teacher_blocks)
     was = model.training
     model.eval()
     teacher.eval()

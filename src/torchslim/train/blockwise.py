@@ -52,6 +52,7 @@ class BlockPlan:
     checkpoint_dir: str | None = None
     fingerprint: str = ""
     train_weights: bool = True      # False: packed layers keep their latent weights (step sizes, offsets, norms train)
+    teacher_blocks: tuple[int, ...] | None = None   # the teacher block each student block learns (None: teacher_ends)
 
 
 def relative_error(block: nn.Module, cache: list[tuple], targets: list[torch.Tensor]) -> float:
@@ -229,6 +230,11 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[dict], for
     (:func:`teacher_ends`); one row per block."""
     s_blocks, t_blocks = chain_blocks(student), chain_blocks(teacher)
     ends = teacher_ends(len(s_blocks), len(t_blocks))
+    if plan.teacher_blocks is not None:
+        ends = list(plan.teacher_blocks)
+        if len(ends) != len(s_blocks) or ends[-1] >= len(t_blocks):
+            raise ConfigError(f"block-wise reconstruction: teacher_blocks {ends} must name one of the teacher's "
+                              f"{len(t_blocks)} blocks for each of the student's {len(s_blocks)}")
     names = [n for n, _ in s_blocks]
     done = _done_rows(plan, names)
     if done:
