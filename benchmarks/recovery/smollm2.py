@@ -54,8 +54,9 @@ COLUMNS = ["threads", "ppl", "ppl change", "ppl pydoc", "pydoc change", "teacher
            "tokens seen"]
 ORDER = ["fp32 (teacher)", "int4 RTN g128", "int4 RTN g128 + block-wise reconstruction", "int4 GPTQ g128",
          "int4 GPTQ g128 + block-wise reconstruction", "int4 GPTQ g128 + block-wise step sizes",
-         "int4 GPTQ g128 + QAT (KD)", "W8A8 static SmoothQuant",
-         "W8A8 static + QAT (KD)", "structured 25% (one-shot)", "structured 25% + distillation",
+         "int4 GPTQ g128 + QAT (KD)", "W8A8 static SmoothQuant", "W8A8 static + block-wise reconstruction",
+         "W8A8 static + QAT (KD)", "structured 25% (one-shot)", "structured 25% + block-wise reconstruction",
+         "structured 25% + block-wise + distillation", "structured 25% + distillation",
          "structured 25% + fine-tuning (control)", "structured 25% + black-box distillation",
          "structured 25% + raw-text fine-tuning (control)"]
 
@@ -193,6 +194,21 @@ def part_w8a8(b: Bench, steps: int) -> None:
               "scales, logit KL only; converted to the same int8 static layers")
 
 
+def part_w8a8_block(b: Bench, steps: int, samples: int) -> None:
+    """Static W8A8 with SmoothQuant, then block-wise reconstruction as the w8a8-static-recover recipe does it."""
+    m = copy.deepcopy(b.base)
+    torchslim.quantize_(m, W8A8Config(mode=ActMode.STATIC, smooth_alpha=0.5, n_samples=64), calibration=b.calib)
+    b.record(f"W8A8 static SmoothQuant{b.tag}", m, f"post-training, per-tensor static int8 activations, calibrated on "
+             f"the {b.calib_name}", {})
+    cfg = ReconstructConfig(steps=steps, n_samples=samples, batch_size=2, lr=2e-5, quantizer_lr=2e-4)
+    values: dict = {"steps": steps * 30}
+    with timed(values, steps * 30, 2, b.task.seq_len):
+        torchslim.distill_(m, cfg, task=b.calib, teacher=b.base)
+    b.record(f"W8A8 static{b.tag} + block-wise reconstruction", m, f"{steps} steps per block ({samples} windows), "
+             f"weights at lr {cfg.lr:g}, weight scales and activation ranges at {cfg.quantizer_lr:g} (the "
+             "w8a8-static-recover recipe); packed back to the same static int8 layers", values)
+
+
 def part_structured(b: Bench, steps: int) -> None:
     m = b.pruned()
     b.record("structured 25% (one-shot)", m, "Taylor importance, heads + neurons, round to 8", {})
@@ -273,6 +289,8 @@ def main() -> None:
             part_w8a8(b, args.steps_w8a8)
         elif part == "structured":
             part_structured(b, args.steps_structured)
+        elif part == "w8a8-block":
+            part_w8a8_block(b, args.steps_block[-1], args.samples_block)
         elif part == "structured-block":
             part_structured_block(b, args.steps_block[-1], args.samples_block, args.steps_structured_distill)
         elif part == "blackbox":
