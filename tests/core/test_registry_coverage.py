@@ -14,8 +14,9 @@ def test_quantizing_pruned_layers_counts_them(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="torchslim"):
         torchslim.quantize_(lm.model, WeightOnlyConfig(format=IntFormat(8), granularity=PerChannel()))
     lines = [r.getMessage() for r in caplog.records if "weight layers" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].startswith("WeightOnlyConfig changed 15 of 15 weight layers")
-    assert "14 SparseQuantLinear" in lines[0]
+    # 14 pruned linears + the head, and the tied embedding that now reads the head's codes (a replaced layer too)
+    assert len(lines) == 1 and lines[0].startswith("WeightOnlyConfig changed 16 of 16 weight layers")
+    assert "14 SparseQuantLinear" in lines[0] and "1 PackedEmbedding" in lines[0]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "weight layers" in r.getMessage()]
 
 
