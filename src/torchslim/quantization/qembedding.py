@@ -25,7 +25,6 @@ from torchslim.core.modules import StandIn, register_module_format
 from torchslim.core.surgery import replace_module
 from torchslim.quantization.formats import Format, Granularity, PerTensor
 from torchslim.quantization.packing import from_unsigned, unpack_bits
-from torchslim.quantization.primitives import padded_cols
 from torchslim.quantization.qlinear import QuantLinear, signed_codes
 
 log = logging.getLogger("torchslim.quantization")
