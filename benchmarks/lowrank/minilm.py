@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recovery"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtimes"))
-from common import ROOT, Row, artifact_bytes, interleaved, machine_line, write_table  # noqa: E402
+from common import ROOT, Row, artifact_bytes, interleaved, write_table  # noqa: E402
 from common_rt import pydoc_sentences  # noqa: E402
 from common_train import timed  # noqa: E402
 
@@ -104,8 +103,6 @@ def main() -> None:
                 "Regenerate: `python benchmarks/lowrank/minilm.py`.", cols, rows,
                 ["The 30522 x 384 word embedding (half of the bytes) is not factorized, so artifacts shrink less "
                  "than the linear weights do."])
-    OUT.with_suffix(".json").write_text(json.dumps({"machine": machine_line(), "ratio": args.ratio,
-                                                    "rows": [{"name": r.name, **r.values} for r in rows]}, indent=1))
 
 
 if __name__ == "__main__":

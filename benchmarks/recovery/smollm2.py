@@ -42,6 +42,7 @@ from common_train import timed  # noqa: E402
 import torchslim  # noqa: E402
 from torchslim import (ActQuant, BlackBoxDistillConfig, DistillConfig, FinetuneConfig, GPTQConfig,  # noqa: E402
                        QATConfig, ReconstructConfig, StructuredConfig, TrainConfig, W8A8Config, WeightOnlyConfig)
+from torchslim.core.archs import find_blocks  # noqa: E402
 from torchslim.data.text import pydoc_text, split_text  # noqa: E402
 from torchslim.quantization import ActMode, IntFormat, PerChannel, PerGroup  # noqa: E402
 from torchslim.tasks.causal_lm import CausalLMTask, logits_of  # noqa: E402
@@ -116,6 +117,15 @@ class Bench:
             torchslim.apply_(model, config, task=task or self.task, **kw)
         self.record(name, model, note, values)
 
+    def reconstructed(self, model, cfg: ReconstructConfig) -> dict:
+        """Block-wise reconstruction of ``model`` on the calibration text against the teacher, timed; its row
+        values (steps counted over every block, batch 2)."""
+        steps = cfg.steps * len(find_blocks(model))
+        values: dict = {"steps": steps}
+        with timed(values, steps, cfg.batch_size, self.task.seq_len):
+            torchslim.distill_(model, cfg, task=self.calib, teacher=self.base)
+        return values
+
     def pruned(self):
         m = copy.deepcopy(self.base)
         torchslim.prune_(m, StructuredConfig(targets=["heads", "neurons"], ratio=0.25, importance="taylor", round_to=8),
@@ -154,9 +164,7 @@ def part_int4_block(b: Bench, steps: list[int], samples: int, routes: tuple[str,
         for n in steps:
             m = copy.deepcopy(quantized)
             cfg = ReconstructConfig(steps=n, n_samples=samples, batch_size=2)
-            values: dict = {"steps": n * 30}
-            with timed(values, n * 30, 2, b.task.seq_len):
-                torchslim.distill_(m, cfg, task=b.calib, teacher=b.base)
+            values = b.reconstructed(m, cfg)
             name = f"{base}{b.tag} + block-wise reconstruction" + (f" ({n}/block)" if len(steps) > 1 else "")
             b.record(name, m, f"{n} steps per block, each one cached batch of 2 x 512 {b.calib_name} tokens "
                      f"({samples} windows); AdamW lr {cfg.lr:g} (weights, norms) / {cfg.quantizer_lr:g} (step sizes, "
@@ -168,9 +176,7 @@ def part_int4_scales(b: Bench, steps: int, samples: int) -> None:
     """From GPTQ, only step sizes, offsets and norms learn: GPTQ's rounding decisions are kept."""
     m = _gptq_int4(b)
     cfg = ReconstructConfig(steps=steps, n_samples=samples, batch_size=2, train_weights=False)
-    values: dict = {"steps": steps * 30}
-    with timed(values, steps * 30, 2, b.task.seq_len):
-        torchslim.distill_(m, cfg, task=b.calib, teacher=b.base)
+    values = b.reconstructed(m, cfg)
     b.record(f"int4 GPTQ g128{b.tag} + block-wise step sizes", m, f"{steps} steps per block ({samples} windows): "
              f"latent weights frozen (GPTQ's rounding kept), step sizes/offsets at lr {cfg.quantizer_lr:g}, norms at "
              f"{cfg.lr:g}; packed back to the same int4 layers", values)
@@ -201,9 +207,7 @@ def part_w8a8_block(b: Bench, steps: int, samples: int) -> None:
     b.record(f"W8A8 static SmoothQuant{b.tag}", m, f"post-training, per-tensor static int8 activations, calibrated on "
              f"the {b.calib_name}", {})
     cfg = ReconstructConfig(steps=steps, n_samples=samples, batch_size=2, lr=2e-5, quantizer_lr=2e-4)
-    values: dict = {"steps": steps * 30}
-    with timed(values, steps * 30, 2, b.task.seq_len):
-        torchslim.distill_(m, cfg, task=b.calib, teacher=b.base)
+    values = b.reconstructed(m, cfg)
     b.record(f"W8A8 static{b.tag} + block-wise reconstruction", m, f"{steps} steps per block ({samples} windows), "
              f"weights at lr {cfg.lr:g}, weight scales and activation ranges at {cfg.quantizer_lr:g} (the "
              "w8a8-static-recover recipe); packed back to the same static int8 layers", values)
@@ -227,9 +231,7 @@ def part_structured_block(b: Bench, steps: int, samples: int, distill_steps: int
         b.record(f"structured 25%{b.tag} (one-shot)", m, f"Taylor importance on the {b.calib_name}, heads + neurons, "
                  "round to 8", {})
     cfg = ReconstructConfig(steps=steps, n_samples=samples, batch_size=2)
-    values: dict = {"steps": steps * 30}
-    with timed(values, steps * 30, 2, b.task.seq_len):
-        torchslim.distill_(m, cfg, task=b.calib, teacher=b.base)
+    values = b.reconstructed(m, cfg)
     b.record(f"structured 25%{b.tag} + block-wise reconstruction", m, f"{steps} steps per block on cached "
              f"{b.calib_name} inputs ({samples} windows, batch 2), the kept weights and norms at lr {cfg.lr:g}, "
              "cosine; relative block-output MSE to the uncompressed block", values)

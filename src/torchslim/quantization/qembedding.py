@@ -9,8 +9,9 @@ table beside a 28 MB int8 head). :func:`tie_packed_head_` replaces such an embed
 :class:`PackedEmbedding` whose buffers are the head's own tensors; artifacts store them once (aliases).
 
 An untied table (an encoder's word embedding: half of MiniLM's bytes) is quantized when a
-``WeightOnlyConfig`` selects it (``type:Embedding``): :meth:`PackedEmbedding.quantized` rounds its rows to the
-config's grid, one scale per row or per group of a row, and :meth:`PackedEmbedding.from_rows` owns the codes. A lookup unpacks only the rows it reads.
+``WeightOnlyConfig`` selects it (``type:Embedding``): its rows are rounded to the config's grid, one scale per row
+or per group of a row, and :meth:`PackedEmbedding.from_rows` owns the codes. A lookup unpacks only the rows it
+reads.
 """
 from __future__ import annotations
 
@@ -158,4 +159,3 @@ def head_is_shared(model: nn.Module, module: nn.Module) -> bool:
     """Whether ``module`` (a packed head) also serves a :class:`PackedEmbedding` (then it is not retrained)."""
     packed = getattr(module, "packed", None)
     return packed is not None and any(isinstance(m, PackedEmbedding) and m.packed is packed for m in model.modules())
-

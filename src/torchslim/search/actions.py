@@ -24,9 +24,9 @@ from pathlib import Path
 from torch import nn
 
 from torchslim.core.config import BaseConfig
+from torchslim.core.errors import ConfigError
 from torchslim.core.linear import LinearLike
 from torchslim.core.select import Selector
-from torchslim.core.errors import ConfigError
 from torchslim.lowrank import LowRankConfig, Method
 from torchslim.pruning import UnstructuredConfig
 from torchslim.quantization import IntFormat, PerChannel, PerGroup, WeightOnlyConfig
