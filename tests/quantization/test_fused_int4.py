@@ -24,25 +24,29 @@ def _weights(n: int, k: int, group: int, seed: int = 0):
     return u, scale, offset, w
 
 
-def test_packing_puts_input_j_and_j_plus_16_in_one_byte() -> None:
-    codes = torch.arange(64, dtype=torch.uint8).remainder(16).reshape(1, 64)
+def test_packing_pairs_blocks_and_keeps_a_last_odd_block_on_its_own() -> None:
+    """Per pair of blocks, byte j holds input j (low nibble) and input j + 32 (high); an unpaired last block
+    holds input j and j + 16."""
+    codes = torch.randint(0, 16, (2, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     packed = F4.pack(codes)
-    assert packed.shape == (1, 32)
-    assert torch.equal(packed[0, :16] & 0x0F, codes[0, :16]) and torch.equal(packed[0, :16] >> 4, codes[0, 16:32])
-    assert torch.equal(packed[0, 16:] & 0x0F, codes[0, 32:48]) and torch.equal(packed[0, 16:] >> 4, codes[0, 48:])
+    assert packed.shape == (2, 48)
+    assert torch.equal(packed[:, :32] & 0x0F, codes[:, :32]) and torch.equal(packed[:, :32] >> 4, codes[:, 32:64])
+    assert torch.equal(packed[:, 32:] & 0x0F, codes[:, 64:80]) and torch.equal(packed[:, 32:] >> 4, codes[:, 80:])
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, 19])
-def test_every_instruction_set_computes_the_same_integer_products(rows) -> None:
+@pytest.mark.parametrize("k, group", [(256, 64), (160, 32), (384, 128)])
+def test_every_instruction_set_computes_the_same_integer_products(rows, k, group) -> None:
     """Activations that are integers of at most 127 with 127 in every block quantize exactly (scale 1): then
-    every path equals the float product up to summation order, whatever the CPU."""
-    n, k, group = 70, 256, 64                       # 70 rows: 17 blocks of four and two rows left over
+    every path equals the float product up to summation order, whatever the CPU. Groups of two blocks and of
+    four (the 512-bit path's pairs), and of one block in a row of five (pairs across groups, a last odd block)."""
+    n = 70                                          # 70 rows: 17 blocks of four and two rows left over
     u, scale, offset, w = _weights(n, k, group)
     x = torch.randint(-127, 128, (rows, k)).float()
     x[:, ::32] = 127.0
     ops = F4.prepare(u, scale, offset, None)
     want = x.double() @ w.double().T
-    for level in (0, 1, 2):                         # a level above this CPU's runs the best it has
+    for level in (0, 1, 2, 3):                      # a level above this CPU's runs the best it has
         got = F4.matmul(x, ops, level).double()
         assert got.shape == (rows, n)
         assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5, level

@@ -7,8 +7,9 @@ has no kernel at all for symmetric int4 codes (their layers dequantize the whole
 of 32 inputs in two int8 parts, the value and its rounding residual (about 15 bits: SmolLM2 int4's perplexity
 stays within 0.1% of the same model computed in fp32; one int8 part, as llama.cpp's Q8_0 activations, cost 4%).
 The offset of asymmetric codes multiplies the exact float sum of the activation over its group. Measured at one
-row, one thread on an AMX Xeon: 1.0-1.2x ``_weight_int4pack_mm`` (near the core's memory bandwidth on large
-layers), 18x the dequantized path of symmetric int4.
+row on an AMX Xeon, 2 threads, SmolLM2-135M's layer shapes: 1.0-1.3x ``_weight_int4pack_mm`` on layers of 0.3 MB
+and more (the 512-bit path: two blocks per instruction, codes unpacked by one shift and mask), slower on the
+smallest (a fixed cost of about 5 us a call); 18x the dequantized path of symmetric int4.
 
 It is a C++ extension built on first use with the C++ compiler torch's own extensions use (about 10-30 s, once per
 machine and torch version; cached where torch caches its extensions, ``$TORCH_EXTENSIONS_DIR``). Without a compiler, or with
@@ -31,6 +32,10 @@ log = logging.getLogger("torchslim")
 
 SOURCE = Path(__file__).with_name("csrc") / "int4_gemv.cpp"
 BLOCK = 32           # inputs per activation block and per 16 packed weight bytes
+# -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers, so an extension built without it runs every
+# layer on one thread whatever torch.get_num_threads() says (measured: 2 threads no faster than 1). The library it
+# links, libgomp.so.1, is the one torch has already loaded (same soname), so there is one thread pool.
+FLAGS = ("-O3", "-fopenmp")
 MAX_ROWS = 8         # rows up to which a layer with the kernel uses it (decode of a few sequences)
 _STATE: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -40,7 +45,7 @@ def _build_dir() -> Path:
     """Where torch's extensions are built (``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``), one
     folder per source and torch version: not under ``$TORCHSLIM_CACHE``, which tests and users point at fresh
     folders for data, and which would rebuild the kernel each time."""
-    tag = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    tag = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()[:16]
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions").expanduser()
     return root / f"torchslim-int4-gemv-{tag}"
 
@@ -67,7 +72,7 @@ def _load() -> bool:
         with heartbeat("building the fused int4 kernel (C++, once per machine)") if not built else \
                 contextlib.nullcontext():
             load(name="torchslim_int4_gemv", sources=[str(SOURCE)], build_directory=str(folder),
-                 extra_cflags=["-O3"], is_python_module=False, verbose=False)
+                 extra_cflags=list(FLAGS), extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
     except Exception as e:               # no compiler, no ninja, a failed build: the other kernels stay
         log.warning("the fused int4 kernel is unavailable here (%s); int4 layers keep torch's kernels",
                     (str(e).strip().splitlines() or [type(e).__name__])[-1][:200])
@@ -83,7 +88,8 @@ def _register_fake() -> None:
 
 
 def level() -> int:
-    """The instruction set the kernel uses on this CPU: 2 AVX512-VNNI, 1 AVX2, 0 plain C++."""
+    """The instruction set the kernel uses on this CPU: 3 AVX512-VNNI on 512-bit registers, 2 AVX512-VNNI on 256-bit
+    registers, 1 AVX2, 0 plain C++."""
     return int(torch.ops.torchslim_cpu.int4_gemv_level())
 
 
@@ -93,11 +99,19 @@ def supports(in_features: int, group: int) -> bool:
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:
-    """Unsigned 4-bit codes ``[N, K]`` (0..15) as ``[N, K / 2]`` bytes: per block of 32 inputs, byte ``j``
-    holds input ``j`` in its low nibble and input ``j + 16`` in its high nibble."""
+    """Unsigned 4-bit codes ``[N, K]`` (0..15) as ``[N, K / 2]`` bytes, per pair of blocks of 32 inputs: byte ``j``
+    of a pair's 32 holds input ``j`` in its low nibble and input ``j + 32`` in its high nibble, so one mask gives the
+    first block's codes in input order and one shift the second's. A last, unpaired block (``K / 32`` odd) keeps
+    16 bytes: input ``j`` low, ``j + 16`` high."""
     n, k = codes.shape
-    u = codes.to(torch.uint8).reshape(n, k // BLOCK, 2, BLOCK // 2)
-    return (u[:, :, 0] | (u[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+    u = codes.to(torch.uint8)
+    pairs = (k // BLOCK) // 2 * 2 * BLOCK
+    head = u[:, :pairs].reshape(n, -1, 2, BLOCK)
+    parts = [(head[:, :, 0] | (head[:, :, 1] << 4)).reshape(n, pairs // 2)]
+    if pairs < k:
+        tail = u[:, pairs:].reshape(n, 2, BLOCK // 2)
+        parts.append(tail[:, 0] | (tail[:, 1] << 4))
+    return torch.cat(parts, dim=1).contiguous()
 
 
 def prepare(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, signed_min: int | None,

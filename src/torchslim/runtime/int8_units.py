@@ -6,7 +6,7 @@ Two kernels multiply packed weights on the integer units (VNNI/AMX/AVX2) instead
   split into two int8 passes, to about 2e-4 relative error (the bf16 kernel it replaces: about 2e-3). Measured on
   SmolLM2's 49152 x 576 head it ran 1.7-3.3x faster than ``_weight_int8pack_mm`` on an AMX Xeon.
 * int4 layers: the fused int4 x int8 kernel (:mod:`torchslim.quantization.fused_int4`), activations quantized per
-  block of 32 in two int8 parts (about 15 bits; measured 1.0-1.2x ``_weight_int4pack_mm`` at one row on an AMX
+  block of 32 in two int8 parts (about 15 bits; measured 1.0-1.3x ``_weight_int4pack_mm`` at one row on an AMX
   Xeon, and 18x the dequantized path of symmetric int4, which torch has no kernel for).
 
 Whether a kernel is faster depends on the CPU and the layer's shape, so each layer shape is timed at one row
