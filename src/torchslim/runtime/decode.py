@@ -97,6 +97,11 @@ class FastDecoder:
         self.static = compile if static is None else static
         if compile and not self.static:
             raise TorchSlimError("a compiled decode step needs the static cache")
+        if compile:      # one token's grouped-query attention without repeating the cache (see runtime.gqa)
+            from torchslim.runtime.gqa import use_packed_gqa
+
+            if use_packed_gqa(model):
+                log.info("fast path: grouped-query attention of one token runs on the key/value heads")
         self._step = torch.compile(self._forward, dynamic=False) if compile else self._forward
         self._static_cache: Any = None
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
