@@ -122,3 +122,30 @@ def test_a_compiled_graph_calls_the_kernel_without_a_break() -> None:
         eager = model(x)
         compiled = torch.compile(model, fullgraph=True)(x)       # fullgraph: a graph break would raise
     assert compiled.dtype == torch.bfloat16 and torch.allclose(compiled.float(), eager.float(), atol=1e-2)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("in_features, out_features, group", [(200, 70, 32), (576, 96, 128), (100, 5, 64)])
+def test_one_pass_bf16_dequantization_is_bit_for_bit_the_tensor_ops(symmetric, in_features, out_features,
+                                                                     group) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(in_features, out_features))
+    torchslim.quantize_(model, WeightOnlyConfig(format=IntFormat(4, symmetric=symmetric), granularity=PerGroup(group)))
+    layer = model[0]
+    if not F4.dequantizes(layer.padded_in, layer.scale.shape[1]):
+        pytest.skip("no 512-bit path on this CPU: the layer keeps the tensor-op dequantization")
+    assert layer._one_pass_bf16()
+    fast = layer.dequantize(torch.bfloat16)
+    layer._one_pass_bf16 = lambda: False          # the tensor-op path, on the same layer
+    assert torch.equal(fast, layer.dequantize(torch.bfloat16))
+    assert fast.shape == (out_features, in_features)
+
+
+def test_trained_scales_keep_the_differentiable_dequantization() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(128, 32))
+    torchslim.quantize_(model, WeightOnlyConfig(format=IntFormat(4, symmetric=False), granularity=PerGroup(32)))
+    layer = model[0]
+    layer.scale.requires_grad_(True)
+    assert not layer._one_pass_bf16()
+    layer.dequantize(torch.bfloat16).float().sum().backward()
+    assert layer.scale.grad is not None and layer.scale.grad.abs().sum() > 0

@@ -35,7 +35,7 @@ BLOCK = 32           # inputs per activation block and per 16 packed weight byte
 # -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers, so an extension built without it runs every
 # layer on one thread whatever torch.get_num_threads() says (measured: 2 threads no faster than 1). The library it
 # links, libgomp.so.1, is the one torch has already loaded (same soname), so there is one thread pool.
-FLAGS = ("-O3", "-fopenmp")
+FLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")  # no fused multiply-adds where the source has none: dequantization rounds as torch does
 MAX_ROWS = 8         # rows up to which a layer with the kernel uses it (decode of a few sequences)
 _STATE: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -86,6 +86,10 @@ def _register_fake() -> None:
     def _(x, packed, scale, offset, group, level):
         return x.new_empty(x.shape[0], packed.shape[0])
 
+    @torch.library.register_fake("torchslim_cpu::int4_dequant")
+    def _(packed, scale, offset, kp, k_out, shift):
+        return scale.new_empty(scale.shape[0], k_out, dtype=torch.bfloat16)
+
 
 def level() -> int:
     """The instruction set the kernel uses on this CPU: 3 AVX512-VNNI on 512-bit registers, 2 AVX512-VNNI on 256-bit
@@ -134,3 +138,20 @@ def matmul(x2: torch.Tensor, ops: dict[str, Any], use_level: int = -1) -> torch.
     -1 the best here."""
     return torch.ops.torchslim_cpu.int4_gemv(x2, ops["packed"], ops["scale"], ops["offset"], ops["group"],
                                              use_level)
+
+
+def dequantize_bf16(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, padded_in: int,
+                    in_features: int, signed: bool) -> torch.Tensor:
+    """A stored int4 layer's weight as bf16 ``[N, in_features]`` in one pass over its codes: ``packed`` holds the
+    codes as :func:`torchslim.quantization.packing.pack_bits` writes them (rows of ``padded_in``), ``scale`` /
+    ``offset`` ``[N, G]``; ``signed``: symmetric codes (stored shifted by 8). Bit for bit what the tensor-op
+    dequantization gives. Needs :func:`available` and :func:`dequantizes`."""
+    return torch.ops.torchslim_cpu.int4_dequant(packed, scale.float(), None if offset is None else offset.float(),
+                                                padded_in, in_features, -8 if signed else 0)
+
+
+def dequantizes(padded_in: int, groups: int) -> bool:
+    """Whether :func:`dequantize_bf16` takes a layer: rows and groups of an even number of codes (whole bytes), on
+    a CPU with the 512-bit path (elsewhere its plain C++ loop measured no faster than the tensor ops)."""
+    return (padded_in % 2 == 0 and groups > 0 and padded_in % groups == 0 and (padded_in // groups) % 2 == 0
+            and available() and level() >= 3)
