@@ -125,14 +125,18 @@ def test_a_compiled_graph_calls_the_kernel_without_a_break() -> None:
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
-@pytest.mark.parametrize("in_features, out_features, group", [(200, 70, 32), (576, 96, 128), (100, 5, 64)])
-def test_one_pass_bf16_dequantization_is_bit_for_bit_the_tensor_ops(symmetric, in_features, out_features,
+@pytest.mark.parametrize("bits, in_features, out_features, group",
+                         [(4, 200, 70, 32), (4, 576, 96, 128), (4, 100, 5, 64), (8, 77, 9, None), (8, 200, 70, 32)])
+def test_one_pass_bf16_dequantization_is_bit_for_bit_the_tensor_ops(symmetric, bits, in_features, out_features,
                                                                      group) -> None:
+    from torchslim.quantization import PerChannel
+
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(in_features, out_features))
-    torchslim.quantize_(model, WeightOnlyConfig(format=IntFormat(4, symmetric=symmetric), granularity=PerGroup(group)))
+    gran = PerGroup(group) if group else PerChannel()
+    torchslim.quantize_(model, WeightOnlyConfig(format=IntFormat(bits, symmetric=symmetric), granularity=gran))
     layer = model[0]
-    if not F4.dequantizes(layer.padded_in, layer.scale.shape[1]):
+    if not F4.dequantizes(layer.padded_in, layer.scale.shape[1], bits):
         pytest.skip("no 512-bit path on this CPU: the layer keeps the tensor-op dequantization")
     assert layer._one_pass_bf16()
     fast = layer.dequantize(torch.bfloat16)

@@ -86,8 +86,8 @@ def _register_fake() -> None:
     def _(x, packed, scale, offset, group, level):
         return x.new_empty(x.shape[0], packed.shape[0])
 
-    @torch.library.register_fake("torchslim_cpu::int4_dequant")
-    def _(packed, scale, offset, kp, k_out, shift):
+    @torch.library.register_fake("torchslim_cpu::dequant_bf16")
+    def _(packed, scale, offset, kp, k_out, shift, bits):
         return scale.new_empty(scale.shape[0], k_out, dtype=torch.bfloat16)
 
 
@@ -141,17 +141,19 @@ def matmul(x2: torch.Tensor, ops: dict[str, Any], use_level: int = -1) -> torch.
 
 
 def dequantize_bf16(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, padded_in: int,
-                    in_features: int, signed: bool) -> torch.Tensor:
-    """A stored int4 layer's weight as bf16 ``[N, in_features]`` in one pass over its codes: ``packed`` holds the
-    codes as :func:`torchslim.quantization.packing.pack_bits` writes them (rows of ``padded_in``), ``scale`` /
-    ``offset`` ``[N, G]``; ``signed``: symmetric codes (stored shifted by 8). Bit for bit what the tensor-op
-    dequantization gives. Needs :func:`available` and :func:`dequantizes`."""
-    return torch.ops.torchslim_cpu.int4_dequant(packed, scale.float(), None if offset is None else offset.float(),
-                                                padded_in, in_features, -8 if signed else 0)
+                    in_features: int, signed: bool, bits: int = 4) -> torch.Tensor:
+    """A stored int4 or int8 layer's weight as bf16 ``[N, in_features]`` in one pass over its codes: ``packed``
+    holds the codes as :func:`torchslim.quantization.packing.pack_bits` writes them (rows of ``padded_in``),
+    ``scale`` / ``offset`` ``[N, G]``; ``signed``: symmetric codes (stored shifted by half the range). Bit for bit
+    what the tensor-op dequantization gives. Needs :func:`dequantizes`."""
+    shift = -(1 << (bits - 1)) if signed else 0
+    return torch.ops.torchslim_cpu.dequant_bf16(packed, scale.float(), None if offset is None else offset.float(),
+                                                padded_in, in_features, shift, bits)
 
 
-def dequantizes(padded_in: int, groups: int) -> bool:
-    """Whether :func:`dequantize_bf16` takes a layer: rows and groups of an even number of codes (whole bytes), on
-    a CPU with the 512-bit path (elsewhere its plain C++ loop measured no faster than the tensor ops)."""
-    return (padded_in % 2 == 0 and groups > 0 and padded_in % groups == 0 and (padded_in // groups) % 2 == 0
-            and available() and level() >= 3)
+def dequantizes(padded_in: int, groups: int, bits: int = 4) -> bool:
+    """Whether :func:`dequantize_bf16` takes a layer: 4 or 8 bits, int4 rows and groups of an even number of
+    codes (whole bytes), on a CPU with the 512-bit path (elsewhere its plain C++ loop measured no faster than
+    the tensor ops)."""
+    whole = bits == 8 or (padded_in % 2 == 0 and (padded_in // max(groups, 1)) % 2 == 0)
+    return (bits in (4, 8) and groups > 0 and padded_in % groups == 0 and whole and available() and level() >= 3)

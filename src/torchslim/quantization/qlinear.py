@@ -144,7 +144,7 @@ class QuantLinear(StandIn, nn.Module):
         """The dense weight this layer computes with, ``[out, in]``."""
         if dtype is torch.bfloat16 and self._one_pass_bf16():   # prefill's dense matmul: bit for bit the same
             return fused_int4.dequantize_bf16(self.packed, self.scale, self.offset, self.padded_in, self.in_features,
-                                              signed_codes(self.fmt))
+                                              signed_codes(self.fmt), self.fmt.storage_bits)
         c = self.codes()
         vals = self.levels[c.long()] if self.levels is not None else c.float()
         groups = self.scale.shape[1]
@@ -152,13 +152,13 @@ class QuantLinear(StandIn, nn.Module):
         return w.reshape(self.out_features, self.padded_in)[:, : self.in_features].to(dtype)
 
     def _one_pass_bf16(self) -> bool:
-        """Whether the C++ one-pass int4 -> bf16 dequantization applies: stored int4 integer codes on the CPU, no
+        """Whether the C++ one-pass int4/int8 -> bf16 dequantization applies: stored integer codes on the CPU, no
         gradient to record, not inside a compiled graph (measured 23x the tensor ops on SmolLM2's gate/up shape)."""
-        return (self.fmt.storage_bits == 4 and isinstance(self.fmt, IntFormat) and self.levels is None
+        return (self.fmt.storage_bits in (4, 8) and isinstance(self.fmt, IntFormat) and self.levels is None
                 and self.packed.device.type == "cpu" and not torch.compiler.is_compiling()
                 and not (torch.is_grad_enabled() and (self.scale.requires_grad or (
                     self.offset is not None and self.offset.requires_grad)))
-                and fused_int4.dequantizes(self.padded_in, self.scale.shape[1]))
+                and fused_int4.dequantizes(self.padded_in, self.scale.shape[1], self.fmt.storage_bits))
 
     # -- execution ---------------------------------------------------------------------
     def _prepared(self) -> dict[str, Any]:
