@@ -2,7 +2,7 @@
 
 ``torch.ops.aten._weight_int4pack_mm`` converts every weight to bf16 and multiplies in floating point, and torch
 has no kernel at all for symmetric int4 codes (their layers dequantize the whole weight per call). This kernel
-(``csrc/int4_gemv.cpp``) multiplies 32 codes at a time by one integer dot-product instruction (AVX512-VNNI
+(``runtime/csrc/int4_gemv.cpp``) multiplies 32 codes at a time by one integer dot-product instruction (AVX512-VNNI
 ``vpdpbusd``; AVX2 ``vpmaddubsw``; plain C++ elsewhere, chosen at run time) with the activation quantized per block
 of 32 inputs in two int8 parts, the value and its rounding residual (about 15 bits: SmolLM2 int4's perplexity
 stays within 0.1% of the same model computed in fp32; one int8 part, as llama.cpp's Q8_0 activations, cost 4%).
@@ -15,84 +15,24 @@ The same extension dequantizes stored int4 and int8 codes to bf16 in one pass (:
 many-row matmuls of prefill, which run in bf16 on the weight dequantized per call: bit for bit the tensor-op
 dequantization, 20x+ faster on SmolLM2's layers (512-bit path only; elsewhere the tensor ops stay).
 
-It is a C++ extension built on first use with the C++ compiler torch's own extensions use (about 10-30 s, once per
-machine and torch version; cached where torch caches its extensions, ``$TORCH_EXTENSIONS_DIR``). Without a compiler, or with
-``TORCHSLIM_CPP_KERNELS=0``, :func:`available` is False and layers keep their other kernels. Pure kernel math:
-which layers use it is the runtime's decision, measured (:func:`torchslim.runtime.int8_units.use_int4_units`).
+The C++ (``torchslim/runtime/csrc``) is built on first use by :mod:`torchslim.runtime.cpu_kernels`; without a
+compiler, or with ``TORCHSLIM_CPP_KERNELS=0``, :func:`available` is False and layers keep their other kernels.
+Pure kernel math: which layers use it is the runtime's decision, measured
+(:func:`torchslim.runtime.int8_units.use_int4_units`).
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import logging
-import os
-import threading
-from pathlib import Path
 from typing import Any
 
 import torch
 
-log = logging.getLogger("torchslim")
+from torchslim.runtime.cpu_kernels import available
 
-SOURCE = Path(__file__).with_name("csrc") / "int4_gemv.cpp"
+__all__ = ["BLOCK", "MAX_ROWS", "available", "dequantize_bf16", "dequantizes", "level", "matmul", "pack", "prepare",
+           "supports"]
+
 BLOCK = 32           # inputs per activation block and per 16 packed weight bytes
-# -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers, so an extension built without it runs every
-# layer on one thread whatever torch.get_num_threads() says (measured: 2 threads no faster than 1). The library it
-# links, libgomp.so.1, is the one torch has already loaded (same soname), so there is one thread pool.
-FLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")  # no fused multiply-adds where the source has none: dequantization rounds as torch does
 MAX_ROWS = 8         # rows up to which a layer with the kernel uses it (decode of a few sequences)
-_STATE: dict[str, Any] = {}
-_LOCK = threading.Lock()
-
-
-def _build_dir() -> Path:
-    """Where torch's extensions are built (``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``), one
-    folder per source and torch version: not under ``$TORCHSLIM_CACHE``, which tests and users point at fresh
-    folders for data, and which would rebuild the kernel each time."""
-    tag = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()[:16]
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions").expanduser()
-    return root / f"torchslim-int4-gemv-{tag}"
-
-
-def available() -> bool:
-    """Whether the kernel is built and loaded here (building it now, once, if it was not)."""
-    if os.environ.get("TORCHSLIM_CPP_KERNELS", "1") == "0":
-        return False
-    with _LOCK:
-        if "ok" not in _STATE:
-            _STATE["ok"] = _load()
-    return _STATE["ok"]
-
-
-def _load() -> bool:
-    from torch.utils.cpp_extension import load
-
-    folder = _build_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        from torchslim.core.progress import heartbeat
-
-        built = any(folder.glob("*.so"))
-        with heartbeat("building the fused int4 kernel (C++, once per machine)") if not built else \
-                contextlib.nullcontext():
-            load(name="torchslim_int4_gemv", sources=[str(SOURCE)], build_directory=str(folder),
-                 extra_cflags=list(FLAGS), extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
-    except Exception as e:               # no compiler, no ninja, a failed build: the other kernels stay
-        log.warning("the fused int4 kernel is unavailable here (%s); int4 layers keep torch's kernels",
-                    (str(e).strip().splitlines() or [type(e).__name__])[-1][:200])
-        return False
-    _register_fake()
-    return True
-
-
-def _register_fake() -> None:
-    @torch.library.register_fake("torchslim_cpu::int4_gemv")
-    def _(x, packed, scale, offset, group, level):
-        return x.new_empty(x.shape[0], packed.shape[0])
-
-    @torch.library.register_fake("torchslim_cpu::dequant_bf16")
-    def _(packed, scale, offset, kp, k_out, shift, bits):
-        return scale.new_empty(scale.shape[0], k_out, dtype=torch.bfloat16)
 
 
 def level() -> int:
@@ -161,3 +101,4 @@ def dequantizes(padded_in: int, groups: int, bits: int = 4) -> bool:
     the tensor ops)."""
     whole = bits == 8 or (padded_in % 2 == 0 and (padded_in // max(groups, 1)) % 2 == 0)
     return (bits in (4, 8) and groups > 0 and padded_in % groups == 0 and whole and available() and level() >= 3)
+

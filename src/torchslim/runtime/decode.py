@@ -20,7 +20,7 @@ from torch import nn
 from torchslim.core.errors import TorchSlimError
 
 log = logging.getLogger("torchslim")
-FLOAT_MODULES = (nn.Linear, nn.Embedding, nn.LayerNorm)
+FLOAT_MODULES = (nn.Linear, nn.Embedding, nn.LayerNorm)   # exact types: a switched GemvLinear is already cast
 
 
 def _is_norm(m: nn.Module) -> bool:
@@ -28,7 +28,7 @@ def _is_norm(m: nn.Module) -> bool:
 
 
 def prepare_fast(model: nn.Module, dtype: torch.dtype = torch.bfloat16, fuse: bool = True,
-                 int8_units: bool = True, int4_units: bool = True) -> int:
+                 int8_units: bool = True, int4_units: bool = True, bf16_gemv: bool = True) -> int:
     """Cast the weights of float layers (linear, embedding, norms) to ``dtype`` once; packed layers keep their
     storage and compute in ``dtype`` from their input. With ``fuse``, q/k/v and gate/up also run as one matmul
     each (float or packed alike: :func:`torchslim.runtime.fuse.fuse_shared_inputs`), where the architecture
@@ -36,7 +36,9 @@ def prepare_fast(model: nn.Module, dtype: torch.dtype = torch.bfloat16, fuse: bo
     units with split activations use that kernel at decode (:func:`torchslim.runtime.int8_units.use_int8_units`;
     as exact as the bf16 kernel). With ``int4_units``, int4 layers whose shape measures faster with the fused
     int4 x int8 kernel use it at decode (:func:`torchslim.runtime.int8_units.use_int4_units`; activations in
-    two int8 parts per block of 32, about 15 bits). Returns how many layers were cast."""
+    two int8 parts per block of 32, about 15 bits). With ``bf16_gemv`` (and ``dtype`` bf16), float linear layers
+    whose shape measures faster on torchslim's bf16 GEMV at one row use it at decode
+    (:func:`torchslim.runtime.bf16_gemv.use_bf16_gemv`). Returns how many layers were cast."""
     n = 0
     for m in model.modules():
         if type(m) in FLOAT_MODULES or _is_norm(m):
@@ -53,9 +55,11 @@ def prepare_fast(model: nn.Module, dtype: torch.dtype = torch.bfloat16, fuse: bo
 
         if arch_of(model) is not None:
             log.info("fast path: %s", fuse_shared_inputs(model).summary())
+    from torchslim.runtime.bf16_gemv import use_bf16_gemv
     from torchslim.runtime.int8_units import use_int4_units, use_int8_units
 
-    for on, use in ((int8_units, use_int8_units), (int4_units, use_int4_units)):
+    gemv = bf16_gemv and dtype is torch.bfloat16
+    for on, use in ((int8_units, use_int8_units), (int4_units, use_int4_units), (gemv, use_bf16_gemv)):
         report = use(model) if on else None
         if report is not None and (report.switched or report.kept):
             log.info("fast path: %s", report.summary())

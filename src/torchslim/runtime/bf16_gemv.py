@@ -1,0 +1,94 @@
+"""bf16 linear layers at decode on torchslim's own bf16 GEMV, where it measures faster than torch's.
+
+At one row, oneDNN's bf16 matmul reads SmolLM2-135M's weights far below the memory bandwidth (the bf16 decode step
+ran at 66% of llama.cpp's F16 one). The GEMV in ``csrc/bf16_gemv.cpp`` streams each weight row once per call,
+products and sums in float32 (AVX512-BF16 dot products where the CPU has them), rounded to bf16 once, as a bf16
+matmul does; the results differ from oneDNN's only by summation order.
+
+:func:`use_bf16_gemv` times each distinct bf16 ``nn.Linear`` shape at one row, both kernels interleaved, and switches
+the layers of the shapes where the GEMV is ``min_gain`` times faster. A switched layer stays an ``nn.Linear`` with
+the same parameters (a tied head keeps its tie, the state dict its keys); only its forward changes, and only for
+up to :data:`MAX_ROWS` rows without a gradient to record: prefill and training run torch's matmul as before.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchslim.runtime.cpu_kernels import available
+from torchslim.runtime.int8_units import SplitReport
+
+MAX_ROWS = 8          # rows up to which a switched layer uses the GEMV (decode of a few sequences)
+WORDS = "bf16 linear layers run on torchslim's bf16 GEMV"
+
+
+def bf16_matmul(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                use_level: int = -1) -> torch.Tensor:
+    """``x2 @ weight.T (+ bias)`` for bf16 ``x2`` ``[M, K]`` and ``weight`` ``[N, K]``. ``use_level``: 2 AVX512-BF16,
+    1 AVX512F, 0 plain C++, -1 the best here (a level above the CPU's runs the best it has). Needs
+    :func:`~torchslim.runtime.cpu_kernels.available`."""
+    return torch.ops.torchslim_cpu.bf16_gemv(x2, weight, bias, use_level)
+
+
+def level() -> int:
+    """The GEMV's instruction set on this CPU: 2 AVX512-BF16, 1 AVX512F, 0 plain C++."""
+    return int(torch.ops.torchslim_cpu.bf16_gemv_level())
+
+
+class GemvLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward runs up to :data:`MAX_ROWS` bf16 rows on the GEMV (set by
+    :func:`use_bf16_gemv` on an existing layer; :func:`restore` undoes it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        if (x2.shape[0] <= MAX_ROWS and x2.dtype == torch.bfloat16 and self.weight.dtype == torch.bfloat16
+                and x2.device.type == "cpu"
+                and not (torch.is_grad_enabled() and (x2.requires_grad or self.weight.requires_grad))):
+            return bf16_matmul(x2, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
+        return F.linear(x, self.weight, self.bias)
+
+
+def restore(model: nn.Module) -> int:
+    """Every switched layer of ``model`` back to a plain ``nn.Linear``; returns how many."""
+    n = 0
+    for m in model.modules():
+        if type(m) is GemvLinear:
+            m.__class__ = nn.Linear
+            n += 1
+    return n
+
+
+def _speedup(layer: nn.Linear, reps: int) -> float:
+    """torch's bf16 matmul time over the GEMV's on this layer at one row (medians, interleaved)."""
+    from torchslim.runtime.timing import measure_interleaved
+
+    x = torch.randn(1, layer.in_features, dtype=torch.bfloat16)
+    w, b = layer.weight, layer.bias
+    fns = {"bf16": lambda: F.linear(x, w, b), "gemv": lambda: bf16_matmul(x, w, b)}
+    with torch.inference_mode():
+        stats = measure_interleaved(fns, warmup=2, iters=reps)
+    return stats["bf16"].median_ms / max(stats["gemv"].median_ms, 1e-9)
+
+
+def use_bf16_gemv(model: nn.Module, min_gain: float = 1.1, reps: int = 9) -> SplitReport:
+    """Switch the bf16 ``nn.Linear`` layers of ``model`` (on the CPU) whose shape measures ``min_gain`` times faster
+    on the GEMV at one row; the others keep torch's matmul. Without the C++ kernels nothing switches."""
+    report = SplitReport(words=WORDS, kind="bf16")
+    if not available():
+        return report
+    for name, m in model.named_modules():
+        if type(m) is not nn.Linear or m.weight.dtype != torch.bfloat16 or m.weight.device.type != "cpu":
+            continue
+        if m.bias is not None and m.bias.dtype != torch.bfloat16:
+            continue
+        shape = f"{m.in_features}->{m.out_features}"
+        if shape not in report.speedups:
+            report.speedups[shape] = _speedup(m, reps)
+        if report.speedups[shape] >= min_gain:
+            m.__class__ = GemvLinear
+            report.switched.append(name)
+            report.max_rows = MAX_ROWS
+        else:
+            report.kept.append(name)
+    return report
