@@ -1,6 +1,7 @@
-"""torchslim's C++ CPU kernels, built once per machine: the fused int4 x int8 GEMV and the one-pass int4/int8 -> bf16
-dequantization (``csrc/int4_gemv.cpp``, used by :mod:`torchslim.quantization.fused_int4`), and the bf16 GEMV
-(``csrc/bf16_gemv.cpp``, :mod:`torchslim.runtime.bf16_gemv`). One extension, registered as ``torch.ops.torchslim_cpu``.
+"""torchslim's C++ CPU kernels, built once per machine: the fused int4 x int8 GEMV (``csrc/int4_gemv.cpp``) and the
+one-pass int4/int8 -> bf16 dequantization (``csrc/dequant_bf16.cpp``), used by :mod:`torchslim.quantization.fused_int4`;
+the bf16 GEMV (``csrc/bf16_gemv.cpp``, :mod:`torchslim.runtime.bf16_gemv`). One extension, registered as
+``torch.ops.torchslim_cpu``.
 
 It is built on first use with the C++ compiler torch's own extensions use (about 10-30 s, once per machine and
 torch version; cached where torch caches its extensions, ``$TORCH_EXTENSIONS_DIR``). Without a compiler, or with
@@ -21,7 +22,7 @@ import torch
 
 log = logging.getLogger("torchslim")
 
-SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("int4_gemv.cpp", "bf16_gemv.cpp"))
+SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("int4_gemv.cpp", "dequant_bf16.cpp", "bf16_gemv.cpp"))
 # -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers, so an extension built without it runs every
 # layer on one thread whatever torch.get_num_threads() says (measured: 2 threads no faster than 1). The library it
 # links, libgomp.so.1, is the one torch has already loaded (same soname), so there is one thread pool.
