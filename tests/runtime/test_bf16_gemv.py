@@ -72,3 +72,18 @@ def test_decoding_on_the_gemv_gives_generate_s_tokens_eager_and_compiled() -> No
                               do_sample=False, pad_token_id=0)
         assert torch.equal(FastDecoder(copy.deepcopy(model), max_len=24).generate(ids, 10)[0], want)
         assert torch.equal(FastDecoder(model, max_len=24, compile=True).generate(ids, 10)[0], want)
+
+
+def test_a_second_prepare_fast_still_fuses_the_switched_layers() -> None:
+    """Preparing twice (e.g. once unfused to measure the artifact, then fused) fuses the layers the first switched."""
+    model = tiny_llama().model.eval()
+    prepare_fast(model, fuse=False)
+    use_bf16_gemv(model, min_gain=0.0)
+    attn = model.model.layers[0].self_attn
+    assert type(attn.q_proj) is GemvLinear
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.inference_mode():
+        before = model(ids).logits
+        prepare_fast(model)
+        assert attn.q_proj.owner is attn.k_proj.owner          # q/k/v now share one fused matmul
+        torch.testing.assert_close(model(ids).logits.float(), before.float(), rtol=2e-2, atol=2e-2)

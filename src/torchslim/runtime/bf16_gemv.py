@@ -48,6 +48,13 @@ class GemvLinear(nn.Linear):
             return bf16_matmul(x2, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
 
+    @staticmethod
+    def concatenated(layers: list[nn.Module]) -> nn.Module:
+        """Shared-input layers fused into one plain ``nn.Linear`` (``prepare_fast`` run again measures it anew)."""
+        from torchslim.runtime.fuse import concat_linears
+
+        return concat_linears(layers)
+
 
 def restore(model: nn.Module) -> int:
     """Every switched layer of ``model`` back to a plain ``nn.Linear``; returns how many."""
