@@ -34,7 +34,7 @@ from torchslim.runtime import FastDecoder, prepare_fast  # noqa: E402
 warnings.filterwarnings("ignore")
 OUT = ROOT / "docs/results/speed_decode_profile.md"
 STEPS = 16
-MATMUL = ("_weight_int4pack_mm", "_weight_int8pack_mm", "split_int8_mm", "int4_gemv", "linear_dynamic", "aten::mm", "aten::addmm",
+MATMUL = ("_weight_int4pack_mm", "_weight_int8pack_mm", "split_int8_mm", "int4_gemv", "bf16_gemv", "linear_dynamic", "aten::mm", "aten::addmm",
           "aten::bmm", "aten::_int_mm", "mkldnn", "onednn")
 ATTENTION = ("scaled_dot_product", "flash_attention")
 FRAMEWORK = ("Dynamo", "Torch-Compiled Region", "AOTDispatcher", "Pregraph", "CompiledFunction")
@@ -159,7 +159,7 @@ def main() -> None:
                 "(the profiler's own step time is shown). Regenerate: `python benchmarks/speed/decode_profile.py`.",
                 COLUMNS, rows,
                 [f"threads: {torch.get_num_threads()}; {lock_note}",
-                 "weight matmuls: the packed int4/int8 kernels, the split int8 and fused int4 kernels (their "
+                 "weight matmuls: the packed int4/int8 kernels, the split int8 and fused int4 kernels, torchslim's bf16 GEMV (their "
                  "activation quantization included), "
                  "dense mm; attention: the SDPA kernel over the static cache; other kernels: norms, rotary, residuals "
                  "(in a compiled step, the generated C++ kernels); framework: Python, dispatch, Dynamo's guards, the "

@@ -81,8 +81,10 @@ def llama_parity(d: dict[str, dict]) -> list[tuple[str, str, bool, str]]:
              "(35 MB of copies a token; the generated kernels' time fell by about 1.5 ms). Inductor's C++ wrapper "
              "measured 6-9% faster but compiles 2.3x longer (177 vs 78 s), so it is not the default. "
              "Prefill: the int4 layers are dequantized on every call (int4pack_mm is a GEMV kernel)"),
-            ("bf16", "F16", "bf16 GEMV at one row runs far below memory bandwidth in oneDNN; max-autotune and "
-             "freezing measured no faster")):
+            ("bf16", "F16", "oneDNN's bf16 GEMV at one row runs far below memory bandwidth (max-autotune and "
+             "freezing measured no faster), so decode runs torchslim's own bf16 GEMV (AVX512-BF16 dot products, each "
+             "weight row read once; switched per shape where measured faster): 66% -> 86% of llama.cpp F16 in the "
+             "same rounds; the rest of the step is the compiled step's per-op overhead (speed_decode_profile.md)")):
         p = d.get(f"llama.cpp {peer} (this run)")
         if p is None:
             out.append((f"{ours} vs llama.cpp {peer}", "llama.cpp not measured in this run", False,
