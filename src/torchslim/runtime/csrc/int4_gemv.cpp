@@ -196,6 +196,9 @@ __attribute__((target(TORCHSLIM_AVX512))) void rows4_vnni512(const uint8_t* w, c
         const __m512i h = _mm512_loadu_si512(a.qh + b * QB), l = _mm512_loadu_si512(a.ql + b * QB);
         const __m512 sx = _mm512_loadu_ps(a.sxv + b * 8);
         const uint8_t* wb = w + (b / 2) * QB;  // bpg even: b is the first block of a pair
+        // the next four rows' bytes at this offset (a hint: past a layer's end it reads nothing): over SmolLM2's
+        // 121 int4 layers in sequence, 0.78-0.87x int4pack_mm's time with it against 0.87-1.10x without
+        for (int q = 4; q < 8; ++q) _mm_prefetch(reinterpret_cast<const char*>(wb + q * row_bytes), _MM_HINT_T0);
         a0 = pair64_vnni(wb, h, l, sx, a0);
         a1 = pair64_vnni(wb + row_bytes, h, l, sx, a1);
         a2 = pair64_vnni(wb + 2 * row_bytes, h, l, sx, a2);
