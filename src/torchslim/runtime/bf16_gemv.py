@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.runtime.cpu_kernels import available
-from torchslim.runtime.int8_units import SplitReport
+from torchslim.runtime.int8_units import SplitReport, switch_measured
 
 MAX_ROWS = 8          # rows up to which a switched layer uses the GEMV (decode of a few sequences)
 WORDS = "bf16 linear layers run on torchslim's bf16 GEMV"
@@ -66,16 +66,18 @@ def restore(model: nn.Module) -> int:
     return n
 
 
-def _speedup(layer: nn.Linear, reps: int) -> float:
-    """torch's bf16 matmul time over the GEMV's on this layer at one row (medians, interleaved)."""
-    from torchslim.runtime.timing import measure_interleaved
+def _can(m: nn.Module) -> bool:
+    return (type(m) is nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"
+            and (m.bias is None or m.bias.dtype == torch.bfloat16))
 
-    x = torch.randn(1, layer.in_features, dtype=torch.bfloat16)
-    w, b = layer.weight, layer.bias
-    fns = {"bf16": lambda: F.linear(x, w, b), "gemv": lambda: bf16_matmul(x, w, b)}
-    with torch.inference_mode():
-        stats = measure_interleaved(fns, warmup=2, iters=reps)
-    return stats["bf16"].median_ms / max(stats["gemv"].median_ms, 1e-9)
+
+def _use(m: nn.Module, on: bool) -> None:
+    m.__class__ = GemvLinear if on else nn.Linear
+
+
+def _candidates(m: nn.Module) -> dict:
+    w, b = m.weight, m.bias
+    return {"bf16": lambda x: F.linear(x, w, b), "gemv": lambda x: bf16_matmul(x, w, b)}
 
 
 def use_bf16_gemv(model: nn.Module, min_gain: float = 1.1, reps: int = 9) -> SplitReport:
@@ -84,18 +86,4 @@ def use_bf16_gemv(model: nn.Module, min_gain: float = 1.1, reps: int = 9) -> Spl
     report = SplitReport(words=WORDS, kind="bf16")
     if not available():
         return report
-    for name, m in model.named_modules():
-        if type(m) is not nn.Linear or m.weight.dtype != torch.bfloat16 or m.weight.device.type != "cpu":
-            continue
-        if m.bias is not None and m.bias.dtype != torch.bfloat16:
-            continue
-        shape = f"{m.in_features}->{m.out_features}"
-        if shape not in report.speedups:
-            report.speedups[shape] = _speedup(m, reps)
-        if report.speedups[shape] >= min_gain:
-            m.__class__ = GemvLinear
-            report.switched.append(name)
-            report.max_rows = MAX_ROWS
-        else:
-            report.kept.append(name)
-    return report
+    return switch_measured(model, report, _can, _use, _candidates, "gemv", lambda m: MAX_ROWS, min_gain, reps)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -62,36 +63,51 @@ class SplitReport:
                 f"integer kernel's: {shapes})")
 
 
-def _speedup(layer: nn.Module, units: Units, reps: int) -> float:
-    """The bf16 kernel's median time over the integer kernel's on this layer at one row (both interleaved)."""
+def _speedup(layer: nn.Module, candidates: dict[str, Callable[[torch.Tensor], torch.Tensor]], new: str,
+             reps: int) -> float:
+    """The bf16 kernel's median time over the ``new`` kernel's on this layer at one row (both interleaved)."""
     from torchslim.runtime.timing import measure_interleaved
 
     x = torch.randn(1, layer.in_features, dtype=torch.bfloat16)
-    fns = {k: (lambda fn=fn: fn(x)) for k, fn in getattr(layer, units.candidates)().items()}
+    fns = {k: (lambda fn=fn: fn(x)) for k, fn in candidates.items()}
     with torch.inference_mode():
         stats = measure_interleaved(fns, warmup=2, iters=reps)
-    return stats["bf16"].median_ms / max(stats[units.name].median_ms, 1e-9)
+    return stats["bf16"].median_ms / max(stats[new].median_ms, 1e-9)
+
+
+def switch_measured(model: nn.Module, report: SplitReport, can: Callable[[nn.Module], bool],
+                    use: Callable[[nn.Module, bool], None],
+                    candidates: Callable[[nn.Module], dict[str, Callable[[torch.Tensor], torch.Tensor]]],
+                    new: str, rows: Callable[[nn.Module], int], min_gain: float, reps: int) -> SplitReport:
+    """Switch every layer ``can`` accepts whose shape measures ``min_gain`` times faster with the ``new`` kernel
+    at one row (one timing per distinct shape, ``candidates(layer)`` giving ``"bf16"`` and ``new``); the others are
+    switched back and keep their kernel. ``use(layer, on)`` switches; ``rows(layer)`` bounds the rows it serves."""
+    for name, m in model.named_modules():
+        if not can(m):
+            continue
+        shape = f"{m.in_features}->{m.out_features}"
+        use(m, True)                            # e.g. the packed copy the timing uses, kept if the kernel wins
+        if shape not in report.speedups:
+            report.speedups[shape] = _speedup(m, candidates(m), new, reps)
+        if report.speedups[shape] >= min_gain:
+            report.switched.append(name)
+            report.max_rows = max(report.max_rows, rows(m))
+        else:
+            use(m, False)
+            report.kept.append(name)
+    return report
 
 
 def use_units(model: nn.Module, units: Units, min_gain: float = 1.1, reps: int = 9) -> SplitReport:
     """Switch every layer of ``model`` that offers ``units`` and whose shape measures ``min_gain`` times faster
     with it at one row (one timing per distinct shape); the others keep their kernel."""
-    report = SplitReport(words=units.words, kind=units.kind)
-    for name, m in model.named_modules():
-        can = getattr(m, units.can, None)
-        if not (callable(can) and can()):
-            continue
-        shape = f"{m.in_features}->{m.out_features}"
-        getattr(m, units.use)(True)            # the packed copy the timing uses, kept if the kernel wins
-        if shape not in report.speedups:
-            report.speedups[shape] = _speedup(m, units, reps)
-        if report.speedups[shape] >= min_gain:
-            report.switched.append(name)
-            report.max_rows = max(report.max_rows, getattr(m, units.rows))
-        else:
-            getattr(m, units.use)(False)
-            report.kept.append(name)
-    return report
+    def can(m: nn.Module) -> bool:
+        offered = getattr(m, units.can, None)
+        return callable(offered) and offered()
+
+    return switch_measured(model, SplitReport(words=units.words, kind=units.kind), can,
+                           lambda m, on: getattr(m, units.use)(on), lambda m: getattr(m, units.candidates)(),
+                           units.name, lambda m: getattr(m, units.rows), min_gain, reps)
 
 
 def use_int8_units(model: nn.Module, min_gain: float = 1.1, reps: int = 9) -> SplitReport:
