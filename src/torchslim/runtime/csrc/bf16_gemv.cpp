@@ -30,12 +30,14 @@ inline float bf16_to_float(uint16_t v) {
   return f;
 }
 
+float dot_scalar(const uint16_t* w, const uint16_t* x, int64_t k) {
+  float acc = 0.f;
+  for (int64_t j = 0; j < k; ++j) acc += bf16_to_float(w[j]) * bf16_to_float(x[j]);
+  return acc;
+}
+
 void rows4_scalar(const uint16_t* w, const uint16_t* x, int64_t k, float* out) {
-  for (int i = 0; i < 4; ++i) {
-    float acc = 0.f;
-    for (int64_t j = 0; j < k; ++j) acc += bf16_to_float(w[i * k + j]) * bf16_to_float(x[j]);
-    out[i] = acc;
-  }
+  for (int i = 0; i < 4; ++i) out[i] = dot_scalar(w + i * k, x, k);
 }
 
 // 16 bf16 as 16 floats (the 16-bit shift that widens bf16 exactly)
@@ -111,11 +113,7 @@ at::Tensor bf16_gemv(const at::Tensor& x, const at::Tensor& w, const c10::option
         if (rows == 4) {
           fn(wp + i0 * k, xp + r * k, k, acc);
         } else {  // the last rows of a layer whose outputs are not a multiple of 4: the plain loop, row by row
-          for (int64_t i = 0; i < rows; ++i) {
-            float a = 0.f;
-            for (int64_t j = 0; j < k; ++j) a += bf16_to_float(wp[(i0 + i) * k + j]) * bf16_to_float(xp[r * k + j]);
-            acc[i] = a;
-          }
+          for (int64_t i = 0; i < rows; ++i) acc[i] = dot_scalar(wp + (i0 + i) * k, xp + r * k, k);
         }
         for (int64_t i = 0; i < rows; ++i) {
           const float v = acc[i] + (bp ? static_cast<float>(bp[i0 + i]) : 0.f);

@@ -89,12 +89,12 @@ __attribute__((target(AVX512))) void dequant_row_avx512(const uint8_t* row, cons
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j + 16 * h), _mm512_cvtepi32_epi16(r));
       }
     }
-    if (j < end) {  // a row's last inputs, short of 32: the group's codes again by the plain loop
-      const uint8_t* at = row + j0 * Bits / 8;
+    if (j < end) {  // a row's last inputs, short of 32, by the plain loop (j is even: whole int4 bytes)
+      const uint8_t* at = row + j * Bits / 8;
       if (of) {
-        dequant_row<Bits, true>(at, sc + g, of + g, end - j0, end - j0, shift, out + j0);
+        dequant_row<Bits, true>(at, sc + g, of + g, end - j, end - j, shift, out + j);
       } else {
-        dequant_row<Bits, false>(at, sc + g, nullptr, end - j0, end - j0, shift, out + j0);
+        dequant_row<Bits, false>(at, sc + g, nullptr, end - j, end - j, shift, out + j);
       }
     }
   }
