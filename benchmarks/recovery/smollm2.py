@@ -165,7 +165,8 @@ def part_int4_block(b: Bench, steps: list[int], samples: int, routes: tuple[str,
             m = copy.deepcopy(quantized)
             cfg = ReconstructConfig(steps=n, n_samples=samples, batch_size=2)
             values = b.reconstructed(m, cfg)
-            name = f"{base}{b.tag} + block-wise reconstruction" + (f" ({n}/block)" if len(steps) > 1 else "")
+            # 128 steps per block (the first full run) is the unlabelled row; every other count is a curve point
+            name = f"{base}{b.tag} + block-wise reconstruction" + (f" ({n}/block)" if n != 128 else "")
             b.record(name, m, f"{n} steps per block, each one cached batch of 2 x 512 {b.calib_name} tokens "
                      f"({samples} windows); AdamW lr {cfg.lr:g} (weights, norms) / {cfg.quantizer_lr:g} (step sizes, "
                      "offsets), cosine; packed back to the same int4 layers", values)
@@ -307,8 +308,9 @@ def _order_key(name: str) -> tuple[int, str, int]:
     """Rows in ORDER's order; a tagged row ("[split]") or a curve point ("(N/block)") after its untagged kin."""
     steps = re.search(r" \((\d+)/block\)$", name)
     plain = re.sub(r" \[[^]]+\]", "", re.sub(r" \(\d+/block\)$", "", name))
-    return (ORDER.index(plain) if plain in ORDER else len(ORDER), name if plain != name else "",
-            int(steps.group(1)) if steps else 0)
+    tagged = re.sub(r" \(\d+/block\)$", "", name)
+    return (ORDER.index(plain) if plain in ORDER else len(ORDER), tagged if plain != tagged else "",
+            int(steps.group(1)) if steps else 128)      # the unlabelled row is 128 steps per block
 
 
 def _series(rows: dict[str, Row]) -> dict[str, list[tuple[float, float, float]]]:

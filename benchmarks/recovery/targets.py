@@ -126,8 +126,9 @@ def smollm2_blockwise(d: dict[str, dict]) -> list[Check]:
              "AdamW with cosine decay) from GPTQ and from RTN, calibrated on the license text alone or on "
              f"mixed-calibration (license + standard-library docstrings); gap closed on GPL-3 / Python reference: "
              f"{routes}. License-only calibration fits GPL-3's domain and leaves the other; the mixed text trades "
-             "some GPL-3 for the other domain; 16 -> 64 steps per block still lowers both (figure "
-             "recovery_smollm2_time.png), so more steps would help within a larger budget. The quantization step "
+             "some GPL-3 for the other domain; 16 -> 64 -> 128 -> 192 steps per block still lowers GPL-3 (figure "
+             "recovery_smollm2_time.png; 192 steps fit 30 minutes on 2 threads), so more steps would help within a "
+             "larger budget; a few blocks whose packed result came out no better were kept as they were. The quantization step "
              "before it (RTN: seconds; GPTQ: 3-13 minutes) is not in this time")
     checks = [("SmolLM2 int4 g128: recovery closes >= 60% of GPTQ's gap on GPL-3 and on the Python reference, <= 30 min",
                f"{best['name']}: GPL-3 {gptq['ppl']:.2f} -> {best['ppl']:.2f} ({g1:.0%}), Python reference "

@@ -55,13 +55,18 @@ class BlockPlan:
     teacher_blocks: tuple[int, ...] | None = None   # the teacher block each student block learns (None: teacher_ends)
 
 
-def relative_error(block: nn.Module, cache: list[tuple], targets: list[torch.Tensor]) -> float:
-    """Mean over batches of ``||block(x) - y||^2 / ||y||^2``."""
+def relative_error(block: nn.Module, cache: list[tuple], targets: list[torch.Tensor],
+                   outputs: list[torch.Tensor] | None = None) -> float:
+    """Mean over batches of ``||block(x) - y||^2 / ||y||^2``; the block's outputs are appended to ``outputs`` when
+    given (the next block's inputs, so the walk does not run the block again)."""
     total = 0.0
     with torch.no_grad():
         for (args, kwargs), y in zip(cache, targets):
-            out = block_output(block(*args, **kwargs)).float()
+            raw = block_output(block(*args, **kwargs))
+            out = raw.float()
             total += float((out - y).pow(2).sum() / y.float().pow(2).sum().clamp_min(1e-12))
+            if outputs is not None:
+                outputs.append(raw)
     return total / max(len(cache), 1)
 
 
@@ -107,16 +112,20 @@ def _pack_back(block: nn.Module, swapped: dict[str, Any], config: Any) -> None:
 
 
 def train_block(k: int, block: nn.Module, cache: list[tuple], targets: list[torch.Tensor], plan: BlockPlan,
-                config: Any) -> dict[str, Any]:
-    """Reconstruct one block in place; returns its row (errors before/after, steps, seconds, what trained)."""
+                config: Any, outputs: list[torch.Tensor] | None = None) -> dict[str, Any]:
+    """Reconstruct one block in place; returns its row (errors before/after, steps, seconds, what trained).
+    ``outputs``, when given, receives the finished block's outputs on ``cache``."""
     start = time.perf_counter()
-    before = relative_error(block, cache, targets)
+    first: list[torch.Tensor] = []
+    before = relative_error(block, cache, targets, first)
     original = copy.deepcopy(block)
     swapped = _swap_in(block)
     groups = _param_groups(block, swapped, plan)
     row: dict[str, Any] = {"block": k, "error_before": before, "packed_layers": len(swapped), "steps": 0}
     if not groups or plan.steps == 0:
         _pack_back(block, swapped, config)
+        if outputs is not None:
+            outputs.extend(first)
         return {**row, "error_after": before, "kept": "unchanged (nothing to train)", "s": time.perf_counter() - start}
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     peaks = [g["lr"] for g in opt.param_groups]
@@ -137,14 +146,18 @@ def train_block(k: int, block: nn.Module, cache: list[tuple], targets: list[torc
             g["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / plan.steps))
         opt.step()
     _pack_back(block, swapped, config)
-    after = relative_error(block, cache, targets)
+    last: list[torch.Tensor] = []
+    after = relative_error(block, cache, targets, last)
     row.update(steps=plan.steps, error_after=after, s=time.perf_counter() - start)
     if not after < before:                            # packed result no better: keep the block as it was
         load_block(block, original.state_dict())
         row.update(error_after=before, kept="as it was (training did not lower its error)")
         log.warning("reconstruction: block %d did not improve (%.4g -> %.4g): kept as it was", k, before, after)
+        last = first
     else:
         row["kept"] = "trained"
+    if outputs is not None:
+        outputs.extend(last)
     return row
 
 
@@ -251,9 +264,11 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[dict], for
         if k < len(done):
             _load(plan, k, sb)
             rows.append(done[k])
-        else:
-            rows.append({**train_block(k, sb, s_cache, targets, plan, config), "teacher_block": ends[k]})
-            if plan.checkpoint_dir:
-                _save(plan, k, sb, names, rows)
-        s_cache = _advance(s_blocks, s_cache, k, k)
+            s_cache = _advance(s_blocks, s_cache, k, k)
+            continue
+        outputs: list[torch.Tensor] = []
+        rows.append({**train_block(k, sb, s_cache, targets, plan, config, outputs), "teacher_block": ends[k]})
+        if plan.checkpoint_dir:
+            _save(plan, k, sb, names, rows)
+        s_cache = [((y,) + tuple(a[1:]), kw) for y, (a, kw) in zip(outputs, s_cache)]
     return rows
