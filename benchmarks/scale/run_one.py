@@ -30,7 +30,8 @@ def config(method: str, n_samples: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=("memory", "onload"), required=True)
+    ap.add_argument("--mode", choices=("memory", "memory-bounded", "onload"), required=True,
+                    help="memory-bounded: in memory under the heap policy onloading uses (runtime.allocator.bounded_heap)")
     ap.add_argument("--method", choices=("gptq", "wanda"), required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
@@ -49,10 +50,15 @@ def main() -> None:
     base = peak_rss()
     t0 = time.perf_counter()
     extra = {}
-    if args.mode == "memory":
-        loaded = torchslim.load_model(args.model)
-        torchslim.apply_(loaded.model, cfg, task=loaded.task)
-        torchslim.save(loaded.model, args.out, source=loaded.source)
+    if args.mode.startswith("memory"):
+        from contextlib import nullcontext
+
+        from torchslim.runtime.allocator import bounded_heap
+
+        with bounded_heap() if args.mode == "memory-bounded" else nullcontext():
+            loaded = torchslim.load_model(args.model)
+            torchslim.apply_(loaded.model, cfg, task=loaded.task)
+            torchslim.save(loaded.model, args.out, source=loaded.source)
     else:
         from torchslim.scale.onload import compress_onloaded
 

@@ -17,13 +17,27 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("torchslim")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _LIMIT = 1 << 30      # mallopt takes an int; 1 GiB covers any single activation of the models we run
+_DEFAULT_MMAP = 128 << 10     # glibc's starting thresholds (the mmap one then grows with freed blocks, to 32 MiB)
+_DEFAULT_TRIM = 128 << 10
 _state: dict[str, bool] = {}
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
 def retain_freed_memory() -> bool:
@@ -31,15 +45,9 @@ def retain_freed_memory() -> bool:
     False where the C library is not glibc (macOS, Windows, musl), with the reason logged once."""
     if "applied" in _state:
         return _state["applied"]
-    ok = False
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = getattr(libc, "mallopt", None)
-            ok = bool(mallopt and hasattr(libc, "gnu_get_libc_version")
-                      and mallopt(_M_MMAP_THRESHOLD, _LIMIT) == 1 and mallopt(_M_TRIM_THRESHOLD, _LIMIT) == 1)
-        except OSError:
-            ok = False
+    libc = _glibc()
+    ok = bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, _LIMIT) == 1
+              and libc.mallopt(_M_TRIM_THRESHOLD, _LIMIT) == 1)
     if ok:
         log.info("allocator: freed activation memory is kept for reuse (glibc mallopt)")
     else:
@@ -52,11 +60,28 @@ def release_freed_memory() -> bool:
     """Hand the heap's free pages back to the OS now (glibc ``malloc_trim(0)``): after a one-off large free,
     such as the whole parameters FSDP replaced by their shards, which would otherwise stay resident. False where
     the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return False
-    trim = getattr(libc, "malloc_trim", None)
+    libc = _glibc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     return bool(trim and trim(0))
+
+
+@contextmanager
+def bounded_heap(mmap_threshold: int = 1 << 20) -> Iterator[bool]:
+    """Within the block, every allocation of ``mmap_threshold`` bytes or more is its own mapping, unmapped the
+    moment it is freed, and the heap top is trimmed at 128 KiB: the opposite of :func:`retain_freed_memory`, for
+    runs whose peak resident size is the point (layer-wise onloading). glibc's default raises its mmap threshold
+    to the size of each large block freed (up to 32 MiB), after which activations of a few to 32 MB come from the
+    heap, whose freed space stays resident while anything above it lives: on SmolLM2-135M onloaded GPTQ that
+    held a few hundred MB of dead activations. Yields whether it applied (glibc only); on exit the thresholds go
+    back to those in force before (glibc's starting values, fixed, or retain_freed_memory's)."""
+    libc = _glibc()
+    ok = bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+              and libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM) == 1)
+    try:
+        yield ok
+    finally:
+        if libc is not None and ok:
+            retained = _state.get("applied", False)
+            libc.mallopt(_M_MMAP_THRESHOLD, _LIMIT if retained else _DEFAULT_MMAP)
+            libc.mallopt(_M_TRIM_THRESHOLD, _LIMIT if retained else _DEFAULT_TRIM)
+            libc.malloc_trim(0)

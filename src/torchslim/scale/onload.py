@@ -29,7 +29,7 @@ from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.io import ONLOAD_DIR
 from torchslim.core.registry import apply_, get_entry
 from torchslim.core.state import state_of
-from torchslim.runtime.allocator import release_freed_memory
+from torchslim.runtime.allocator import bounded_heap, release_freed_memory
 from torchslim.scale.files import TensorFiles, human, merge, parse_bytes
 from torchslim.scale.source import block_prefixes, in_block, load_tensors, open_source
 
@@ -48,12 +48,14 @@ class OnloadStats:
     resident_bytes: int = 0
     cache_budget: int | None = None
     seconds: float = 0.0
+    bounded_heap: bool = False       # large freed blocks went back to the system at once (glibc)
 
     def line(self) -> str:
         spill = f", {human(self.spilled_bytes)} of block inputs spilled to disk" if self.spilled_bytes else ""
         return (f"onloaded {self.blocks} blocks x {self.stages} stage(s): {human(self.read_bytes)} read in "
                 f"{self.read_seconds:.1f} s, block files written in {self.write_seconds:.1f} s{spill}; "
-                f"largest block {human(self.largest_block)}, resident {human(self.resident_bytes)}")
+                f"largest block {human(self.largest_block)}, resident {human(self.resident_bytes)}"
+                + ("; freed activations returned to the system at once" if self.bounded_heap else ""))
 
 
 def release(modules: list[nn.Module]) -> None:
@@ -228,8 +230,17 @@ def compress_onloaded(spec: str, configs: BaseConfig | list[BaseConfig], out: st
     from torchslim.artifact.checks import check_target
 
     check_target(Path(out))                   # refuse a folder that is not ours before any work
+    with bounded_heap() as bounded:           # freed activations leave the process: the peak is the point here
+        loaded, stats = _compress_onloaded(spec, configs, Path(out), max_memory, cache_memory, data, context, t0)
+    stats.bounded_heap = bounded
+    return loaded, stats
+
+
+def _compress_onloaded(spec: str, configs: list[BaseConfig], out: Path, max_memory: str | int | None,
+                       cache_memory: str | int | None, data: dict[str, Any] | None, context: dict[str, Any],
+                       t0: float) -> tuple[Any, OnloadStats]:
     src = open_source(spec, **(data or {}))
-    model, out = src.model, Path(out)
+    model = src.model
     total, largest, resident = memory_needs(src.files, block_prefixes(model))
     cap = parse_bytes(max_memory) if max_memory is not None else None
     if cap is not None:
