@@ -53,6 +53,7 @@ def test_a_file_that_cannot_be_evaluated_says_why(tmp_path) -> None:
     assert "no task" in compare_quality(lm, None, unreadable, "x")["skipped"]
 
 
+@pytest.mark.slow      # ~9 s: a full ONNX export (the default suite stays under 10 minutes on 2 cores)
 def test_an_onnx_export_logs_its_trace_and_names_each_evaluation(tmp_path, monkeypatch, capsys) -> None:
     """Off a terminal the single long trace is not silent, and the two perplexity runs (the model, then the
     written file in ONNX Runtime) are named apart in the log."""

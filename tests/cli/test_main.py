@@ -113,6 +113,7 @@ def test_quantize_then_info_then_eval_artifact_and_corrupt_refused(tmp_path):
     assert_user_error(run("info", str(tmp_path)), "not a torchslim artifact")
 
 
+@pytest.mark.slow      # ~8 s: a CLI training run (the default suite stays under 10 minutes on 2 cores)
 def test_finetune_digits_cnn_writes_metrics_and_artifact(tmp_path):
     res = run("finetune", "digits-cnn", "--steps", "3", "--json", str(tmp_path / "m.json"), "-o", str(tmp_path / "ft"))
     assert res.returncode == 0, res.stderr
@@ -157,6 +158,7 @@ def test_eval_json_into_a_folder_fails_before_evaluating(tmp_path):
     assert res.returncode == 2 and "--json" in res.stderr and "not a file path" in res.stderr
 
 
+@pytest.mark.slow      # ~18 s: CLI processes on user data files (the default suite stays under 10 minutes on 2 cores)
 def test_user_data_options(tmp_path):
     text = tmp_path / "mine.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 200)
@@ -170,6 +172,7 @@ def test_user_data_options(tmp_path):
                           str(tmp_path / "none.txt")), "config file not found")
 
 
+@pytest.mark.slow      # ~10 s: CLI processes (the default suite stays under 10 minutes on 2 cores)
 def test_version_and_a_hint_for_hub_ids(tmp_path):
     res = run("--version")
     assert res.returncode == 0 and res.stdout.strip() == f"torchslim {torchslim.__version__}"
@@ -201,6 +204,7 @@ def test_every_verb_takes_the_data_flags_an_image_classifier_asks_for(tmp_path):
         assert (tmp_path / verb / "manifest.json").is_file()
 
 
+@pytest.mark.slow      # ~23 s: four CLI processes (the default suite stays under 10 minutes on 2 cores)
 def test_quantize_and_prune_print_quality_before_and_after(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("_type: WeightOnlyConfig\nformat: {_type: IntFormat, bits: 8}\ngranularity: {_type: PerChannel}\n")

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import torchslim
 from torchslim.pruning import StructuredConfig, UnstructuredConfig
 
@@ -15,6 +17,7 @@ def run(*args):
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow      # ~8 s: prune + recovery in a CLI process (the default suite stays under 10 minutes on 2 cores)
 def test_structured_prune_with_recovery_writes_a_smaller_artifact(tmp_path):
     cfg = tmp_path / "s.yaml"
     StructuredConfig(targets=("heads", "neurons"), ratio=0.5).save(cfg)

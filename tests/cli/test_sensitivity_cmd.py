@@ -14,6 +14,7 @@ def run(*args):
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
+@pytest.mark.slow      # ~10 s: a CLI sensitivity scan (the default suite stays under 10 minutes on 2 cores)
 def test_sensitivity_writes_the_table_json_and_heat_map(tmp_path):
     res = run("sensitivity", "tiny-llama", "-a", "int8,int2g32", "--granularity", "block", "-o", str(tmp_path / "s"))
     assert res.returncode == 0, res.stderr

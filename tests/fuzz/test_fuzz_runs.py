@@ -274,6 +274,7 @@ def _whole(out: Path, k: int) -> list[str]:
         ([f"round {k}: left {left}"] if left else [])
 
 
+@pytest.mark.slow      # ~13 s: two concurrent CLI runs (the default suite stays under 10 minutes on 2 cores)
 def test_two_runs_on_one_out_leave_one_whole_artifact(tmp_path):
     problems = _concurrent(tmp_path, 2)
     assert not problems, "\n".join(problems)
