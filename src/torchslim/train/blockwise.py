@@ -116,8 +116,7 @@ def train_block(k: int, block: nn.Module, cache: list[tuple], targets: list[torc
     """Reconstruct one block in place; returns its row (errors before/after, steps, seconds, what trained).
     ``outputs``, when given, receives the finished block's outputs on ``cache``."""
     start = time.perf_counter()
-    first: list[torch.Tensor] = []
-    before = relative_error(block, cache, targets, first)
+    before = relative_error(block, cache, targets)
     original = copy.deepcopy(block)
     swapped = _swap_in(block)
     groups = _param_groups(block, swapped, plan)
@@ -125,7 +124,7 @@ def train_block(k: int, block: nn.Module, cache: list[tuple], targets: list[torc
     if not groups or plan.steps == 0:
         _pack_back(block, swapped, config)
         if outputs is not None:
-            outputs.extend(first)
+            relative_error(block, cache, targets, outputs)
         return {**row, "error_after": before, "kept": "unchanged (nothing to train)", "s": time.perf_counter() - start}
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     peaks = [g["lr"] for g in opt.param_groups]
@@ -147,13 +146,15 @@ def train_block(k: int, block: nn.Module, cache: list[tuple], targets: list[torc
         opt.step()
     _pack_back(block, swapped, config)
     last: list[torch.Tensor] = []
-    after = relative_error(block, cache, targets, last)
+    after = relative_error(block, cache, targets, last if outputs is not None else None)
     row.update(steps=plan.steps, error_after=after, s=time.perf_counter() - start)
     if not after < before:                            # packed result no better: keep the block as it was
         load_block(block, original.state_dict())
         row.update(error_after=before, kept="as it was (training did not lower its error)")
         log.warning("reconstruction: block %d did not improve (%.4g -> %.4g): kept as it was", k, before, after)
-        last = first
+        last.clear()
+        if outputs is not None:                       # the rare case: run the restored block once more
+            relative_error(block, cache, targets, last)
     else:
         row["kept"] = "trained"
     if outputs is not None:
