@@ -58,3 +58,20 @@ def test_a_method_that_does_not_walk_blocks_is_refused(tiny_folder, calib, tmp_p
     global_wanda = torchslim.UnstructuredConfig(sparsity=0.5, importance="wanda", scope="global", n_samples=4)
     with pytest.raises(ConfigError, match="whole-model forwards"):
         compress_onloaded(str(tiny_folder), global_wanda, tmp_path / "gw", calibration=calib)
+
+
+def test_gpt2_conv1d_weights_onload_into_the_swapped_linears(tmp_path, calib):
+    """GPT-2 stores its Conv1D weights [in, out]; the techniques swap them for nn.Linear before a block is read."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from torchslim.zoo.tiny import tiny_llama
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=tiny_llama().model.config.vocab_size, n_embd=32, n_layer=2, n_head=4,
+                        n_positions=256)
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(config).eval().save_pretrained(folder)
+    ref = in_memory(folder, GPTQ, calib, tmp_path / "ref")
+    _, stats = compress_onloaded(str(folder), GPTQ, tmp_path / "onl", calibration=calib)
+    assert stats.blocks == 2
+    _same_artifact(ref, tmp_path / "onl", calib)

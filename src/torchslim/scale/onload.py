@@ -98,7 +98,7 @@ class BlockStreamer:
             raise TorchSlimError(f"onloading: block {name} was reached twice in one stage")
         t0 = time.perf_counter()
         self.entered = list(block.modules())      # a module the handler replaces keeps its weights until released
-        n = load_tensors(block, self.files, prefix=name + ".")
+        n = load_tensors(block, self.files, prefix=name + ".", from_source=not self.previous)
         self.stats.read_bytes += n
         self.stats.largest_block = max(self.stats.largest_block, n)
         self.stats.read_seconds += time.perf_counter() - t0

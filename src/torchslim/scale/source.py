@@ -140,11 +140,13 @@ def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def load_tensors(module: nn.Module, files: TensorFiles, prefix: str = "", aliases: dict[str, str] | None = None,
-                 skip: list[str] = ()) -> int:
+                 skip: list[str] = (), from_source: bool = True) -> int:
     """Read ``module``'s tensors (the files' names under ``prefix``, except those under a name in ``skip``) and load
     them with the module's own ``load_state_dict`` (so a compressed layer reads its stored layout). Floating point
     tensors take the dtype of the module's parameter or buffer of that name (as ``from_pretrained(dtype=float32)``
-    does); a tied tensor the files store once, or an alias the artifact records, is filled from its twin.
+    does); a tied tensor the files store once, or an alias the artifact records, is filled from its twin. Files
+    in the model's own layout (``from_source``) may store a GPT-2 ``Conv1D`` weight that a technique has already
+    swapped for a plain ``nn.Linear``: it is transposed; a stage's block files store the swapped layout.
     Returns the bytes read."""
     groups = tie_groups(module)
     dtypes = {n: t.dtype for n, t in [*module.named_parameters(remove_duplicate=False),
@@ -155,8 +157,9 @@ def load_tensors(module: nn.Module, files: TensorFiles, prefix: str = "", aliase
         if full.startswith(prefix) and not in_block(rel, list(skip)):
             t = files.read(full)
             want = dtypes.get(rel)
-            tensors[rel] = t.to(want) if want is not None and t.is_floating_point() and want.is_floating_point \
+            t = t.to(want) if want is not None and t.is_floating_point() and want.is_floating_point \
                 and t.dtype != want else t
+            tensors[rel] = _as_swapped(module, rel, t) if from_source else t
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     for alias, canonical in (aliases or {}).items():
         if alias.startswith(prefix) and canonical[len(prefix):] in tensors:
@@ -175,6 +178,21 @@ def load_tensors(module: nn.Module, files: TensorFiles, prefix: str = "", aliase
         for other in twins[1:] if first is not None else []:
             set_tensor(module, other, first)
     return total
+
+
+def _as_swapped(module: nn.Module, name: str, t: torch.Tensor) -> torch.Tensor:
+    """A GPT-2 ``Conv1D`` weight (stored ``[in, out]``) read for the plain ``nn.Linear`` a technique already swapped
+    in for it (``[out, in]``): transposed, as the in-memory swap copies it; any other tensor as it is."""
+    owner, _, attr = name.rpartition(".")
+    try:
+        m = module.get_submodule(owner) if owner else module
+    except AttributeError:
+        return t
+    stands_for = getattr(m, "stands_for", None)
+    if attr == "weight" and type(m) is nn.Linear and getattr(stands_for, "__name__", "") == "Conv1D" \
+            and t.dim() == 2 and tuple(t.shape) == (m.in_features, m.out_features):
+        return t.t().contiguous()
+    return t
 
 
 def load_resident(model: nn.Module, files: TensorFiles) -> None:
