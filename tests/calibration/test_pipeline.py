@@ -52,6 +52,26 @@ def test_head_measured_from_cache_equals_whole_model_pass():
     assert torch.allclose(got["run_basic"].absmean, got["run_sequential"].absmean, atol=1e-5)
 
 
+def test_gpt2_blocks_replay_without_the_kv_cache_it_passes_positionally():
+    """GPT-2 hands its blocks the KV cache as a positional argument: replayed with it, each run would append its
+    keys and a block changed between runs (as calibration changes it) would attend to the stale ones."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from torchslim.calibration.pipeline import block_output, catch_block_inputs
+
+    torch.manual_seed(0)
+    m = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32)).eval()
+    b = batches(1)
+    (args, kwargs), = catch_block_inputs(m, m.transformer.h[0], b, fwd)
+    block = m.transformer.h[0]
+    with torch.no_grad():
+        block(*args, **kwargs)                                     # a first replay
+        block.attn.c_attn.weight.mul_(1.5)                         # the block changes, as a solver changes it
+        replayed = block_output(block(*args, **kwargs))
+        direct = block_output(block(m.transformer.wte(b[0]["input_ids"]) + m.transformer.wpe.weight[:10]))
+    assert torch.allclose(replayed, direct, atol=1e-5)
+
+
 def test_sequential_stats_equal_basic_stats_for_the_first_block():
     m = tiny()
     name = "model.layers.0.self_attn.q_proj"

@@ -142,3 +142,19 @@ def test_without_weights_only_step_sizes_offsets_and_norms_train(pair) -> None:
     trained = sorted(names[id(p)] for g in groups for p in g["params"])
     assert trained and all(n.endswith(("scale_log", "offset_steps")) or "norm" in n for n in trained)
     assert not any(n.endswith("proj.weight") for n in trained)
+
+
+def test_gpt2_blocks_train_with_the_cache_it_passes_positionally_left_out() -> None:
+    """GPT-2 (Conv1D layers, KV cache passed as an argument) reconstructs end to end: each step's backward runs."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    lm = tiny_llama(0)
+    torch.manual_seed(0)
+    teacher = GPT2LMHeadModel(GPT2Config(vocab_size=lm.model.config.vocab_size, n_embd=32, n_layer=2, n_head=4,
+                                         n_positions=256)).eval()
+    student = copy.deepcopy(teacher)
+    torchslim.quantize_(student, WeightOnlyConfig(format=IntFormat(3, symmetric=False), granularity=PerGroup(32)))
+    batches, forward = calibration_batches(lm.task, 4, 2)
+    plan = BlockPlan(steps=6, lr=1e-3, quantizer_lr=1e-2)
+    rows = reconstruct(student, teacher, batches, forward, plan, None)
+    assert [r["steps"] for r in rows] == [6, 6] and all(r["error_after"] <= r["error_before"] for r in rows)

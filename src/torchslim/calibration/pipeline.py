@@ -110,7 +110,7 @@ def catch_block_inputs(model: nn.Module, first_block: nn.Module, batches: list[d
     caught: list[tuple] = []
 
     def hook(_m, args, kwargs):
-        caught.append((args, _without_cache(kwargs)))
+        caught.append((tuple(None if _is_cache(a) else a for a in args), _without_cache(kwargs)))
         raise _Stop
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
@@ -130,9 +130,15 @@ def catch_block_inputs(model: nn.Module, first_block: nn.Module, batches: list[d
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
 
+def _is_cache(x: Any) -> bool:
+    """A Hugging Face KV cache object (``transformers.cache_utils.Cache``, recognised without importing it):
+    GPT-2 passes it to its blocks positionally."""
+    return any(t.__name__ == "Cache" and t.__module__.endswith("cache_utils") for t in type(x).__mro__)
+
+
 def _without_cache(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Block kwargs safe to replay many times: no KV cache object (it would grow on every run)."""
-    kw = {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS}
+    kw = {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS and not _is_cache(v)}
     if "use_cache" in kw:
         kw["use_cache"] = False
     return kw
