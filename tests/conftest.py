@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+import subprocess
+
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "tools"))     # test tools (support_matrix) import by name
@@ -34,3 +36,27 @@ def pruned_int8_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("shared") / "pruned-int8"
     torchslim.save(loaded.model, path)
     return path
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``torchslim ARGS`` through the same entry point, in this process: a ``CompletedProcess`` (exit code, stdout,
+    stderr) without an interpreter start per call (about 2 s each). Tests of the installed executable itself run it
+    in a subprocess."""
+    monkeypatch.setenv("TORCHSLIM_PROGRESS", "0")
+    monkeypatch.setenv("COLUMNS", "240")
+
+    from torchslim.cli.main import main
+
+    def call(*args, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            main([*map(str, args)])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+    return call

@@ -36,8 +36,8 @@ def test_bad_input_specs_are_config_errors(shapes, inputs) -> None:
         example_inputs_from(shapes, inputs)
 
 
-def test_cli_bad_shape_is_one_error_line(tmp_path) -> None:
-    res = run("export", "onnx", "no-such-model", "-o", str(tmp_path / "m.onnx"), "--shape", "1xa")
+def test_cli_bad_shape_is_one_error_line(tmp_path, cli) -> None:
+    res = cli("export", "onnx", "no-such-model", "-o", str(tmp_path / "m.onnx"), "--shape", "1xa")
     assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout, res.stderr
     lines = [line for line in res.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "1xa" in lines[0], res.stderr

@@ -51,13 +51,13 @@ def test_help_everywhere(capsys):
         assert code == 0 and "Usage" in out, (args, out)
 
 
-def test_zoo_list():
-    res = run("zoo", "list")
+def test_zoo_list(cli):
+    res = cli("zoo", "list")
     assert res.returncode == 0
     for name in ("minilm", "smollm2-135m", "digits-cnn"):
         assert name in res.stdout
     assert "tiny-llama" not in res.stdout
-    assert "tiny-llama" in run("zoo", "list", "--all").stdout
+    assert "tiny-llama" in cli("zoo", "list", "--all").stdout
 
 
 def test_eval_tiny_model_prints_table_and_json(tmp_path):
@@ -73,17 +73,17 @@ def test_eval_tiny_model_prints_table_and_json(tmp_path):
     assert report["compute"]["flops"] > 0
 
 
-def test_user_errors_are_one_line(tmp_path):
-    assert_user_error(run("eval", "no-such-model"), "unknown model 'no-such-model'")
-    assert_user_error(run("eval", str(tmp_path / "missing")), "no such model folder")
-    assert_user_error(run("eval", "tiny-llama", "--shape", "8y"), "bad shape")
+def test_user_errors_are_one_line(tmp_path, cli):
+    assert_user_error(cli("eval", "no-such-model"), "unknown model 'no-such-model'")
+    assert_user_error(cli("eval", str(tmp_path / "missing")), "no such model folder")
+    assert_user_error(cli("eval", "tiny-llama", "--shape", "8y"), "bad shape")
     bad_cfg = tmp_path / "c.yaml"
     bad_cfg.write_text("_type: CastConfig\n_data:\n  dtyp: bfloat16\n")
-    assert_user_error(run("quantize", "tiny-llama", "-c", str(bad_cfg), "-o", str(tmp_path / "o")),
+    assert_user_error(cli("quantize", "tiny-llama", "-c", str(bad_cfg), "-o", str(tmp_path / "o")),
                       "unknown key 'dtyp'")
-    assert_user_error(run("quantize", "tiny-llama", "-c", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "o")),
+    assert_user_error(cli("quantize", "tiny-llama", "-c", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "o")),
                       "config file not found")
-    res = run("eval")
+    res = run("eval")                                   # the installed entry point itself
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
@@ -140,12 +140,12 @@ def test_demo_compresses_to_int4_gptq_and_compares(tmp_path):
     assert layers["lm_head"]["storage"].startswith("int8")
 
 
-def test_usage_errors_are_one_error_line_with_exit_2(tmp_path):
+def test_usage_errors_are_one_error_line_with_exit_2(tmp_path, cli):
     for args, needle in ((("eval", "tiny-llama", "--iters", "2"), "--iters"),
                          (("quantize", "tiny-llama", "-c", "x.yaml"), "Missing option '--out'"),
                          (("nope",), "No such command 'nope'"),
                          (("run", "int8-weight-only"), "Missing option '--model'")):
-        res = run(*args)
+        res = cli(*args)
         assert res.returncode == 2 and "Traceback" not in res.stderr and "Usage:" not in res.stderr, res.stderr
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
@@ -153,7 +153,7 @@ def test_usage_errors_are_one_error_line_with_exit_2(tmp_path):
     assert help_.returncode == 0 and "Usage" in help_.stdout
 
 
-def test_eval_json_into_a_folder_fails_before_evaluating(tmp_path):
+def test_eval_json_into_a_folder_fails_before_evaluating(tmp_path, cli):
     res = run("eval", "tiny-llama", "--json", str(tmp_path))
     assert res.returncode == 2 and "--json" in res.stderr and "not a file path" in res.stderr
 

@@ -39,24 +39,24 @@ def test_unstructured_prune_says_when_there_is_no_speed_gain(tmp_path):
     assert "no speed gain" in res.stdout and "bitmask" in res.stdout
 
 
-def test_prune_user_errors_are_one_line(tmp_path):
+def test_prune_user_errors_are_one_line(tmp_path, cli):
     bad = tmp_path / "bad.yaml"
     bad.write_text("_type: UnstructuredConfig\n_data: {sparsity: 1.5}\n")
-    res = run("prune", "tiny-llama", "-c", str(bad), "-o", str(tmp_path / "o"))
+    res = cli("prune", "tiny-llama", "-c", str(bad), "-o", str(tmp_path / "o"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")][0].count("sparsity") == 1
     assert not (tmp_path / "o").exists()
 
 
-def test_a_killed_prune_is_continued_with_the_resume_flag_its_error_names(tmp_path):
+def test_a_killed_prune_is_continued_with_the_resume_flag_its_error_names(tmp_path, cli):
     """A prune killed mid-run leaves its run state; the error said 'pass --resume', which prune did not have."""
     cfg = tmp_path / "u.json"
     UnstructuredConfig(sparsity=0.5).save(cfg)
     out = tmp_path / "u"
     (out / ".torchslim-run").mkdir(parents=True)
     (out / ".torchslim-run" / "run.json").write_text("{}")            # what a kill at the wrong moment can leave
-    res = run("prune", "tiny-llama", "-c", str(cfg), "-o", str(out), "--no-eval")
+    res = cli("prune", "tiny-llama", "-c", str(cfg), "-o", str(out), "--no-eval")
     assert res.returncode == 2 and "pass --resume" in res.stderr
-    res = run("prune", "tiny-llama", "-c", str(cfg), "-o", str(out), "--no-eval", "--resume")
+    res = cli("prune", "tiny-llama", "-c", str(cfg), "-o", str(out), "--no-eval", "--resume")
     assert res.returncode == 0, res.stderr
     assert "starting over" in res.stderr and (out / "manifest.json").is_file()

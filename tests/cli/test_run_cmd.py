@@ -36,16 +36,16 @@ def test_recipes_list_and_show_give_runnable_templates(tmp_path):
         assert expected in lines, (expected, lines)
 
 
-def test_run_errors_are_one_line(tmp_path):
+def test_run_errors_are_one_line(tmp_path, cli):
     for args, needle in ((("run", "nope", "-m", "tiny-llama", "-o", str(tmp_path / "a")), "unknown recipe 'nope'"),
                          (("run", "int8-weight-only", "-m", "no-such-model", "-o", str(tmp_path / "b")), "unknown model"),
                          (("recipes", "show", "nope"), "unknown recipe")):
-        res = run(*args)
+        res = cli(*args)
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")][0].count(needle.split("'")[0]) >= 1
     bad = tmp_path / "bad.yaml"
     bad.write_text("stages:\n  - prune: {_type: StructuredConfig, ratoi: 0.2}\n")
-    res = run("run", str(bad), "-m", "tiny-llama", "-o", str(tmp_path / "c"))
+    res = cli("run", str(bad), "-m", "tiny-llama", "-o", str(tmp_path / "c"))
     assert res.returncode == 2 and "stage 1 (prune): unknown key 'ratoi' for StructuredConfig" in res.stderr
     assert not (tmp_path / "c").exists()
 

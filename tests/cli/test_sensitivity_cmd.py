@@ -25,12 +25,12 @@ def test_sensitivity_writes_the_table_json_and_heat_map(tmp_path):
     assert "[torchslim] loading tiny-llama" in res.stderr
 
 
-def test_bad_input_is_one_error_line_before_any_model_is_loaded(tmp_path):
+def test_bad_input_is_one_error_line_before_any_model_is_loaded(tmp_path, cli):
     (tmp_path / "f").write_text("x")
     for args, fragment in ((["-a", "int9"], "unknown action 'int9'"), (["--granularity", "row"], "granularity"),
                            (["-o", str(tmp_path / "f")], "not a folder")):
         full = ["sensitivity", "tiny-llama", *args] + ([] if "-o" in args else ["-o", str(tmp_path / "o")])
-        res = run(*full)
+        res = cli(*full)
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert res.returncode == 2 and len(lines) == 1 and fragment in lines[0], res.stderr
     assert not (tmp_path / "o").exists()
@@ -50,7 +50,7 @@ def test_tune_writes_a_recipe_that_run_accepts(tmp_path):
     assert [type(s).__name__ for s in stages][-1] == "EvaluateStage" and len(stages) >= 2
 
 
-def test_tune_input_errors_are_one_line_before_any_model_is_loaded(tmp_path):
+def test_tune_input_errors_are_one_line_before_any_model_is_loaded(tmp_path, cli):
     from torchslim.search import Sensitivity, save
 
     save(Sensitivity("kl", "layer", [], [], 0.0, 0), tmp_path / "s")
@@ -59,6 +59,6 @@ def test_tune_input_errors_are_one_line_before_any_model_is_loaded(tmp_path):
                            (["--budget", "1%", "-o", str(tmp_path / "t.txt")], "recipe file"),
                            (["--budget", "1%", "-o", str(tmp_path / "u.yaml"), "--scan", str(tmp_path / "no.json")],
                             "not found")):
-        bad = run("tune", "tiny-llama", *(["--scan", scan] if "--scan" not in args else []), *args)
+        bad = cli("tune", "tiny-llama", *(["--scan", scan] if "--scan" not in args else []), *args)
         lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
         assert bad.returncode == 2 and len(lines) == 1 and fragment in lines[0], bad.stderr

@@ -1,4 +1,5 @@
 """Running recipes: every shipped recipe on tiny-llama, reports, resumable runs (kill -9 included)."""
+import dataclasses
 import json
 import os
 import signal
@@ -24,11 +25,21 @@ SLOW_PRESETS = {"int4-qlora", "structured25-lora", "lowrank20-distill"}
 CLASSIFIER_PRESETS = {"early-exit"}
 
 
+@pytest.fixture(scope="module")
+def fast_short_eval(tmp_path_factory) -> RunOptions:
+    """FAST, evaluating on the first part of the evaluation text (the stages are under test, not the metric)."""
+    from torchslim.data.text import eval_text
+
+    text = tmp_path_factory.mktemp("eval") / "eval.txt"
+    text.write_text(eval_text()[:6000])
+    return dataclasses.replace(FAST, data={"eval_data": str(text)})
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PRESETS else n
                                   for n in preset_names() if n not in CLASSIFIER_PRESETS])
-def test_every_shipped_recipe_runs_on_tiny_llama(tmp_path, name):
+def test_every_shipped_recipe_runs_on_tiny_llama(tmp_path, name, fast_short_eval):
     recipe = load_recipe(name)
-    result = run_recipe(recipe, "tiny-llama", tmp_path / "out", FAST)
+    result = run_recipe(recipe, "tiny-llama", tmp_path / "out", fast_short_eval)
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
     assert [r["index"] for r in report["stages"]] == list(range(len(recipe.stages) + 1))

@@ -43,8 +43,8 @@ def test_quantize_onloads_a_model_over_the_budget_and_eval_streams_it(tiny_folde
     assert "block streaming" in res.stdout and "perplexity" in res.stdout
 
 
-def test_a_block_over_the_budget_is_one_error_line(tiny_folder, gptq_yaml, tmp_path):
-    res = run("quantize", str(tiny_folder), "-c", str(gptq_yaml), "-o", str(tmp_path / "x"), "--max-memory", "50KB")
+def test_a_block_over_the_budget_is_one_error_line(tiny_folder, gptq_yaml, tmp_path, cli):
+    res = cli("quantize", str(tiny_folder), "-c", str(gptq_yaml), "-o", str(tmp_path / "x"), "--max-memory", "50KB")
     assert res.returncode != 0
     assert res.stderr.strip().startswith("error:") and len(res.stderr.strip().splitlines()) == 1
     assert "one transformer block needs" in res.stderr
