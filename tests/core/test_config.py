@@ -102,8 +102,6 @@ def test_read_mapping_errors(tmp_path):
 # -- hostile config files: one clear error, the field path, bounded values ---------------------------
 import math  # noqa: E402
 
-from torchslim.quantization import GPTQConfig, KL, PerGroup, Ternary, Codebook, WeightOnlyConfig  # noqa: E402
-from torchslim.core.config import config_from_dict  # noqa: E402
 
 
 @pytest.mark.parametrize("data,match", [

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from torchslim.core.errors import ConfigError
 from torchslim.quantization.formats import NF4, NF4_LEVELS, Binary, Codebook, IntFormat, PerChannel, PerGroup, PerTensor, Ternary
 from torchslim.quantization.primitives import fake_quantize, kmeans_1d, quantize_groups, sqnr_db, to_groups
 

@@ -15,7 +15,6 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 
 from torchslim.core.codec import decode, decode_scalar, encode, shown
 from torchslim.core.errors import ConfigError

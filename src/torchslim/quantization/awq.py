@@ -10,7 +10,6 @@ each layer gets its own best ``alpha``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn

@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, get_layer_types_and_kwargs
+from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
 
 from torchslim.core.config import BaseConfig, between
 from torchslim.core.context import ApplyContext

@@ -11,9 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
-import torch
 from torch import nn
 
 from torchslim.calibration.pipeline import calibration_batches, pick_runner
@@ -26,7 +24,6 @@ from torchslim.core.registry import register_handler
 from torchslim.core.linear import LinearLike
 from torchslim.core.select import Selector
 from torchslim.core.surgery import replace_module
-from torchslim.quantization.formats import IntFormat
 from torchslim.quantization.int8_conv import conv_input_stats, convert_conv
 from torchslim.quantization.int8_linear import Int8DynamicLinear, Int8StaticLinear
 from torchslim.quantization.observers import MinMax, Observer, smooth_factors, static_range

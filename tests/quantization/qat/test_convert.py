@@ -11,9 +11,7 @@ from torch import nn
 import torchslim
 from torchslim.core.errors import ArtifactError
 from torchslim.quantization import (Binary, Int8DynamicLinear, Int8StaticConv2d, Int8StaticLinear, IntFormat,
-                                    PerChannel, PerGroup, QuantConv2d, QuantLinear, Ternary, W8A8Config,
-                                    WeightOnlyConfig)
-from torchslim.quantization.int8_conv import convert_conv
+                                    PerChannel, PerGroup, QuantConv2d, QuantLinear, Ternary, WeightOnlyConfig)
 from torchslim.quantization.qat import ActQuant, from_float, from_packed, to_packed
 from torchslim.quantization.qat.config import QATConfig
 from torchslim.quantization.weight_only import rtn_linear

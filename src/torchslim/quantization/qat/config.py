@@ -13,8 +13,8 @@ quantization produces, so the result runs on the same real kernels; no fake-quan
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
