@@ -17,7 +17,7 @@ from torchslim.search import ArchShape, NASConfig, nas
 from torchslim.search.arch_space import build, space_of
 from torchslim.distill.reconstruct import ReconstructConfig
 from torchslim.eval.size import count_parameters
-from torchslim.search.nas import output_proxy, proxy_reference, teacher_targets
+from torchslim.search.nas import focus_levels, output_proxy, proxy_reference, teacher_targets
 from torchslim.search.nas_report import save, to_markdown
 from torchslim.zoo.digits_cnn import build_digits_cnn, digits_task
 from torchslim.zoo.tiny import tiny_bert, tiny_llama
@@ -62,6 +62,23 @@ def test_sampled_shapes_are_valid_and_vary(llama_space):
         assert all(1 <= n <= space.neurons[i] for i, n in enumerate(s.neurons))
     assert space.uniform(0.5).neurons == tuple(n // 2 for n in space.neurons)
     assert space.full() == ArchShape(tuple(range(4)), space.heads, space.neurons)
+
+
+def test_random_draws_focus_where_the_uniform_shapes_cross_the_constraint(llama_space):
+    space, scores = llama_space
+    ws = sorted(space.widths)                                   # 0.25, 0.5, 0.75, 1
+    uni = [space.uniform(w) for w in ws[:-1]]
+
+    def met(*states):
+        return dict(zip(uni, states))
+    assert focus_levels(space, space.widths, met("ok", "ok", "over")) == ws[1:3]        # widest that met, next up
+    assert focus_levels(space, space.widths, met("over", "over", "over")) == ws[:2]     # none met: the narrowest
+    assert focus_levels(space, space.widths, met("under", "under", "over")) == ws[1:3]  # the step under -> over
+    assert focus_levels(space, space.widths, met("ok", "ok", "ok")) is None             # nothing binds
+    assert focus_levels(space, space.widths, met("ok", "over")) is None                 # not all measured
+    rng = random.Random(0)
+    narrow = [space.sample(rng, scores.block_order, [ws[0]]) for _ in range(30)]
+    assert all(n <= space._neurons(i, ws[1]) for s in narrow for i, n in enumerate(s.neurons))
 
 
 def _block_formula(hidden: int, heads: int, kv: int, hd: int, neurons: int) -> int:

@@ -104,16 +104,18 @@ class ArchSpace:
     def full(self) -> ArchShape:
         return self.uniform(1.0)
 
-    def sample(self, rng: random.Random, order: list[int] | None = None) -> ArchShape:
-        """A random shape: an overall width level drawn from ``widths``, each unit's width one step around it,
-        and (depth searched) a number of blocks, chosen with ``order`` (most important first) favoured."""
+    def sample(self, rng: random.Random, order: list[int] | None = None,
+               levels: list[float] | None = None) -> ArchShape:
+        """A random shape: an overall width level drawn from ``levels`` (default: all of ``widths``), each unit's
+        width one step around it, and (depth searched) a number of blocks, chosen with ``order`` (most important
+        first) favoured."""
         n = len(self.groups) if self.kind == "channels" else self.n_blocks
         ws = sorted(self.widths)
 
         def one() -> float:
             j = ws.index(level) + rng.choice((-1, 0, 0, 1))
             return ws[min(max(j, 0), len(ws) - 1)]
-        level = rng.choice(ws)
+        level = rng.choice(sorted(levels) if levels else ws)
         head_f, mlp_f = [one() for _ in range(n)], [one() for _ in range(n)]
         blocks = None
         if self.kind == "transformer" and self.min_blocks:

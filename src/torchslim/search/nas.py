@@ -232,23 +232,47 @@ def feasible(config: NASConfig, ms: float | None, speedup: float | None, params:
         (config.min_speedup is None or speedup >= config.min_speedup)
 
 
-def candidate_shapes(space: ArchSpace, scores: Scores, config: NASConfig, limit: int | None = None
-                     ) -> Iterator[tuple[str, ArchShape]]:
+def candidate_shapes(space: ArchSpace, scores: Scores, config: NASConfig, limit: int | None = None,
+                     met: dict[ArchShape, str] | None = None) -> Iterator[tuple[str, ArchShape]]:
     """The uniform widths (every block kept) first, then distinct random draws: ``limit`` shapes at most
-    (default ``n_candidates``), fewer if ``50 * n_candidates`` draws find no more distinct ones."""
+    (default ``n_candidates``), fewer if ``50 * n_candidates`` draws find no more distinct ones. ``met``, filled
+    by the caller as it measures each shape (the generator is lazy), focuses the draws: see :func:`focus_levels`."""
     rng = random.Random(config.seed)
     limit = config.n_candidates if limit is None else limit
     first = [("uniform", space.uniform(w)) for w in config.widths if w < 1][:limit]
     yield from first
+    levels = focus_levels(space, config.widths, met) if met is not None else None
+    if levels:
+        log.info("NAS: random draws centred on width levels %s, where the uniform shapes cross the constraints",
+                 "/".join(f"{w:g}" for w in levels))
     seen, n = {s for _, s in first} | {space.full()}, len(first)
     for _ in range(50 * config.n_candidates):
         if n >= limit:
             return
-        s = space.sample(rng, scores.block_order)
+        s = space.sample(rng, scores.block_order, levels)
         if s not in seen:
             seen.add(s)
             n += 1
             yield "sampled", s
+
+
+def focus_levels(space: ArchSpace, widths: tuple[float, ...], met: dict[ArchShape, str]) -> list[float] | None:
+    """Where random draws are worth spending under a constraint, from how each uniform shape fared (``met``:
+    "ok", "over" (too large or too slow) or "under" (below ``min_param_use`` of the budget)): the widest width
+    level whose uniform shape met it and the level above (a shape mixing the two can come closer to the
+    constraint than either); when none met it, the two levels around the step from "under" to "over" (the two
+    narrowest if none was under). None (all levels) when the uniform shapes were not all measured, or all met it
+    (no constraint binds)."""
+    ws = sorted(widths)
+    seen = [met.get(space.uniform(w)) if w < 1 else "over" for w in ws]
+    if any(m is None for m in seen) or all(m == "ok" for m in seen[:-1]):
+        return None
+    ok = [i for i, m in enumerate(seen) if m == "ok"]
+    if ok:
+        return ws[max(ok):max(ok) + 2]
+    under = [i for i, m in enumerate(seen) if m == "under"]
+    low = max(under) if under else 0
+    return ws[low:low + 2]
 
 
 @dataclass
@@ -272,7 +296,9 @@ def measure_candidates(model: nn.Module, task: Any, space: ArchSpace, scores: Sc
     budget = config.param_budget(n_params(model))
     floor = config.min_param_use * budget if budget is not None else 0
     ref = proxy_reference(model, task, config.n_proxy_samples)
-    shapes = candidate_shapes(space, scores, config, None if budget is None else 50 * config.n_candidates)
+    met: dict[ArchShape, str] = {}
+    shapes = candidate_shapes(space, scores, config, None if budget is None else 50 * config.n_candidates,
+                              met if budget is not None or config.has_latency() else None)
     drawn = Drawn([], None, budget)
     base_ms: list[float] = []
     with Progress("NAS: building and scoring candidates", total=config.n_candidates) as bar:
@@ -283,6 +309,7 @@ def measure_candidates(model: nn.Module, task: Any, space: ArchSpace, scores: Sc
             params = n_params(cand)
             drawn.n_drawn += 1
             if budget is not None and (params > budget or params < floor):
+                met[shape] = "over" if params > budget else "under"
                 drawn.n_over_budget += params > budget
                 drawn.n_under_use += params < floor
                 continue
@@ -295,6 +322,7 @@ def measure_candidates(model: nn.Module, task: Any, space: ArchSpace, scores: Sc
             trials.append(Trial(len(trials), origin, shape, params, ms.get("cand"), speedup,
                                 feasible(config, ms.get("cand"), speedup, params, budget),
                                 output_proxy(cand, task, ref)))
+            met[shape] = "ok" if trials[-1].feasible else "over"
             timing = f"{ms['cand']:.2f} ms, {speedup:.2f}x, " if ms else ""
             bar.update(note=f"{timing}{params / 1e6:.1f}M params, proxy {trials[-1].proxy:.4g}")
     if base_ms:
