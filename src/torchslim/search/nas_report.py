@@ -46,6 +46,8 @@ def to_markdown(r: NASResult) -> str:
         mark = " (chosen)" if r.best is not None and t.number == r.best.number else ""
         ms = "–" if t.latency_ms is None else f"{t.latency_ms:.3f}"
         sp = "–" if t.speedup is None else f"{t.speedup:.2f}x"
+        if t.confirmed_speedup is not None:
+            sp += f" (again: {t.confirmed_speedup:.2f}x)"
         lines.append(f"| {t.number}{mark} | {t.origin} | {t.shape.label()} | {t.params} | {ms} | {sp} | "
                      f"{'yes' if t.feasible else 'no'} | {t.proxy:.4g} | {_fmt(t.quality)} |")
     return "\n".join(lines) + "\n"
