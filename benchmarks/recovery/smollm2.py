@@ -214,14 +214,19 @@ def part_w8a8_block(b: Bench, steps: int, samples: int) -> None:
              "w8a8-static-recover recipe); packed back to the same static int8 layers", values)
 
 
-def part_structured(b: Bench, steps: int) -> None:
+def part_structured(b: Bench, steps: int, control: bool = True) -> None:
     m = b.pruned()
     b.record("structured 25% (one-shot)", m, "Taylor importance, heads + neurons, round to 8", {})
     kd = DistillConfig(output_weight=1.0, temperature=1.0, hidden_weight=1.0, train=_train(steps, 2e-4))
-    b.trained(copy.deepcopy(m), kd, steps, "structured 25% + distillation",
+    # the first run (16 steps) keeps the plain name; a longer one is a curve point named by its steps
+    suffix = "" if steps == 16 else f" ({steps} steps)"
+    b.trained(copy.deepcopy(m), kd, steps, f"structured 25% + distillation{suffix}",
               "logit KL + relative block-output MSE to the uncompressed model")
-    b.trained(copy.deepcopy(m), FinetuneConfig(train=_train(steps, 2e-4)), steps,
-              "structured 25% + fine-tuning (control)", "task loss only, same steps/batch/text/lr", teacher=False)
+    write(b.rows, b.name)
+    if control:
+        b.trained(copy.deepcopy(m), FinetuneConfig(train=_train(steps, 2e-4)), steps,
+                  f"structured 25% + fine-tuning (control){suffix}", "task loss only, same steps/batch/text/lr",
+                  teacher=False)
 
 
 def part_structured_block(b: Bench, steps: int, samples: int, distill_steps: int) -> None:
@@ -270,6 +275,7 @@ def main() -> None:
     ap.add_argument("--samples-block", type=int, default=128)
     ap.add_argument("--steps-w8a8", type=int, default=40)
     ap.add_argument("--steps-structured", type=int, default=100)
+    ap.add_argument("--no-control", action="store_true", help="structured: skip the fine-tuning control run")
     ap.add_argument("--steps-blackbox", type=int, default=60)
     ap.add_argument("--steps-structured-distill", type=int, default=0,
                     help="end-to-end distillation steps after the structured block-wise reconstruction")
@@ -291,7 +297,7 @@ def main() -> None:
         elif part == "w8a8":
             part_w8a8(b, args.steps_w8a8)
         elif part == "structured":
-            part_structured(b, args.steps_structured)
+            part_structured(b, args.steps_structured, not args.no_control)
         elif part == "w8a8-block":
             part_w8a8_block(b, args.steps_block[-1], args.samples_block)
         elif part == "structured-block":
@@ -306,9 +312,9 @@ def main() -> None:
 
 def _order_key(name: str) -> tuple[int, str, int]:
     """Rows in ORDER's order; a tagged row ("[split]") or a curve point ("(N/block)") after its untagged kin."""
-    steps = re.search(r" \((\d+)/block\)$", name)
-    plain = re.sub(r" \[[^]]+\]", "", re.sub(r" \(\d+/block\)$", "", name))
-    tagged = re.sub(r" \(\d+/block\)$", "", name)
+    steps = re.search(r" \((\d+)(?:/block| steps)\)$", name)
+    plain = re.sub(r" \[[^]]+\]", "", re.sub(r" \(\d+(?:/block| steps)\)$", "", name))
+    tagged = re.sub(r" \(\d+(?:/block| steps)\)$", "", name)
     return (ORDER.index(plain) if plain in ORDER else len(ORDER), tagged if plain != tagged else "",
             int(steps.group(1)) if steps else 128)      # the unlabelled row is 128 steps per block
 
