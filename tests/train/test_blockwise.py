@@ -84,6 +84,26 @@ def test_a_block_that_does_not_improve_is_put_back_with_a_warning(pair, caplog) 
     assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
 
 
+def test_a_block_that_came_out_worse_trains_again_from_where_it_was_at_lower_rates(pair, monkeypatch) -> None:
+    block, cache, targets = _first_block(pair)
+    real, plans = blockwise._fit, []
+
+    def fit(k, blk, cache_, targets_, plan, config):
+        plans.append(plan)
+        if len(plans) == 1:                            # the first try makes the block worse
+            blockwise.load_block(blk, {n: t * 1.5 if t.is_floating_point() else t
+                                       for n, t in blk.state_dict().items()})
+            return True, 7
+        return real(k, blk, cache_, targets_, plan, config)
+    monkeypatch.setattr(blockwise, "_fit", fit)
+    row = train_block(0, block, cache, targets, BlockPlan(steps=30, lr=1e-3, quantizer_lr=1e-2), None)
+    assert row["kept"].startswith("trained (second try") and row["steps"] == 60
+    assert plans[1].lr == pytest.approx(blockwise.RETRY_LR * 1e-3)
+    assert plans[1].quantizer_lr == pytest.approx(blockwise.RETRY_LR * 1e-2)
+    assert row["error_first_try"] > row["error_before"] > row["error_after"]
+    assert row["error_after"] == pytest.approx(blockwise.relative_error(block, cache, targets), rel=1e-5)
+
+
 def test_a_killed_run_resumes_after_the_last_finished_block_with_the_same_result(pair, tmp_path, monkeypatch) -> None:
     teacher, student, batches, forward = pair
     plan = BlockPlan(steps=6, lr=1e-3, quantizer_lr=1e-2, checkpoint_dir=str(tmp_path / "ck"), fingerprint="a")

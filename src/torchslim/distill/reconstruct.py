@@ -86,10 +86,12 @@ def _reconstruct(model: nn.Module, config: ReconstructConfig, ctx: ApplyContext)
         rows = reconstruct(model, teacher, batches, forward, plan, config)
     finally:
         model.train(was)
-    trained = [r for r in rows if r["kept"] == "trained"]
+    trained = [r for r in rows if r["kept"].startswith("trained")]
     if not trained:
         log.warning("reconstruction: no block improved; the model is unchanged")
-    ctx.record.details.update({"blocks_trained": len(trained), "blocks": rows, "steps": sum(r["steps"] for r in rows),
+    ctx.record.details.update({"blocks_trained": len(trained), "blocks_second_try": sum("second try" in r["kept"]
+                                                                                          for r in rows),
+                               "blocks": rows, "steps": sum(r["steps"] for r in rows),
                                "wall_s": sum(r.get("s", 0.0) for r in rows)})
     ctx.record.metrics["block_error_before"] = sum(r["error_before"] for r in rows) / len(rows)
     ctx.record.metrics["block_error_after"] = sum(r["error_after"] for r in rows) / len(rows)

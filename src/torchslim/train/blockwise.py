@@ -8,14 +8,16 @@ their family registered (:mod:`torchslim.core.trainable`: latent weights with le
 layers) and pack back after the block; float layers (a structurally pruned block's smaller linears) and norms
 train as they are. Only one block's activations and gradients exist at a time, and no step runs the whole model.
 
-A block whose packed result is not better than it was on the calibration batches is put back as it was (and
-said). With ``checkpoint_dir`` every finished block is saved (safetensors) with a progress file; a killed run
+A block whose packed result is not better than it was on the calibration batches trains once more from where it
+was at a quarter of the rates (a block whose error is already small can be overshot); if that fails too it is put
+back as it was (and said). With ``checkpoint_dir`` every finished block is saved (safetensors) with a progress file; a killed run
 resumes after the last finished block and, since each block's training is seeded by its index, ends with the
 same weights as a run that was never interrupted.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -111,21 +113,17 @@ def _pack_back(block: nn.Module, swapped: dict[str, Any], config: Any) -> None:
         p.requires_grad_(False)
 
 
-def train_block(k: int, block: nn.Module, cache: list[tuple], targets: list[torch.Tensor], plan: BlockPlan,
-                config: Any, outputs: list[torch.Tensor] | None = None) -> dict[str, Any]:
-    """Reconstruct one block in place; returns its row (errors before/after, steps, seconds, what trained).
-    ``outputs``, when given, receives the finished block's outputs on ``cache``."""
-    start = time.perf_counter()
-    before = relative_error(block, cache, targets)
-    original = copy.deepcopy(block)
+RETRY_LR = 0.25     # a block that came out no better trains once more, from where it was, at this share of the rates
+
+
+def _fit(k: int, block: nn.Module, cache: list[tuple], targets: list[torch.Tensor], plan: BlockPlan,
+         config: Any) -> tuple[bool, int]:
+    """Train ``block`` in place for ``plan.steps`` and pack it back; (whether anything trained, packed layers)."""
     swapped = _swap_in(block)
     groups = _param_groups(block, swapped, plan)
-    row: dict[str, Any] = {"block": k, "error_before": before, "packed_layers": len(swapped), "steps": 0}
     if not groups or plan.steps == 0:
         _pack_back(block, swapped, config)
-        if outputs is not None:
-            relative_error(block, cache, targets, outputs)
-        return {**row, "error_after": before, "kept": "unchanged (nothing to train)", "s": time.perf_counter() - start}
+        return False, len(swapped)
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     peaks = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(plan.seed * 1_000_003 + k)
@@ -145,19 +143,49 @@ def train_block(k: int, block: nn.Module, cache: list[tuple], targets: list[torc
             g["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / plan.steps))
         opt.step()
     _pack_back(block, swapped, config)
+    return True, len(swapped)
+
+
+def train_block(k: int, block: nn.Module, cache: list[tuple], targets: list[torch.Tensor], plan: BlockPlan,
+                config: Any, outputs: list[torch.Tensor] | None = None) -> dict[str, Any]:
+    """Reconstruct one block in place; returns its row (errors before/after, steps, seconds, what trained).
+    A block whose packed result is no better than before (its error is often already small next to the steps
+    the rates take) trains once more from where it was at ``RETRY_LR`` times the rates, and is put back as it
+    was if that fails too. ``outputs``, when given, receives the finished block's outputs on ``cache``."""
+    start = time.perf_counter()
+    before = relative_error(block, cache, targets)
+    original = copy.deepcopy(block)
+    trained, packed = _fit(k, block, cache, targets, plan, config)
+    row: dict[str, Any] = {"block": k, "error_before": before, "packed_layers": packed, "steps": 0}
+    if not trained:
+        if outputs is not None:
+            relative_error(block, cache, targets, outputs)
+        return {**row, "error_after": before, "kept": "unchanged (nothing to train)", "s": time.perf_counter() - start}
+    want = outputs is not None
     last: list[torch.Tensor] = []
-    after = relative_error(block, cache, targets, last if outputs is not None else None)
-    row.update(steps=plan.steps, error_after=after, s=time.perf_counter() - start)
-    if not after < before:                            # packed result no better: keep the block as it was
+    after = relative_error(block, cache, targets, last if want else None)
+    row.update(steps=plan.steps, error_after=after, kept="trained")
+    if not after < before:
+        first = after
         load_block(block, original.state_dict())
-        row.update(error_after=before, kept="as it was (training did not lower its error)")
-        log.warning("reconstruction: block %d did not improve (%.4g -> %.4g): kept as it was", k, before, after)
+        slower = dataclasses.replace(plan, lr=plan.lr * RETRY_LR, quantizer_lr=plan.quantizer_lr * RETRY_LR)
+        _fit(k, block, cache, targets, slower, config)
         last.clear()
-        if outputs is not None:                       # the rare case: run the restored block once more
-            relative_error(block, cache, targets, last)
-    else:
-        row["kept"] = "trained"
-    if outputs is not None:
+        after = relative_error(block, cache, targets, last if want else None)
+        row.update(steps=2 * plan.steps, error_first_try=first, error_after=after,
+                   kept=f"trained (second try, at {RETRY_LR:g}x the rates)")
+        log.info("reconstruction: block %d did not improve (%.4g -> %.4g); second try at %gx the rates: %.4g",
+                 k, before, first, RETRY_LR, after)
+        if not after < before:                        # still no better: keep the block as it was
+            load_block(block, original.state_dict())
+            row.update(error_after=before, kept="as it was (training did not lower its error, twice)")
+            log.warning("reconstruction: block %d did not improve (%.4g -> %.4g, then %.4g at %gx the rates): kept "
+                        "as it was", k, before, first, after, RETRY_LR)
+            last.clear()
+            if want:                                  # the rare case: run the restored block once more
+                relative_error(block, cache, targets, last)
+    row["s"] = time.perf_counter() - start
+    if want:
         outputs.extend(last)
     return row
 
