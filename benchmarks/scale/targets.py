@@ -60,8 +60,10 @@ def checks() -> list[tuple[str, str, bool | None, str]]:
                     "onloaded 869 -> about 740 MB (the in-memory run under the same policy: "
                     + (f"{med['memory-bounded']['peak_rss'] / 1e6:.0f} MB" if "memory-bounded" in med else "not run")
                     + "). What is left: about 400 MB of torch/transformers imports that both runs hold (0.4x of the "
-                    "in-memory run is barely above them), the resident tied embedding (113 MB) and the tokenizer "
-                    "(about 40 MB)"))
+                    "in-memory run is barely above them; about 150 MB of them are torchao and the sympy and scipy it "
+                    "loads, a benchmark-only peer that transformers' quantizer module imports whenever it is "
+                    "installed: without it the imports hold about 260 MB), the resident tied embedding (113 MB) and "
+                    "the tokenizer (about 40 MB)"))
         out.append(("SmolLM2-135M GPTQ int4 onloaded: time <= 1.3x in memory",
                     f"{s['time_ratio']:.2f}x ({med['onload']['seconds']:.0f} vs {med['memory']['seconds']:.0f} s), "
                     f"weights {'identical' if s['identical'] else 'DIFFERENT'}; interleaved rounds on a machine shared "
