@@ -216,12 +216,15 @@ def part_w8a8_block(b: Bench, steps: int, samples: int) -> None:
 
 def part_structured(b: Bench, steps: int, control: bool = True) -> None:
     m = b.pruned()
-    b.record("structured 25% (one-shot)", m, "Taylor importance, heads + neurons, round to 8", {})
+    if f"structured 25%{b.tag} (one-shot)" not in b.rows:
+        b.record(f"structured 25%{b.tag} (one-shot)", m, f"Taylor importance on the {b.calib_name}, heads + neurons, "
+                 "round to 8", {})
     kd = DistillConfig(output_weight=1.0, temperature=1.0, hidden_weight=1.0, train=_train(steps, 2e-4))
     # the first run (16 steps) keeps the plain name; a longer one is a curve point named by its steps
     suffix = "" if steps == 16 else f" ({steps} steps)"
-    b.trained(copy.deepcopy(m), kd, steps, f"structured 25% + distillation{suffix}",
-              "logit KL + relative block-output MSE to the uncompressed model")
+    b.trained(copy.deepcopy(m), kd, steps, f"structured 25%{b.tag} + distillation{suffix}",
+              f"logit KL + relative block-output MSE to the uncompressed model, trained on the {b.calib_name}",
+              task=b.calib)
     write(b.rows, b.name)
     if control:
         b.trained(copy.deepcopy(m), FinetuneConfig(train=_train(steps, 2e-4)), steps,

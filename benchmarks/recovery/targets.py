@@ -56,19 +56,25 @@ def smollm2(d: dict[str, dict]) -> list[Check]:
         out.append(("SmolLM2 int4 QAT", "missing", False, "run benchmarks/recovery/smollm2.py --parts int4"))
     kd, ft = d.get("structured 25% + distillation"), d.get("structured 25% + fine-tuning (control)")
     block = [r for n, r in d.items() if n.startswith("structured 25%") and "block-wise" in n]
-    longer = [r for n, r in d.items() if re.fullmatch(r"structured 25% \+ distillation \(\d+ steps\)", n)]
+    longer = [r for n, r in d.items() if re.fullmatch(r"structured 25%( \[[^]]+\])? \+ distillation \(\d+ steps\)", n)]
+    base_pydoc = d.get("fp32 (teacher)", {}).get("ppl pydoc")
+
+    def both(r: dict) -> float:          # the worse of the two texts' increases (the target holds on both)
+        return max(r["ppl"] / base, r.get("ppl pydoc", float("inf")) / base_pydoc if base_pydoc else float("inf"))
     if base and kd and ft:
         timely = [r for r in [kd, *longer, *block] if r["train s"] <= 3600] or [kd]
-        rec = min(timely, key=lambda r: r["ppl"])
+        rec = min(timely, key=both)
         minutes = rec["train s"] / 60 + (sum(r["train s"] for r in block if r is not rec and r["name"] in
                                              rec["name"].replace(" + distillation", "")) / 60
                                          if "block-wise + " in rec["name"] else 0)
         routes = "; ".join(f"{r['name']}: {r['ppl']:.2f} ({r['ppl change']}), pydoc {r.get('pydoc change', '–')}, "
                            f"{r['train s'] / 60:.0f} min" for r in [kd, *longer, *block])
-        out.append(("SmolLM2 25% structured: <= +30% perplexity after recovery in <= 60 min",
-                    f"{rec['name']}: {rec['ppl']:.2f} ({rec['ppl change']}) in {minutes:.1f} min; control "
+        out.append(("SmolLM2 25% structured: <= +30% perplexity after recovery in <= 60 min, on GPL-3 and on the "
+                    "Python reference",
+                    f"{rec['name']}: {rec['ppl']:.2f} ({rec['ppl change']}), Python reference "
+                    f"{rec.get('pydoc change', '–')}, in {minutes:.1f} min; control "
                     f"fine-tuning {ft['ppl']:.2f} ({ft['ppl change']}); teacher KL {rec['teacher KL']:.3f} vs "
-                    f"{ft['teacher KL']:.3f}", rec["ppl"] <= 1.3 * base and minutes <= 60,
+                    f"{ft['teacher KL']:.3f}", both(rec) <= 1.3 and minutes <= 60,
                     f"routes: {routes}. End-to-end distillation: logit KL + relative block MSE, batches of 4 x 512 "
                     "tokens, AdamW lr 2e-4, cosine; block-wise reconstruction of the kept weights on cached inputs (no "
                     "whole-model pass per step); fine-tuning's lower perplexity comes with adapting to the "
