@@ -17,4 +17,3 @@ def short_text(tmp_path):
     text = tmp_path / "short.txt"
     text.write_text(" ".join(f"word{i % 97} and the license says {i}" for i in range(400)))
     return ["--eval-data", str(text), "--calib-data", str(text)]
-

@@ -33,22 +33,13 @@ def test_parse_shape():
             parse_shape(bad)
 
 
-def _in_process(capsys, *args) -> tuple[int, str]:
-    """``torchslim args`` through the same entry point, in this process (no interpreter start per call)."""
-    from torchslim.cli.main import main
-
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code, capsys.readouterr().out
-
-
-def test_help_everywhere(capsys):
+def test_help_everywhere(cli):
     res = run("--help")                                  # the installed entry point itself
     assert res.returncode == 0 and "Usage" in res.stdout, res.stderr
     for args in (["zoo"], ["eval", "--help"], ["quantize", "--help"], ["prune", "--help"], ["info", "--help"],
                  ["demo", "--help"], ["zoo", "--help"]):
-        code, out = _in_process(capsys, *args)
-        assert code == 0 and "Usage" in out, (args, out)
+        res = cli(*args)
+        assert res.returncode == 0 and "Usage" in res.stdout, (args, res.stdout)
 
 
 def test_zoo_list(cli):

@@ -20,6 +20,12 @@ def is_conv1d(m: nn.Module) -> bool:
         getattr(m, "weight", None), torch.Tensor)
 
 
+def swapped_from_conv1d(m: nn.Module) -> bool:
+    """The plain ``nn.Linear`` :func:`canonical_linear_` put in place of a ``Conv1D`` (its weight is ``[out, in]``
+    where the model's own files store ``[in, out]``)."""
+    return type(m) is nn.Linear and getattr(getattr(m, "stands_for", None), "__name__", "") == _CONV1D
+
+
 def is_linear_like(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or is_conv1d(m)
 

@@ -89,8 +89,8 @@ def _reconstruct(model: nn.Module, config: ReconstructConfig, ctx: ApplyContext)
     trained = [r for r in rows if r["kept"].startswith("trained")]
     if not trained:
         log.warning("reconstruction: no block improved; the model is unchanged")
-    ctx.record.details.update({"blocks_trained": len(trained), "blocks_second_try": sum("second try" in r["kept"]
-                                                                                          for r in rows),
+    second = sum("second try" in r["kept"] for r in rows)
+    ctx.record.details.update({"blocks_trained": len(trained), "blocks_second_try": second,
                                "blocks": rows, "steps": sum(r["steps"] for r in rows),
                                "wall_s": sum(r.get("s", 0.0) for r in rows)})
     ctx.record.metrics["block_error_before"] = sum(r["error_before"] for r in rows) / len(rows)

@@ -16,6 +16,7 @@ from torch import nn
 
 from torchslim.core.archs import chain_blocks
 from torchslim.core.errors import ConfigError, UnknownModelError
+from torchslim.core.linear import swapped_from_conv1d
 from torchslim.core.surgery import meta_parameters
 from torchslim.scale.files import TensorFiles
 
@@ -188,9 +189,8 @@ def _as_swapped(module: nn.Module, name: str, t: torch.Tensor) -> torch.Tensor:
         m = module.get_submodule(owner) if owner else module
     except AttributeError:
         return t
-    stands_for = getattr(m, "stands_for", None)
-    if attr == "weight" and type(m) is nn.Linear and getattr(stands_for, "__name__", "") == "Conv1D" \
-            and t.dim() == 2 and tuple(t.shape) == (m.in_features, m.out_features):
+    if attr == "weight" and swapped_from_conv1d(m) and t.dim() == 2 and tuple(t.shape) == (m.in_features,
+                                                                                          m.out_features):
         return t.t().contiguous()
     return t
 

@@ -10,9 +10,9 @@ train as they are. Only one block's activations and gradients exist at a time, a
 
 A block whose packed result is not better than it was on the calibration batches trains once more from where it
 was at a quarter of the rates (a block whose error is already small can be overshot); if that fails too it is put
-back as it was (and said). With ``checkpoint_dir`` every finished block is saved (safetensors) with a progress file; a killed run
-resumes after the last finished block and, since each block's training is seeded by its index, ends with the
-same weights as a run that was never interrupted.
+back as it was (and said). With ``checkpoint_dir`` every finished block is saved (safetensors) with a progress
+file; a killed run resumes after the last finished block and, since each block's training is seeded by its
+index, ends with the same weights as a run that was never interrupted.
 """
 from __future__ import annotations
 
